@@ -1,0 +1,135 @@
+"""Reading ``agents/``: one chat agent per ``*.yaml``/``*.json`` file, numbers in ``phone-numbers.yaml``.
+
+``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
+``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from .errors import ConfigError
+from .retell import ChatAgent, PhoneNumber
+from .settings import Settings
+
+NUMBERS_FILE_STEMS = ("phone-numbers", "phone_numbers")
+AGENT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class Catalog:
+    """What the files declare, validated: agents by id, numbers by E.164, each with the file it came from."""
+
+    agents: dict[str, ChatAgent] = field(default_factory=dict)
+    numbers: dict[str, PhoneNumber] = field(default_factory=dict)
+    sources: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return orjson.loads(text)
+    return yaml.safe_load(text)
+
+
+def _describe(exc: ValidationError, path: Path) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False, include_context=False):
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"{path}: {where}: {err['msg']}{shown}")
+    return lines
+
+
+def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
+    data = _read(path)
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
+        return
+    data.setdefault("agent_id", path.stem)
+    try:
+        agent = ChatAgent.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, path))
+        return
+    if agent.agent_id in catalog.agents:
+        problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in {catalog.sources[agent.agent_id]}")
+        return
+    catalog.agents[agent.agent_id] = agent
+    catalog.sources[agent.agent_id] = path
+    catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
+
+
+def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
+    data = _read(path)
+    if isinstance(data, dict) and "phone_numbers" in data:
+        data = data["phone_numbers"]
+    if data is None:
+        return
+    if not isinstance(data, list):
+        problems.append(f"{path}: expected a list of phone numbers, got {type(data).__name__}")
+        return
+    for index, item in enumerate(data):
+        try:
+            number = PhoneNumber.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(line.replace(f"{path}: ", f"{path}: [{index}].", 1) for line in _describe(exc, path))
+            continue
+        if number.phone_number in catalog.numbers:
+            problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")
+            continue
+        catalog.numbers[number.phone_number] = number
+        catalog.sources[number.phone_number] = path
+
+
+def _cross_check(catalog: Catalog, settings: Settings, problems: list[str]) -> None:
+    tokens = settings.twilio_tokens()
+    for e164, number in catalog.numbers.items():
+        where = catalog.sources[e164]
+        for listing in ("inbound_sms_agents", "outbound_sms_agents"):
+            for ref in getattr(number, listing):
+                if ref.agent_id not in catalog.agents:
+                    problems.append(
+                        f"{where}: {e164}: {listing} names agent {ref.agent_id!r}, which no file in "
+                        f"{settings.agents_dir} declares (known: {', '.join(sorted(catalog.agents)) or 'none'})"
+                    )
+        account = number.twilio_account_sid or settings.twilio_account_sid
+        if account is None:
+            catalog.warnings.append(
+                f"{where}: {e164}: no twilio_account_sid and no TWILIO_ACCOUNT_SID: its webhooks will be refused"
+            )
+        elif account not in tokens:
+            catalog.warnings.append(
+                f"{where}: {e164}: no auth token for account {account} (TWILIO_AUTH_TOKEN or "
+                "PARLEY_TWILIO_ACCOUNTS): its webhooks will be refused and sends will fail"
+            )
+
+
+def load(settings: Settings) -> Catalog:
+    """Read and validate every agent and number file; raise ``ConfigError`` listing all problems."""
+    directory = settings.agents_dir
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: agents directory not found (set PARLEY_AGENTS_DIR)")
+    catalog = Catalog()
+    problems: list[str] = []
+    files = sorted(p for p in directory.iterdir() if p.suffix in AGENT_SUFFIXES and p.is_file())
+    for path in files:
+        try:
+            if path.stem in NUMBERS_FILE_STEMS:
+                _load_numbers(path, catalog, problems)
+            else:
+                _load_agent(path, catalog, problems)
+        except (yaml.YAMLError, orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+    _cross_check(catalog, settings, problems)
+    if problems:
+        raise ConfigError("invalid agent files:\n  " + "\n  ".join(problems))
+    return catalog

@@ -1,0 +1,96 @@
+"""``create_app(settings)``: the one composition root. Commands and tests both build Parley here.
+
+Each resource is one cleanup context, started in order and stopped in reverse: Redis (or the embedded
+Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, an HTTP session for
+tools), then the workers and the scheduler, which therefore stop first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import agentfiles, catalog, inbound, status
+from .api import add_routes, api_middleware, healthz, readyz
+from .appkeys import API_KEYS, READY, REDIS, RUNTIME, SETTINGS
+from .llm import LLM
+from .runtime import Runtime
+from .scheduler import Scheduler
+from .settings import Settings
+from .store import open_redis
+from .twilio_gateway import TwilioGateway
+from .worker import WorkerPool, stop_task
+
+log = logging.getLogger(__name__)
+
+CLIENT_MAX_SIZE = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, *, web_routes: bool = True, workers: bool = True) -> web.Application:
+    """Build Parley. ``web_routes=False`` serves only health checks (``parley worker``)."""
+    settings = settings or Settings()
+    files = agentfiles.load(settings)  # fail fast, before anything starts
+    for warning in files.warnings:
+        log.warning(warning)
+    app = web.Application(middlewares=[api_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[SETTINGS] = settings
+    app[READY] = {}
+    app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys]
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_redis(settings) as redis:
+            app[REDIS] = redis
+            await catalog.publish(redis, files)
+            app[READY]["agents_loaded"] = True
+            yield
+
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(_clients_ctx)
+    if workers:
+        app.cleanup_ctx.append(_workers_ctx)
+    if web_routes and not app[API_KEYS]:
+        app.on_startup.append(_generate_api_key)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if web_routes:
+        app.router.add_post("/twilio/sms", inbound.twilio_sms)
+        app.router.add_post("/twilio/status", status.twilio_status)
+        add_routes(app)
+    return app
+
+
+async def _generate_api_key(app: web.Application) -> None:
+    key = "key_" + secrets.token_hex(24)
+    app[API_KEYS].append(key)
+    print(f"PARLEY_API_KEY is not set; this run's API key is: {key}", file=sys.stderr, flush=True)
+
+
+async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    gateway = TwilioGateway(settings)  # needs the running loop
+    llm = LLM(settings)
+    async with aiohttp.ClientSession() as http:
+        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http)
+        try:
+            yield
+        finally:
+            await llm.close()
+            await gateway.close()
+
+
+async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    pool = WorkerPool(rt)
+    await pool.ensure_group()
+    reader = asyncio.create_task(pool.run(), name="parley-workers")
+    scheduler = asyncio.create_task(Scheduler(rt).run(), name="parley-scheduler")
+    yield
+    await stop_task(scheduler)
+    await stop_task(reader)
+    await pool.drain(rt.settings.drain_timeout_s)

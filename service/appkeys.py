@@ -1,0 +1,15 @@
+"""Typed keys for the aiohttp application's state (set by ``create_app``'s cleanup contexts)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from .runtime import Runtime
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", aioredis.Redis)
+RUNTIME = web.AppKey("runtime", Runtime)
+API_KEYS = web.AppKey("api_keys", list[str])
+READY = web.AppKey("ready", dict[str, bool])

@@ -1,0 +1,63 @@
+"""The ``parley`` command (also ``python -m service``): serve, worker, check. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from . import agentfiles, logs
+from .app import create_app
+from .errors import ConfigError
+from .settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
+
+
+def _run(settings: Settings, *, web_routes: bool) -> None:
+    logs.configure(settings.log_level)
+    try:
+        app = create_app(settings, web_routes=web_routes)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
+                shutdown_timeout=settings.drain_timeout_s, print=lambda line: print(line, file=sys.stderr))
+
+
+def serve(_: argparse.Namespace) -> None:
+    _run(_settings(), web_routes=True)
+
+
+def worker(_: argparse.Namespace) -> None:
+    _run(_settings(), web_routes=False)
+
+
+def check(_: argparse.Namespace) -> None:
+    settings = _settings()
+    try:
+        catalog = agentfiles.load(settings)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    for warning in catalog.warnings:
+        print(f"warning: {warning}")
+    print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s) in {settings.agents_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="parley", description="Two-way SMS chat agents on Twilio.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="web + workers + scheduler").set_defaults(func=serve)
+    commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)").set_defaults(
+        func=worker)
+    commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem").set_defaults(
+        func=check)
+    args = parser.parse_args(argv)
+    args.func(args)

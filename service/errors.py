@@ -1,0 +1,62 @@
+"""Parley's exceptions, one tree. Outside errors are translated at the adapter that meets them.
+
+::
+
+    ParleyError
+    ├── ConfigError            an agent or number file, or a setting, is invalid (names file, field, expectation)
+    ├── NotFound               an id the caller named does not exist (HTTP 404)
+    ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
+    ├── InvalidRequest         a request body failed validation (HTTP 422)
+    ├── OptedOut               the user has opted out of this number; nothing may be sent
+    ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
+    │   └── RecipientUnsubscribed   Twilio error 21610: record the opt-out
+    ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
+    └── StoreUnavailable       Redis/Valkey cannot be reached (from redis.ConnectionError/TimeoutError)
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Base of every error Parley raises on purpose."""
+
+
+class ConfigError(ParleyError):
+    """Configuration (agent files, number files, settings) is invalid."""
+
+
+class NotFound(ParleyError):
+    """The named object does not exist."""
+
+
+class Conflict(ParleyError):
+    """The object is read-only, or its state does not allow the operation."""
+
+
+class InvalidRequest(ParleyError):
+    """A request is well-formed but its values are not acceptable."""
+
+
+class OptedOut(ParleyError):
+    """The recipient opted out of messages from this number."""
+
+
+class SendError(ParleyError):
+    """A message could not be sent through Twilio."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class RecipientUnsubscribed(SendError):
+    """Twilio error 21610: the recipient replied STOP to this number."""
+
+
+class LLMError(ParleyError):
+    """The LLM did not answer usefully, after the client's own retries."""
+
+
+class StoreUnavailable(ParleyError):
+    """Redis/Valkey is unreachable."""

@@ -1,0 +1,77 @@
+"""The LLM, through the official ``openai`` client (any OpenAI-compatible endpoint).
+
+The SDK retries 408/409/429/5xx, timeouts and connection errors itself (``PARLEY_LLM_MAX_RETRIES``);
+what still fails becomes ``LLMError`` here. A 200 whose body is not a chat completion (an HTML proxy
+page parses as a plain ``str``) is an ``LLMError`` too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
+
+from .errors import LLMError
+from .settings import Settings
+
+# A reply longer than this is cut: an SMS is at most 1,600 characters, and a runaway model must not
+# fill Redis or the worker's memory.
+MAX_CONTENT_CHARS = 8_000
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str
+    tool_calls: tuple[ToolCall, ...]
+
+
+class LLM:
+    """Chat completions with tools."""
+
+    def __init__(self, settings: Settings) -> None:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        self._client: AsyncOpenAI | None = None
+        if key:
+            self._client = AsyncOpenAI(
+                api_key=key, base_url=settings.openai_base_url, timeout=settings.llm_timeout_s,
+                max_retries=settings.llm_max_retries,
+            )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def complete(
+        self, *, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+        allow_tools: bool = True,
+    ) -> Completion:
+        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text."""
+        if self._client is None:
+            raise LLMError("OPENAI_API_KEY is not set")
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
+        if tools:
+            kwargs["tools"] = tools
+            kwargs["tool_choice"] = "auto" if allow_tools else "none"
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+        except openai.APIError as exc:
+            raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+        if not isinstance(response, ChatCompletion) or not response.choices:
+            raise LLMError(f"LLM answered with something that is not a chat completion: {str(response)[:200]!r}")
+        message = response.choices[0].message
+        calls = tuple(
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")
+            for call in message.tool_calls or ()
+            if call.type == "function"
+        )
+        return Completion(content=(message.content or "")[:MAX_CONTENT_CHARS], tool_calls=calls)

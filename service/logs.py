@@ -1,0 +1,57 @@
+"""Logging: one JSON line per event, phone numbers redacted, secrets never.
+
+Log calls put their fields in ``extra``; the formatter writes them beside the message. Every value
+is passed through ``redact``, so a phone number that slips into a field is masked too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import orjson
+
+_PHONE = re.compile(r"\+\d{6,15}")
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def redact(text: str) -> str:
+    """Mask the middle of every E.164 number: ``+14155550123`` becomes ``+1415*****23``."""
+    return _PHONE.sub(lambda m: m.group()[:5] + "*" * (len(m.group()) - 7) + m.group()[-2:], text)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": redact(record.getMessage()),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD:
+                line[name] = _clean(value)
+        if record.exc_info:
+            line["exc"] = redact(self.formatException(record.exc_info))
+        return orjson.dumps(line).decode()
+
+
+def configure(level: str) -> None:
+    """Send JSON lines to stderr at ``level``; quiet the access log and chatty libraries."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("aiohttp.access", "httpx", "httpx2", "openai", "twilio.http_client"):
+        logging.getLogger(name).setLevel(logging.WARNING)

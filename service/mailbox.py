@@ -1,0 +1,159 @@
+"""A conversation's mailbox, its wake-ups and its turn lock (DESIGN.md section 3, steps 3, 5 and 6).
+
+The webhook appends an inbound item to ``conv:{A:U}:mailbox`` and adds a wake-up naming the
+conversation to the ``wakeups`` stream, in one script (with the ``MessageSid`` dedupe and the opt-out
+check), so an acknowledged message always has a wake-up. A worker that takes a wake-up locks the
+conversation (token + TTL), drains the mailbox turn by turn, and releases the lock only when the
+mailbox is empty, in one script, so a message that lands while it works is never left without a worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from . import keys
+from .keys import Conversation
+
+# KEYS: seen, mailbox, wakeups, optout.  ARGV: item, seen ttl s, cap, mailbox ttl s, conversation tag, maxlen,
+# check optout (1/0).  Returns an Enqueued value.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 3 end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'conv', ARGV[5])
+return 1
+"""
+
+# KEYS: lock.  ARGV: token, ttl ms.  1 if still ours (and extended), 0 otherwise.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: lock, mailbox.  ARGV: token.  1 released; 0 kept because the mailbox has work; -1 not ours any more.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class Enqueued(IntEnum):
+    """What happened to an inbound item at the webhook."""
+
+    DUPLICATE = 0
+    ACCEPTED = 1
+    MAILBOX_FULL = 2
+    OPTED_OUT = 3
+
+
+class Release(IntEnum):
+    RELEASED = 1
+    MORE_WORK = 0
+    LOST = -1
+
+
+class ItemKind(StrEnum):
+    TEXT = "text"          # a user's SMS: goes to the LLM
+    OPT_OUT = "opt_out"    # the user sent STOP: end the ongoing chat
+    INACTIVITY = "inactivity"  # the chat's silence deadline passed: auto-close it
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    url: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One thing for a conversation's worker to act on, in arrival order."""
+
+    kind: ItemKind
+    received_ms: int
+    body: str = ""
+    message_sid: str | None = None
+    media: tuple[Media, ...] = ()
+    chat_id: str | None = None       # INACTIVITY: the chat whose deadline passed
+    timer_score: int | None = None   # INACTIVITY: the timer's score when it fired (leased)
+    raw: str = field(default="", compare=False)  # the stored JSON, for trimming
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"kind": self.kind, "received_ms": self.received_ms}
+        if self.body:
+            data["body"] = self.body
+        if self.message_sid:
+            data["message_sid"] = self.message_sid
+        if self.media:
+            data["media"] = [{"url": m.url, "content_type": m.content_type} for m in self.media]
+        if self.chat_id:
+            data["chat_id"] = self.chat_id
+        if self.timer_score is not None:
+            data["timer_score"] = self.timer_score
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def from_json(cls, raw: str) -> Item:
+        data = orjson.loads(raw)
+        return cls(
+            kind=ItemKind(data["kind"]),
+            received_ms=int(data["received_ms"]),
+            body=data.get("body", ""),
+            message_sid=data.get("message_sid"),
+            media=tuple(Media(m["url"], m["content_type"]) for m in data.get("media", ())),
+            chat_id=data.get("chat_id"),
+            timer_score=data.get("timer_score"),
+            raw=raw,
+        )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Mailbox:
+    """The Redis operations on conversation mailboxes, wake-ups and locks."""
+
+    def __init__(self, redis: aioredis.Redis, *, lock_ttl_ms: int) -> None:
+        self._redis = redis
+        self.lock_ttl_ms = lock_ttl_ms
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def put(self, conv: Conversation, item: Item, *, dedupe_id: str, check_optout: bool) -> Enqueued:
+        """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen (or the user opted out)."""
+        result = await self._enqueue(
+            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.WAKEUPS, keys.optout(conv)],
+            args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.tag,
+                  keys.WAKEUPS_MAXLEN, 1 if check_optout else 0],
+        )
+        return Enqueued(int(result))
+
+    async def peek(self, conv: Conversation) -> list[Item]:
+        """Everything in the mailbox, oldest first (not removed: the turn commit trims it)."""
+        return [Item.from_json(str(raw)) for raw in await self._redis.lrange(keys.mailbox(conv), 0, -1)]
+
+    async def acquire(self, conv: Conversation) -> str | None:
+        """Take the conversation's turn lock; its token, or None when another worker holds it."""
+        token = secrets.token_hex(16)
+        ok = await self._redis.set(keys.lock(conv), token, nx=True, px=self.lock_ttl_ms)
+        return token if ok else None
+
+    async def renew(self, conv: Conversation, token: str) -> bool:
+        return bool(await self._renew(keys=[keys.lock(conv)], args=[token, self.lock_ttl_ms]))
+
+    async def release(self, conv: Conversation, token: str) -> Release:
+        """Release the lock if the mailbox is empty; otherwise keep it (there is another turn to run)."""
+        return Release(int(await self._release(keys=[keys.lock(conv), keys.mailbox(conv)], args=[token])))

