@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     )
 
     # Conversation machinery. Defaults suit production; tests shorten them.
-    history_window: int = Field(default=40, ge=2, le=500, validation_alias=_env("PARLEY_HISTORY_WINDOW", "history_window"))
+    history_window: int = Field(
+        default=40, ge=2, le=500, validation_alias=_env("PARLEY_HISTORY_WINDOW", "history_window")
+    )
     chat_ttl_s: int = Field(
         default=30 * 86_400, ge=3_600, validation_alias=_env("PARLEY_CHAT_TTL_S", "chat_ttl_s")
     )

@@ -120,45 +120,66 @@ MakeParley = Callable[..., Awaitable[Parley]]
 
 
 @pytest.fixture
+async def fake_twilio() -> AsyncIterator[FakeTwilio]:
+    fake = FakeTwilio(accounts={ACCOUNT_SID: AUTH_TOKEN, OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN})
+    async with TestServer(fake.app()) as server:
+        fake.url = str(server.make_url("/")).rstrip("/")
+        yield fake
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    async with TestServer(fake.app()) as server:
+        fake.url = str(server.make_url("/v1"))
+        yield fake
+
+
+def write_agents(directory: Path, agents: dict[str, dict[str, Any]], numbers: list[dict[str, Any]]) -> None:
+    directory.mkdir(exist_ok=True)
+    for agent_id, data in agents.items():
+        (directory / f"{agent_id}.yaml").write_text(yaml.safe_dump(data))
+    (directory / "phone-numbers.yaml").write_text(yaml.safe_dump(numbers))
+
+
+DEFAULT_NUMBERS = [{"phone_number": AGENT_NUMBER, "nickname": "Front desk",
+                    "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
+
+
+def test_settings(redis_url: str, agents_dir: Path, twilio: FakeTwilio, llm: FakeOpenAI, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url, "agents_dir": agents_dir, "api_keys": [API_KEY], "public_url": PUBLIC_URL,
+        "twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN,
+        "twilio_accounts": {OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN}, "twilio_api_base_url": twilio.url,
+        "openai_api_key": "sk-test", "openai_base_url": llm.url, "llm_max_retries": 0, "llm_timeout_s": 5,
+        "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50, "drain_timeout_s": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture
 async def make_parley(
-    redis: aioredis.Redis, redis_url: str, tmp_path: Path, aiohttp_client: Any,
-) -> AsyncIterator[MakeParley]:
-    """Build and start Parley: ``await make_parley(agent={...}, numbers=[...], **settings)``."""
-    servers: list[TestServer] = []
+    redis: aioredis.Redis, redis_url: str, tmp_path: Path, fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+    aiohttp_client: Any,
+) -> MakeParley:
+    """Build and start Parley: ``await make_parley(agent={...}, numbers=[...], **settings)``.
+
+    Called twice in one test, it starts a second process-like instance on the same Redis and fakes.
+    """
 
     async def make(*, agent: dict[str, Any] | None = None, agents: dict[str, dict[str, Any]] | None = None,
                    numbers: list[dict[str, Any]] | None = None, **settings_overrides: Any) -> Parley:
-        twilio = FakeTwilio(accounts={ACCOUNT_SID: AUTH_TOKEN, OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN})
-        llm = FakeOpenAI()
-        for fake in (twilio, llm):
-            server = TestServer(fake.app())
-            await server.start_server()
-            servers.append(server)
-            fake.url = str(server.make_url("/"))  # type: ignore[attr-defined]
         agents_dir = tmp_path / "agents"
-        agents_dir.mkdir(exist_ok=True)
-        for agent_id, data in (agents or {"frontdesk": agent or agent_file()}).items():
-            (agents_dir / f"{agent_id}.yaml").write_text(yaml.safe_dump(data))
-        (agents_dir / "phone-numbers.yaml").write_text(yaml.safe_dump(numbers or [
-            {"phone_number": AGENT_NUMBER, "nickname": "Front desk",
-             "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]))
-        values: dict[str, Any] = {
-            "redis_url": redis_url, "agents_dir": agents_dir, "api_keys": [API_KEY], "public_url": PUBLIC_URL,
-            "twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN,
-            "twilio_accounts": {OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN},
-            "twilio_api_base_url": twilio.url.rstrip("/"),  # type: ignore[attr-defined]
-            "openai_api_key": "sk-test", "openai_base_url": llm.url + "v1",  # type: ignore[attr-defined]
-            "llm_max_retries": 0, "llm_timeout_s": 5, "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50,
-            "drain_timeout_s": 2,
-        }
-        values.update(settings_overrides)
-        settings = Settings(**values)
+        write_agents(agents_dir, agents or {"frontdesk": agent or agent_file()}, numbers or DEFAULT_NUMBERS)
+        settings = test_settings(redis_url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
         client = await aiohttp_client(create_app(settings))
-        return Parley(client=client, twilio=twilio, llm=llm, redis=redis, settings=settings)
+        return Parley(client=client, twilio=fake_twilio, llm=fake_llm, redis=redis, settings=settings)
 
-    yield make
-    for server in servers:
-        await server.close()
+    return make
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

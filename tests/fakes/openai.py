@@ -34,6 +34,7 @@ class HttpError:
     status: int
     message: str = "server error"
     delay_s: float = 0.0
+    should_retry: bool | None = None   # sets x-should-retry; None leaves the SDK's own policy
 
 
 Responder = Callable[[dict[str, Any]], Completion | HttpError]
@@ -60,6 +61,7 @@ class FakeOpenAI:
     in_flight: int = 0
     max_in_flight: int = 0
     delay_s: float = 0.0
+    url: str = ""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -81,8 +83,9 @@ class FakeOpenAI:
             self.in_flight -= 1
         if isinstance(answer, HttpError):
             await asyncio.sleep(answer.delay_s)
+            headers = {} if answer.should_retry is None else {"x-should-retry": str(answer.should_retry).lower()}
             return web.json_response({"error": {"message": answer.message, "type": "server_error", "code": None}},
-                                     status=answer.status, headers={"x-should-retry": "false"})
+                                     status=answer.status, headers=headers)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
         if answer.tool_calls:
             message["tool_calls"] = [

@@ -32,6 +32,7 @@ class FakeTwilio:
     errors: dict[str, tuple[int, int]] = field(default_factory=dict)
     delay_s: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
 
     def app(self) -> web.Application:
         app = web.Application()

@@ -1,0 +1,57 @@
+"""Inactivity auto-close, and a worker that dies mid-turn (DESIGN.md section 3, step 7; section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service import keys
+
+from .conftest import USER, MakeParley, agent_file
+
+
+async def test_silence_closes_the_chat_with_the_auto_close_message(make_parley: MakeParley) -> None:
+    parley = await make_parley(agent=agent_file(end_chat_after_silence_ms=1_000,
+                                                auto_close_message="Thanks for texting. Bye for now!"))
+    await parley.text("hi")
+    await parley.twilio.wait_for(1)
+    await parley.idle()
+    chat_id = (await parley.chat_of())["chat_id"]
+    sent = await parley.twilio.wait_for(2, within_s=5)
+    assert sent[1].body == "Thanks for texting. Bye for now!" and sent[1].to == USER
+    await parley.idle()
+    chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
+    assert chat["chat_status"] == "ended" and chat["disconnection_reason"] == "inactivity"
+    assert chat["message_with_tool_calls"][-1]["content"] == "Thanks for texting. Bye for now!"
+    assert await parley.redis.zcard(keys.INACTIVITY_TIMERS) == 0
+    await asyncio.sleep(1.2)
+    assert len(parley.twilio.messages) == 2, "the chat was closed twice"
+
+
+async def test_a_text_before_the_deadline_keeps_the_chat_open(make_parley: MakeParley) -> None:
+    parley = await make_parley(agent=agent_file(end_chat_after_silence_ms=1_500))
+    for body in ("one", "two", "three"):
+        await parley.text(body)
+        await asyncio.sleep(0.7)
+    chat = await parley.chat_of()
+    assert chat["chat_status"] == "ongoing"
+    assert [m.body for m in parley.twilio.messages] == ["You said: one", "You said: two", "You said: three"]
+
+
+async def test_a_turn_cancelled_before_commit_is_answered_after_reclaim(make_parley: MakeParley) -> None:
+    first = await make_parley(drain_timeout_s=0)
+    first.llm.delay_s = 1.0
+    await first.text("are you open today?")
+    async with asyncio.timeout(5):
+        while not first.llm.requests:
+            await asyncio.sleep(0.01)
+    await first.client.close()       # the process stops mid-turn: the turn is cancelled before it commits
+    assert first.twilio.messages == []
+    assert (await first.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP))["pending"] == 1
+
+    first.llm.delay_s = 0
+    second = await make_parley()     # another process, same Redis: reclaims the stale wake-up
+    sent = await second.twilio.wait_for(1, within_s=10)
+    assert [m.body for m in sent] == ["You said: are you open today?"]
+    await second.idle()
+    chat = await second.chat_of()
+    assert [m["role"] for m in chat["message_with_tool_calls"]] == ["user", "agent"]
