@@ -103,6 +103,15 @@ class Parley:
         result: dict[str, Any] = await response.json()
         return result
 
+    async def chat_ids(self) -> list[str]:
+        """Every chat's id, oldest first."""
+        from service import keys
+
+        found = []
+        async for key in self.redis.scan_iter(match=keys.chat("*")):
+            found.append((int(await self.redis.hget(key, "start_timestamp") or 0), key.split("{")[1].rstrip("}")))
+        return [chat_id for _, chat_id in sorted(found)]
+
     async def idle(self, within_s: float = 10.0) -> None:
         """Wait until every wake-up is acknowledged and every mailbox is empty."""
         from service import keys
@@ -146,7 +155,9 @@ DEFAULT_NUMBERS = [{"phone_number": AGENT_NUMBER, "nickname": "Front desk",
                     "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
 
 
-def test_settings(redis_url: str, agents_dir: Path, twilio: FakeTwilio, llm: FakeOpenAI, **overrides: Any) -> Settings:
+def build_settings(
+    redis_url: str | None, agents_dir: Path, twilio: FakeTwilio, llm: FakeOpenAI, **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url, "agents_dir": agents_dir, "api_keys": [API_KEY], "public_url": PUBLIC_URL,
         "twilio_account_sid": ACCOUNT_SID, "twilio_auth_token": AUTH_TOKEN,
@@ -158,7 +169,6 @@ def test_settings(redis_url: str, agents_dir: Path, twilio: FakeTwilio, llm: Fak
     return Settings(**values)
 
 
-test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -175,7 +185,7 @@ async def make_parley(
                    numbers: list[dict[str, Any]] | None = None, **settings_overrides: Any) -> Parley:
         agents_dir = tmp_path / "agents"
         write_agents(agents_dir, agents or {"frontdesk": agent or agent_file()}, numbers or DEFAULT_NUMBERS)
-        settings = test_settings(redis_url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
+        settings = build_settings(redis_url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
         client = await aiohttp_client(create_app(settings))
         return Parley(client=client, twilio=fake_twilio, llm=fake_llm, redis=redis, settings=settings)
 

@@ -8,8 +8,16 @@ from service import keys
 from service.signature import sign
 
 from .conftest import (
-    ACCOUNT_SID, AGENT_NUMBER, AUTH_TOKEN, OTHER_ACCOUNT_SID, OTHER_AUTH_TOKEN, OTHER_NUMBER, PUBLIC_URL, USER,
-    MakeParley, agent_file,
+    ACCOUNT_SID,
+    AGENT_NUMBER,
+    AUTH_TOKEN,
+    OTHER_ACCOUNT_SID,
+    OTHER_AUTH_TOKEN,
+    OTHER_NUMBER,
+    PUBLIC_URL,
+    USER,
+    MakeParley,
+    agent_file,
 )
 
 

@@ -105,7 +105,7 @@ async def test_end_tool_ends_the_chat_after_the_goodbye(make_parley: MakeParley)
     sent = await parley.twilio.wait_for(1)
     assert sent[0].body == "Bye, have a great day!"
     await parley.idle()
-    chat_id = [k async for k in parley.redis.scan_iter(match="parley:chat:*:messages")][0].split("{")[1].split("}")[0]
+    [chat_id] = await parley.chat_ids()
     chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
     assert chat["chat_status"] == "ended" and chat["disconnection_reason"] == "agent_hangup"
     assert chat["end_timestamp"] >= chat["start_timestamp"]

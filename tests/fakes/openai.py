@@ -62,6 +62,7 @@ class FakeOpenAI:
     max_in_flight: int = 0
     delay_s: float = 0.0
     url: str = ""
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,6 +74,7 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
         body = await request.json()
         self.requests.append(body)
+        self.called.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
