@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 CLIENT_MAX_SIZE = 1024 * 1024
 
 
-def create_app(settings: Settings | None = None, *, web_routes: bool = True, workers: bool = True) -> web.Application:
-    """Build Parley. ``web_routes=False`` serves only health checks (``parley worker``)."""
+def create_app(
+    settings: Settings | None = None, *, web_routes: bool = True, workers: bool = True
+) -> web.Application:
+    """Build Parley. ``web_routes=False`` serves only health checks (``parley worker``); ``workers=False``
+    runs no turns (a web-only tier)."""
     settings = settings or Settings()
     files = agentfiles.load(settings)  # fail fast, before anything starts
     for warning in files.warnings:

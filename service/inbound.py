@@ -96,7 +96,8 @@ async def twilio_sms(request: web.Request) -> web.Response:
     body = form.get("Body", "")
     keyword = keywords.classify(body, form.get("OptOutType"))
     if keyword is Keyword.HELP:
-        if await rt.optouts.is_opted_out(conv):
+        # help_message "" leaves HELP to Twilio's own keyword replies (Advanced Opt-Out).
+        if number.help_message == "" or await rt.optouts.is_opted_out(conv):
             return twiml()
         return twiml(number.help_message or keywords.default_help(number.nickname))
     if keyword is Keyword.OPT_IN and await rt.optouts.clear(conv):

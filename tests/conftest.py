@@ -182,11 +182,12 @@ async def make_parley(
     """
 
     async def make(*, agent: dict[str, Any] | None = None, agents: dict[str, dict[str, Any]] | None = None,
-                   numbers: list[dict[str, Any]] | None = None, **settings_overrides: Any) -> Parley:
+                   numbers: list[dict[str, Any]] | None = None, run_workers: bool = True,
+                   **settings_overrides: Any) -> Parley:
         agents_dir = tmp_path / "agents"
         write_agents(agents_dir, agents or {"frontdesk": agent or agent_file()}, numbers or DEFAULT_NUMBERS)
         settings = build_settings(redis_url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
-        client = await aiohttp_client(create_app(settings))
+        client = await aiohttp_client(create_app(settings, workers=run_workers))
         return Parley(client=client, twilio=fake_twilio, llm=fake_llm, redis=redis, settings=settings)
 
     return make

@@ -75,6 +75,16 @@ async def test_help_answers_with_the_numbers_help_text_without_the_llm(make_parl
     assert parley.llm.requests == []
 
 
+async def test_an_empty_help_message_leaves_help_to_twilio(make_parley: MakeParley) -> None:
+    numbers = [{"phone_number": AGENT_NUMBER, "help_message": "",
+                "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
+    parley = await make_parley(numbers=numbers)
+    response = await parley.text("INFO")
+    assert await response.text() == '<?xml version="1.0" encoding="UTF-8"?><Response />'
+    await parley.idle()
+    assert parley.llm.requests == []
+
+
 async def test_twilio_21610_on_send_records_the_opt_out(make_parley: MakeParley) -> None:
     parley = await make_parley()
     parley.twilio.errors[USER] = (400, 21610)

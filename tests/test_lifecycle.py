@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from service import keys
+from service.app import create_app
 
 from .conftest import USER, MakeParley, agent_file
 
@@ -53,3 +57,39 @@ async def test_a_turn_cancelled_before_commit_is_answered_after_reclaim(make_par
     await second.idle()
     chat = await second.chat_of()
     assert [m["role"] for m in chat["message_with_tool_calls"]] == ["user", "agent"]
+
+
+async def test_web_and_worker_processes_split_the_work(
+    make_parley: MakeParley, aiohttp_client: Any) -> None:
+    web_only = await make_parley(run_workers=False)
+    await web_only.text("hello from the web tier")
+    await asyncio.sleep(0.3)
+    assert web_only.twilio.messages == [], "a web-only process ran a turn"
+
+    worker_app = create_app(web_only.settings, web_routes=False)
+    worker = await aiohttp_client(worker_app)
+    sent = await web_only.twilio.wait_for(1)
+    assert sent[0].body == "You said: hello from the web tier"
+    assert (await worker.post("/twilio/sms", data={})).status == 404   # `parley worker` serves health checks only
+    assert (await worker.get("/readyz")).status == 200
+
+
+async def test_shutdown_lets_a_running_turn_finish(make_parley: MakeParley) -> None:
+    parley = await make_parley(drain_timeout_s=5)
+    parley.llm.delay_s = 0.5
+    await parley.text("quick question")
+    await parley.llm.called.wait()
+    await parley.client.close()
+    assert [m.body for m in parley.twilio.messages] == ["You said: quick question"]
+    assert (await parley.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP))["pending"] == 0
+
+
+async def test_a_generated_api_key_is_printed_once_and_works(
+    make_parley: MakeParley, capsys: pytest.CaptureFixture[str],
+) -> None:
+    parley = await make_parley(api_keys=[])
+    printed = capsys.readouterr().err
+    assert printed.count("PARLEY_API_KEY is not set") == 1
+    key = printed.rsplit(": ", 1)[1].strip()
+    response = await parley.client.get("/get-chat/none", headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 404
