@@ -39,13 +39,14 @@ def _read(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def _describe(exc: ValidationError, path: Path) -> list[str]:
+def _describe(exc: ValidationError, where: str, prefix: str = "") -> list[str]:
+    """One line per error: ``<where>: <prefix><field path>: <message> (got <value>)``."""
     lines = []
     for err in exc.errors(include_url=False, include_context=False):
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        lines.append(f"{path}: {where}: {err['msg']}{shown}")
+        lines.append(f"{where}: {prefix}{field}: {err['msg']}{shown}")
     return lines
 
 
@@ -58,7 +59,7 @@ def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_describe(exc, path))
+        problems.extend(_describe(exc, str(path)))
         return
     if agent.agent_id in catalog.agents:
         problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in {catalog.sources[agent.agent_id]}")
@@ -81,7 +82,7 @@ def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
         try:
             number = PhoneNumber.model_validate(item)
         except ValidationError as exc:
-            problems.extend(line.replace(f"{path}: ", f"{path}: [{index}].", 1) for line in _describe(exc, path))
+            problems.extend(_describe(exc, str(path), prefix=f"[{index}]."))
             continue
         if number.phone_number in catalog.numbers:
             problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")

@@ -18,6 +18,7 @@ async def test_two_turns_share_history(make_parley: MakeParley) -> None:
     sent = await parley.twilio.wait_for(2)
     assert [m.body for m in sent] == ["You said: Hi, are you open Saturday?", "You said: And Sunday?"]
     assert all(m.to == USER and m.from_ == AGENT_NUMBER for m in sent)
+    assert all(m.status_callback == "https://parley.example.com/twilio/status" for m in sent)
     second = parley.llm.requests[1]["messages"]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert USER in second[0]["content"]
@@ -121,3 +122,12 @@ async def test_the_history_given_to_the_llm_is_a_window(make_parley: MakeParley)
     # The window is the last 4 stored messages, then the new text.
     assert [m["content"] for m in last[1:]] == [
         "message 1", "You said: message 1", "message 2", "You said: message 2", "message 3"]
+
+
+async def test_workers_bound_how_many_conversations_run_at_once(make_parley: MakeParley) -> None:
+    parley = await make_parley(workers=1)
+    parley.llm.delay_s = 0.2
+    for user in ("+14155550001", "+14155550002", "+14155550003"):
+        await parley.text("hi", user=user)
+    await parley.twilio.wait_for(3)
+    assert parley.llm.max_in_flight == 1

@@ -132,3 +132,13 @@ async def test_mms_to_a_text_model_is_described_not_attached(make_parley: MakePa
     await parley.twilio.wait_for(1)
     content = parley.llm.requests[0]["messages"][-1]["content"]
     assert isinstance(content, str) and "image/png" in content and "https://" not in content
+
+
+async def test_status_callbacks_are_signature_checked(make_parley: MakeParley) -> None:
+    parley = await make_parley()
+    form = {"MessageSid": "SM" + "5" * 32, "MessageStatus": "delivered", "AccountSid": ACCOUNT_SID,
+            "From": AGENT_NUMBER, "To": USER}
+    signed = {"X-Twilio-Signature": sign(PUBLIC_URL + "/twilio/status", form, AUTH_TOKEN)}
+    assert (await parley.client.post("/twilio/status", data=form, headers=signed)).status == 204
+    forged = {"X-Twilio-Signature": sign(PUBLIC_URL + "/twilio/status", form, "wrong")}
+    assert (await parley.client.post("/twilio/status", data=form, headers=forged)).status == 403
