@@ -24,12 +24,19 @@ AGENT_SUFFIXES = (".yaml", ".yml", ".json")
 
 @dataclass
 class Catalog:
-    """What the files declare, validated: agents by id, numbers by E.164, each with the file it came from."""
+    """What the files declare, validated: agents by id, numbers by E.164, and the file of each object.
+
+    ``files`` maps (kind, id) to the file that declares it, kind being ``agent``, ``retell llm`` or
+    ``number``: such objects are read-only through the API.
+    """
 
     agents: dict[str, ChatAgent] = field(default_factory=dict)
     numbers: dict[str, PhoneNumber] = field(default_factory=dict)
-    sources: dict[str, Path] = field(default_factory=dict)
+    files: dict[tuple[str, str], Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def declared_in(self, kind: str, object_id: str) -> Path | None:
+        return self.files.get((kind, object_id))
 
 
 def _read(path: Path) -> Any:
@@ -56,16 +63,22 @@ def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
         problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
         return
     data.setdefault("agent_id", path.stem)
+    if not isinstance(data.get("retell_llm"), dict):
+        problems.append(f"{path}: retell_llm: required: an agent file carries its Retell LLM inline, as a mapping")
+        return
+    data["retell_llm"].setdefault("llm_id", f"llm_{data['agent_id']}")
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
         problems.extend(_describe(exc, str(path)))
         return
     if agent.agent_id in catalog.agents:
-        problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in {catalog.sources[agent.agent_id]}")
+        problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "
+                        f"{catalog.declared_in('agent', agent.agent_id)}")
         return
     catalog.agents[agent.agent_id] = agent
-    catalog.sources[agent.agent_id] = path
+    catalog.files[("agent", agent.agent_id)] = path
+    catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
 
 
@@ -88,13 +101,13 @@ def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
             problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")
             continue
         catalog.numbers[number.phone_number] = number
-        catalog.sources[number.phone_number] = path
+        catalog.files[("number", number.phone_number)] = path
 
 
 def _cross_check(catalog: Catalog, settings: Settings, problems: list[str]) -> None:
     tokens = settings.twilio_tokens()
     for e164, number in catalog.numbers.items():
-        where = catalog.sources[e164]
+        where = catalog.files[("number", e164)]
         for listing in ("inbound_sms_agents", "outbound_sms_agents"):
             for ref in getattr(number, listing):
                 if ref.agent_id not in catalog.agents:

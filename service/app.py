@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import agentfiles, catalog, inbound, status
+from . import agentfiles, inbound, status
 from .api import add_routes, api_middleware, healthz, readyz
 from .appkeys import API_KEYS, READY, REDIS, RUNTIME, SETTINGS
+from .catalog import Store
 from .llm import LLM
 from .runtime import Runtime
 from .scheduler import Scheduler
@@ -49,7 +50,7 @@ def create_app(
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_redis(settings) as redis:
             app[REDIS] = redis
-            await catalog.publish(redis, files)
+            await Store(redis).publish(files)
             app[READY]["agents_loaded"] = True
             yield
 

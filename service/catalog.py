@@ -1,71 +1,166 @@
-"""Agents and phone numbers in Redis: written from the files at start, read by every turn and webhook.
+"""Agents, Retell LLMs and phone numbers in Redis: written from the files at start and by the API.
 
-An agent is a hash of versions (``agent:<id>``: version -> JSON). Publishing a file whose content
-changed adds a version; a chat keeps the version it started with.
+Agents and LLMs are versioned: ``agent:<id>`` and ``llm:<id>`` are hashes of version -> JSON, and every
+change adds a version (publishing a file whose content changed does too). A chat records the agent
+version and the LLM version it started with, so an edit never changes a conversation in flight.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel
+from redis.exceptions import WatchError
 
 from . import keys
 from .agentfiles import Catalog
 from .errors import NotFound
-from .retell import AgentWeight, ChatAgent, PhoneNumber
+from .retell import AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
+
+M = TypeVar("M", ChatAgent, RetellLLM)
+_VOLATILE = {"version", "last_modification_timestamp", "is_published"}
 
 
-async def publish(redis: aioredis.Redis, catalog: Catalog) -> None:
-    """Store every agent (as a new version when its content changed) and every number."""
-    for agent in catalog.agents.values():
-        await put_agent(redis, agent)
-    async with redis.pipeline(transaction=True) as pipe:
-        for number in catalog.numbers.values():
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _same(a: BaseModel, b: BaseModel) -> bool:
+    return a.model_dump(exclude=_VOLATILE) == b.model_dump(exclude=_VOLATILE)
+
+
+class Versioned(Generic[M]):
+    """A set of versioned objects of one kind: every ``put`` adds a version."""
+
+    def __init__(self, redis: aioredis.Redis, model: type[M], key: Callable[[str], str], index: str, kind: str):
+        self._redis = redis
+        self._model: type[M] = model
+        self._key = key
+        self._index = index
+        self.kind = kind
+
+    async def versions(self, object_id: str) -> list[M]:
+        raw = await self._redis.hgetall(self._key(object_id))
+        return sorted((self._model.model_validate_json(v) for v in raw.values()), key=lambda m: m.version)
+
+    async def get(self, object_id: str, version: int | None = None) -> M:
+        """The object at ``version`` (the latest when None); ``NotFound`` otherwise."""
+        if version is None:
+            found = await self.versions(object_id)
+            if found:
+                return found[-1]
+        else:
+            raw = await self._redis.hget(self._key(object_id), str(version))
+            if raw:
+                return self._model.model_validate_json(raw)
+        suffix = f" version {version}" if version is not None else ""
+        raise NotFound(f"{self.kind} {object_id!r}{suffix} not found")
+
+    async def exists(self, object_id: str) -> bool:
+        return bool(await self._redis.exists(self._key(object_id)))
+
+    async def put(self, obj: M, *, unless_unchanged: bool = False) -> M:
+        """Store ``obj`` as a new version (the first is 0); with ``unless_unchanged``, keep an equal latest."""
+        object_id = self._id(obj)
+        key = self._key(object_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    latest = [self._model.model_validate_json(v) for v in (await pipe.hgetall(key)).values()]
+                    top = max(latest, key=lambda m: m.version, default=None)
+                    if unless_unchanged and top is not None and _same(top, obj):
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return top
+                    stored = obj.model_copy(update={"version": top.version + 1 if top else 0,
+                                                    "last_modification_timestamp": now_ms()})
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, str(stored.version), stored.model_dump_json())
+                    pipe.sadd(self._index, object_id)
+                    await pipe.execute()
+                    return stored
+                except WatchError:
+                    continue
+
+    async def delete(self, object_id: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(object_id))
+            pipe.srem(self._index, object_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def ids(self) -> list[str]:
+        return sorted(str(i) for i in await self._redis.smembers(self._index))
+
+    def _id(self, obj: M) -> str:
+        return obj.agent_id if isinstance(obj, ChatAgent) else obj.llm_id
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An agent version together with the Retell LLM version it answers with."""
+
+    config: ChatAgent
+    llm: RetellLLM
+
+
+class Store:
+    """Agents, LLMs and numbers."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self.agents: Versioned[ChatAgent] = Versioned(redis, ChatAgent, keys.agent, keys.AGENTS, "agent")
+        self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm")
+
+    async def publish(self, files: Catalog) -> None:
+        """Store what the files declare (a changed file becomes a new version)."""
+        for agent in files.agents.values():
+            llm = agent.retell_llm
+            if llm is not None:
+                await self.llms.put(llm, unless_unchanged=True)
+                agent = agent.model_copy(update={"retell_llm": None,
+                                                 "response_engine": ResponseEngine(llm_id=llm.llm_id)})
+            await self.agents.put(agent, unless_unchanged=True)
+        for number in files.numbers.values():
+            await self.put_number(number)
+
+    async def resolve(self, agent_id: str, version: int | None = None, llm_version: int | None = None) -> Agent:
+        """The agent at ``version`` with its LLM at ``llm_version`` (else the version it names, else the latest)."""
+        config = await self.agents.get(agent_id, version)
+        if config.response_engine is None:
+            raise NotFound(f"agent {agent_id!r} has no response_engine")
+        engine = config.response_engine
+        llm = await self.llms.get(engine.llm_id, llm_version if llm_version is not None else engine.version)
+        return Agent(config=config, llm=llm)
+
+    async def get_number(self, phone_number: str) -> PhoneNumber | None:
+        raw = await self._redis.get(keys.number(phone_number))
+        return PhoneNumber.model_validate_json(raw) if raw else None
+
+    async def put_number(self, number: PhoneNumber) -> PhoneNumber:
+        number = number.model_copy(update={"last_modification_timestamp": now_ms()})
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.number(number.phone_number), number.model_dump_json())
             pipe.sadd(keys.NUMBERS, number.phone_number)
-        await pipe.execute()
+            await pipe.execute()
+        return number
 
+    async def delete_number(self, phone_number: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.number(phone_number))
+            pipe.srem(keys.NUMBERS, phone_number)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
-async def put_agent(redis: aioredis.Redis, agent: ChatAgent) -> ChatAgent:
-    """Store ``agent`` as its latest version, unless the latest already has the same content."""
-    latest = await _latest(redis, agent.agent_id)
-    if latest is not None:
-        if latest.model_copy(update={"version": 0}) == agent.model_copy(update={"version": 0}):
-            return latest
-        agent = agent.model_copy(update={"version": latest.version + 1})
-    else:
-        agent = agent.model_copy(update={"version": 0})
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.agent(agent.agent_id), str(agent.version), agent.model_dump_json())
-        pipe.sadd(keys.AGENTS, agent.agent_id)
-        await pipe.execute()
-    return agent
-
-
-async def _latest(redis: aioredis.Redis, agent_id: str) -> ChatAgent | None:
-    versions = await redis.hkeys(keys.agent(agent_id))
-    if not versions:
-        return None
-    raw = await redis.hget(keys.agent(agent_id), str(max(int(v) for v in versions)))
-    return ChatAgent.model_validate_json(raw) if raw else None
-
-
-async def get_agent(redis: aioredis.Redis, agent_id: str, version: int | None = None) -> ChatAgent:
-    """The agent at ``version`` (the latest when None); ``NotFound`` if there is none."""
-    if version is None:
-        agent = await _latest(redis, agent_id)
-    else:
-        raw = await redis.hget(keys.agent(agent_id), str(version))
-        agent = ChatAgent.model_validate_json(raw) if raw else None
-    if agent is None:
-        raise NotFound(f"agent {agent_id!r}" + (f" version {version}" if version is not None else "") + " not found")
-    return agent
-
-
-async def get_number(redis: aioredis.Redis, phone_number: str) -> PhoneNumber | None:
-    raw = await redis.get(keys.number(phone_number))
-    return PhoneNumber.model_validate_json(raw) if raw else None
+    async def numbers(self) -> list[PhoneNumber]:
+        ids = sorted(str(n) for n in await self._redis.smembers(keys.NUMBERS))
+        raws = await self._redis.mget([keys.number(n) for n in ids]) if ids else []
+        return [PhoneNumber.model_validate_json(raw) for raw in raws if raw]
 
 
 def pick_agent(choices: list[AgentWeight], rng: random.Random | None = None) -> AgentWeight | None:

@@ -102,6 +102,7 @@ class Chat:
     direction: Direction | None = None
     end_timestamp: int | None = None
     disconnection_reason: str | None = None
+    llm_version: int | None = None        # the Retell LLM version the chat started with
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +140,7 @@ class Chat:
             direction=Direction(data["direction"]) if "direction" in data else None,
             end_timestamp=opt_int("end_timestamp"),
             disconnection_reason=data.get("disconnection_reason"),
+            llm_version=opt_int("llm_version"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             metadata=orjson.loads(data.get("metadata", "{}")),
         )

@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from twilio.twiml.messaging_response import MessagingResponse
 
-from . import catalog, keywords
+from . import keywords
 from .appkeys import RUNTIME
 from .keys import Conversation
 from .keywords import Keyword
@@ -86,7 +86,7 @@ async def twilio_sms(request: web.Request) -> web.Response:
     to, sender, sid = form.get("To", ""), form.get("From", ""), form.get("MessageSid") or form.get("SmsSid", "")
     if not to or not sender or not sid:
         return fail(400, "missing To, From or MessageSid: expected Twilio's inbound message form")
-    number = await catalog.get_number(rt.redis, to) if E164_RE.fullmatch(to) else None
+    number = await rt.catalog.get_number(to) if E164_RE.fullmatch(to) else None
     if not await verify(request, rt, form, number):
         log.warning("twilio signature rejected", extra={"to": redact(to), "message_sid": sid})
         return fail(403, "invalid X-Twilio-Signature")

@@ -22,6 +22,8 @@ chat:{C}:messages                           LIST    the chat's messages (JSON); 
                                                     TTL chat_ttl_s
 agent:<id>                                  HASH    version number -> agent JSON; one field per version
 agents                                      SET     ids of known agents
+llm:<id>                                    HASH    version number -> Retell LLM JSON; one field per version
+llms                                        SET     ids of known Retell LLMs
 number:<E.164>                              STRING  phone number JSON
 numbers                                     SET     known phone numbers
 wakeups                                     STREAM  one entry per conversation wake-up; MAXLEN ~ WAKEUPS_MAXLEN,
@@ -95,6 +97,13 @@ def agent(agent_id: str) -> str:
 
 
 AGENTS = f"{PREFIX}agents"
+
+
+def llm(llm_id: str) -> str:
+    return f"{PREFIX}llm:{llm_id}"
+
+
+LLMS = f"{PREFIX}llms"
 
 
 def number(phone_number: str) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 
 from . import tools, variables
+from .catalog import Agent
 from .chats import Chat, Message, Role
 from .errors import LLMError
 from .llm import LLM
-from .retell import ChatAgent
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,20 @@ class Reply:
     failed: bool = False
 
 
-def chat_variables(agent: ChatAgent, chat: Chat, now: datetime) -> dict[str, str]:
+def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
     """Agent defaults < the chat's variables < system variables (Retell's layering)."""
     conv = chat.conversation
     system = variables.system_variables(
-        now=now, timezone=agent.timezone, chat_id=chat.chat_id,
+        now=now, timezone=agent.config.timezone, chat_id=chat.chat_id,
         user_number=conv.user_number if conv else None, agent_number=conv.agent_number if conv else None,
         direction=chat.direction.value if chat.direction else None,
     )
-    return variables.merge(agent.retell_llm.default_dynamic_variables, chat.dynamic_variables, system)
+    return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, system)
 
 
-def system_prompt(agent: ChatAgent, values: dict[str, str], now: datetime) -> str:
-    prompt = variables.render(agent.retell_llm.general_prompt, values, now=now)
-    return prompt + SMS_INSTRUCTIONS.format(chars=153 * agent.max_reply_segments)
+def system_prompt(agent: Agent, values: dict[str, str], now: datetime) -> str:
+    prompt = variables.render(agent.llm.general_prompt, values, now=now)
+    return prompt + SMS_INSTRUCTIONS.format(chars=153 * agent.config.max_reply_segments)
 
 
 def window(history: list[Message]) -> list[Message]:
@@ -105,25 +105,25 @@ class Responder:
         self._http = http
 
     async def respond(
-        self, agent: ChatAgent, chat: Chat, history: list[Message], *, now: datetime | None = None,
+        self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
     ) -> Reply:
         """The agent's reply to ``history`` (which ends with the new user messages)."""
         now = now or datetime.now(UTC)
         values = chat_variables(agent, chat, now)
         messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(agent, values, now)}]
-        messages += to_openai(window(history), images=agent.model_accepts_images)
+        messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
-        definitions = tools.definitions(agent.retell_llm)
+        definitions = tools.definitions(agent.llm)
         chat_payload = chat.to_response(history).model_dump(mode="json")
         for round_ in range(MAX_TOOL_ROUNDS + 1):
             try:
                 completion = await self._llm.complete(
-                    model=agent.retell_llm.model, temperature=agent.retell_llm.model_temperature,
+                    model=agent.llm.model, temperature=agent.llm.model_temperature,
                     messages=messages, tools=definitions, allow_tools=round_ < MAX_TOOL_ROUNDS,
                 )
             except LLMError as exc:
                 log.warning("llm failed, sending the fallback", extra={"chat_id": chat.chat_id, "error": str(exc)})
-                reply.text, reply.failed = agent.fallback_message, True
+                reply.text, reply.failed = agent.config.fallback_message, True
                 return reply
             if not completion.tool_calls:
                 reply.text = completion.content.strip()
@@ -132,7 +132,7 @@ class Responder:
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for c in completion.tool_calls]})
             for call in completion.tool_calls:
-                result = await tools.run(agent.retell_llm, call.name, call.arguments, http=self._http,
+                result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
                                          chat=chat_payload)
                 reply.end_chat = reply.end_chat or result.end_chat
                 reply.messages += [

@@ -71,15 +71,22 @@ Tool = Annotated[EndChatTool | CustomTool | UnsupportedTool, Field(discriminator
 
 
 class RetellLLM(_Model):
-    """The response engine: prompt, first message, model, tools."""
+    """The response engine: prompt, first message, model, tools. Every update makes a new version."""
 
-    llm_id: str | None = None
+    llm_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
+    version: int = Field(default=0, ge=0)
+    is_published: bool = False
+    last_modification_timestamp: int = 0
     model: str = "gpt-4.1"
     model_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     general_prompt: str = ""
     begin_message: str | None = None
     general_tools: list[Tool] = Field(default_factory=list)
     default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        return [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
+                for tool in self.general_tools if isinstance(tool, UnsupportedTool)]
 
     @field_validator("general_tools")
     @classmethod
@@ -91,13 +98,29 @@ class RetellLLM(_Model):
         return tools
 
 
+class ResponseEngine(_Model):
+    """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
+
+    type: Literal["retell-llm"] = "retell-llm"
+    llm_id: str
+    version: int | None = Field(default=None, ge=0)
+
+
 class ChatAgent(_Model):
-    """A chat agent file: Retell's chat-agent fields, ``retell_llm`` inline, and Parley's fields."""
+    """A chat agent: Retell's chat-agent fields and Parley's. Every update makes a new version.
+
+    In files the Retell LLM is inline under ``retell_llm`` (it becomes its own object when loaded); through
+    the API the agent names one in ``response_engine``.
+    """
 
     agent_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     version: int = Field(default=0, ge=0)
+    is_published: bool = False
+    last_modification_timestamp: int = 0
+    channel: Literal["chat"] = "chat"
     agent_name: str | None = None
-    retell_llm: RetellLLM
+    response_engine: ResponseEngine | None = None
+    retell_llm: RetellLLM | None = None
     end_chat_after_silence_ms: int = Field(default=3_600_000, ge=1_000, le=RETELL_MAX_SILENCE_MS)
     auto_close_message: str | None = None
     language: str | list[str] = "en-US"
@@ -108,6 +131,12 @@ class ChatAgent(_Model):
     max_reply_segments: int = Field(default=3, ge=1, le=10)
     fallback_message: str = "Sorry, I can't answer right now. Please try again in a few minutes."
     model_accepts_images: bool = False
+
+    @model_validator(mode="after")
+    def _has_an_llm(self) -> ChatAgent:
+        if self.response_engine is None and self.retell_llm is None:
+            raise ValueError("needs response_engine ({type: retell-llm, llm_id}) or an inline retell_llm")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -126,16 +155,15 @@ class ChatAgent(_Model):
                 f"end_chat_after_silence_ms={self.end_chat_after_silence_ms} is below Retell's minimum of "
                 f"{RETELL_MIN_SILENCE_MS} ms (fine for demos and tests)"
             )
-        for tool in self.retell_llm.general_tools:
-            if isinstance(tool, UnsupportedTool):
-                out.append(f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it")
+        if self.retell_llm is not None:
+            out += self.retell_llm.warnings()
         return out
 
 
 class AgentWeight(_Model):
     agent_id: str
     weight: float = Field(default=1.0, gt=0, le=1)
-    agent_version: int | None = None
+    agent_version: int | None = Field(default=None, ge=0)
 
 
 def _weights_sum_to_one(agents: list[AgentWeight], field: str) -> None:
@@ -148,6 +176,8 @@ class PhoneNumber(_Model):
     """A Twilio number Parley answers on, in Retell's phone-number shape plus Parley's fields."""
 
     phone_number: E164
+    phone_number_type: Literal["custom"] = "custom"
+    last_modification_timestamp: int = 0
     nickname: str | None = None
     inbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
     outbound_sms_agents: list[AgentWeight] = Field(default_factory=list)

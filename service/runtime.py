@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 import redis.asyncio as aioredis
 
+from .catalog import Store
 from .chats import Chats
 from .llm import LLM
 from .mailbox import Mailbox
@@ -21,6 +22,7 @@ from .twilio_gateway import TwilioGateway
 class Runtime:
     settings: Settings
     redis: aioredis.Redis
+    catalog: Store
     mailbox: Mailbox
     chats: Chats
     optouts: OptOuts
@@ -35,6 +37,7 @@ class Runtime:
         return cls(
             settings=settings,
             redis=redis,
+            catalog=Store(redis),
             mailbox=Mailbox(redis, lock_ttl_ms=settings.lock_ttl_ms),
             chats=Chats(redis, ttl_s=settings.chat_ttl_s),
             optouts=optouts,

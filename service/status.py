@@ -10,7 +10,6 @@ import logging
 
 from aiohttp import web
 
-from . import catalog
 from .appkeys import RUNTIME
 from .inbound import fail, read_form, verify
 from .logs import redact
@@ -24,7 +23,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     if isinstance(form, web.Response):
         return form
     sender = form.get("From", "")
-    number = await catalog.get_number(rt.redis, sender) if sender else None
+    number = await rt.catalog.get_number(sender) if sender else None
     if not await verify(request, rt, form, number):
         return fail(403, "invalid X-Twilio-Signature")
     log.info("sms status", extra={"message_sid": form.get("MessageSid"), "status": form.get("MessageStatus"),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from . import catalog, keys
-from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult, new_id
-from .errors import NotFound
+from . import dialog, keys
+from .catalog import Agent, pick_agent
+from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
 from .keys import Conversation
 from .mailbox import Item, ItemKind, now_ms
-from .retell import ChatAgent, PhoneNumber
+from .retell import PhoneNumber
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Turns:
 
     async def run(self, conv: Conversation, batch: list[Item]) -> None:
         """Act on ``batch`` (from ``next_batch``) and commit."""
-        number = await catalog.get_number(self._rt.redis, conv.agent_number)
+        number = await self._rt.catalog.get_number(conv.agent_number)
         consumed = TurnResult(consumed=len(batch))
         if number is None:
             log.warning("number no longer configured; dropping", extra={"conv": conv.tag, "items": len(batch)})
@@ -57,17 +57,12 @@ class Turns:
         else:
             await self._texts(conv, number, batch)
 
-    async def _open_inbound_chat(self, conv: Conversation, number: PhoneNumber) -> tuple[Chat, ChatAgent] | None:
-        choice = catalog.pick_agent(number.inbound_sms_agents)
+    async def _open_inbound_chat(self, conv: Conversation, number: PhoneNumber) -> tuple[Chat, Agent] | None:
+        choice = pick_agent(number.inbound_sms_agents)
         if choice is None:
             return None
-        agent = await catalog.get_agent(self._rt.redis, choice.agent_id, choice.agent_version)
-        chat = Chat(chat_id=new_id("chat_"), agent_id=agent.agent_id, version=agent.version, chat_type=ChatType.SMS,
-                    start_timestamp=now_ms(), from_number=conv.user_number, to_number=conv.agent_number,
-                    direction=Direction.INBOUND)
-        await self._rt.chats.create(chat)
-        log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": agent.agent_id})
-        return chat, agent
+        return await dialog.open_chat(self._rt, agent_id=choice.agent_id, version=choice.agent_version,
+                                      chat_type=ChatType.SMS, conv=conv, direction=Direction.INBOUND)
 
     async def _texts(self, conv: Conversation, number: PhoneNumber, batch: list[Item]) -> None:
         chats = self._rt.chats
@@ -80,29 +75,22 @@ class Turns:
                 return
             chat, agent = opened
         else:
-            agent = await self._agent(chat)
+            agent = await dialog.agent_for(self._rt, chat)
         user = [Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
                         media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
                 for item in batch]
-        history = await chats.messages(chat.chat_id, last=self._rt.settings.history_window)
-        reply = await self._rt.responder.respond(agent, chat, history + user)
+        reply = await dialog.answer(self._rt, chat, agent, user)
         sent = []
         if reply.text:
-            sent = await self._rt.sender.send_text(conv, number, reply.text, max_segments=agent.max_reply_segments)
+            sent = await self._rt.sender.send_text(conv, number, reply.text,
+                                                   max_segments=agent.config.max_reply_segments)
         result = TurnResult(messages=user + reply.messages + sent, consumed=len(batch),
-                            deadline_ms=now_ms() + agent.end_chat_after_silence_ms)
+                            deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
         await chats.commit(chat, conv, result)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
-
-    async def _agent(self, chat: Chat) -> ChatAgent:
-        try:
-            return await catalog.get_agent(self._rt.redis, chat.agent_id, chat.version)
-        except NotFound:
-            # The chat's version is gone (the agent was edited and old versions pruned): use the latest.
-            return await catalog.get_agent(self._rt.redis, chat.agent_id)
 
     async def _opt_out(self, conv: Conversation, item: Item) -> None:
         chat = await self._rt.chats.ongoing(conv)
@@ -119,7 +107,7 @@ class Turns:
         if chat is None or chat.chat_id != item.chat_id or await self._rearmed(chat, item):
             await self._rt.chats.commit(None, conv, TurnResult(consumed=1))
             return
-        agent = await self._agent(chat)
+        agent = (await dialog.agent_for(self._rt, chat)).config
         result = TurnResult(consumed=1, end=EndReason.INACTIVITY)
         if agent.auto_close_message:
             result.messages = await self._rt.sender.send_text(

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import catalog, keys
+from . import keys
 from .errors import ParleyError
 from .keys import Conversation
 from .mailbox import Item, Release, now_ms
@@ -150,14 +150,15 @@ class WorkerPool:
             await asyncio.sleep(wait_ms / 1000)
 
     async def _burst_window_ms(self, conv: Conversation) -> int:
+        """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
         chat = await self._rt.chats.ongoing(conv)
-        number = await catalog.get_number(self._rt.redis, conv.agent_number)
+        number = await self._rt.catalog.get_number(conv.agent_number)
         agent_id = chat.agent_id if chat else (number.inbound_sms_agents[0].agent_id
                                                if number and number.inbound_sms_agents else None)
         if agent_id is None:
             return 0
         try:
-            return (await catalog.get_agent(self._rt.redis, agent_id)).burst_window_ms
+            return (await self._rt.catalog.agents.get(agent_id, chat.version if chat else None)).burst_window_ms
         except ParleyError:
             return 0
 

@@ -17,9 +17,9 @@ from .fakes.twilio import FakeTwilio
 
 # Keys without a TTL, each bounded another way (see service/keys.py).
 UNEXPIRING = {
-    keys.AGENTS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS,
+    keys.AGENTS, keys.LLMS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS,
 }
-UNEXPIRING_PREFIXES = (keys.agent(""), keys.number(""))
+UNEXPIRING_PREFIXES = (keys.agent(""), keys.llm(""), keys.number(""))
 
 
 async def test_every_key_has_a_ttl_or_a_documented_bound(make_parley: MakeParley) -> None:

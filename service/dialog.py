@@ -1,0 +1,56 @@
+"""What every chat does, SMS or API: open with an agent version, answer the user, know its agent.
+
+SMS turns (``turn.py``), outbound SMS chats and the API's ``api_chat`` routes all go through here, so a
+chat behaves the same whichever way it is driven.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .catalog import Agent
+from .chats import Chat, ChatType, Direction, Message, new_id
+from .errors import NotFound
+from .keys import Conversation
+from .mailbox import now_ms
+from .responder import Reply
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def open_chat(
+    rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
+    direction: Direction | None = None, variables: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Chat, Agent]:
+    """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one."""
+    agent = await rt.catalog.resolve(agent_id, version)
+    from_number = to_number = None
+    if conv is not None:
+        inbound = direction is Direction.INBOUND
+        from_number = conv.user_number if inbound else conv.agent_number
+        to_number = conv.agent_number if inbound else conv.user_number
+    chat = Chat(chat_id=new_id("chat_"), agent_id=agent.config.agent_id, version=agent.config.version,
+                llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
+                from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
+                metadata=dict(metadata or {}))
+    await rt.chats.create(chat)
+    log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_type": chat_type.value})
+    return chat, agent
+
+
+async def agent_for(rt: Runtime, chat: Chat) -> Agent:
+    """The agent version (and LLM version) the chat started with; the latest if those were deleted."""
+    try:
+        return await rt.catalog.resolve(chat.agent_id, chat.version, chat.llm_version)
+    except NotFound:
+        log.warning("chat's agent version is gone; using the latest", extra={"chat_id": chat.chat_id})
+        return await rt.catalog.resolve(chat.agent_id)
+
+
+async def answer(rt: Runtime, chat: Chat, agent: Agent, new: list[Message]) -> Reply:
+    """The agent's reply to ``new`` user messages, given the chat's history window."""
+    history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
+    return await rt.responder.respond(agent, chat, history + new)
