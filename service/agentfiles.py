@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .errors import ConfigError
 from .retell import ChatAgent, PhoneNumber
 from .settings import Settings
+from .validation import describe
 
 NUMBERS_FILE_STEMS = ("phone-numbers", "phone_numbers")
 AGENT_SUFFIXES = (".yaml", ".yml", ".json")
@@ -46,17 +47,6 @@ def _read(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def _describe(exc: ValidationError, where: str, prefix: str = "") -> list[str]:
-    """One line per error: ``<where>: <prefix><field path>: <message> (got <value>)``."""
-    lines = []
-    for err in exc.errors(include_url=False, include_context=False):
-        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        lines.append(f"{where}: {prefix}{field}: {err['msg']}{shown}")
-    return lines
-
-
 def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
     data = _read(path)
     if not isinstance(data, dict):
@@ -70,7 +60,7 @@ def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_describe(exc, str(path)))
+        problems.extend(f"{path}: {line}" for line in describe(exc))
         return
     if agent.agent_id in catalog.agents:
         problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "
@@ -95,7 +85,7 @@ def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
         try:
             number = PhoneNumber.model_validate(item)
         except ValidationError as exc:
-            problems.extend(_describe(exc, str(path), prefix=f"[{index}]."))
+            problems.extend(f"{path}: {line}" for line in describe(exc, prefix=f"[{index}]."))
             continue
         if number.phone_number in catalog.numbers:
             problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")

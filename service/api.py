@@ -8,29 +8,78 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from .appkeys import API_KEYS, READY, REDIS, RUNTIME
-from .errors import Conflict, InvalidRequest, NotFound, ParleyError, StoreUnavailable
+from .appkeys import API_KEYS, FILES, READY, REDIS
+from .errors import (
+    Conflict,
+    InvalidRequest,
+    MalformedRequest,
+    NotFound,
+    ParleyError,
+    SendError,
+    StoreUnavailable,
+)
+from .retell_requests import PageQuery
+from .validation import describe
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound=BaseModel)
 
 # Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope.
-OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics")
+OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
 
 _STATUS: dict[type[ParleyError], int] = {
-    NotFound: 404, Conflict: 409, InvalidRequest: 422, StoreUnavailable: 503,
+    MalformedRequest: 400, NotFound: 404, Conflict: 409, InvalidRequest: 422, SendError: 502, StoreUnavailable: 503,
 }
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
     return web.json_bytes_response(data, dumps=orjson.dumps, status=status)
+
+
+def model_response(model: BaseModel | Sequence[BaseModel], status: int = 200) -> web.Response:
+    """A pydantic object (or a list of them) as JSON, without the fields that are unset or None."""
+    if not isinstance(model, BaseModel):
+        return json_response([m.model_dump(mode="json", exclude_none=True) for m in model], status)
+    return json_response(model.model_dump(mode="json", exclude_none=True), status)
+
+
+def validated(model: type[B], data: object) -> B:
+    """``data`` as ``model``, or ``InvalidRequest`` naming each field and what was expected."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest("; ".join(describe(exc))) from None
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The JSON body, which must be an object (400 otherwise); an empty body is ``{}``."""
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedRequest(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+async def read_body(request: web.Request, model: type[B]) -> B:
+    """The JSON body as ``model``: 400 when it is not a JSON object, 422 when a field is wrong."""
+    return validated(model, await read_object(request))
+
+
+def read_query(request: web.Request, model: type[B]) -> B:
+    return validated(model, dict(request.query))
 
 
 def error(status: int, message: str) -> web.Response:
@@ -69,15 +118,22 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error(503, "storage is unavailable; try again shortly")
 
 
-async def get_chat(request: web.Request) -> web.Response:
-    """``GET /get-chat/{chat_id}``: the chat in Retell's shape."""
-    rt = request.app[RUNTIME]
-    chat_id = request.match_info["chat_id"]
-    chat = await rt.chats.get(chat_id)
-    if chat is None:
-        raise NotFound(f"chat {chat_id!r} not found")
-    messages = await rt.chats.messages(chat_id)
-    return json_response(chat.to_response(messages).model_dump(mode="json"))
+def ensure_writable(request: web.Request, kind: str, object_id: str) -> None:
+    path = request.app[FILES].declared_in(kind, object_id)
+    if path is not None:
+        raise Conflict(f"{kind} {object_id!r} is declared in {path}: edit the file (it is read-only here)")
+
+
+def page_of_ids(ids: list[str], query: PageQuery) -> tuple[list[str], bool, str | None]:
+    """A page of ids in id order, after the cursor (the last id of the previous page)."""
+    ordered = sorted(ids, reverse=query.sort_order == "descending")
+    if query.pagination_key:
+        after = [i for i in ordered if (i < query.pagination_key if query.sort_order == "descending"
+                                        else i > query.pagination_key)]
+        ordered = after
+    page = ordered[:query.limit]
+    more = len(ordered) > query.limit
+    return page, more, page[-1] if more and page else None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -94,7 +150,3 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = False
     status = 200 if all(checks.values()) else 503
     return web.json_response({"status": "ok" if status == 200 else "unavailable", **checks}, status=status)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/get-chat/{chat_id}", get_chat)

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import agentfiles, inbound, status
-from .api import add_routes, api_middleware, healthz, readyz
-from .appkeys import API_KEYS, READY, REDIS, RUNTIME, SETTINGS
+from . import agent_routes, agentfiles, chat_routes, inbound, number_routes, status
+from .api import api_middleware, healthz, json_response, readyz
+from .appkeys import API_KEYS, FILES, READY, REDIS, RUNTIME, SETTINGS
 from .catalog import Store
 from .llm import LLM
+from .openapi import Route, document
 from .runtime import Runtime
 from .scheduler import Scheduler
 from .settings import Settings
@@ -46,6 +47,7 @@ def create_app(
     app[SETTINGS] = settings
     app[READY] = {}
     app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys]
+    app[FILES] = files
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_redis(settings) as redis:
@@ -60,13 +62,32 @@ def create_app(
         app.cleanup_ctx.append(_workers_ctx)
     if web_routes and not app[API_KEYS]:
         app.on_startup.append(_generate_api_key)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    if web_routes:
-        app.router.add_post("/twilio/sms", inbound.twilio_sms)
-        app.router.add_post("/twilio/status", status.twilio_status)
-        add_routes(app)
+    for route in routes(web_routes=web_routes):
+        app.router.add_route(route.method, route.path, route.handler)
     return app
+
+
+def routes(*, web_routes: bool = True) -> list[Route]:
+    """Every route Parley serves (``web_routes=False``: the health checks of ``parley worker``)."""
+    health = [
+        Route("GET", "/healthz", healthz, "The process is up", public=True, tag="operations"),
+        Route("GET", "/readyz", readyz, "Redis answers and the agents are loaded", public=True, tag="operations"),
+    ]
+    if not web_routes:
+        return health
+    own = [
+        Route("POST", "/twilio/sms", inbound.twilio_sms, "Twilio's inbound message webhook (form, signed)",
+              public=True, tag="twilio"),
+        Route("POST", "/twilio/status", status.twilio_status, "Twilio's status callback (form, signed)",
+              status=204, public=True, tag="twilio"),
+        Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations"),
+    ]
+    return chat_routes.ROUTES + agent_routes.ROUTES + number_routes.ROUTES + own + health
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: generated from the routes' own models."""
+    return json_response(document(routes()))
 
 
 async def _generate_api_key(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from .agentfiles import Catalog
 from .runtime import Runtime
 from .settings import Settings
 
@@ -13,3 +14,4 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 RUNTIME = web.AppKey("runtime", Runtime)
 API_KEYS = web.AppKey("api_keys", list[str])
 READY = web.AppKey("ready", dict[str, bool])
+FILES = web.AppKey("files", Catalog)   # what agents/ declares: read-only through the API

@@ -49,6 +49,8 @@ class EndReason(StrEnum):
     USER_OPTED_OUT = "user_opted_out"
     INACTIVITY = "inactivity"
     API = "api_ended"
+    REPLACED = "replaced_by_new_chat"
+    SEND_FAILED = "sms_send_failed"
 
 
 def new_id(prefix: str = "") -> str:
@@ -191,6 +193,8 @@ class Chats:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.chat(chat.chat_id), mapping=cast(Any, chat.to_hash()))
             pipe.expire(keys.chat(chat.chat_id), self.ttl_s)
+            pipe.zadd(keys.CHATS, {chat.chat_id: chat.start_timestamp})
+            pipe.zremrangebyscore(keys.CHATS, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
             conv = chat.conversation
             if conv is not None:
                 pipe.set(keys.current_chat(conv), chat.chat_id, ex=self.ttl_s)
@@ -207,6 +211,23 @@ class Chats:
             return None
         chat = await self.get(str(chat_id))
         return chat if chat is not None and chat.chat_status is ChatStatus.ONGOING else None
+
+    async def update(self, chat: Chat) -> None:
+        """Write the chat's variables and metadata back."""
+        fields = chat.to_hash()
+        await self._redis.hset(keys.chat(chat.chat_id), mapping={
+            "dynamic_variables": fields["dynamic_variables"], "metadata": fields["metadata"]})
+
+    async def delete(self, chat: Chat) -> None:
+        """Remove the chat, its messages, its timer and its place in the index."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.chat(chat.chat_id), keys.chat_messages(chat.chat_id))
+            pipe.zrem(keys.CHATS, chat.chat_id)
+            pipe.zrem(keys.INACTIVITY_TIMERS, chat.chat_id)
+            conv = chat.conversation
+            if conv is not None:
+                pipe.eval(_CLEAR_POINTER, 1, keys.current_chat(conv), chat.chat_id)
+            await pipe.execute()
 
     async def messages(self, chat_id: str, last: int | None = None) -> list[Message]:
         start = -last if last else 0

@@ -7,14 +7,16 @@ chat behaves the same whichever way it is driven.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
+from . import variables
 from .catalog import Agent
 from .chats import Chat, ChatType, Direction, Message, new_id
 from .errors import NotFound
 from .keys import Conversation
 from .mailbox import now_ms
-from .responder import Reply
+from .responder import Reply, chat_variables
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,15 @@ async def agent_for(rt: Runtime, chat: Chat) -> Agent:
     except NotFound:
         log.warning("chat's agent version is gone; using the latest", extra={"chat_id": chat.chat_id})
         return await rt.catalog.resolve(chat.agent_id)
+
+
+async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
+    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when ""."""
+    begin = agent.llm.begin_message
+    if begin is None:
+        return await rt.responder.respond(agent, chat, [])
+    values = chat_variables(agent, chat, datetime.now(UTC))
+    return Reply(text=variables.render(begin, values, now=datetime.now(UTC)))
 
 
 async def answer(rt: Runtime, chat: Chat, agent: Agent, new: list[Message]) -> Reply:

@@ -4,6 +4,7 @@
 
     ParleyError
     ├── ConfigError            an agent or number file, or a setting, is invalid (names file, field, expectation)
+    ├── MalformedRequest       a request body is not the JSON object expected (HTTP 400)
     ├── NotFound               an id the caller named does not exist (HTTP 404)
     ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
     ├── InvalidRequest         a request body failed validation (HTTP 422)
@@ -23,6 +24,10 @@ class ParleyError(Exception):
 
 class ConfigError(ParleyError):
     """Configuration (agent files, number files, settings) is invalid."""
+
+
+class MalformedRequest(ParleyError):
+    """A request body could not be parsed at all."""
 
 
 class NotFound(ParleyError):

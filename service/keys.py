@@ -20,6 +20,9 @@ chat:{C}                                    HASH    the chat's fields (status, a
                                                     TTL chat_ttl_s, refreshed on activity
 chat:{C}:messages                           LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
                                                     TTL chat_ttl_s
+chat:{C}:lock                               STRING  an API chat's completion lock; PX lock_ttl_ms
+chats                                       ZSET    chat id -> start timestamp, for listing; members older
+                                                    than chat_ttl_s are trimmed whenever a chat is created
 agent:<id>                                  HASH    version number -> agent JSON; one field per version
 agents                                      SET     ids of known agents
 llm:<id>                                    HASH    version number -> Retell LLM JSON; one field per version
@@ -90,6 +93,13 @@ def chat(chat_id: str) -> str:
 
 def chat_messages(chat_id: str) -> str:
     return f"{PREFIX}chat:{{{chat_id}}}:messages"
+
+
+def chat_lock(chat_id: str) -> str:
+    return f"{PREFIX}chat:{{{chat_id}}}:lock"
+
+
+CHATS = f"{PREFIX}chats"
 
 
 def agent(agent_id: str) -> str:

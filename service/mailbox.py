@@ -9,7 +9,6 @@ mailbox is empty, in one script, so a message that lands while it works is never
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -20,6 +19,7 @@ import redis.asyncio as aioredis
 
 from . import keys
 from .keys import Conversation
+from .locks import Locks
 
 # KEYS: seen, mailbox, wakeups, optout.  ARGV: item, seen ttl s, cap, mailbox ttl s, conversation tag, maxlen,
 # check optout (1/0).  Returns an Enqueued value.
@@ -34,17 +34,23 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'conv', ARGV[5])
 return 1
 """
 
-# KEYS: lock.  ARGV: token, ttl ms.  1 if still ours (and extended), 0 otherwise.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
 # KEYS: lock, mailbox.  ARGV: token.  1 released; 0 kept because the mailbox has work; -1 not ours any more.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
 redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: lock, mailbox, wakeups.  ARGV: token, conversation tag, maxlen.  Release a lock taken outside a worker
+# (the API opening a chat); if texts arrived meanwhile, wake a worker for them.
+_HAND_BACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+if redis.call('LLEN', KEYS[2]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'conv', ARGV[2])
+  return 0
+end
 return 1
 """
 
@@ -125,12 +131,12 @@ def now_ms() -> int:
 class Mailbox:
     """The Redis operations on conversation mailboxes, wake-ups and locks."""
 
-    def __init__(self, redis: aioredis.Redis, *, lock_ttl_ms: int) -> None:
+    def __init__(self, redis: aioredis.Redis, locks: Locks) -> None:
         self._redis = redis
-        self.lock_ttl_ms = lock_ttl_ms
+        self.locks = locks
         self._enqueue = redis.register_script(_ENQUEUE)
-        self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._hand_back = redis.register_script(_HAND_BACK)
 
     async def put(self, conv: Conversation, item: Item, *, dedupe_id: str, check_optout: bool) -> Enqueued:
         """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen (or the user opted out)."""
@@ -147,12 +153,19 @@ class Mailbox:
 
     async def acquire(self, conv: Conversation) -> str | None:
         """Take the conversation's turn lock; its token, or None when another worker holds it."""
-        token = secrets.token_hex(16)
-        ok = await self._redis.set(keys.lock(conv), token, nx=True, px=self.lock_ttl_ms)
-        return token if ok else None
+        return await self.locks.acquire(keys.lock(conv))
 
     async def renew(self, conv: Conversation, token: str) -> bool:
-        return bool(await self._renew(keys=[keys.lock(conv)], args=[token, self.lock_ttl_ms]))
+        return await self.locks.renew(keys.lock(conv), token)
+
+    async def abandon(self, conv: Conversation, token: str) -> None:
+        """Drop the lock without looking at the mailbox (the wake-up stays pending and will be reclaimed)."""
+        await self.locks.release(keys.lock(conv), token)
+
+    async def hand_back(self, conv: Conversation, token: str) -> None:
+        """Release a lock taken outside a worker, waking a worker if texts arrived meanwhile."""
+        await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.WAKEUPS],
+                              args=[token, conv.tag, keys.WAKEUPS_MAXLEN])
 
     async def release(self, conv: Conversation, token: str) -> Release:
         """Release the lock if the mailbox is empty; otherwise keep it (there is another turn to run)."""

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from .catalog import Store
 from .chats import Chats
 from .llm import LLM
+from .locks import Locks
 from .mailbox import Mailbox
 from .optouts import OptOuts
 from .responder import Responder
@@ -38,7 +39,7 @@ class Runtime:
             settings=settings,
             redis=redis,
             catalog=Store(redis),
-            mailbox=Mailbox(redis, lock_ttl_ms=settings.lock_ttl_ms),
+            mailbox=Mailbox(redis, Locks(redis, ttl_ms=settings.lock_ttl_ms)),
             chats=Chats(redis, ttl_s=settings.chat_ttl_s),
             optouts=optouts,
             sender=Sender(settings, gateway, optouts),

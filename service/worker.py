@@ -112,7 +112,7 @@ class WorkerPool:
             try:
                 await self._drain(conv, token)
             except asyncio.CancelledError:
-                await self._rt.redis.eval(_ABANDON, 1, keys.lock(conv), token)
+                await self._rt.mailbox.abandon(conv, token)
                 raise
             finally:
                 renewer.cancel()
@@ -163,7 +163,7 @@ class WorkerPool:
             return 0
 
     async def _keep_alive(self, conv: Conversation, token: str, entry_id: str) -> None:
-        interval = self._rt.mailbox.lock_ttl_ms / 3000
+        interval = self._rt.mailbox.locks.ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
             if not await self._rt.mailbox.renew(conv, token):
@@ -182,12 +182,6 @@ class WorkerPool:
                 log.warning("cancelled turns at shutdown; their wake-ups will be reclaimed",
                             extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=5)
-
-
-_ABANDON = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:

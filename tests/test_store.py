@@ -17,7 +17,7 @@ from .fakes.twilio import FakeTwilio
 
 # Keys without a TTL, each bounded another way (see service/keys.py).
 UNEXPIRING = {
-    keys.AGENTS, keys.LLMS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS,
+    keys.AGENTS, keys.LLMS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS, keys.CHATS,
 }
 UNEXPIRING_PREFIXES = (keys.agent(""), keys.llm(""), keys.number(""))
 
