@@ -111,6 +111,9 @@ class ListChatsRequest(_Body):
 class ChatListItem(ChatResponse):
     """A chat without its transcript fields, as Retell's list returns them."""
 
+    transcript: None = None  # type: ignore[assignment]
+    message_with_tool_calls: None = None  # type: ignore[assignment]
+
 
 class ListChatsResponse(BaseModel):
     items: list[ChatListItem]
