@@ -51,6 +51,9 @@ def last_user_text(body: dict[str, Any]) -> str:
 
 
 def echo(body: dict[str, Any]) -> Completion:
+    """Repeats the user's last message; opens with a greeting when there is none yet."""
+    if not any(m["role"] == "user" for m in body["messages"]):
+        return Completion(content="Hi, this is the front desk.")
     return Completion(content=f"You said: {last_user_text(body)}")
 
 
