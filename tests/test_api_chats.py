@@ -135,13 +135,13 @@ async def test_an_empty_begin_message_waits_for_the_user(make_parley: MakeParley
 
 
 async def test_texts_that_arrive_while_an_sms_chat_opens_are_answered(make_parley: MakeParley) -> None:
-    parley = await make_parley(numbers=OUTBOUND, agent=agent_file(retell_llm={"begin_message": "Hello {{user_number}}"}))
-    conv = keys.Conversation(AGENT_NUMBER, USER)
+    agent = agent_file(retell_llm={"begin_message": "Hello {{user_number}}"})
+    parley = await make_parley(numbers=OUTBOUND, agent=agent)
     parley.twilio.delay_s = 0.3          # the first message is in flight while the user texts
     opening = asyncio.create_task(parley.api("POST", "/create-sms-chat",
                                              json={"from_number": AGENT_NUMBER, "to_number": USER}))
-    while not await parley.redis.exists(keys.lock(conv)):
-        await asyncio.sleep(0.01)
+    await parley.twilio.requested.wait()
+    assert await parley.redis.exists(keys.lock(keys.Conversation(AGENT_NUMBER, USER)))
     await parley.text("who is this?")
     assert (await opening).status == 200
     parley.twilio.delay_s = 0

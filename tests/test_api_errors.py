@@ -86,7 +86,8 @@ async def test_an_agent_in_use_by_a_number_cannot_be_deleted(parley: Parley) -> 
 @pytest.mark.parametrize(("path", "body", "message"), [
     ("/create-sms-chat", {"from_number": AGENT_NUMBER, "to_number": "555-0100"},
      "to_number: Value error, '555-0100' is not an E.164 number"),
-    ("/create-sms-chat", {"from_number": "+15005550000", "to_number": USER}, "from_number: +15005550000 is not a number"),
+    ("/create-sms-chat", {"from_number": "+15005550000", "to_number": USER},
+     "from_number: +15005550000 is not a number"),
     ("/create-sms-chat", {"from_number": AGENT_NUMBER, "to_number": USER},
      "override_agent_id: required, since +15035550100 has no outbound_sms_agents"),
     ("/create-sms-chat", {"from_number": AGENT_NUMBER, "to_number": USER, "override_agent_id": "ghost"},

@@ -32,6 +32,7 @@ class FakeTwilio:
     errors: dict[str, tuple[int, int]] = field(default_factory=dict)
     delay_s: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    requested: asyncio.Event = field(default_factory=asyncio.Event)   # a create call has started
     url: str = ""
 
     def app(self) -> web.Application:
@@ -50,6 +51,7 @@ class FakeTwilio:
         account = request.match_info["account"]
         if not self._authorized(request, account):
             return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        self.requested.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         form = await request.post()
