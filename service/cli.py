@@ -1,4 +1,4 @@
-"""The ``parley`` command (also ``python -m service``): serve, worker, check. No logic lives here."""
+"""The ``parley`` command (also ``python -m service``): serve, worker, check, chat. No logic lives here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 from pydantic import ValidationError
 
-from . import agentfiles, logs
+from . import agentfiles, logs, terminal_chat
 from .app import create_app
 from .errors import ConfigError
 from .settings import Settings
@@ -51,6 +51,10 @@ def check(_: argparse.Namespace) -> None:
     print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s) in {settings.agents_dir}")
 
 
+def chat(args: argparse.Namespace) -> None:
+    raise SystemExit(terminal_chat.run(_settings(), args.agent_id, args.version))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Two-way SMS chat agents on Twilio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,5 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         func=worker)
     commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem").set_defaults(
         func=check)
+    talk = commands.add_parser("chat", help="talk to an agent in the terminal (an api_chat; no Twilio)")
+    talk.add_argument("agent_id", metavar="AGENT_ID")
+    talk.add_argument("--version", type=int, metavar="N", help="the agent version (default: the latest)")
+    talk.set_defaults(func=chat)
     args = parser.parse_args(argv)
     args.func(args)
