@@ -46,7 +46,7 @@ def create_app(
     app = web.Application(middlewares=[api_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[SETTINGS] = settings
     app[READY] = {}
-    app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys]
+    app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys] or ["key_" + secrets.token_hex(24)]
     app[FILES] = files
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -60,8 +60,8 @@ def create_app(
     app.cleanup_ctx.append(_clients_ctx)
     if workers:
         app.cleanup_ctx.append(_workers_ctx)
-    if web_routes and not app[API_KEYS]:
-        app.on_startup.append(_generate_api_key)
+    if web_routes and not settings.api_keys:
+        app.on_startup.append(_print_api_key)
     for route in routes(web_routes=web_routes):
         app.router.add_route(route.method, route.path, route.handler)
     return app
@@ -90,9 +90,8 @@ async def openapi_json(request: web.Request) -> web.Response:
     return json_response(document(routes()))
 
 
-async def _generate_api_key(app: web.Application) -> None:
-    key = "key_" + secrets.token_hex(24)
-    app[API_KEYS].append(key)
+async def _print_api_key(app: web.Application) -> None:
+    key = app[API_KEYS][0]
     print(f"PARLEY_API_KEY is not set; this run's API key is: {key}", file=sys.stderr, flush=True)
 
 

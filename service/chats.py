@@ -9,12 +9,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 
 from . import keys
+from .events import Event, now_ms, queue
 from .keys import Conversation
 from .retell import ChatResponse
 
@@ -188,9 +190,11 @@ class Chats:
         self._redis = redis
         self.ttl_s = ttl_s
 
-    async def create(self, chat: Chat) -> None:
-        """Store a new chat; an SMS chat also becomes its conversation's ongoing chat."""
+    async def create(self, chat: Chat, *, events: Sequence[Event] = ()) -> None:
+        """Store a new chat (and queue ``events``); an SMS chat also becomes its conversation's ongoing chat."""
         async with self._redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                queue(pipe, event, self.ttl_s)
             pipe.hset(keys.chat(chat.chat_id), mapping=cast(Any, chat.to_hash()))
             pipe.expire(keys.chat(chat.chat_id), self.ttl_s)
             pipe.zadd(keys.CHATS, {chat.chat_id: chat.start_timestamp})
@@ -234,9 +238,17 @@ class Chats:
         raws = await self._redis.lrange(keys.chat_messages(chat_id), start, -1)
         return [Message.from_json(str(raw)) for raw in raws]
 
-    async def commit(self, chat: Chat | None, conv: Conversation | None, result: TurnResult) -> None:
-        """Write a turn's results atomically: messages, mailbox trim, silence timer, end of chat."""
+    async def commit(
+        self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, events: Sequence[Event] = (),
+        analyze: bool = False,
+    ) -> None:
+        """Write a turn's results atomically: messages, mailbox trim, silence timer, end of chat, the events
+        that report them, and (``analyze``) the chat's place in the analysis queue."""
         async with self._redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                queue(pipe, event, self.ttl_s)
+            if analyze and chat is not None:
+                pipe.zadd(keys.ANALYSIS_DUE, {chat.chat_id: now_ms()})
             if chat is not None:
                 self._queue_chat_writes(pipe, chat, conv, result)
             if conv is not None and result.consumed:

@@ -32,6 +32,13 @@ numbers                                     SET     known phone numbers
 wakeups                                     STREAM  one entry per conversation wake-up; MAXLEN ~ WAKEUPS_MAXLEN,
                                                     consumer group WORKER_GROUP
 timers:inactivity                           ZSET    chat id -> deadline (ms); one member per ongoing chat
+outbox:{C}                                  LIST    chat C's lifecycle events not yet delivered, in order; TTL
+                                                    chat_ttl_s
+outbox:due                                  ZSET    chat id -> when its next delivery is due (ms); one member per
+                                                    chat with events waiting
+outbox:failed                               LIST    events that failed for good, with their last error; at most
+                                                    1,000 (the newest)
+analysis:due                                ZSET    chat id -> when its post-chat analysis is due (ms)
 ==========================================  ======  ===========================================================
 """
 
@@ -123,3 +130,12 @@ def number(phone_number: str) -> str:
 NUMBERS = f"{PREFIX}numbers"
 WAKEUPS = f"{PREFIX}wakeups"
 INACTIVITY_TIMERS = f"{PREFIX}timers:inactivity"
+
+
+def outbox(chat_id: str) -> str:
+    return f"{PREFIX}outbox:{{{chat_id}}}"
+
+
+OUTBOX_DUE = f"{PREFIX}outbox:due"
+OUTBOX_FAILED = f"{PREFIX}outbox:failed"
+ANALYSIS_DUE = f"{PREFIX}analysis:due"

@@ -98,6 +98,27 @@ class RetellLLM(_Model):
         return tools
 
 
+EventKind = Literal["chat_started", "chat_ended", "chat_analyzed", "transcript_updated"]
+DEFAULT_EVENTS: tuple[EventKind, ...] = ("chat_started", "chat_ended", "chat_analyzed")
+
+
+class AnalysisField(_Model):
+    """One item of ``post_chat_analysis_data``: what the post-chat analysis extracts."""
+
+    type: Literal["string", "enum", "boolean", "number", "system-presets"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    required: bool = False
+    choices: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _enum_has_choices(self) -> AnalysisField:
+        if self.type == "enum" and not self.choices:
+            raise ValueError(f"{self.name}: an enum needs choices")
+        return self
+
+
 class ResponseEngine(_Model):
     """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
 
@@ -126,6 +147,10 @@ class ChatAgent(_Model):
     language: str | list[str] = "en-US"
     timezone: str = "America/Los_Angeles"
     webhook_url: str | None = None
+    webhook_events: list[EventKind] | None = None
+    webhook_timeout_ms: int = Field(default=10_000, ge=1_000, le=60_000)
+    post_chat_analysis_data: list[AnalysisField] = Field(default_factory=list)
+    post_chat_analysis_model: str = "gpt-4.1"
     # Parley's own fields.
     burst_window_ms: int = Field(default=1_500, ge=0, le=60_000)
     max_reply_segments: int = Field(default=3, ge=1, le=10)

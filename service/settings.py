@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=25.0, ge=0, validation_alias=_env("PARLEY_DRAIN_TIMEOUT_S", "drain_timeout_s")
     )
+    event_max_attempts: int = Field(
+        default=8, ge=1, le=50, validation_alias=_env("PARLEY_EVENT_MAX_ATTEMPTS", "event_max_attempts")
+    )
+    event_retry_base_ms: int = Field(
+        default=2_000, ge=10, validation_alias=_env("PARLEY_EVENT_RETRY_BASE_MS", "event_retry_base_ms")
+    )
+    inbound_webhook_attempts: int = Field(
+        default=4, ge=1, le=10, validation_alias=_env("PARLEY_INBOUND_WEBHOOK_ATTEMPTS", "inbound_webhook_attempts")
+    )
     scheduler_interval_ms: int = Field(
         default=1_000, ge=10, validation_alias=_env("PARLEY_SCHEDULER_INTERVAL_MS", "scheduler_interval_ms")
     )
