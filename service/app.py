@@ -23,7 +23,7 @@ from .catalog import Store
 from .llm import LLM
 from .openapi import Route, document
 from .runtime import Runtime
-from .scheduler import Scheduler
+from .scheduler import Scheduler, every
 from .settings import Settings
 from .store import open_redis
 from .twilio_gateway import TwilioGateway
@@ -100,7 +100,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = TwilioGateway(settings)  # needs the running loop
     llm = LLM(settings)
     async with aiohttp.ClientSession() as http:
-        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http)
+        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http, signing_key=app[API_KEYS][0])
         try:
             yield
         finally:
@@ -112,9 +112,14 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     pool = WorkerPool(rt)
     await pool.ensure_group()
-    reader = asyncio.create_task(pool.run(), name="parley-workers")
-    scheduler = asyncio.create_task(Scheduler(rt).run(), name="parley-scheduler")
+    interval = rt.settings.scheduler_interval_ms / 1000
+    loops = [
+        asyncio.create_task(pool.run(), name="parley-workers"),
+        asyncio.create_task(every(interval, Scheduler(rt).tick, "inactivity"), name="parley-inactivity"),
+        asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
+        asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
+    ]
     yield
-    await stop_task(scheduler)
-    await stop_task(reader)
+    for task in reversed(loops):
+        await stop_task(task)
     await pool.drain(rt.settings.drain_timeout_s)

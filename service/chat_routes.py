@@ -65,7 +65,7 @@ async def create_chat(request: web.Request) -> web.Response:
                                          metadata=body.metadata)
     reply = await dialog.opening(rt, chat, agent)
     first = [Message(Role.AGENT, content=reply.text, created_timestamp=now_ms())] if reply.text else []
-    await rt.chats.commit(chat, None, TurnResult(messages=reply.messages + first))
+    await rt.lifecycle.commit(chat, None, TurnResult(messages=reply.messages + first))
     return model_response(await _response(rt, chat), status=201)
 
 
@@ -91,7 +91,7 @@ async def create_chat_completion(request: web.Request) -> web.Response:
         result = TurnResult(messages=[user, *new])
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
-        await rt.chats.commit(chat, None, result)
+        await rt.lifecycle.commit(chat, None, result)
     finally:
         await rt.mailbox.locks.release(chat_lock(chat.chat_id), token)
     return model_response(ChatCompletionResponse(messages=[m.to_retell() for m in new]), status=201)
@@ -122,7 +122,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
     try:
         ongoing = await rt.chats.ongoing(conv)
         if ongoing is not None:
-            await rt.chats.commit(ongoing, conv, TurnResult(end=EndReason.REPLACED, end_timestamp=now_ms()))
+            await rt.lifecycle.commit(ongoing, conv, TurnResult(end=EndReason.REPLACED, end_timestamp=now_ms()))
         chat, agent = await dialog.open_chat(rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS,
                                              conv=conv, direction=Direction.OUTBOUND,
                                              variables=body.retell_llm_dynamic_variables, metadata=body.metadata)
@@ -134,7 +134,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
         failed = [m for m in sent if m.status == "failed"]
         if failed:
             result.end, result.end_timestamp = EndReason.SEND_FAILED, now_ms()
-        await rt.chats.commit(chat, conv, result)
+        await rt.lifecycle.commit(chat, conv, result)
     finally:
         await rt.mailbox.hand_back(conv, token)
     if failed:
@@ -198,9 +198,18 @@ async def end_chat(request: web.Request) -> web.Response:
     chat = await _chat(rt, request.match_info["chat_id"])
     if chat.chat_status is not ChatStatus.ONGOING:
         raise Conflict(f"chat {chat.chat_id} has already ended")
-    await rt.chats.commit(chat, chat.conversation, TurnResult(end=EndReason.API, end_timestamp=now_ms()))
+    await rt.lifecycle.commit(chat, chat.conversation, TurnResult(end=EndReason.API, end_timestamp=now_ms()))
     log.info("chat ended by the api", extra={"chat_id": chat.chat_id})
     return web.Response(status=204)
+
+
+async def rerun_chat_analysis(request: web.Request) -> web.Response:
+    """``PUT /rerun-chat-analysis/{chat_id}``: analyse an ended chat again (``chat_analyzed`` follows)."""
+    rt = request.app[RUNTIME]
+    chat = await _chat(rt, request.match_info["chat_id"])
+    if chat.chat_status is ChatStatus.ONGOING:
+        raise Conflict(f"chat {chat.chat_id} is ongoing: it is analysed when it ends")
+    return model_response(await _response(rt, await rt.analyzer.analyze(chat.chat_id)))
 
 
 async def delete_chat(request: web.Request) -> web.Response:
@@ -226,4 +235,6 @@ ROUTES = [
           body=UpdateChatRequest, response=ChatResponse),
     Route("PATCH", "/end-chat/{chat_id}", end_chat, "End a chat", status=204),
     Route("DELETE", "/delete-chat/{chat_id}", delete_chat, "Delete a chat", status=204),
+    Route("PUT", "/rerun-chat-analysis/{chat_id}", rerun_chat_analysis, "Analyse an ended chat again",
+          response=ChatResponse),
 ]

@@ -7,9 +7,9 @@ are committed in one MULTI, so a crash leaves either all of it or none of it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from . import keys
 from .events import Event, now_ms, queue
 from .keys import Conversation
-from .retell import ChatResponse
+from .retell import ChatAnalysis, ChatResponse
 
 
 class ChatStatus(StrEnum):
@@ -107,6 +107,9 @@ class Chat:
     end_timestamp: int | None = None
     disconnection_reason: str | None = None
     llm_version: int | None = None        # the Retell LLM version the chat started with
+    analysis: dict[str, Any] | None = None   # chat_analysis, once the post-chat analysis ran
+    analysis_error: str | None = None        # why the last analysis failed
+    inbound_webhook_error: str | None = None # why the chat_inbound webhook was not followed
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -125,6 +128,8 @@ class Chat:
             if value is None:
                 continue
             out[name] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+        if self.analysis is None:
+            out.pop("analysis", None)
         return out
 
     @classmethod
@@ -145,6 +150,9 @@ class Chat:
             end_timestamp=opt_int("end_timestamp"),
             disconnection_reason=data.get("disconnection_reason"),
             llm_version=opt_int("llm_version"),
+            analysis=orjson.loads(data["analysis"]) if "analysis" in data else None,
+            analysis_error=data.get("analysis_error"),
+            inbound_webhook_error=data.get("inbound_webhook_error"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             metadata=orjson.loads(data.get("metadata", "{}")),
         )
@@ -169,6 +177,9 @@ class Chat:
             message_with_tool_calls=[m.to_retell() for m in messages],
             retell_llm_dynamic_variables=self.dynamic_variables,
             metadata=self.metadata,
+            chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
+            analysis_error=self.analysis_error,
+            inbound_webhook_error=self.inbound_webhook_error,
         )
 
 
@@ -221,6 +232,29 @@ class Chats:
         fields = chat.to_hash()
         await self._redis.hset(keys.chat(chat.chat_id), mapping={
             "dynamic_variables": fields["dynamic_variables"], "metadata": fields["metadata"]})
+
+    async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
+        """Write the chat's analysis (or the error that stopped it) and queue ``events``, in one transaction."""
+        key = keys.chat(chat.chat_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if chat.analysis is not None:
+                pipe.hset(key, "analysis", orjson.dumps(chat.analysis).decode())
+            if chat.analysis_error is not None:
+                pipe.hset(key, "analysis_error", chat.analysis_error)
+            else:
+                pipe.hdel(key, "analysis_error")
+            for event in events:
+                queue(pipe, event, self.ttl_s)
+            await pipe.execute()
+
+    async def reject(self, conv: Conversation, messages: list[Message]) -> None:
+        """Keep texts the chat_inbound webhook rejected (the newest REJECTED_CAP, for chat_ttl_s)."""
+        key = keys.rejected(conv)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *(m.to_json() for m in messages))
+            pipe.ltrim(key, -keys.REJECTED_CAP, -1)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
 
     async def delete(self, chat: Chat) -> None:
         """Remove the chat, its messages, its timer and its place in the index."""

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 async def open_chat(
     rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None,
 ) -> tuple[Chat, Agent]:
     """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one."""
     agent = await rt.catalog.resolve(agent_id, version)
@@ -37,8 +37,8 @@ async def open_chat(
     chat = Chat(chat_id=new_id("chat_"), agent_id=agent.config.agent_id, version=agent.config.version,
                 llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
                 from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
-                metadata=dict(metadata or {}))
-    await rt.chats.create(chat)
+                metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error)
+    await rt.lifecycle.open(chat, agent.config)
     log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_type": chat_type.value})
     return chat, agent
 

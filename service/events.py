@@ -148,7 +148,7 @@ class Outbox:
                 text = (await response.content.read(300)).decode(errors="replace")
                 retry = response.status >= 500 or response.status in (408, 429)
                 return f"HTTP {response.status}: {text}", retry
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"no answer within {event.timeout_ms} ms", True
         except aiohttp.ClientError as exc:
             return f"{exc.__class__.__name__}: {exc}", True

@@ -14,6 +14,8 @@ conv:{A:U}:lock                             STRING  the turn lock's owner token;
                                                     a worker runs the turn
 conv:{A:U}:seen:<MessageSid>                STRING  dedupe marker; TTL SEEN_TTL_S (24 h)
 conv:{A:U}:chat                             STRING  id of the pair's ongoing chat; TTL chat_ttl_s
+conv:{A:U}:rejected                         LIST    texts the chat_inbound webhook rejected; at most
+                                                    REJECTED_CAP, TTL chat_ttl_s
 conv:{A:U}:optout                           STRING  ms timestamp of the user's opt-out; no TTL on purpose: a
                                                     compliance record, one small key per opted-out user
 chat:{C}                                    HASH    the chat's fields (status, agent, numbers, variables...);
@@ -53,6 +55,7 @@ MAILBOX_CAP = 200
 MAILBOX_TTL_S = 86_400
 SEEN_TTL_S = 86_400
 CHAT_MESSAGES_CAP = 2_000
+REJECTED_CAP = 100
 WAKEUPS_MAXLEN = 100_000
 
 
@@ -88,6 +91,10 @@ def seen(conv: Conversation, message_sid: str) -> str:
 
 def current_chat(conv: Conversation) -> str:
     return f"{PREFIX}conv:{conv.tag}:chat"
+
+
+def rejected(conv: Conversation) -> str:
+    return f"{PREFIX}conv:{conv.tag}:rejected"
 
 
 def optout(conv: Conversation) -> str:

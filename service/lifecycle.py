@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .catalog import Store
-from .chats import Chat, ChatStatus, Chats, Message, TurnResult, new_id
+from .chats import Chat, Chats, ChatStatus, Message, TurnResult, new_id
 from .errors import NotFound
 from .events import Event
 from .keys import Conversation
@@ -67,8 +67,12 @@ class Lifecycle:
         events = [self.event(target, "chat_started", chat, [])] if target and "chat_started" in target.kinds else []
         await self._chats.create(chat, events=events)
 
-    async def commit(self, chat: Chat, conv: Conversation | None, result: TurnResult) -> None:
-        """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat."""
+    async def commit(self, chat: Chat | None, conv: Conversation | None, result: TurnResult) -> None:
+        """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
+        Without a chat (a turn that opened none), only the mailbox is trimmed."""
+        if chat is None:
+            await self._chats.commit(None, conv, result)
+            return
         events: list[Event] = []
         target = await self.target_of(chat)
         wants_transcript = target is not None and "transcript_updated" in target.kinds and bool(result.messages)

@@ -53,7 +53,7 @@ class LLM:
 
     async def complete(
         self, *, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-        allow_tools: bool = True,
+        allow_tools: bool = True, response_format: dict[str, Any] | None = None,
     ) -> Completion:
         """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text."""
         if self._client is None:
@@ -62,6 +62,8 @@ class LLM:
         if tools:
             kwargs["tools"] = tools
             kwargs["tool_choice"] = "auto" if allow_tools else "none"
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.APIError as exc:

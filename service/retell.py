@@ -260,6 +260,8 @@ class ChatResponse(BaseModel):
     collected_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     chat_analysis: ChatAnalysis | None = None
+    analysis_error: str | None = None
+    inbound_webhook_error: str | None = None
 
 
 class ErrorBody(BaseModel):

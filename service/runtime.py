@@ -1,4 +1,4 @@
-"""Everything a webhook, a turn or the scheduler needs, built once per process by ``create_app``."""
+"""Everything a webhook, a turn or a background loop needs, built once per process by ``create_app``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import aiohttp
 import redis.asyncio as aioredis
 
+from .analysis import Analyzer
 from .catalog import Store
 from .chats import Chats
+from .events import Outbox
+from .lifecycle import Lifecycle
 from .llm import LLM
 from .locks import Locks
 from .mailbox import Mailbox
@@ -23,9 +26,15 @@ from .twilio_gateway import TwilioGateway
 class Runtime:
     settings: Settings
     redis: aioredis.Redis
+    http: aiohttp.ClientSession
+    llm: LLM
+    signing_key: str           # the first API key: signs events and chat_inbound requests
     catalog: Store
     mailbox: Mailbox
     chats: Chats
+    lifecycle: Lifecycle
+    outbox: Outbox
+    analyzer: Analyzer
     optouts: OptOuts
     sender: Sender
     responder: Responder
@@ -33,14 +42,25 @@ class Runtime:
     @classmethod
     def build(
         cls, settings: Settings, redis: aioredis.Redis, gateway: TwilioGateway, llm: LLM, http: aiohttp.ClientSession,
+        *, signing_key: str,
     ) -> Runtime:
         optouts = OptOuts(redis)
+        catalog = Store(redis)
+        chats = Chats(redis, ttl_s=settings.chat_ttl_s)
+        lifecycle = Lifecycle(settings, chats, catalog)
         return cls(
             settings=settings,
             redis=redis,
-            catalog=Store(redis),
+            http=http,
+            llm=llm,
+            signing_key=signing_key,
+            catalog=catalog,
             mailbox=Mailbox(redis, Locks(redis, ttl_ms=settings.lock_ttl_ms)),
-            chats=Chats(redis, ttl_s=settings.chat_ttl_s),
+            chats=chats,
+            lifecycle=lifecycle,
+            analyzer=Analyzer(chats, catalog, llm, lifecycle, redis),
+            outbox=Outbox(redis, http, signing_key=signing_key, max_attempts=settings.event_max_attempts,
+                          retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
             sender=Sender(settings, gateway, optouts),
             responder=Responder(llm, http),

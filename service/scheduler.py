@@ -1,4 +1,4 @@
-"""Timers: inactivity auto-close (DESIGN.md section 5).
+"""Background loops: inactivity auto-close, event delivery and post-chat analysis (DESIGN.md section 5).
 
 Each ongoing chat has one member in ``timers:inactivity`` scored by its silence deadline. Any process
 may pop due members; popping leases a member (its score moves ``LEASE_MS`` ahead) so that exactly one
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,22 +23,27 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+
+async def every(interval_s: float, tick: Callable[[], Awaitable[int]], name: str) -> None:
+    """Run ``tick`` every ``interval_s`` until cancelled; right away again when it found work."""
+    while True:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # redis-py can swallow a cancel on 3.11
+            raise asyncio.CancelledError
+        try:
+            if await tick():
+                continue
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("redis unavailable; retrying", extra={"loop": name, "error": str(exc)})
+        await asyncio.sleep(interval_s)
+
+
 class Scheduler:
+    """Hands due inactivity deadlines to their conversations."""
+
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
         self._timers = DueSet(rt.redis, keys.INACTIVITY_TIMERS)
-
-    async def run(self) -> None:
-        interval = self._rt.settings.scheduler_interval_ms / 1000
-        while True:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
-            try:
-                await self.tick()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unavailable; scheduler retrying", extra={"error": str(exc)})
-            await asyncio.sleep(interval)
 
     async def tick(self) -> int:
         """Hand every due inactivity deadline to its conversation; how many were handed over."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from . import dialog, keys
+from . import dialog, inbound_webhook, keys
 from .catalog import Agent, pick_agent
 from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
 from .keys import Conversation
@@ -47,7 +47,7 @@ class Turns:
         consumed = TurnResult(consumed=len(batch))
         if number is None:
             log.warning("number no longer configured; dropping", extra={"conv": conv.tag, "items": len(batch)})
-            await self._rt.chats.commit(None, conv, consumed)
+            await self._rt.lifecycle.commit(None, conv, consumed)
             return
         kind = batch[0].kind
         if kind is ItemKind.OPT_OUT:
@@ -57,28 +57,56 @@ class Turns:
         else:
             await self._texts(conv, number, batch)
 
-    async def _open_inbound_chat(self, conv: Conversation, number: PhoneNumber) -> tuple[Chat, Agent] | None:
+    async def _open_inbound_chat(
+        self, conv: Conversation, number: PhoneNumber, batch: list[Item],
+    ) -> tuple[Chat, Agent] | None:
+        """A new chat for the pair: the number's bound agent, unless its chat_inbound webhook decides otherwise.
+        None when nobody answers (no agent, or the webhook rejected the text)."""
         choice = pick_agent(number.inbound_sms_agents)
-        if choice is None:
+        agent_id, version = (choice.agent_id, choice.agent_version) if choice else (None, None)
+        decision = inbound_webhook.Decision()
+        if number.inbound_sms_webhook_url:
+            decision = await inbound_webhook.ask(
+                self._rt.http, number.inbound_sms_webhook_url, signing_key=self._rt.signing_key,
+                attempts=self._rt.settings.inbound_webhook_attempts, payload={
+                    "agent_id": agent_id, "agent_version": version, "from_number": conv.user_number,
+                    "to_number": conv.agent_number, "message": "\n".join(i.body for i in batch),
+                    "message_sid": batch[0].message_sid})
+            if decision.reject:
+                await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
+                log.info("chat_inbound webhook rejected the text", extra={"conv": conv.tag})
+                return None
+            if decision.agent_id and await self._rt.catalog.agents.exists(decision.agent_id):
+                agent_id, version = decision.agent_id, decision.agent_version
+            elif decision.agent_id:
+                decision.error = f"chat_inbound webhook named an unknown agent {decision.agent_id!r}"
+        if agent_id is None:
+            log.warning("no agent answers on the number; not answering",
+                        extra={"conv": conv.tag, "error": decision.error})
             return None
-        return await dialog.open_chat(self._rt, agent_id=choice.agent_id, version=choice.agent_version,
-                                      chat_type=ChatType.SMS, conv=conv, direction=Direction.INBOUND)
+        chat, agent = await dialog.open_chat(
+            self._rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS, conv=conv,
+            direction=Direction.INBOUND, variables=decision.dynamic_variables, metadata=decision.metadata,
+            inbound_webhook_error=decision.error)
+        return chat, agent
+
+    @staticmethod
+    def _user_message(item: Item) -> Message:
+        return Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
+                       media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
 
     async def _texts(self, conv: Conversation, number: PhoneNumber, batch: list[Item]) -> None:
         chats = self._rt.chats
         chat = await chats.ongoing(conv)
         if chat is None:
-            opened = await self._open_inbound_chat(conv, number)
+            opened = await self._open_inbound_chat(conv, number, batch)
             if opened is None:
-                log.warning("no inbound_sms_agents on the number; not answering", extra={"conv": conv.tag})
-                await chats.commit(None, conv, TurnResult(consumed=len(batch)))
+                await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)))
                 return
             chat, agent = opened
         else:
             agent = await dialog.agent_for(self._rt, chat)
-        user = [Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
-                        media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
-                for item in batch]
+        user = [self._user_message(item) for item in batch]
         reply = await dialog.answer(self._rt, chat, agent, user)
         sent = []
         if reply.text:
@@ -88,7 +116,7 @@ class Turns:
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
-        await chats.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, conv, result)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
 
@@ -100,12 +128,12 @@ class Turns:
                                        created_timestamp=item.received_ms)]
             result.end, result.end_timestamp = EndReason.USER_OPTED_OUT, now_ms()
             log.info("chat ended: user opted out", extra={"chat_id": chat.chat_id})
-        await self._rt.chats.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, conv, result)
 
     async def _inactivity(self, conv: Conversation, number: PhoneNumber, item: Item) -> None:
         chat = await self._rt.chats.ongoing(conv)
         if chat is None or chat.chat_id != item.chat_id or await self._rearmed(chat, item):
-            await self._rt.chats.commit(None, conv, TurnResult(consumed=1))
+            await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1))
             return
         agent = (await dialog.agent_for(self._rt, chat)).config
         result = TurnResult(consumed=1, end=EndReason.INACTIVITY)
@@ -113,7 +141,7 @@ class Turns:
             result.messages = await self._rt.sender.send_text(
                 conv, number, agent.auto_close_message, max_segments=agent.max_reply_segments)
         result.end_timestamp = now_ms()
-        await self._rt.chats.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, conv, result)
         log.info("chat ended: inactivity", extra={"chat_id": chat.chat_id})
 
     async def _rearmed(self, chat: Chat, item: Item) -> bool:

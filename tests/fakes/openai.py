@@ -2,12 +2,14 @@
 
 Its answer comes from ``respond(body)``, a function the test sets; the default echoes the last user
 message. The function may return a ``Completion`` (text and/or tool calls), or an ``HttpError`` to make
-the endpoint fail the way OpenAI fails. Every request body is recorded in ``requests``.
+the endpoint fail the way OpenAI fails. Every request body is recorded: conversation turns in ``requests``,
+post-chat analyses (a ``json_schema`` response format) in ``analyses``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,8 +52,25 @@ def last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def analysis_for(schema: dict[str, Any]) -> dict[str, Any]:
+    """A plausible answer to a post-chat analysis schema: the first allowed value of each field."""
+    def value(prop: dict[str, Any]) -> Any:
+        if "enum" in prop:
+            return prop["enum"][0]
+        kind = prop["type"][0] if isinstance(prop["type"], list) else prop["type"]
+        return {"string": "something", "boolean": True, "number": 1, "object": None}[kind]
+
+    custom = schema["properties"]["custom_analysis_data"]["properties"]
+    return {"chat_summary": "The user asked a question and the agent answered.", "user_sentiment": "Neutral",
+            "chat_successful": True, "custom_analysis_data": {name: value(p) for name, p in custom.items()}}
+
+
 def echo(body: dict[str, Any]) -> Completion:
-    """Repeats the user's last message; opens with a greeting when there is none yet."""
+    """Repeats the user's last message; opens with a greeting when there is none yet; answers an analysis
+    request (a ``json_schema`` response format) with a plausible object."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return Completion(content=json.dumps(analysis_for(response_format["json_schema"]["schema"])))
     if not any(m["role"] == "user" for m in body["messages"]):
         return Completion(content="Hi, this is the front desk.")
     return Completion(content=f"You said: {last_user_text(body)}")
@@ -61,6 +80,7 @@ def echo(body: dict[str, Any]) -> Completion:
 class FakeOpenAI:
     respond: Responder = echo
     requests: list[dict[str, Any]] = field(default_factory=list)
+    analyses: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     delay_s: float = 0.0
@@ -76,8 +96,11 @@ class FakeOpenAI:
         if request.headers.get("Authorization") != "Bearer sk-test":
             return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
         body = await request.json()
-        self.requests.append(body)
-        self.called.set()
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            self.analyses.append(body)      # post-chat analyses are kept apart from conversation turns
+        else:
+            self.requests.append(body)
+            self.called.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
