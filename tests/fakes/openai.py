@@ -1,8 +1,9 @@
 """A local OpenAI-compatible server: ``POST /v1/chat/completions``, with tool calls, as the real one answers.
 
-Its answer comes from ``respond(body)``, a function the test sets; the default echoes the last user
-message. The function may return a ``Completion`` (text and/or tool calls), or an ``HttpError`` to make
-the endpoint fail the way OpenAI fails. Every request body is recorded: conversation turns in ``requests``,
+Its answer comes from ``respond(body)`` (conversation turns) or ``analyze(body)`` (post-chat analyses, asked
+with a ``json_schema`` response format), functions a test may set; by default the first echoes the last
+user message and the second fills the schema with plausible values. Either may return a ``Completion``
+(text and/or tool calls), or an ``HttpError`` to make the endpoint fail the way OpenAI fails. Every request body is recorded: conversation turns in ``requests``,
 post-chat analyses (a ``json_schema`` response format) in ``analyses``.
 """
 
@@ -65,12 +66,12 @@ def analysis_for(schema: dict[str, Any]) -> dict[str, Any]:
             "chat_successful": True, "custom_analysis_data": {name: value(p) for name, p in custom.items()}}
 
 
+def plausible_analysis(body: dict[str, Any]) -> Completion:
+    return Completion(content=json.dumps(analysis_for(body["response_format"]["json_schema"]["schema"])))
+
+
 def echo(body: dict[str, Any]) -> Completion:
-    """Repeats the user's last message; opens with a greeting when there is none yet; answers an analysis
-    request (a ``json_schema`` response format) with a plausible object."""
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
-        return Completion(content=json.dumps(analysis_for(response_format["json_schema"]["schema"])))
+    """Repeats the user's last message; opens with a greeting when there is none yet."""
     if not any(m["role"] == "user" for m in body["messages"]):
         return Completion(content="Hi, this is the front desk.")
     return Completion(content=f"You said: {last_user_text(body)}")
@@ -79,6 +80,7 @@ def echo(body: dict[str, Any]) -> Completion:
 @dataclass
 class FakeOpenAI:
     respond: Responder = echo
+    analyze: Responder = plausible_analysis
     requests: list[dict[str, Any]] = field(default_factory=list)
     analyses: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
@@ -86,6 +88,7 @@ class FakeOpenAI:
     delay_s: float = 0.0
     url: str = ""
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    analysed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -96,8 +99,10 @@ class FakeOpenAI:
         if request.headers.get("Authorization") != "Bearer sk-test":
             return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
         body = await request.json()
-        if (body.get("response_format") or {}).get("type") == "json_schema":
+        analysis = (body.get("response_format") or {}).get("type") == "json_schema"
+        if analysis:
             self.analyses.append(body)      # post-chat analyses are kept apart from conversation turns
+            self.analysed.set()
         else:
             self.requests.append(body)
             self.called.set()
@@ -106,7 +111,7 @@ class FakeOpenAI:
         try:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            answer = self.respond(body)
+            answer = self.analyze(body) if analysis else self.respond(body)
         finally:
             self.in_flight -= 1
         if isinstance(answer, HttpError):
