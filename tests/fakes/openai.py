@@ -3,8 +3,8 @@
 Its answer comes from ``respond(body)`` (conversation turns) or ``analyze(body)`` (post-chat analyses, asked
 with a ``json_schema`` response format), functions a test may set; by default the first echoes the last
 user message and the second fills the schema with plausible values. Either may return a ``Completion``
-(text and/or tool calls), or an ``HttpError`` to make the endpoint fail the way OpenAI fails. Every request body is recorded: conversation turns in ``requests``,
-post-chat analyses (a ``json_schema`` response format) in ``analyses``.
+(text and/or tool calls), or an ``HttpError`` to make the endpoint fail the way OpenAI fails. Every request
+body is recorded: conversation turns in ``requests``, post-chat analyses in ``analyses``.
 """
 
 from __future__ import annotations
