@@ -20,6 +20,7 @@ from .appkeys import API_KEYS, FILES, READY, REDIS
 from .errors import (
     Conflict,
     InvalidRequest,
+    LimitReached,
     MalformedRequest,
     NotFound,
     ParleyError,
@@ -38,7 +39,8 @@ B = TypeVar("B", bound=BaseModel)
 OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
 
 _STATUS: dict[type[ParleyError], int] = {
-    MalformedRequest: 400, NotFound: 404, Conflict: 409, InvalidRequest: 422, SendError: 502, StoreUnavailable: 503,
+    MalformedRequest: 400, NotFound: 404, Conflict: 409, InvalidRequest: 422, LimitReached: 429, SendError: 502,
+    StoreUnavailable: 503,
 }
 
 

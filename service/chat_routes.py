@@ -45,7 +45,8 @@ async def _chat(rt: Runtime, chat_id: str) -> Chat:
 
 
 async def _response(rt: Runtime, chat: Chat) -> ChatResponse:
-    return chat.to_response(await rt.chats.messages(chat.chat_id))
+    messages = await rt.delivery.apply(chat.chat_id, await rt.chats.messages(chat.chat_id))
+    return chat.to_response(messages)
 
 
 async def _agent(rt: Runtime, agent_id: str, version: int | None, field: str) -> Agent:

@@ -42,6 +42,7 @@ class Role(StrEnum):
     USER = "user"
     TOOL_CALL_INVOCATION = "tool_call_invocation"
     TOOL_CALL_RESULT = "tool_call_result"
+    INJECTED = "injected"      # context given to the agent, said by nobody (a voice call's transcript)
 
 
 class EndReason(StrEnum):
@@ -76,6 +77,8 @@ class Message:
     segments: int | None = None
     status: str | None = None
     error_code: int | None = None
+    error: str | None = None           # why a send failed, in words
+    sender: str | None = None          # "human" when a person wrote an agent message (takeover)
     media: list[dict[str, str]] | None = None
 
     def to_json(self) -> str:
@@ -110,6 +113,7 @@ class Chat:
     analysis: dict[str, Any] | None = None   # chat_analysis, once the post-chat analysis ran
     analysis_error: str | None = None        # why the last analysis failed
     inbound_webhook_error: str | None = None # why the chat_inbound webhook was not followed
+    agent_paused: bool = False               # a human has taken over: texts are stored, the LLM is not called
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -153,6 +157,7 @@ class Chat:
             analysis=orjson.loads(data["analysis"]) if "analysis" in data else None,
             analysis_error=data.get("analysis_error"),
             inbound_webhook_error=data.get("inbound_webhook_error"),
+            agent_paused=data.get("agent_paused") == "True",
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             metadata=orjson.loads(data.get("metadata", "{}")),
         )
@@ -180,6 +185,7 @@ class Chat:
             chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
             analysis_error=self.analysis_error,
             inbound_webhook_error=self.inbound_webhook_error,
+            agent_paused=self.agent_paused if self.chat_type is ChatType.SMS else None,
         )
 
 
@@ -231,7 +237,8 @@ class Chats:
         """Write the chat's variables and metadata back."""
         fields = chat.to_hash()
         await self._redis.hset(keys.chat(chat.chat_id), mapping={
-            "dynamic_variables": fields["dynamic_variables"], "metadata": fields["metadata"]})
+            "dynamic_variables": fields["dynamic_variables"], "metadata": fields["metadata"],
+            "agent_paused": fields["agent_paused"]})
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it) and queue ``events``, in one transaction."""
@@ -294,6 +301,8 @@ class Chats:
         if result.messages:
             pipe.rpush(messages_key, *(m.to_json() for m in result.messages))
             pipe.ltrim(messages_key, -keys.CHAT_MESSAGES_CAP, -1)
+            for sid in (m.message_sid for m in result.messages if m.message_sid and m.role is Role.AGENT):
+                pipe.set(keys.sms(sid), chat.chat_id, ex=self.ttl_s)   # status callbacks find the chat
         pipe.expire(messages_key, self.ttl_s)
         pipe.expire(chat_key, self.ttl_s)
         if result.end is not None:

@@ -9,6 +9,7 @@
     ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
     ├── InvalidRequest         a request body failed validation (HTTP 422)
     ├── OptedOut               the user has opted out of this number; nothing may be sent
+    ├── LimitReached           the number's daily segment limit would be passed (HTTP 429)
     ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
     │   └── RecipientUnsubscribed   Twilio error 21610: record the opt-out
     ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
@@ -44,6 +45,10 @@ class InvalidRequest(ParleyError):
 
 class OptedOut(ParleyError):
     """The recipient opted out of messages from this number."""
+
+
+class LimitReached(ParleyError):
+    """Sending would pass the number's daily segment limit."""
 
 
 class SendError(ParleyError):

@@ -22,6 +22,13 @@ chat:{C}                                    HASH    the chat's fields (status, a
                                                     TTL chat_ttl_s, refreshed on activity
 chat:{C}:messages                           LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
                                                     TTL chat_ttl_s
+chat:{C}:delivery                           HASH    Twilio SID -> latest delivery status JSON of the chat's sent
+                                                    messages; TTL chat_ttl_s
+sms:<MessageSid>                            STRING  the chat an outbound SMS belongs to; TTL chat_ttl_s
+segments:<E.164>:<YYYY-MM-DD>               STRING  segments sent from the number on that US-Pacific day; TTL 2 days
+optouts                                     ZSET    "<agent number> <user number>" -> opt-out time (ms); one member per
+                                                    opted-out pair (the compliance list; no TTL on purpose)
+idempotency:<key>                           STRING  a send-sms result for its Idempotency-Key; TTL 24 h
 chat:{C}:lock                               STRING  an API chat's completion lock; PX lock_ttl_ms
 chats                                       ZSET    chat id -> start timestamp, for listing; members older
                                                     than chat_ttl_s are trimmed whenever a chat is created
@@ -114,6 +121,24 @@ def chat_lock(chat_id: str) -> str:
 
 
 CHATS = f"{PREFIX}chats"
+OPTOUTS = f"{PREFIX}optouts"
+IDEMPOTENCY_TTL_S = 86_400
+
+
+def delivery(chat_id: str) -> str:
+    return f"{PREFIX}chat:{{{chat_id}}}:delivery"
+
+
+def sms(message_sid: str) -> str:
+    return f"{PREFIX}sms:{message_sid}"
+
+
+def segments(phone_number: str, day: str) -> str:
+    return f"{PREFIX}segments:{phone_number}:{day}"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}idempotency:{key}"
 
 
 def agent(agent_id: str) -> str:

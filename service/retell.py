@@ -210,6 +210,15 @@ class PhoneNumber(_Model):
     twilio_account_sid: str | None = Field(default=None, pattern=r"^AC[0-9a-fA-F]{32}$")
     help_message: str | None = None
     daily_segment_limit: int | None = Field(default=None, ge=1)
+    allowed_outbound_country_list: list[str] | None = None
+
+    @field_validator("allowed_outbound_country_list")
+    @classmethod
+    def _iso_countries(cls, value: list[str] | None) -> list[str] | None:
+        for code in value or []:
+            if not re.fullmatch(r"[A-Za-z]{2}", code):
+                raise ValueError(f"{code!r} is not an ISO 3166 alpha-2 country code like US")
+        return [c.upper() for c in value] if value is not None else None
 
     @model_validator(mode="before")
     @classmethod
@@ -262,6 +271,7 @@ class ChatResponse(BaseModel):
     chat_analysis: ChatAnalysis | None = None
     analysis_error: str | None = None
     inbound_webhook_error: str | None = None
+    agent_paused: bool | None = None
 
 
 class ErrorBody(BaseModel):

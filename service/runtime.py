@@ -10,8 +10,10 @@ import redis.asyncio as aioredis
 from .analysis import Analyzer
 from .catalog import Store
 from .chats import Chats
+from .delivery import Delivery
 from .events import Outbox
 from .lifecycle import Lifecycle
+from .limits import DailySegments
 from .llm import LLM
 from .locks import Locks
 from .mailbox import Mailbox
@@ -36,6 +38,7 @@ class Runtime:
     outbox: Outbox
     analyzer: Analyzer
     optouts: OptOuts
+    delivery: Delivery
     sender: Sender
     responder: Responder
 
@@ -62,6 +65,7 @@ class Runtime:
             outbox=Outbox(redis, http, signing_key=signing_key, max_attempts=settings.event_max_attempts,
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
-            sender=Sender(settings, gateway, optouts),
+            delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
+            sender=Sender(settings, gateway, optouts, DailySegments(redis)),
             responder=Responder(llm, http),
         )

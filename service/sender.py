@@ -1,8 +1,10 @@
-"""Sending an agent's text to a user: sanitise to GSM-7, split within the segment budget, send in order.
+"""Sending text to a user: the one path every SMS Parley sends takes.
 
-Each part is checked against the opt-out list right before it goes out, and each becomes a chat
-message carrying Twilio's SID, the encoding and the segment count. Twilio error 21610 records the
-opt-out. Parts are sent one after another, each only once Twilio accepted the previous one.
+An agent's text is sanitised to GSM-7 and split within the segment budget; an exact text (``exact=True``)
+goes as written, in one message. Each part is checked against the opt-out list right before it goes out,
+counted against the number's daily segment limit, and becomes a chat message carrying Twilio's SID, the
+encoding and the segment count, or why it was not sent. Twilio error 21610 records the opt-out. Parts go
+one after another, each only once Twilio accepted the previous one.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import logging
 
 from . import segments
 from .chats import Message, Role
-from .errors import RecipientUnsubscribed, SendError
+from .errors import LimitReached, RecipientUnsubscribed, SendError
 from .keys import Conversation
+from .limits import DailySegments
 from .mailbox import now_ms
 from .optouts import OptOuts
 from .retell import PhoneNumber
@@ -23,10 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Sender:
-    def __init__(self, settings: Settings, gateway: TwilioGateway, optouts: OptOuts) -> None:
+    def __init__(self, settings: Settings, gateway: TwilioGateway, optouts: OptOuts, daily: DailySegments) -> None:
         self._settings = settings
         self._gateway = gateway
         self._optouts = optouts
+        self._daily = daily
 
     def status_callback(self) -> str | None:
         return self._settings.public_url.rstrip("/") + "/twilio/status" if self._settings.public_url else None
@@ -35,11 +39,12 @@ class Sender:
         return number.twilio_account_sid or self._settings.twilio_account_sid
 
     async def send_text(
-        self, conv: Conversation, number: PhoneNumber, text: str, *, max_segments: int,
+        self, conv: Conversation, number: PhoneNumber, text: str, *, max_segments: int = 10, exact: bool = False,
     ) -> list[Message]:
         """Send ``text`` as one or more SMS; the agent messages to record (failed sends included)."""
         sent: list[Message] = []
-        for part in segments.split(segments.sanitize(text), max_segments):
+        parts = [text] if exact else segments.split(segments.sanitize(text), max_segments)
+        for part in parts:
             if await self._optouts.is_opted_out(conv):
                 log.info("not sending: user opted out", extra={"conv": conv.tag})
                 break
@@ -55,18 +60,24 @@ class Sender:
                           encoding=measure.encoding.value, segments=measure.segments)
         account = self.account_for(number)
         try:
+            await self._daily.reserve(number, measure.segments)
+        except LimitReached as exc:
+            message.status, message.error = "failed", str(exc)
+            log.warning("send refused: daily segment limit", extra={"conv": conv.tag, "error": str(exc)})
+            return message
+        try:
             if account is None:
                 raise SendError(f"no Twilio account for {number.phone_number} (set TWILIO_ACCOUNT_SID)")
             result = await self._gateway.send(account_sid=account, from_=conv.agent_number, to=conv.user_number,
                                               body=part, status_callback=self.status_callback())
-        except RecipientUnsubscribed as exc:
-            await self._optouts.record(conv)
-            message.status, message.error_code = "failed", exc.code
-            log.info("twilio says the user unsubscribed; opt-out recorded", extra={"conv": conv.tag})
-            return message
         except SendError as exc:
-            message.status, message.error_code = "failed", exc.code
-            log.warning("send failed", extra={"conv": conv.tag, "error": str(exc), "code": exc.code})
+            await self._daily.refund(number, measure.segments)
+            message.status, message.error_code, message.error = "failed", exc.code, str(exc)
+            if isinstance(exc, RecipientUnsubscribed):
+                await self._optouts.record(conv)
+                log.info("twilio says the user unsubscribed; opt-out recorded", extra={"conv": conv.tag})
+            else:
+                log.warning("send failed", extra={"conv": conv.tag, "error": str(exc), "code": exc.code})
             return message
         message.message_sid, message.status = result.sid, result.status
         log.info("sms sent", extra={"conv": conv.tag, "message_sid": result.sid, "segments": measure.segments})

@@ -1,7 +1,7 @@
-"""``POST /twilio/status``: Twilio's delivery-status callbacks, signature-checked and logged.
+"""``POST /twilio/status``: Twilio's delivery-status callbacks, signature-checked, applied in order of rank.
 
-For now a callback is only logged (status and error code); the monotonic delivery state machine on
-chat messages comes with delivery tracking (issue 5).
+Twilio sends no callback for the status the create call returned, may send them out of order, and may add
+parameters: the signature covers the whole form, and ``delivery.py`` never lets a status move back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from aiohttp import web
 
 from .appkeys import RUNTIME
 from .inbound import fail, read_form, verify
+from .keys import Conversation
 from .logs import redact
+from .mailbox import Item, ItemKind, now_ms
+from .twilio_gateway import UNSUBSCRIBED
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +25,22 @@ async def twilio_status(request: web.Request) -> web.Response:
     form = await read_form(request)
     if isinstance(form, web.Response):
         return form
-    sender = form.get("From", "")
+    sender, to = form.get("From", ""), form.get("To", "")
     number = await rt.catalog.get_number(sender) if sender else None
     if not await verify(request, rt, form, number):
         return fail(403, "invalid X-Twilio-Signature")
-    log.info("sms status", extra={"message_sid": form.get("MessageSid"), "status": form.get("MessageStatus"),
-                                  "error_code": form.get("ErrorCode"), "to": redact(form.get("To", ""))})
+    sid, status = form.get("MessageSid") or form.get("SmsSid") or "", form.get("MessageStatus", "")
+    try:
+        code = int(form["ErrorCode"]) if form.get("ErrorCode") else None
+    except ValueError:
+        code = None
+    chat_id = await rt.delivery.chat_of(sid) if sid else None
+    moved = bool(chat_id) and await rt.delivery.record(chat_id or "", sid, status, code)
+    log.info("sms status", extra={"message_sid": sid, "status": status, "error_code": code, "moved": moved,
+                                  "to": redact(to)})
+    if code == UNSUBSCRIBED and number is not None and to:
+        conv = Conversation(agent_number=sender, user_number=to)
+        await rt.optouts.record(conv)
+        await rt.mailbox.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}",
+                             check_optout=False)
     return web.Response(status=204)

@@ -124,8 +124,9 @@ class Turns:
         chat = await self._rt.chats.ongoing(conv)
         result = TurnResult(consumed=1)
         if chat is not None:
-            result.messages = [Message(Role.USER, content=item.body, message_sid=item.message_sid,
-                                       created_timestamp=item.received_ms)]
+            if item.body:   # a STOP text (an opt-out from a status callback has none)
+                result.messages = [Message(Role.USER, content=item.body, message_sid=item.message_sid,
+                                           created_timestamp=item.received_ms)]
             result.end, result.end_timestamp = EndReason.USER_OPTED_OUT, now_ms()
             log.info("chat ended: user opted out", extra={"chat_id": chat.chat_id})
         await self._rt.lifecycle.commit(chat, conv, result)

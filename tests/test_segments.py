@@ -1,9 +1,12 @@
 import itertools
+import math
 import random
 import re
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.segments import MAX_BODY_CHARS, Encoding, Measure, measure, sanitize, split
 
@@ -22,7 +25,48 @@ def squeeze(text: str) -> str:
 
 
 def fits(part: str, max_segments: int) -> bool:
-    return measure(part).segments <= max_segments and len(part) <= MAX_BODY_CHARS
+    return measure(part).segments <= max_segments and utf16_units(part) <= MAX_BODY_CHARS
+
+
+def utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# --- Hypothesis strategies ---------------------------------------------------------------------------
+
+# Deterministic (CI must not flake), no example database written to disk, and no per-example deadline:
+# splitting a 5,000-character text takes a few milliseconds. Sized so the whole file runs in a few seconds.
+PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+
+GSM_ALL = GSM_BASIC + GSM_EXTENSION
+gsm_basic_chars = st.sampled_from(GSM_BASIC)
+gsm_extension_chars = st.sampled_from(GSM_EXTENSION)
+# Any BMP character outside GSM-7, plus near misses that look like GSM-7 characters (lowercase ç, backtick,
+# tab, curly quote, ellipsis, NBSP, combining acute, OHM SIGN, INCREMENT, bare ESC) and common scripts.
+bmp_non_gsm_chars = st.one_of(
+    st.sampled_from("ç`\t’…\u00a0\u0301\u2126\u2206\x1bжд中"),
+    st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"], exclude_characters=GSM_ALL),
+)
+astral_chars = st.one_of(st.sampled_from("😀👋😘🎉🤟🏽"), st.characters(min_codepoint=0x10000))
+gsm_chars = st.one_of(gsm_basic_chars, gsm_extension_chars)
+bmp_chars = st.one_of(gsm_chars, bmp_non_gsm_chars)
+any_chars = st.one_of(gsm_chars, bmp_non_gsm_chars, astral_chars)
+
+
+def runs(chars: st.SearchStrategy[str], max_runs: int = 12, max_run: int = 200) -> st.SearchStrategy[str]:
+    """Text made of single characters and runs of one repeated character, so it reaches the 70/160 limits."""
+    run = st.tuples(chars, st.integers(1, max_run)).map(lambda pair: pair[0] * pair[1])
+    return st.lists(st.one_of(chars, run), max_size=max_runs).map("".join)
+
+
+def of_length(length: st.SearchStrategy[int], pattern: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Exactly ``length`` characters: a drawn pattern repeated and cut (so its first character is always in)."""
+    return st.tuples(length, pattern).map(lambda pair: (pair[1] * pair[0])[: pair[0]])
+
+
+# Lengths around every boundary (single segment, then each multiple of the per-segment capacity).
+GSM_LENGTHS = st.one_of(st.integers(0, 1700), st.sampled_from([n + d for n in (160, 306, 1530) for d in (-1, 0, 1)]))
+UCS2_LENGTHS = st.one_of(st.integers(1, 800), st.sampled_from([n + d for n in (70, 134, 670) for d in (-1, 0, 1)]))
 
 
 # --- measure -----------------------------------------------------------------------------------------
@@ -90,6 +134,158 @@ def test_two_unit_char_is_not_split_across_segments() -> None:
     assert measure("a" * 151 + "€" + "a" * 153) == Measure(Encoding.GSM7, 306, 2)
     assert measure(CYRILLIC * 66 + EMOJI + CYRILLIC * 66) == Measure(Encoding.UCS2, 134, 3)
     assert measure(CYRILLIC * 65 + EMOJI + CYRILLIC * 67) == Measure(Encoding.UCS2, 134, 2)
+
+
+# --- measure: properties -----------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(of_length(GSM_LENGTHS, st.text(gsm_basic_chars, min_size=1, max_size=20)))
+def test_basic_gsm_text_counts_160_then_153(text: str) -> None:
+    # Only 1-septet characters, so nothing can straddle a boundary and the closed form is exact.
+    n = len(text)
+    expected = 0 if n == 0 else 1 if n <= 160 else math.ceil(n / 153)
+    assert measure(text) == Measure(Encoding.GSM7, n, expected)
+
+
+@PROPERTY
+@given(runs(any_chars), st.one_of(bmp_non_gsm_chars, astral_chars), runs(any_chars))
+def test_one_non_gsm_character_makes_it_ucs2_counted_in_utf16_units(before: str, char: str, after: str) -> None:
+    text = before + char + after
+    got = measure(text)
+    assert got.encoding is Encoding.UCS2
+    assert got.units == utf16_units(text)
+
+
+@PROPERTY
+@given(of_length(UCS2_LENGTHS, st.tuples(bmp_non_gsm_chars, st.text(bmp_chars, max_size=20)).map("".join)))
+def test_ucs2_text_without_surrogate_pairs_counts_70_then_67(text: str) -> None:
+    # Every character is one UTF-16 unit, so nothing can straddle a boundary and the closed form is exact.
+    units = len(text)
+    expected = 1 if units <= 70 else math.ceil(units / 67)
+    assert measure(text) == Measure(Encoding.UCS2, units, expected)
+
+
+def segments_by_bits(text: str) -> int:
+    """Model of a segment as Twilio describes it, in bits, with no 160/153/70/67 constants.
+
+    A segment is 140 octets (1,120 bits). A concatenated message spends 6 octets (48 bits) of every
+    segment on the User Data Header. GSM-7 characters take 7 bits, extension characters 14 (ESC + char);
+    UCS-2 characters 16 bits per UTF-16 code unit (32 for a surrogate pair). A character never straddles
+    two segments (the TwilioDevEd message-segment-calculator moves it whole to the next segment).
+    """
+    if all(char in GSM_ALL for char in text):
+        sizes = [14 if char in GSM_EXTENSION else 7 for char in text]
+    else:
+        sizes = [16 * utf16_units(char) for char in text]
+    if sum(sizes) <= 1120:
+        return 1 if sizes else 0
+    segments, free = 1, 1120 - 48
+    for size in sizes:
+        if size > free:
+            segments, free = segments + 1, 1120 - 48
+        free -= size
+    return segments
+
+
+@PROPERTY
+@given(st.one_of(runs(gsm_chars), runs(any_chars), runs(st.one_of(bmp_non_gsm_chars, astral_chars))))
+def test_segments_match_a_bit_level_model(text: str) -> None:
+    assert measure(text).segments == segments_by_bits(text)
+
+
+@PROPERTY
+@given(runs(any_chars), any_chars)
+def test_appending_a_character_never_lowers_the_segment_count(text: str, char: str) -> None:
+    # Also across the GSM-7 -> UCS-2 switch: GSM-7 fits at least 76 characters in a segment, UCS-2 at most 70.
+    assert measure(text + char).segments >= measure(text).segments
+
+
+# --- measure: worked examples ------------------------------------------------------------------------
+#
+# Rules, as Twilio publishes them:
+#  [R1] "Messages are still sent in 140 byte chunks known as message segments ... GSM 03.38 ... takes 7 bits
+#       to encode a character. 140 bytes x 8 bits in a byte divided 7 bits leaves us with the 160 character
+#       message segment." A message longer than one segment carries a 6-byte User Data Header in every
+#       segment, leaving 134 bytes = 1,072 bits = 153 GSM-7 characters.
+#       (twilio.com/blog/what-the-heck-is-a-segment; twilio.com/docs/glossary/what-sms-character-limit)
+#  [R2] "Messages containing one or more UCS-2 characters can contain up to 70 characters in a single,
+#       non-segmented message. UCS-2 messages of more than 70 characters will be split into 67-character
+#       segments." 140 bytes / 2 = 70; (140 - 6) / 2 = 67.  (twilio.com/docs/glossary/what-sms-character-limit)
+#  [R3] GSM 03.38 extension-table characters ^ { } \ [ ~ ] | € and form feed are sent as ESC + code: 2 septets.
+#       GSM 03.38 0x09 is the capital Ç; lowercase ç, á, í, ã ... are not in GSM-7 (é, è, ù, ì, ò, à are).
+#  [R4] UCS-2 is counted in UTF-16 code units: a character outside the BMP (most emoji) is a surrogate pair.
+#  [R5] A 2-unit character (escape sequence, surrogate pair) is not split across segments; it moves whole to
+#       the next one. Twilio's own calculator does this (it fills 1,120-bit segments and moves a character
+#       that does not fit in the free bits), and Twilio billed 153 "]" as 3 segments, not ceil(306/153) = 2
+#       (TwilioDevEd/message-segment-calculator#39).
+#  [R6] "The Body parameter for an outgoing message can be up to 1,600 characters" (Twilio error 21617).
+# [live] Counts Twilio actually billed (num_segments) for the same text: TwilioDevEd/message-segment-calculator
+#       #66 (a 16-case run against a live account) and #18.
+EMOJI_WAVE = "\U0001f44b"  # 👋
+EMOJI_KISS = "\U0001f618"  # 😘
+
+WORKED_EXAMPLES = [
+    pytest.param("", Encoding.GSM7, 0, 0, id="empty: nothing to bill (Twilio rejects an empty Body anyway)"),
+    # GSM-7 [R1]
+    pytest.param("a" * 160, Encoding.GSM7, 160, 1, id="160 a: one full segment [R1, live #66 5a]"),
+    pytest.param("a" * 161, Encoding.GSM7, 161, 2, id="161 a: 153 + 8 [R1, live #66 5b]"),
+    pytest.param("a" * 306, Encoding.GSM7, 306, 2, id="306 a: 2 x 153 [R1]"),
+    pytest.param("a" * 307, Encoding.GSM7, 307, 3, id="307 a: 2 x 153 + 1 [R1]"),
+    pytest.param("a" * 1530, Encoding.GSM7, 1530, 10, id="1530 a: 10 x 153 [R1]"),
+    pytest.param("a" * 1600, Encoding.GSM7, 1600, 11, id="1600 a, the maximum body: 10 x 153 + 70 [R1, R6]"),
+    pytest.param("a" * 80 + "\r\n" + "a" * 79, Encoding.GSM7, 161, 2, id="CRLF is two characters [R1, live #66 1a]"),
+    pytest.param("a" * 80 + "\n" + "a" * 79, Encoding.GSM7, 160, 1, id="LF is one character [R1, live #66 1b]"),
+    pytest.param("a" * 200 + "\r\n" + "a" * 105, Encoding.GSM7, 307, 3, id="307 with CRLF [R1, live #66 1c]"),
+    pytest.param("é" * 70, Encoding.GSM7, 70, 1, id="precomposed é is GSM-7 0x05 [R3, live #66 2a]"),
+    pytest.param("é" * 160, Encoding.GSM7, 160, 1, id="160 é still one segment [R1, R3]"),
+    pytest.param("Ça coûte 5€", Encoding.UCS2, 11, 1, id="û is not GSM-7, so € costs 1 unit [R2, R3]"),
+    # Extension characters [R3]
+    pytest.param("|", Encoding.GSM7, 2, 1, id="one pipe is 2 septets [R3, live #66 5e]"),
+    pytest.param("{}", Encoding.GSM7, 4, 1, id="braces are 2 septets each [R3]"),
+    pytest.param("€" * 80, Encoding.GSM7, 160, 1, id="80 euro = 160 septets [R1, R3]"),
+    pytest.param("€" * 81, Encoding.GSM7, 162, 2, id="81 euro = 162 septets: 76 + 5 euro [R1, R3, R5]"),
+    pytest.param("a" * 152 + "€", Encoding.GSM7, 154, 1, id="152 a + euro fits one 160-septet segment [R1, R3]"),
+    pytest.param(
+        "a" * 152 + "€" + "a" * 152, Encoding.GSM7, 306, 3, id="euro at septets 153-154 moves to segment 2 [R5]"
+    ),
+    pytest.param("a" * 151 + "€" + "a" * 153, Encoding.GSM7, 306, 2, id="euro at septets 152-153 fits [R5]"),
+    pytest.param("]" * 153, Encoding.GSM7, 306, 3, id="153 brackets: 76 per segment [R3, R5, live #39]"),
+    # One non-GSM character switches the whole message [R2, R3]
+    pytest.param("ç" + "a" * 69, Encoding.UCS2, 70, 1, id="lowercase c-cedilla: 70 UCS-2 [R2, R3]"),
+    pytest.param("ç" + "a" * 70, Encoding.UCS2, 71, 2, id="lowercase c-cedilla: 71 UCS-2 [R2, R3]"),
+    pytest.param("a" * 159 + "ç", Encoding.UCS2, 160, 3, id="160 chars but UCS-2: 67 + 67 + 26 [R2, R3]"),
+    pytest.param("e\u0301" * 70, Encoding.UCS2, 140, 3, id="decomposed accent is UCS-2 [R2, live #66 2b]"),
+    pytest.param("e\u0301", Encoding.UCS2, 2, 1, id="one decomposed accent [R2, live #66 2c]"),
+    pytest.param("“Hi”", Encoding.UCS2, 4, 1, id="curly quotes are UCS-2 [R2, live #66 3a]"),
+    pytest.param("中" * 70, Encoding.UCS2, 70, 1, id="70 CJK [R2, live #66 5c]"),
+    pytest.param("中" * 71, Encoding.UCS2, 71, 2, id="71 CJK [R2, live #66 5d]"),
+    # Surrogate pairs [R2, R4]
+    pytest.param("Hello " + EMOJI_WAVE, Encoding.UCS2, 8, 1, id="Hello + wave: 6 + 2 units [R2, R4]"),
+    pytest.param(EMOJI + "|", Encoding.UCS2, 3, 1, id="emoji + pipe: pipe is 1 unit in UCS-2 [R4, live #66 4]"),
+    pytest.param(EMOJI * 35, Encoding.UCS2, 70, 1, id="35 emoji = 70 units [R2, R4]"),
+    pytest.param(EMOJI * 36, Encoding.UCS2, 72, 2, id="36 emoji = 72 units: 33 + 3 emoji [R2, R4, R5]"),
+    pytest.param(
+        "this is a " + "]" * 74 + EMOJI_KISS, Encoding.UCS2, 86, 2, id="brackets cost 1 unit once UCS-2 [R4, live #18]"
+    ),
+    pytest.param(EMOJI * 800, Encoding.UCS2, 1600, 25, id="800 emoji: 33 per 67-unit segment, not 24 [R4, R5]"),
+    pytest.param(
+        CYRILLIC * 66 + EMOJI + CYRILLIC * 66, Encoding.UCS2, 134, 3, id="emoji at units 67-68 moves [R4, R5]"
+    ),
+    pytest.param(CYRILLIC * 65 + EMOJI + CYRILLIC * 67, Encoding.UCS2, 134, 2, id="emoji at units 66-67 fits [R5]"),
+]
+
+
+@pytest.mark.parametrize(("text", "encoding", "units", "segments"), WORKED_EXAMPLES)
+def test_worked_examples(text: str, encoding: Encoding, units: int, segments: int) -> None:
+    assert measure(text) == Measure(encoding, units, segments)
+    assert segments_by_bits(text) == segments  # the independent model agrees on every worked example
+
+
+def test_measure_counts_past_the_1600_character_maximum() -> None:
+    # measure reports what the text would cost; refusing over-long bodies is split's job (and Twilio's [R6]).
+    assert measure("a" * 1601) == Measure(Encoding.GSM7, 1601, 11)
+    assert measure(EMOJI * 801) == Measure(Encoding.UCS2, 1602, 25)
 
 
 # --- sanitize ----------------------------------------------------------------------------------------
@@ -172,6 +368,23 @@ def test_sanitize_is_idempotent() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         once = sanitize(text)
         assert sanitize(once) == once, repr(text)
+
+
+# Look-alikes and invisibles sanitize handles, characters NFC composes (e + U+0301) or expands (U+0958 and the
+# Hebrew presentation forms decompose under NFC), line endings, and plain GSM-7 / UCS-2 / emoji text.
+sanitizable_chars = st.one_of(
+    st.sampled_from("‘’‚“”«»–—−•…\u00a0\u2009\u3000\t\u200b\u00ad\ufeff\u2060\u200c\u200d\u2028\r\n"),
+    st.sampled_from("e\u0301\u0344\u0958\ufb2c\U0001d15e"),
+    any_chars,
+)
+
+
+@PROPERTY
+@given(runs(sanitizable_chars))
+def test_sanitize_is_idempotent_and_never_costs_more_segments(text: str) -> None:
+    clean = sanitize(text)
+    assert sanitize(clean) == clean
+    assert measure(clean).segments <= measure(text).segments
 
 
 # --- split -------------------------------------------------------------------------------------------

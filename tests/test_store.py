@@ -18,7 +18,7 @@ from .fakes.twilio import FakeTwilio
 # Keys without a TTL, each bounded another way (see service/keys.py).
 UNEXPIRING = {
     keys.AGENTS, keys.LLMS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS, keys.CHATS, keys.OUTBOX_DUE,
-    keys.OUTBOX_FAILED, keys.ANALYSIS_DUE,
+    keys.OUTBOX_FAILED, keys.ANALYSIS_DUE, keys.OPTOUTS,
 }
 UNEXPIRING_PREFIXES = (keys.agent(""), keys.llm(""), keys.number(""))
 
