@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import agent_routes, agentfiles, chat_routes, inbound, number_routes, status
+from . import agent_routes, agentfiles, chat_routes, inbound, number_routes, sms_routes, status
 from .api import api_middleware, healthz, json_response, readyz
 from .appkeys import API_KEYS, FILES, READY, REDIS, RUNTIME, SETTINGS
 from .catalog import Store
@@ -82,7 +82,7 @@ def routes(*, web_routes: bool = True) -> list[Route]:
               status=204, public=True, tag="twilio"),
         Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations"),
     ]
-    return chat_routes.ROUTES + agent_routes.ROUTES + number_routes.ROUTES + own + health
+    return chat_routes.ROUTES + sms_routes.ROUTES + agent_routes.ROUTES + number_routes.ROUTES + own + health
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -189,6 +189,14 @@ async def update_chat(request: web.Request) -> web.Response:
             chat.dynamic_variables.pop(name, None)
         else:
             chat.dynamic_variables[name] = value
+    if body.agent_paused is not None and body.agent_paused != chat.agent_paused:
+        if chat.chat_type is not ChatType.SMS or chat.chat_status is not ChatStatus.ONGOING:
+            raise Conflict("agent_paused: only an ongoing SMS chat can be handed to a human")
+        chat.agent_paused = body.agent_paused
+        # Silence does not close a chat a human has taken over; resuming starts the clock again.
+        silence = (await dialog.agent_for(rt, chat)).config.end_chat_after_silence_ms
+        await rt.chats.set_deadline(chat.chat_id, None if chat.agent_paused else now_ms() + silence)
+        log.info("agent paused" if chat.agent_paused else "agent resumed", extra={"chat_id": chat.chat_id})
     await rt.chats.update(chat)
     return model_response(await _response(rt, chat))
 

@@ -263,6 +263,13 @@ class Chats:
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
+    async def set_deadline(self, chat_id: str, deadline_ms: int | None) -> None:
+        """Arm the chat's silence timer for ``deadline_ms``, or disarm it (None)."""
+        if deadline_ms is None:
+            await self._redis.zrem(keys.INACTIVITY_TIMERS, chat_id)
+        else:
+            await self._redis.zadd(keys.INACTIVITY_TIMERS, {chat_id: deadline_ms})
+
     async def delete(self, chat: Chat) -> None:
         """Remove the chat, its messages, its timer and its place in the index."""
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -67,15 +67,19 @@ class Lifecycle:
         events = [self.event(target, "chat_started", chat, [])] if target and "chat_started" in target.kinds else []
         await self._chats.create(chat, events=events)
 
-    async def commit(self, chat: Chat | None, conv: Conversation | None, result: TurnResult) -> None:
+    async def commit(
+        self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, always_report: bool = False,
+    ) -> None:
         """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
-        Without a chat (a turn that opened none), only the mailbox is trimmed."""
+        Without a chat (a turn that opened none), only the mailbox is trimmed. ``always_report`` sends
+        ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see)."""
         if chat is None:
             await self._chats.commit(None, conv, result)
             return
         events: list[Event] = []
         target = await self.target_of(chat)
-        wants_transcript = target is not None and "transcript_updated" in target.kinds and bool(result.messages)
+        wants_transcript = target is not None and bool(result.messages) and (
+            always_report or "transcript_updated" in target.kinds)
         wants_end = target is not None and result.end is not None and "chat_ended" in target.kinds
         if target is not None and (wants_transcript or wants_end):
             messages = await self._chats.messages(chat.chat_id) + result.messages

@@ -56,7 +56,7 @@ def system_prompt(agent: Agent, values: dict[str, str], now: datetime) -> str:
 def window(history: list[Message]) -> list[Message]:
     """Drop leading tool messages so the window never starts inside a tool exchange."""
     start = 0
-    while start < len(history) and history[start].role not in (Role.USER, Role.AGENT):
+    while start < len(history) and history[start].role not in (Role.USER, Role.AGENT, Role.INJECTED):
         start += 1
     return history[start:]
 
@@ -85,6 +85,8 @@ def to_openai(history: list[Message], *, images: bool) -> list[dict[str, Any]]:
             out.append({"role": "user", "content": _user_content(m, images)})
         elif m.role is Role.AGENT:
             out.append({"role": "assistant", "content": m.content})
+        elif m.role is Role.INJECTED:
+            out.append({"role": "system", "content": m.content})
         elif m.role is Role.TOOL_CALL_INVOCATION:
             call = {"id": m.tool_call_id, "type": "function",
                     "function": {"name": m.name, "arguments": m.arguments or "{}"}}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .retell import E164, ChatResponse, PhoneNumber, RetellLLM
 
@@ -59,6 +59,7 @@ class UpdateChatRequest(_Body):
         default=None, description="Merged into the chat's variables; a null value removes that variable.")
     data_storage_setting: Literal["everything", "everything_except_pii", "basic_attributes_only"] | None = None
     custom_attributes: dict[str, str | int | float | bool] | None = None
+    agent_paused: bool | None = Field(default=None, description="Parley's: true hands the chat to a human")
 
 
 class EnumFilter(_Body):
@@ -157,3 +158,104 @@ class PhoneNumberListResponse(BaseModel):
     items: list[PhoneNumber]
     has_more: bool
     pagination_key: str | None = None
+
+
+class SmsContent(_Body):
+    """Retell's ``sms_content``: a predefined text (``text``, or the older ``content``), or an inferred one."""
+
+    type: Literal["predefined", "inferred"]
+    text: str | None = None
+    content: str | None = None
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SmsContent:
+        if self.type == "predefined" and not (self.text or self.content):
+            raise ValueError("a predefined sms_content needs text")
+        if self.type == "inferred" and not self.prompt:
+            raise ValueError("an inferred sms_content needs a prompt")
+        return self
+
+
+class SendSmsRequest(_Body):
+    """Parley's ``/send-sms``: exactly one of ``content`` (exact text), ``prompt`` (the LLM writes it) or
+    Retell's ``sms_content``."""
+
+    from_number: E164
+    to_number: E164
+    content: str | None = Field(default=None, min_length=1, max_length=1600)
+    prompt: str | None = Field(default=None, min_length=1)
+    sms_content: SmsContent | None = None
+    transcript: str | list[dict[str, Any]] | None = None
+    dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SendSmsRequest:
+        given = [name for name in ("content", "prompt", "sms_content") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of content, prompt or sms_content (got {', '.join(given) or 'none'})")
+        return self
+
+    def exact_text(self) -> str | None:
+        if self.content is not None:
+            return self.content
+        if self.sms_content is not None and self.sms_content.type == "predefined":
+            return self.sms_content.text or self.sms_content.content
+        return None
+
+    def instructions(self) -> str | None:
+        return self.prompt or (self.sms_content.prompt if self.sms_content is not None else None)
+
+
+class SentSms(BaseModel):
+    """A message Parley sent: its ids, Twilio's status, its measure, and the chat it was written into."""
+
+    message_id: str
+    chat_id: str
+    message_sid: str | None = None
+    status: str
+    error_code: int | None = None
+    error: str | None = None
+    encoding: str | None = None
+    segments: int | None = None
+    content: str
+    from_number: str
+    to_number: str
+    created_timestamp: int
+
+
+class ToolCallRequest(BaseModel):
+    """The body a Retell voice agent's custom function sends."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    args: dict[str, Any] = Field(default_factory=dict)
+    call: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(BaseModel):
+    result: str
+
+
+class SendChatMessageRequest(_Body):
+    chat_id: str = Field(min_length=1)
+    content: str = Field(min_length=1, max_length=1600)
+    role: Literal["agent", "human"] = "agent"
+
+
+class OptOutItem(BaseModel):
+    from_number: str
+    to_number: str
+    opted_out_at: int
+
+
+class OptOutQuery(_Body):
+    from_number: E164 | None = None
+
+
+class ClearOptOutRequest(_Body):
+    from_number: E164
+    to_number: E164
+    consent: str = Field(min_length=10, description="How the user consented again (kept in the log)")

@@ -85,8 +85,9 @@ _LOOKALIKES: dict[int, str] = {
     # Invisible: zero-width space, word joiner, BOM / zero-width no-break space, soft hyphen.
     **dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"), ""),
 }
+_KEEP_ELLIPSIS = {**_LOOKALIKES, ord("…"): "…"}
 _JOINERS = re.compile("[\u200c\u200d]+")  # zero-width non-joiner / joiner
-_CRLF = re.compile(r"\r+\n")  # "\r\r\n" too, so sanitising twice changes nothing
+_CRLF = re.compile(r"\r+\n")  # "\r\r\n" too: one pass normalises every line ending
 
 
 def sanitize(text: str) -> str:
@@ -95,13 +96,31 @@ def sanitize(text: str) -> str:
     Curly quotes, primes and guillemets become ``'`` or ``"``; dashes, minus, non-breaking hyphen and
     bullet become ``-``; ``…`` becomes ``...``; Unicode spaces and tab become a space; line/paragraph
     separators and ``\\r\\n`` become ``\\n``; zero-width spaces, soft hyphens and BOMs are removed.
-    The text is NFC-normalised first, so a decomposed ``e`` + combining accent becomes the GSM-7 ``é``.
+    The text is NFC-normalised, so a decomposed ``e`` + combining accent becomes the GSM-7 ``é``.
 
     Zero-width (non-)joiners are removed unless they sit between two non-GSM characters (emoji sequences
     such as man-ZWJ-woman-ZWJ-girl, Persian text), where they carry meaning and the text is UCS-2 anyway.
     Characters with no look-alike (emoji, CJK, accented letters outside GSM-7) are left alone.
+
+    Sanitising never costs segments and is idempotent. ``…`` is one UCS-2 unit but three GSM-7 characters,
+    so if expanding it would add a segment (the text stays UCS-2 anyway, or holds many of them) it is kept.
+    If even then the result costs more than ``text`` (NFC expands a few characters, such as Hebrew
+    presentation forms and Devanagari QA), ``text`` is returned unchanged.
     """
-    text = unicodedata.normalize("NFC", text).translate(_LOOKALIKES)
+    segments = measure(text).segments
+    for table in (_LOOKALIKES, _KEEP_ELLIPSIS):
+        clean = text
+        # Repeat to a fixed point: removing an invisible character or a joiner can bring a combining accent
+        # next to its base (so NFC composes them), or a joiner next to a newly composed GSM-7 character.
+        while (again := _clean(clean, table)) != clean:
+            clean = again
+        if measure(clean).segments <= segments:
+            return clean
+    return text
+
+
+def _clean(text: str, table: dict[int, str]) -> str:
+    text = unicodedata.normalize("NFC", text).translate(table)
 
     def joiner(match: re.Match[str]) -> str:
         before, after = text[match.start() - 1 : match.start()], text[match.end() : match.end() + 1]

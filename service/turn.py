@@ -107,6 +107,12 @@ class Turns:
         else:
             agent = await dialog.agent_for(self._rt, chat)
         user = [self._user_message(item) for item in batch]
+        if chat.agent_paused:
+            # A human has the chat: keep the texts, tell the business (transcript_updated), no LLM.
+            await self._rt.lifecycle.commit(chat, conv, TurnResult(messages=user, consumed=len(batch)),
+                                            always_report=True)
+            log.info("texts stored for a human", extra={"chat_id": chat.chat_id, "texts": len(batch)})
+            return
         reply = await dialog.answer(self._rt, chat, agent, user)
         sent = []
         if reply.text:
