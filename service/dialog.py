@@ -18,6 +18,7 @@ from .keys import Conversation
 from .mailbox import now_ms
 from .responder import Reply, chat_variables
 from .runtime import Runtime
+from .tools import SmsHook
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
     return Reply(text=variables.render(begin, values, now=datetime.now(UTC)))
 
 
-async def answer(rt: Runtime, chat: Chat, agent: Agent, new: list[Message]) -> Reply:
+async def answer(
+    rt: Runtime, chat: Chat, agent: Agent, new: list[Message], *, sms: SmsHook | None = None,
+) -> Reply:
     """The agent's reply to ``new`` user messages, given the chat's history window."""
     history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
-    return await rt.responder.respond(agent, chat, history + new)
+    return await rt.responder.respond(agent, chat, history + new, sms=sms)

@@ -78,6 +78,8 @@ class Lifecycle:
             return
         events: list[Event] = []
         target = await self.target_of(chat)
+        # A text that could not be sent is always reported, whatever webhook_events says.
+        always_report = always_report or any(m.status == "failed" for m in result.messages)
         wants_transcript = target is not None and bool(result.messages) and (
             always_report or "transcript_updated" in target.kinds)
         wants_end = target is not None and result.end is not None and "chat_ended" in target.kinds

@@ -108,6 +108,7 @@ class Responder:
 
     async def respond(
         self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
+        sms: tools.SmsHook | None = None,
     ) -> Reply:
         """The agent's reply to ``history`` (which ends with the new user messages)."""
         now = now or datetime.now(UTC)
@@ -135,7 +136,7 @@ class Responder:
                 for c in completion.tool_calls]})
             for call in completion.tool_calls:
                 result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
-                                         chat=chat_payload)
+                                         chat=chat_payload, values=values, sms=sms)
                 reply.end_chat = reply.end_chat or result.end_chat
                 reply.messages += [
                     Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,

@@ -57,17 +57,49 @@ class CustomTool(_Model):
     timeout_ms: int = Field(default=120_000, ge=1_000, le=600_000)
 
 
+class SmsContent(_Model):
+    """Retell's ``sms_content``: a predefined text (``text``, or the older ``content``), or an inferred one."""
+
+    type: Literal["predefined", "inferred"]
+    text: str | None = None
+    content: str | None = None
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SmsContent:
+        if self.type == "predefined" and not (self.text or self.content):
+            raise ValueError("a predefined sms_content needs text")
+        if self.type == "inferred" and not self.prompt:
+            raise ValueError("an inferred sms_content needs a prompt")
+        return self
+
+    @property
+    def predefined(self) -> str | None:
+        return (self.text or self.content) if self.type == "predefined" else None
+
+
+class SendSmsTool(_Model):
+    """Retell's ``send_sms`` tool: sends a separate text during the chat. ``to_number`` (Parley's) may name
+    another recipient, e.g. ``{{manager_number}}``; by default it is the chat's user."""
+
+    type: Literal["send_sms"]
+    name: str = Field(default="send_sms", pattern=TOOL_NAME_RE)
+    description: str = "Send the user a text message."
+    sms_content: SmsContent
+    to_number: str | None = None
+
+
 class UnsupportedTool(_Model):
     """A Retell tool type Parley does not run yet (voice-only, calendar, ...). Kept, not offered to the LLM."""
 
     type: Literal[
         "transfer_call", "check_availability_cal", "book_appointment_cal", "agent_swap", "press_digit",
-        "send_sms", "code", "extract_dynamic_variable", "bridge_transfer", "cancel_transfer", "mcp",
+        "code", "extract_dynamic_variable", "bridge_transfer", "cancel_transfer", "mcp",
     ]
     name: str = ""
 
 
-Tool = Annotated[EndChatTool | CustomTool | UnsupportedTool, Field(discriminator="type")]
+Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | UnsupportedTool, Field(discriminator="type")]
 
 
 class RetellLLM(_Model):

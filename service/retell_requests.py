@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .retell import E164, ChatResponse, PhoneNumber, RetellLLM
+from .retell import E164, ChatResponse, PhoneNumber, RetellLLM, SmsContent
 
 AgentVersion = Annotated[
     int | Literal["latest", "latest_published"],
@@ -160,23 +160,6 @@ class PhoneNumberListResponse(BaseModel):
     pagination_key: str | None = None
 
 
-class SmsContent(_Body):
-    """Retell's ``sms_content``: a predefined text (``text``, or the older ``content``), or an inferred one."""
-
-    type: Literal["predefined", "inferred"]
-    text: str | None = None
-    content: str | None = None
-    prompt: str | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> SmsContent:
-        if self.type == "predefined" and not (self.text or self.content):
-            raise ValueError("a predefined sms_content needs text")
-        if self.type == "inferred" and not self.prompt:
-            raise ValueError("an inferred sms_content needs a prompt")
-        return self
-
-
 class SendSmsRequest(_Body):
     """Parley's ``/send-sms``: exactly one of ``content`` (exact text), ``prompt`` (the LLM writes it) or
     Retell's ``sms_content``."""
@@ -200,9 +183,7 @@ class SendSmsRequest(_Body):
     def exact_text(self) -> str | None:
         if self.content is not None:
             return self.content
-        if self.sms_content is not None and self.sms_content.type == "predefined":
-            return self.sms_content.text or self.sms_content.content
-        return None
+        return self.sms_content.predefined if self.sms_content is not None else None
 
     def instructions(self) -> str | None:
         return self.prompt or (self.sms_content.prompt if self.sms_content is not None else None)

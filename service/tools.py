@@ -7,13 +7,18 @@ and gives the LLM the response text. Every failure is a tool result the LLM can 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .retell import CustomTool, EndChatTool, RetellLLM
+from .retell import CustomTool, EndChatTool, RetellLLM, SendSmsTool
+from .variables import render
+
+# Sends ``text`` to ``to`` (None: the chat's user); returns why it failed, or None when sent.
+SmsHook = Callable[[str | None, str], Awaitable[str | None]]
 
 MAX_RESULT_CHARS = 4_000
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -34,6 +39,11 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
             params: dict[str, Any] = {"type": "object", "properties": {}}
         elif isinstance(tool, CustomTool):
             params = tool.parameters or {"type": "object", "properties": {}}
+        elif isinstance(tool, SendSmsTool):
+            params = {"type": "object", "properties": {}}
+            if tool.sms_content.type == "inferred":
+                params = {"type": "object", "required": ["content"], "properties": {"content": {
+                    "type": "string", "description": f"The text message to send. {tool.sms_content.prompt}"}}}
         else:
             continue
         out.append({"type": "function",
@@ -43,12 +53,13 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
 
 async def run(
     llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: dict[str, Any],
+    values: dict[str, str], sms: SmsHook | None,
 ) -> ToolResult:
     """Run the tool the LLM called."""
     tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
     if isinstance(tool, EndChatTool):
         return ToolResult("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
-    if not isinstance(tool, CustomTool):
+    if not isinstance(tool, CustomTool | SendSmsTool):
         return ToolResult(f"There is no tool named {name!r}.", False)
     try:
         args = orjson.loads(arguments or "{}")
@@ -56,7 +67,23 @@ async def run(
         return ToolResult("The arguments were not valid JSON.", False)
     if not isinstance(args, dict):
         return ToolResult("The arguments must be a JSON object.", False)
+    if isinstance(tool, SendSmsTool):
+        return await _send_sms(tool, args, values=values, sms=sms)
     return await _call(tool, args, http=http, chat=chat)
+
+
+async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str, str],
+                    sms: SmsHook | None) -> ToolResult:
+    """Retell's results: "Sent successfully" or "Failed to send" (with why)."""
+    text = tool.sms_content.predefined
+    text = render(text, values) if text is not None else str(args.get("content") or "")
+    to = render(tool.to_number, values) if tool.to_number else None
+    if sms is None:
+        return ToolResult("Failed to send: this chat has no phone number.", False)
+    if not text.strip():
+        return ToolResult("Failed to send: the message is empty.", False)
+    error = await sms(to, text)
+    return ToolResult("Sent successfully" if error is None else f"Failed to send: {error}", error is None)
 
 
 async def _call(

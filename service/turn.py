@@ -13,10 +13,13 @@ import logging
 from . import dialog, inbound_webhook, keys
 from .catalog import Agent, pick_agent
 from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
+from .errors import InvalidRequest
 from .keys import Conversation
+from .limits import check_destination
 from .mailbox import Item, ItemKind, now_ms
-from .retell import PhoneNumber
+from .retell import E164_RE, PhoneNumber
 from .runtime import Runtime
+from .tools import SmsHook
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +116,40 @@ class Turns:
                                             always_report=True)
             log.info("texts stored for a human", extra={"chat_id": chat.chat_id, "texts": len(batch)})
             return
-        reply = await dialog.answer(self._rt, chat, agent, user)
+        by_tool: list[Message] = []
+        reply = await dialog.answer(self._rt, chat, agent, user, sms=self._sms_hook(conv, number, by_tool))
         sent = []
         if reply.text:
             sent = await self._rt.sender.send_text(conv, number, reply.text,
                                                    max_segments=agent.config.max_reply_segments)
-        result = TurnResult(messages=user + reply.messages + sent, consumed=len(batch),
+        result = TurnResult(messages=user + reply.messages + by_tool + sent, consumed=len(batch),
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
         await self._rt.lifecycle.commit(chat, conv, result)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
+
+    def _sms_hook(self, conv: Conversation, number: PhoneNumber, record: list[Message]) -> SmsHook:
+        """The send_sms tool's way out: to the chat's user (recorded in the chat), or to another number
+        (checked like any text Parley starts)."""
+        async def send(to: str | None, text: str) -> str | None:
+            target = Conversation(conv.agent_number, to or conv.user_number)
+            if not E164_RE.fullmatch(target.user_number):
+                return f"{target.user_number!r} is not an E.164 number"
+            if target != conv:
+                try:
+                    check_destination(number, target.user_number)
+                except InvalidRequest as exc:
+                    return str(exc)
+            if await self._rt.optouts.is_opted_out(target):
+                return "the recipient opted out of texts from this number"
+            sent = await self._rt.sender.send_text(target, number, text, exact=True)
+            if target == conv:
+                record.extend(sent)
+            failed = next((m for m in sent if m.status == "failed"), None)
+            return failed.error if failed else None
+        return send
 
     async def _opt_out(self, conv: Conversation, item: Item) -> None:
         chat = await self._rt.chats.ongoing(conv)
