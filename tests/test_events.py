@@ -4,62 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from retell.lib.webhook_auth import verify as retell_verify  # what Retell(...).verify is
 
 from service import keys
 
-from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, agent_file
+from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, Receiver, agent_file
 from .fakes.openai import Call, Completion, HttpError
-
-
-@dataclass
-class Receiver:
-    """The business's webhook endpoint: records what it gets; ``answers`` scripts its replies in order."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answers: list[int | tuple[int, dict[str, Any]] | float] = field(default_factory=list)  # status, or a delay
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.received.append((dict(request.headers), await request.read()))
-        self.arrived.set()
-        answer = self.answers.pop(0) if self.answers else 200
-        if isinstance(answer, float):
-            await asyncio.sleep(answer)
-            return web.json_response({})
-        status, body = answer if isinstance(answer, tuple) else (answer, {})
-        return web.json_response(body, status=status)
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.received]
-
-    def events(self) -> list[str]:
-        return [b["event"] for b in self.bodies()]
-
-    async def wait_for(self, count: int, within_s: float = 10.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(within_s):
-            while len(self.received) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.bodies()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    async with TestServer(app) as server:
-        rec.url = str(server.make_url("/hook"))
-        yield rec
 
 
 def goodbye_after_end_tool(body: dict[str, Any]) -> Completion:

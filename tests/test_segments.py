@@ -203,76 +203,96 @@ def test_appending_a_character_never_lowers_the_segment_count(text: str, char: s
 
 # --- measure: worked examples ------------------------------------------------------------------------
 #
-# Rules, as Twilio publishes them:
-#  [R1] "Messages are still sent in 140 byte chunks known as message segments ... GSM 03.38 ... takes 7 bits
-#       to encode a character. 140 bytes x 8 bits in a byte divided 7 bits leaves us with the 160 character
-#       message segment." A message longer than one segment carries a 6-byte User Data Header in every
-#       segment, leaving 134 bytes = 1,072 bits = 153 GSM-7 characters.
-#       (twilio.com/blog/what-the-heck-is-a-segment; twilio.com/docs/glossary/what-sms-character-limit)
-#  [R2] "Messages containing one or more UCS-2 characters can contain up to 70 characters in a single,
-#       non-segmented message. UCS-2 messages of more than 70 characters will be split into 67-character
-#       segments." 140 bytes / 2 = 70; (140 - 6) / 2 = 67.  (twilio.com/docs/glossary/what-sms-character-limit)
-#  [R3] GSM 03.38 extension-table characters ^ { } \ [ ~ ] | € and form feed are sent as ESC + code: 2 septets.
-#       GSM 03.38 0x09 is the capital Ç; lowercase ç, á, í, ã ... are not in GSM-7 (é, è, ù, ì, ò, à are).
+# Every count below follows from these published rules; [live] marks texts whose count Twilio itself billed.
+#  [R1] A segment is 140 octets and GSM-7 takes 7 bits a character: 140 * 8 / 7 = 160 characters. ("Messages
+#       are still sent in 140 byte chunks known as message segments ... 140 bytes x 8 bits in a byte divided
+#       7 bits leaves us with the 160 character message segment", twilio.com/blog/what-the-heck-is-a-segment)
+#  [R2] A longer message is concatenated and every segment carries a 6-octet User Data Header, leaving
+#       134 octets = 1,072 bits: 153 GSM-7 characters, or 67 UCS-2 ones. "Messages containing one or more
+#       UCS-2 characters can contain up to 70 characters in a single, non-segmented message. UCS-2 messages
+#       of more than 70 characters will be split into 67-character segments."
+#       (twilio.com/docs/glossary/what-sms-character-limit)
+#  [R3] GSM 03.38: one character outside the basic table and its extension makes the whole message UCS-2.
+#       Extension characters ^ { } \ [ ~ ] | € and form feed are sent as ESC + code: 2 septets. Basic 0x09
+#       is the capital Ç; lowercase ç, á, í, û are not GSM-7 (é è ù ì ò à are).
 #  [R4] UCS-2 is counted in UTF-16 code units: a character outside the BMP (most emoji) is a surrogate pair.
-#  [R5] A 2-unit character (escape sequence, surrogate pair) is not split across segments; it moves whole to
-#       the next one. Twilio's own calculator does this (it fills 1,120-bit segments and moves a character
-#       that does not fit in the free bits), and Twilio billed 153 "]" as 3 segments, not ceil(306/153) = 2
-#       (TwilioDevEd/message-segment-calculator#39).
+#  [R5] A two-unit character (escape sequence, surrogate pair) is not split between segments; it moves whole
+#       to the next one. Twilio's calculator (TwilioDevEd/message-segment-calculator) fills 1,120-bit segments
+#       and starts a new one when a character's bits do not fit, and a user reports Twilio billed 153 "]" as
+#       3 segments, not ceil(306 / 153) = 2 (message-segment-calculator issue #39).
 #  [R6] "The Body parameter for an outgoing message can be up to 1,600 characters" (Twilio error 21617).
-# [live] Counts Twilio actually billed (num_segments) for the same text: TwilioDevEd/message-segment-calculator
-#       #66 (a 16-case run against a live account) and #18.
+# [live] num_segments Twilio billed for the same text: message-segment-calculator issue #66 (a maintainer's
+#       16 sends from a live account; its case ids are quoted) and issue #18 (a user's send).
 EMOJI_WAVE = "\U0001f44b"  # 👋
 EMOJI_KISS = "\U0001f618"  # 😘
 
 WORKED_EXAMPLES = [
-    pytest.param("", Encoding.GSM7, 0, 0, id="empty: nothing to bill (Twilio rejects an empty Body anyway)"),
-    # GSM-7 [R1]
-    pytest.param("a" * 160, Encoding.GSM7, 160, 1, id="160 a: one full segment [R1, live #66 5a]"),
-    pytest.param("a" * 161, Encoding.GSM7, 161, 2, id="161 a: 153 + 8 [R1, live #66 5b]"),
-    pytest.param("a" * 306, Encoding.GSM7, 306, 2, id="306 a: 2 x 153 [R1]"),
-    pytest.param("a" * 307, Encoding.GSM7, 307, 3, id="307 a: 2 x 153 + 1 [R1]"),
-    pytest.param("a" * 1530, Encoding.GSM7, 1530, 10, id="1530 a: 10 x 153 [R1]"),
-    pytest.param("a" * 1600, Encoding.GSM7, 1600, 11, id="1600 a, the maximum body: 10 x 153 + 70 [R1, R6]"),
-    pytest.param("a" * 80 + "\r\n" + "a" * 79, Encoding.GSM7, 161, 2, id="CRLF is two characters [R1, live #66 1a]"),
-    pytest.param("a" * 80 + "\n" + "a" * 79, Encoding.GSM7, 160, 1, id="LF is one character [R1, live #66 1b]"),
-    pytest.param("a" * 200 + "\r\n" + "a" * 105, Encoding.GSM7, 307, 3, id="307 with CRLF [R1, live #66 1c]"),
-    pytest.param("é" * 70, Encoding.GSM7, 70, 1, id="precomposed é is GSM-7 0x05 [R3, live #66 2a]"),
-    pytest.param("é" * 160, Encoding.GSM7, 160, 1, id="160 é still one segment [R1, R3]"),
-    pytest.param("Ça coûte 5€", Encoding.UCS2, 11, 1, id="û is not GSM-7, so € costs 1 unit [R2, R3]"),
-    # Extension characters [R3]
-    pytest.param("|", Encoding.GSM7, 2, 1, id="one pipe is 2 septets [R3, live #66 5e]"),
-    pytest.param("{}", Encoding.GSM7, 4, 1, id="braces are 2 septets each [R3]"),
-    pytest.param("€" * 80, Encoding.GSM7, 160, 1, id="80 euro = 160 septets [R1, R3]"),
-    pytest.param("€" * 81, Encoding.GSM7, 162, 2, id="81 euro = 162 septets: 76 + 5 euro [R1, R3, R5]"),
-    pytest.param("a" * 152 + "€", Encoding.GSM7, 154, 1, id="152 a + euro fits one 160-septet segment [R1, R3]"),
-    pytest.param(
-        "a" * 152 + "€" + "a" * 152, Encoding.GSM7, 306, 3, id="euro at septets 153-154 moves to segment 2 [R5]"
-    ),
-    pytest.param("a" * 151 + "€" + "a" * 153, Encoding.GSM7, 306, 2, id="euro at septets 152-153 fits [R5]"),
-    pytest.param("]" * 153, Encoding.GSM7, 306, 3, id="153 brackets: 76 per segment [R3, R5, live #39]"),
-    # One non-GSM character switches the whole message [R2, R3]
-    pytest.param("ç" + "a" * 69, Encoding.UCS2, 70, 1, id="lowercase c-cedilla: 70 UCS-2 [R2, R3]"),
-    pytest.param("ç" + "a" * 70, Encoding.UCS2, 71, 2, id="lowercase c-cedilla: 71 UCS-2 [R2, R3]"),
-    pytest.param("a" * 159 + "ç", Encoding.UCS2, 160, 3, id="160 chars but UCS-2: 67 + 67 + 26 [R2, R3]"),
-    pytest.param("e\u0301" * 70, Encoding.UCS2, 140, 3, id="decomposed accent is UCS-2 [R2, live #66 2b]"),
-    pytest.param("e\u0301", Encoding.UCS2, 2, 1, id="one decomposed accent [R2, live #66 2c]"),
-    pytest.param("“Hi”", Encoding.UCS2, 4, 1, id="curly quotes are UCS-2 [R2, live #66 3a]"),
-    pytest.param("中" * 70, Encoding.UCS2, 70, 1, id="70 CJK [R2, live #66 5c]"),
-    pytest.param("中" * 71, Encoding.UCS2, 71, 2, id="71 CJK [R2, live #66 5d]"),
-    # Surrogate pairs [R2, R4]
-    pytest.param("Hello " + EMOJI_WAVE, Encoding.UCS2, 8, 1, id="Hello + wave: 6 + 2 units [R2, R4]"),
-    pytest.param(EMOJI + "|", Encoding.UCS2, 3, 1, id="emoji + pipe: pipe is 1 unit in UCS-2 [R4, live #66 4]"),
-    pytest.param(EMOJI * 35, Encoding.UCS2, 70, 1, id="35 emoji = 70 units [R2, R4]"),
-    pytest.param(EMOJI * 36, Encoding.UCS2, 72, 2, id="36 emoji = 72 units: 33 + 3 emoji [R2, R4, R5]"),
-    pytest.param(
-        "this is a " + "]" * 74 + EMOJI_KISS, Encoding.UCS2, 86, 2, id="brackets cost 1 unit once UCS-2 [R4, live #18]"
-    ),
-    pytest.param(EMOJI * 800, Encoding.UCS2, 1600, 25, id="800 emoji: 33 per 67-unit segment, not 24 [R4, R5]"),
-    pytest.param(
-        CYRILLIC * 66 + EMOJI + CYRILLIC * 66, Encoding.UCS2, 134, 3, id="emoji at units 67-68 moves [R4, R5]"
-    ),
-    pytest.param(CYRILLIC * 65 + EMOJI + CYRILLIC * 67, Encoding.UCS2, 134, 2, id="emoji at units 66-67 fits [R5]"),
+    # Nothing to bill (Twilio would reject an empty Body anyway).
+    pytest.param("", Encoding.GSM7, 0, 0, id="empty"),
+    # [R1] One full segment. [live #66 5a: 1]
+    pytest.param("a" * 160, Encoding.GSM7, 160, 1, id="gsm-160"),
+    # [R2] One more: concatenated, 153 + 8. [live #66 5b: 2]
+    pytest.param("a" * 161, Encoding.GSM7, 161, 2, id="gsm-161"),
+    # [R2] 2 x 153 fills two segments exactly; one more character needs a third.
+    pytest.param("a" * 306, Encoding.GSM7, 306, 2, id="gsm-306"),
+    pytest.param("a" * 307, Encoding.GSM7, 307, 3, id="gsm-307"),
+    # [R2] 10 x 153. The 1,600-character maximum [R6] is 10 x 153 + 70: 11 segments.
+    pytest.param("a" * 1530, Encoding.GSM7, 1530, 10, id="gsm-1530"),
+    pytest.param("a" * 1600, Encoding.GSM7, 1600, 11, id="gsm-1600-max"),
+    # [R1, R2] CR and LF are each a GSM-7 character: 80 + CRLF + 79 = 161 -> 2, 80 + LF + 79 = 160 -> 1,
+    # 200 + CRLF + 105 = 307 -> 3. [live #66 1a: 2, 1b: 1, 1c: 3]
+    pytest.param("a" * 80 + "\r\n" + "a" * 79, Encoding.GSM7, 161, 2, id="gsm-crlf-161"),
+    pytest.param("a" * 80 + "\n" + "a" * 79, Encoding.GSM7, 160, 1, id="gsm-lf-160"),
+    pytest.param("a" * 200 + "\r\n" + "a" * 105, Encoding.GSM7, 307, 3, id="gsm-crlf-307"),
+    # [R3] é is GSM-7 0x05, one septet. [live #66 2a: 1] 160 of them are still one segment [R1].
+    pytest.param("é" * 70, Encoding.GSM7, 70, 1, id="gsm-70-e-acute"),
+    pytest.param("é" * 160, Encoding.GSM7, 160, 1, id="gsm-160-e-acute"),
+    # [R3] û is not GSM-7, so the whole text is UCS-2 and its € costs 1 unit, not 2: 11 units.
+    pytest.param("Ça coûte 5€", Encoding.UCS2, 11, 1, id="ucs2-euro-is-one-unit"),
+    # [R3] A pipe is ESC + 0x40 = 2 septets [live #66 5e: 1]; "{}" is 4 septets.
+    pytest.param("|", Encoding.GSM7, 2, 1, id="gsm-pipe"),
+    pytest.param("{}", Encoding.GSM7, 4, 1, id="gsm-braces"),
+    # [R1, R3] 80 € = 160 septets, one segment. 81 € = 162 septets: concatenated, and a segment holds 76 €
+    # (152 septets; the 77th would need septets 153-154) [R5]: 76 + 5 -> 2.
+    pytest.param("€" * 80, Encoding.GSM7, 160, 1, id="gsm-80-euro"),
+    pytest.param("€" * 81, Encoding.GSM7, 162, 2, id="gsm-81-euro"),
+    # [R1, R3] 152 a + € = 154 septets fit one 160-septet segment: no header, so no boundary at 153.
+    pytest.param("a" * 152 + "€", Encoding.GSM7, 154, 1, id="gsm-euro-at-153-single"),
+    # [R5] Concatenated, the € at septets 153-154 does not fit the one septet left and moves whole:
+    # 152 | 2 + 151 | 1 -> 3, where ceil(306 / 153) would say 2. One septet earlier it fits: 151 + 2 | 153 -> 2.
+    pytest.param("a" * 152 + "€" + "a" * 152, Encoding.GSM7, 306, 3, id="gsm-euro-straddles-153"),
+    pytest.param("a" * 151 + "€" + "a" * 153, Encoding.GSM7, 306, 2, id="gsm-euro-ends-at-153"),
+    # [R3, R5] 153 "]" = 306 septets, 76 per segment -> 3. [live #39: 3]
+    pytest.param("]" * 153, Encoding.GSM7, 306, 3, id="gsm-153-brackets"),
+    # [R2, R3] Lowercase ç is not GSM-7: 70 UCS-2 units fit one segment, 71 need 67 + 4, and 160 characters
+    # that would be one GSM-7 segment are 67 + 67 + 26 = 3.
+    pytest.param("ç" + "a" * 69, Encoding.UCS2, 70, 1, id="ucs2-70-c-cedilla"),
+    pytest.param("ç" + "a" * 70, Encoding.UCS2, 71, 2, id="ucs2-71-c-cedilla"),
+    pytest.param("a" * 159 + "ç", Encoding.UCS2, 160, 3, id="ucs2-160-c-cedilla"),
+    # [R2, R3] U+0301 COMBINING ACUTE ACCENT is not GSM-7: 70 decomposed é are 140 units = 67 + 67 + 6.
+    # [live #66 2b: 3, 2c: 1]
+    pytest.param("e\u0301" * 70, Encoding.UCS2, 140, 3, id="ucs2-decomposed-accents"),
+    pytest.param("e\u0301", Encoding.UCS2, 2, 1, id="ucs2-one-decomposed-accent"),
+    # [R3] Curly quotes are not GSM-7. [live #66 3a: 1]
+    pytest.param("“Hi”", Encoding.UCS2, 4, 1, id="ucs2-curly-quotes"),
+    # [R2] 70 CJK characters fit one segment, 71 need two. [live #66 5c: 1, 5d: 2]
+    pytest.param("中" * 70, Encoding.UCS2, 70, 1, id="ucs2-70-cjk"),
+    pytest.param("中" * 71, Encoding.UCS2, 71, 2, id="ucs2-71-cjk"),
+    # [R4] "Hello " is 6 units and U+1F44B a surrogate pair: 8 units.
+    pytest.param("Hello " + EMOJI_WAVE, Encoding.UCS2, 8, 1, id="ucs2-hello-wave"),
+    # [R3, R4] Once UCS-2, a pipe is 1 unit. [live #66 4: 1]
+    pytest.param(EMOJI + "|", Encoding.UCS2, 3, 1, id="ucs2-emoji-pipe"),
+    # [R2, R4] 35 emoji = 70 units, one segment. 36 = 72 units: concatenated, and as 67 is odd a segment holds
+    # 33 emoji [R5]: 33 + 3 -> 2.
+    pytest.param(EMOJI * 35, Encoding.UCS2, 70, 1, id="ucs2-35-emoji"),
+    pytest.param(EMOJI * 36, Encoding.UCS2, 72, 2, id="ucs2-36-emoji"),
+    # [R3, R4] Once UCS-2, "]" is 1 unit: 10 + 74 + 2 = 86 units = 67 + 19. [live #18: 2]
+    pytest.param("this is a " + "]" * 74 + EMOJI_KISS, Encoding.UCS2, 86, 2, id="ucs2-brackets-and-emoji"),
+    # [R4, R5, R6] 800 emoji are the 1,600-unit maximum: 33 per segment, so 25 segments, not ceil(1600/67) = 24.
+    pytest.param(EMOJI * 800, Encoding.UCS2, 1600, 25, id="ucs2-800-emoji-max"),
+    # [R4, R5] An emoji at units 67-68 moves whole: 66 | 2 + 65 | 1 -> 3. At units 66-67 it fits: 67 | 67 -> 2.
+    pytest.param(CYRILLIC * 66 + EMOJI + CYRILLIC * 66, Encoding.UCS2, 134, 3, id="ucs2-emoji-straddles-67"),
+    pytest.param(CYRILLIC * 65 + EMOJI + CYRILLIC * 67, Encoding.UCS2, 134, 2, id="ucs2-emoji-ends-at-67"),
 ]
 
 
@@ -370,11 +390,14 @@ def test_sanitize_is_idempotent() -> None:
         assert sanitize(once) == once, repr(text)
 
 
-# Look-alikes and invisibles sanitize handles, characters NFC composes (e + U+0301) or expands (U+0958 and the
-# Hebrew presentation forms decompose under NFC), line endings, and plain GSM-7 / UCS-2 / emoji text.
+# Look-alikes and invisibles sanitize handles, characters NFC composes (e + U+0301) or expands (U+0344, U+0958,
+# the Hebrew presentation forms and U+1D15E decompose under NFC), line endings, and GSM-7 / UCS-2 / emoji text.
+# Short clusters from a small alphabet make the interactions likely: an invisible character between a letter
+# and its accent, a joiner next to an ellipsis or an emoji, "\r" + invisible + "\n".
 sanitizable_chars = st.one_of(
     st.sampled_from("‘’‚“”«»–—−•…\u00a0\u2009\u3000\t\u200b\u00ad\ufeff\u2060\u200c\u200d\u2028\r\n"),
     st.sampled_from("e\u0301\u0344\u0958\ufb2c\U0001d15e"),
+    st.text(st.sampled_from("e\u0301\u200b\u00ad\u200c\u200d\r\n…’ aж😀"), min_size=2, max_size=8),
     any_chars,
 )
 
@@ -385,6 +408,32 @@ def test_sanitize_is_idempotent_and_never_costs_more_segments(text: str) -> None
     clean = sanitize(text)
     assert sanitize(clean) == clean
     assert measure(clean).segments <= measure(text).segments
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # "…" is 1 UCS-2 unit and "..." 3: in text that stays UCS-2, expanding it would add a segment.
+        pytest.param(CYRILLIC * 69 + "…", CYRILLIC * 69 + "…", id="ellipsis-kept-at-70-units"),
+        pytest.param(
+            "Great, see you at 5… " + EMOJI + " " + "x" * 45,
+            "Great, see you at 5… " + EMOJI + " " + "x" * 45,
+            id="ellipsis-kept-next-to-emoji",
+        ),
+        pytest.param("“See you at 5…” " + EMOJI, '"See you at 5..." ' + EMOJI, id="ellipsis-expanded-if-free"),
+        pytest.param("…" * 70, "…" * 70, id="ellipses-kept"),  # 70 units: 1 segment; 210 septets would be 2
+        pytest.param("…" * 53, "." * 159, id="ellipses-expanded-to-gsm"),  # 159 septets: still 1 segment
+        # U+FB2C (Hebrew shin with dagesh and shin dot) is 3 code points after NFC: 24 units would become 72.
+        pytest.param("\ufb2c" * 24, "\ufb2c" * 24, id="nfc-expansion-refused"),
+        # An invisible character between a letter and its accent: NFC composes them once it is removed.
+        pytest.param("cafe\u200b\u0301", "café", id="zwsp-inside-accent"),
+        pytest.param("cafe\u200d\u0301", "café", id="zwj-inside-accent"),
+        pytest.param("e\u200b\u0301\u200d" + EMOJI, "é" + EMOJI, id="joiner-next-to-composed-accent"),
+    ],
+)
+def test_sanitize_never_costs_a_segment(text: str, expected: str) -> None:
+    assert sanitize(text) == expected
+    assert measure(expected).segments <= measure(text).segments
 
 
 # --- split -------------------------------------------------------------------------------------------
@@ -477,6 +526,12 @@ def test_each_part_is_measured_on_its_own() -> None:
 
 def test_parts_respect_max_body_chars() -> None:
     assert split("a" * 3000, 100) == ["a" * MAX_BODY_CHARS, "a" * 1400]
+    # 1,601 characters would be 11 segments, within budget, but Twilio rejects a body over 1,600 characters.
+    assert split("a" * 1601, 11) == ["a" * MAX_BODY_CHARS, "a"]
+    # The limit is counted in UTF-16 code units, which is never less than what Twilio counts: 800 emoji.
+    assert split(EMOJI * 1000, 30) == [EMOJI * 800, EMOJI * 200]
+    words = " ".join(["word"] * 700)  # 3,499 characters: parts end at a word, at most 1,600 characters
+    assert [len(part) for part in split(words, 20)] == [1599, 1599, 299]
 
 
 def test_split_random_texts_property() -> None:
@@ -500,3 +555,28 @@ def test_split_random_texts_property() -> None:
         for start, part, following in zip(starts, parts, parts[1:], strict=False):
             if text[start + len(part)] == following[0]:  # cut inside a word: the hard split filled its part
                 assert not fits(part + following[0], max_segments)
+
+
+# Words of any characters, whitespace of every kind split and strip know (NBSP and ideographic space are
+# whitespace too), sentence ends, and the occasional huge word that has to be split hard.
+split_texts = st.lists(
+    st.one_of(
+        st.text(any_chars, min_size=1, max_size=12),
+        st.sampled_from([" ", " ", "  ", "\n", " \n\n ", "\t", "\u00a0", "\u3000", ". ", "! ", "? ", '." ']),
+        st.tuples(st.one_of(st.sampled_from("a€ж😀"), any_chars), st.integers(50, 2000)).map(lambda p: p[0] * p[1]),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(PROPERTY, max_examples=150)  # each example splits up to tens of thousands of characters
+@given(split_texts, st.sampled_from([1, 1, 2, 3, 4, 10, 30]))
+def test_split_parts_fit_and_keep_every_visible_character_in_order(text: str, max_segments: int) -> None:
+    parts = split(text, max_segments)
+    for part in parts:
+        assert part and part == part.strip()
+        assert measure(part).segments <= max_segments
+        assert utf16_units(part) <= MAX_BODY_CHARS
+    assert squeeze("".join(parts)) == squeeze(text)
+    if fits(text.strip(), max_segments):
+        assert parts == ([text.strip()] if text.strip() else [])
