@@ -18,9 +18,10 @@ from aiohttp import web
 
 from . import agent_routes, agentfiles, chat_routes, inbound, number_routes, sms_routes, status
 from .api import api_middleware, healthz, json_response, readyz
-from .appkeys import API_KEYS, FILES, READY, REDIS, RUNTIME, SETTINGS
+from .appkeys import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
 from .catalog import Store
 from .llm import LLM
+from .metrics import Metrics, exposition, middleware
 from .openapi import Route, document
 from .runtime import Runtime
 from .scheduler import Scheduler, every
@@ -43,7 +44,9 @@ def create_app(
     files = agentfiles.load(settings)  # fail fast, before anything starts
     for warning in files.warnings:
         log.warning(warning)
-    app = web.Application(middlewares=[api_middleware], client_max_size=CLIENT_MAX_SIZE)
+    metrics = Metrics()
+    app = web.Application(middlewares=[middleware(metrics), api_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[METRICS] = metrics
     app[SETTINGS] = settings
     app[READY] = {}
     app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys] or ["key_" + secrets.token_hex(24)]
@@ -72,6 +75,7 @@ def routes(*, web_routes: bool = True) -> list[Route]:
     health = [
         Route("GET", "/healthz", healthz, "The process is up", public=True, tag="operations"),
         Route("GET", "/readyz", readyz, "Redis answers and the agents are loaded", public=True, tag="operations"),
+        Route("GET", "/metrics", metrics_text, "Prometheus metrics", public=True, tag="operations"),
     ]
     if not web_routes:
         return health
@@ -83,6 +87,11 @@ def routes(*, web_routes: bool = True) -> list[Route]:
         Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations"),
     ]
     return chat_routes.ROUTES + sms_routes.ROUTES + agent_routes.ROUTES + number_routes.ROUTES + own + health
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus' text format."""
+    return exposition(await request.app[METRICS].scrape(request.app[REDIS]))
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -97,10 +106,12 @@ async def _print_api_key(app: web.Application) -> None:
 
 async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    gateway = TwilioGateway(settings)  # needs the running loop
-    llm = LLM(settings)
+    metrics = app[METRICS]
+    gateway = TwilioGateway(settings, metrics)  # needs the running loop
+    llm = LLM(settings, metrics)
     async with aiohttp.ClientSession() as http:
-        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http, signing_key=app[API_KEYS][0])
+        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http, metrics,
+                                     signing_key=app[API_KEYS][0])
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from .agentfiles import Catalog
+from .metrics import Metrics
 from .runtime import Runtime
 from .settings import Settings
 
@@ -14,4 +15,5 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 RUNTIME = web.AppKey("runtime", Runtime)
 API_KEYS = web.AppKey("api_keys", list[str])
 READY = web.AppKey("ready", dict[str, bool])
+METRICS = web.AppKey("metrics", Metrics)
 FILES = web.AppKey("files", Catalog)   # what agents/ declares: read-only through the API

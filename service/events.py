@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from . import keys
 from .dueset import DueSet
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ def queue(pipe: Any, event: Event, ttl_s: int) -> None:
 class Outbox:
     """Delivers queued events."""
 
-    def __init__(self, redis: aioredis.Redis, http: aiohttp.ClientSession, *, signing_key: str,
+    def __init__(self, redis: aioredis.Redis, http: aiohttp.ClientSession, metrics: Metrics, *, signing_key: str,
                  max_attempts: int, retry_base_ms: int) -> None:
+        self._metrics = metrics
         self._redis = redis
         self._http = http
         self._key = signing_key
@@ -111,12 +113,14 @@ class Outbox:
             event = Event.from_json(str(raw))
             error, retry = await self._post(event)
             if error is None:
+                self._metrics.events.labels(event.kind, "delivered").inc()
                 await self._redis.lpop(box)
                 log.info("event delivered", extra={"chat_id": chat_id, "event": event.kind, "event_id": event.event_id})
                 continue
             event.attempts += 1
             event.last_error = error
             if retry and event.attempts < self.max_attempts:
+                self._metrics.events.labels(event.kind, "retried").inc()
                 delay = min(self.retry_base_ms * 2 ** (event.attempts - 1), MAX_BACKOFF_MS)
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.lset(box, 0, event.to_json())
@@ -126,6 +130,7 @@ class Outbox:
                     "chat_id": chat_id, "event": event.kind, "attempt": event.attempts, "retry_in_ms": delay,
                     "error": error})
                 return
+            self._metrics.events.labels(event.kind, "failed").inc()
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lpop(box)
                 pipe.lpush(keys.OUTBOX_FAILED, event.to_json())

@@ -7,6 +7,7 @@ page parses as a plain ``str``) is an ``LLMError`` too.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
 from .errors import LLMError
+from .metrics import Metrics
 from .settings import Settings
 
 # A reply longer than this is cut: an SMS is at most 1,600 characters, and a runaway model must not
@@ -38,7 +40,8 @@ class Completion:
 class LLM:
     """Chat completions with tools."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         self._client: AsyncOpenAI | None = None
         if key:
@@ -64,12 +67,21 @@ class LLM:
             kwargs["tool_choice"] = "auto" if allow_tools else "none"
         if response_format is not None:
             kwargs["response_format"] = response_format
+        started = time.perf_counter()
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.APIError as exc:
+            self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
             raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            self._metrics.llm_seconds.observe(time.perf_counter() - started)
         if not isinstance(response, ChatCompletion) or not response.choices:
+            self._metrics.llm_calls.labels("not_a_completion").inc()
             raise LLMError(f"LLM answered with something that is not a chat completion: {str(response)[:200]!r}")
+        self._metrics.llm_calls.labels("ok").inc()
+        if response.usage is not None:
+            self._metrics.llm_tokens.labels("prompt").inc(response.usage.prompt_tokens or 0)
+            self._metrics.llm_tokens.labels("completion").inc(response.usage.completion_tokens or 0)
         message = response.choices[0].message
         calls = tuple(
             ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")

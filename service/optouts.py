@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from . import keys
 from .keys import Conversation
 from .mailbox import now_ms
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ class OptOut:
 
 
 class OptOuts:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
         self._redis = redis
+        self._metrics = metrics
 
-    async def record(self, conv: Conversation) -> None:
+    async def record(self, conv: Conversation, source: str = "keyword") -> None:
+        self._metrics.optouts.labels(source).inc()
         when = now_ms()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.optout(conv), when, nx=True)

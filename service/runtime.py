@@ -17,6 +17,7 @@ from .limits import DailySegments
 from .llm import LLM
 from .locks import Locks
 from .mailbox import Mailbox
+from .metrics import Metrics
 from .optouts import OptOuts
 from .responder import Responder
 from .sender import Sender
@@ -31,6 +32,7 @@ class Runtime:
     http: aiohttp.ClientSession
     llm: LLM
     signing_key: str           # the first API key: signs events and chat_inbound requests
+    metrics: Metrics
     catalog: Store
     mailbox: Mailbox
     chats: Chats
@@ -45,9 +47,9 @@ class Runtime:
     @classmethod
     def build(
         cls, settings: Settings, redis: aioredis.Redis, gateway: TwilioGateway, llm: LLM, http: aiohttp.ClientSession,
-        *, signing_key: str,
+        metrics: Metrics, *, signing_key: str,
     ) -> Runtime:
-        optouts = OptOuts(redis)
+        optouts = OptOuts(redis, metrics)
         catalog = Store(redis)
         chats = Chats(redis, ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog)
@@ -57,15 +59,16 @@ class Runtime:
             http=http,
             llm=llm,
             signing_key=signing_key,
+            metrics=metrics,
             catalog=catalog,
             mailbox=Mailbox(redis, Locks(redis, ttl_ms=settings.lock_ttl_ms)),
             chats=chats,
             lifecycle=lifecycle,
             analyzer=Analyzer(chats, catalog, llm, lifecycle, redis),
-            outbox=Outbox(redis, http, signing_key=signing_key, max_attempts=settings.event_max_attempts,
+            outbox=Outbox(redis, http, metrics, signing_key=signing_key, max_attempts=settings.event_max_attempts,
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
             delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
-            sender=Sender(settings, gateway, optouts, DailySegments(redis)),
+            sender=Sender(settings, gateway, optouts, DailySegments(redis), metrics),
             responder=Responder(llm, http),
         )

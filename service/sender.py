@@ -17,6 +17,7 @@ from .errors import LimitReached, RecipientUnsubscribed, SendError
 from .keys import Conversation
 from .limits import DailySegments
 from .mailbox import now_ms
+from .metrics import Metrics
 from .optouts import OptOuts
 from .retell import PhoneNumber
 from .settings import Settings
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class Sender:
-    def __init__(self, settings: Settings, gateway: TwilioGateway, optouts: OptOuts, daily: DailySegments) -> None:
+    def __init__(self, settings: Settings, gateway: TwilioGateway, optouts: OptOuts, daily: DailySegments,
+                 metrics: Metrics) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._gateway = gateway
         self._optouts = optouts
@@ -74,11 +77,12 @@ class Sender:
             await self._daily.refund(number, measure.segments)
             message.status, message.error_code, message.error = "failed", exc.code, str(exc)
             if isinstance(exc, RecipientUnsubscribed):
-                await self._optouts.record(conv)
+                await self._optouts.record(conv, source="twilio_21610")
                 log.info("twilio says the user unsubscribed; opt-out recorded", extra={"conv": conv.tag})
             else:
                 log.warning("send failed", extra={"conv": conv.tag, "error": str(exc), "code": exc.code})
             return message
         message.message_sid, message.status = result.sid, result.status
+        self._metrics.segments.labels(measure.encoding.value).inc(measure.segments)
         log.info("sms sent", extra={"conv": conv.tag, "message_sid": result.sid, "segments": measure.segments})
         return message

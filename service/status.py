@@ -40,7 +40,7 @@ async def twilio_status(request: web.Request) -> web.Response:
                                   "to": redact(to)})
     if code == UNSUBSCRIBED and number is not None and to:
         conv = Conversation(agent_number=sender, user_number=to)
-        await rt.optouts.record(conv)
+        await rt.optouts.record(conv, source="status_21610")
         await rt.mailbox.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}",
                              check_optout=False)
     return web.Response(status=204)

@@ -129,13 +129,19 @@ class WorkerPool:
                 return
 
     async def _run_turn(self, conv: Conversation, batch: list[Item]) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             await self._turns.run(conv, batch)
         except (ParleyError, ValueError, KeyError, TypeError) as exc:
             # A turn that cannot be run (bad stored data, a missing agent) must not block the
             # conversation forever: record why, drop the batch, go on with the next one.
+            outcome = "failed"
             log.exception("turn failed; dropping its messages", extra={"conv": conv.tag, "error": str(exc)})
             await self._rt.redis.ltrim(keys.mailbox(conv), len(batch), -1)
+        finally:
+            self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
+            self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
     async def _wait_for_burst(self, conv: Conversation) -> list[Item]:
         """The mailbox, once no new text arrived for the agent's burst window."""

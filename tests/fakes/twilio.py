@@ -2,7 +2,7 @@
 
 It checks HTTP Basic auth against the accounts it knows, records every message, and has triggers:
 ``errors[to] = (http_status, twilio_code)`` makes sends to that number fail the way Twilio fails them
-(21610 for an unsubscribed recipient), and ``delay_s`` slows every answer.
+(21610 for an unsubscribed recipient), and ``fail_next`` makes the next creates fail once each (a 429, a 503), and ``delay_s`` slows every answer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class FakeTwilio:
     accounts: dict[str, str]                      # account SID -> auth token
     messages: list[SentSms] = field(default_factory=list)
     errors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    fail_next: list[tuple[int, int]] = field(default_factory=list)   # the next creates fail like this, once each
     delay_s: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     requested: asyncio.Event = field(default_factory=asyncio.Event)   # a create call has started
@@ -56,8 +57,8 @@ class FakeTwilio:
             await asyncio.sleep(self.delay_s)
         form = await request.post()
         to, body = str(form["To"]), str(form.get("Body", ""))
-        if to in self.errors:
-            status, code = self.errors[to]
+        if to in self.errors or self.fail_next:
+            status, code = self.errors[to] if to in self.errors else self.fail_next.pop(0)
             return web.json_response({"code": code, "message": f"error {code}", "status": status,
                                       "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
         sid = "SM" + secrets.token_hex(16)

@@ -1,0 +1,1 @@
+"""Parley's benchmark: ``python -m bench.run [--quick]`` (see ``bench/README.md``)."""

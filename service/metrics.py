@@ -1,0 +1,86 @@
+"""Prometheus metrics (``GET /metrics``), one registry per app so tests and processes never share one.
+
+Counters and histograms are updated where things happen (the HTTP middleware, turns, the LLM and Twilio
+adapters, the outbox, opt-outs); gauges that describe Redis (queue depth and age, active chats) are read
+when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.exceptions import RedisError
+
+from . import keys
+
+LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("parley_http_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        self.http_seconds = Histogram("parley_http_request_seconds", "HTTP request latency", ["route"],
+                                      buckets=LATENCY, registry=r)
+        self.turns = Counter("parley_turns_total", "Conversation turns", ["kind", "outcome"], registry=r)
+        self.turn_seconds = Histogram("parley_turn_seconds", "Turn latency (lock held)", buckets=LATENCY, registry=r)
+        self.llm_calls = Counter("parley_llm_calls_total", "LLM calls", ["outcome"], registry=r)
+        self.llm_seconds = Histogram("parley_llm_seconds", "LLM call latency", buckets=LATENCY, registry=r)
+        self.llm_tokens = Counter("parley_llm_tokens_total", "LLM tokens", ["kind"], registry=r)
+        self.twilio_sends = Counter("parley_twilio_sends_total", "Twilio sends", ["outcome", "code"], registry=r)
+        self.twilio_seconds = Histogram("parley_twilio_seconds", "Twilio send latency", buckets=LATENCY, registry=r)
+        self.segments = Counter("parley_segments_sent_total", "SMS segments sent", ["encoding"], registry=r)
+        self.optouts = Counter("parley_optouts_total", "Opt-outs recorded", ["source"], registry=r)
+        self.events = Counter("parley_events_total", "Lifecycle event deliveries", ["event", "outcome"], registry=r)
+        self.queue_depth = Gauge("parley_queue_pending", "Wake-ups read but not yet acknowledged", registry=r)
+        self.queue_lag = Gauge("parley_queue_lag", "Wake-ups not yet read by any worker", registry=r)
+        self.queue_age = Gauge("parley_queue_oldest_pending_seconds", "Age of the oldest unacknowledged wake-up",
+                               registry=r)
+        self.active_chats = Gauge("parley_active_sms_chats", "Ongoing SMS chats (with a silence timer)", registry=r)
+
+    async def scrape(self, redis: aioredis.Redis) -> bytes:
+        """The text exposition, after reading the Redis-side gauges."""
+        try:
+            summary = await redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
+            self.queue_depth.set(summary["pending"])
+            oldest = summary.get("min")
+            age = time.time() - int(str(oldest).split("-")[0]) / 1000 if oldest else 0.0
+            self.queue_age.set(max(age, 0.0))
+            groups = await redis.xinfo_groups(keys.WAKEUPS)
+            self.queue_lag.set(next((g.get("lag") or 0 for g in groups if g["name"] == keys.WORKER_GROUP), 0))
+            self.active_chats.set(await redis.zcard(keys.INACTIVITY_TIMERS))
+        except RedisError:
+            pass   # the counters still answer; /readyz says Redis is down
+        return bytes(generate_latest(self.registry))
+
+
+def middleware(metrics: Metrics) -> Middleware:
+    """Counts and times every request by route (the route's pattern, so ids do not explode the labels)."""
+    @web.middleware
+    async def measure(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.http_requests.labels(route, str(status)).inc()
+            metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+    return measure
+
+
+def exposition(body: bytes) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
