@@ -2,7 +2,8 @@
 
 It checks HTTP Basic auth against the accounts it knows, records every message, and has triggers:
 ``errors[to] = (http_status, twilio_code)`` makes sends to that number fail the way Twilio fails them
-(21610 for an unsubscribed recipient), and ``fail_next`` makes the next creates fail once each (a 429, a 503), and ``delay_s`` slows every answer.
+(21610 for an unsubscribed recipient), ``fail_next`` makes the next creates fail once each (a 429, a
+503), and ``delay_s`` slows every answer.
 """
 
 from __future__ import annotations
