@@ -103,7 +103,12 @@ def _authorized(request: web.Request) -> bool:
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer auth and Retell's error envelope for the API; open routes pass through untouched."""
     if request.path.startswith(OPEN_PREFIXES):
-        return await handler(request)
+        try:
+            return await handler(request)
+        except RedisError as exc:
+            # Twilio sees a quick 503 (and calls the number's fallback URL, or retries per #rc/#rp).
+            log.warning("redis unavailable", extra={"path": request.path, "error": str(exc)})
+            return web.Response(status=503, text="storage unavailable; try again\n", content_type="text/plain")
     if not _authorized(request):
         return error(401, "missing or invalid API key: send 'Authorization: Bearer <PARLEY_API_KEY>'")
     try:

@@ -37,11 +37,39 @@ class Completion:
     tool_calls: tuple[ToolCall, ...]
 
 
+class Breaker:
+    """Fails fast while the LLM is down: after ``threshold`` failures in a row, calls are refused for
+    ``cooldown_s``; then one call is let through, and its success closes the breaker again. So an outage
+    costs each turn a fallback text at once instead of the SDK's retries and timeouts."""
+
+    def __init__(self, threshold: int, cooldown_s: float) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.failures >= self.threshold and now < self.open_until:
+            raise LLMError(f"the LLM failed {self.failures} times in a row; not calling it for "
+                           f"{self.open_until - now:.0f} s more")
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s   # half-open: this call is the trial, others wait
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown_s
+
+
 class LLM:
     """Chat completions with tools."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._metrics = metrics
+        self.breaker = Breaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         self._client: AsyncOpenAI | None = None
         if key:
@@ -67,17 +95,25 @@ class LLM:
             kwargs["tool_choice"] = "auto" if allow_tools else "none"
         if response_format is not None:
             kwargs["response_format"] = response_format
+        try:
+            self.breaker.check()
+        except LLMError:
+            self._metrics.llm_calls.labels("breaker_open").inc()
+            raise
         started = time.perf_counter()
         try:
             response = await self._client.chat.completions.create(**kwargs)
         except openai.APIError as exc:
+            self.breaker.failed()
             self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
             raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
         finally:
             self._metrics.llm_seconds.observe(time.perf_counter() - started)
         if not isinstance(response, ChatCompletion) or not response.choices:
+            self.breaker.failed()
             self._metrics.llm_calls.labels("not_a_completion").inc()
             raise LLMError(f"LLM answered with something that is not a chat completion: {str(response)[:200]!r}")
+        self.breaker.succeeded()
         self._metrics.llm_calls.labels("ok").inc()
         if response.usage is not None:
             self._metrics.llm_tokens.labels("prompt").inc(response.usage.prompt_tokens or 0)

@@ -25,6 +25,9 @@ from .twilio_gateway import TwilioGateway
 
 log = logging.getLogger(__name__)
 
+# A runaway reply is cut after this many SMS (each within the agent's max_reply_segments).
+MAX_PARTS = 4
+
 
 class Sender:
     def __init__(self, settings: Settings, gateway: TwilioGateway, optouts: OptOuts, daily: DailySegments,
@@ -47,6 +50,9 @@ class Sender:
         """Send ``text`` as one or more SMS; the agent messages to record (failed sends included)."""
         sent: list[Message] = []
         parts = [text] if exact else segments.split(segments.sanitize(text), max_segments)
+        if len(parts) > MAX_PARTS:
+            log.warning("reply cut: too many parts", extra={"conv": conv.tag, "parts": len(parts)})
+            parts = parts[:MAX_PARTS]
         for part in parts:
             if await self._optouts.is_opted_out(conv):
                 log.info("not sending: user opted out", extra={"conv": conv.tag})

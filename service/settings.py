@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         default=2, ge=0, le=10, validation_alias=_env("PARLEY_LLM_MAX_RETRIES", "llm_max_retries")
     )
 
+    llm_breaker_failures: int = Field(
+        default=5, ge=1, validation_alias=_env("PARLEY_LLM_BREAKER_FAILURES", "llm_breaker_failures")
+    )
+    llm_breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, validation_alias=_env("PARLEY_LLM_BREAKER_COOLDOWN_S", "llm_breaker_cooldown_s")
+    )
+
     twilio_account_sid: str | None = Field(
         default=None, pattern=TWILIO_SID_PATTERN, validation_alias=_env("TWILIO_ACCOUNT_SID", "twilio_account_sid")
     )

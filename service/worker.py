@@ -80,6 +80,12 @@ class WorkerPool:
                 log.warning("redis unavailable; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("the wake-up stream is gone (Redis lost its data?); recreating it")
+                await self.ensure_group()
+                continue
             for entry_id, fields in entries:
                 self._spawn(entry_id, Conversation.parse(fields["conv"]))
 

@@ -187,7 +187,8 @@ async def make_parley(
                    **settings_overrides: Any) -> Parley:
         agents_dir = tmp_path / "agents"
         write_agents(agents_dir, agents or {"frontdesk": agent or agent_file()}, numbers or DEFAULT_NUMBERS)
-        settings = build_settings(redis_url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
+        url = settings_overrides.pop("redis_url", redis_url)
+        settings = build_settings(url, agents_dir, fake_twilio, fake_llm, **settings_overrides)
         client = await aiohttp_client(create_app(settings, workers=run_workers))
         return Parley(client=client, twilio=fake_twilio, llm=fake_llm, redis=redis, settings=settings)
 

@@ -1,0 +1,668 @@
+"""Parley's benchmark: ``.venv/bin/python -m bench.run [--quick]`` from the repository root.
+
+Starts, as separate processes on 127.0.0.1: a redis-server of its own (and a second one for the floor), the
+fake Twilio and fake OpenAI of ``tests/fakes`` (``bench/fake_twilio.py``, ``bench/fake_openai.py``), Parley
+(``python -m service serve``) and the floor (``bench/floor.py``). Then it sends signed Twilio webhooks and
+measures webhook acknowledgement latency, turns per second against the floor, reply latency and memory
+with a slow LLM, and Redis commands per inbound message. It prints one table and writes
+``bench/results.json``. Every process is stopped on exit, Ctrl-C included. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import redis.asyncio as aioredis
+import yaml
+
+from service.signature import sign
+
+from .procs import ROOT, Procs, cpu_seconds, free_port, memory_kb, python_module, start_redis, wait_http
+
+ACCOUNT_SID = "AC" + "be" * 16
+AUTH_TOKEN = "bench-auth-token"
+API_KEY = "bench-api-key"
+PUBLIC_URL = "http://bench.local"
+AGENT_NUMBER = "+15035550100"
+HOOK_PATH = "/twilio/sms"
+OUT = ROOT / "bench" / "results.json"
+
+# User numbers by phase (+1415NNNNNNN): each phase has its own conversations.
+ACK_USERS, TURN_USERS, SLOW_USERS = 1_000_000, 2_000_000, 3_000_000
+
+TARGETS = {
+    "ack_p99_ms": "< 20 ms at 200 req/s",
+    "turns_ratio": ">= 0.5 x floor",
+    "slow_all_answered": "all answered (1.5 s LLM)",
+    "slow_reply_p99_ms": "< 1.5 s + burst window + 250 ms",
+    "slow_rss_mb": "< 300 MB peak RSS",
+    "redis_cmds_per_msg": "<= 20 per inbound message",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each phase offers. ``--quick`` scales it down."""
+
+    ack_rate: float = 200.0           # phase 1: webhooks per second, open loop
+    ack_seconds: float = 15.0
+    ack_conversations: int = 1_000
+    turns_conversations: int = 500    # phase 2: K conversations; each round sends one text to each
+    turns_rounds: int = 4             # timed rounds after one warm-up round: M = K x rounds turns
+    repeats: int = 3                  # floor and Parley runs, alternating; medians reported
+    slow_llm_s: float = 1.5           # phase 3
+    slow_conversations: int = 3_000
+    slow_rate: float = 200.0
+    slow_seconds: float = 20.0
+    count_messages: int = 300         # phase 4: plain turns counted in Redis
+    workers: int = 512
+    burst_window_ms: int = 0
+
+
+QUICK = Plan(ack_seconds=5.0, ack_conversations=500, turns_conversations=200, turns_rounds=2,
+             slow_conversations=1_000, slow_seconds=6.0, count_messages=150)
+
+
+def user_number(n: int) -> str:
+    return f"+1415{n:07d}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+# --------------------------------------------------------------------------------------------- the setup
+
+
+@dataclass
+class Setup:
+    """Where everything runs."""
+
+    work_dir: Path
+    procs: Procs
+    redis_port: int = 0
+    floor_redis_port: int = 0
+    twilio_url: str = ""
+    llm_url: str = ""
+    parley_url: str = ""
+    floor_url: str = ""
+
+
+def write_agents(directory: Path, plan: Plan) -> None:
+    """One agent (no burst window) and one number, as ``tests/conftest.py`` writes them."""
+    directory.mkdir()
+    agent = {"agent_name": "Bench", "burst_window_ms": plan.burst_window_ms, "end_chat_after_silence_ms": 3_600_000,
+             "retell_llm": {"model": "gpt-test",
+                            "general_prompt": "You are the front desk. The user is {{user_number}}.",
+                            "general_tools": [{"type": "end_call", "name": "end_chat",
+                                               "description": "End the chat."}]}}
+    number = {"phone_number": AGENT_NUMBER, "nickname": "Bench",
+              "inbound_sms_agents": [{"agent_id": "bench", "weight": 1}],
+              "daily_segment_limit": 100_000_000}   # the default 6,000 a day would refuse the bench's replies
+    (directory / "bench.yaml").write_text(yaml.safe_dump(agent))
+    (directory / "phone-numbers.yaml").write_text(yaml.safe_dump([number]))
+
+
+def parley_env(setup: Setup, plan: Plan, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PARLEY_", "TWILIO_", "OPENAI_", "REDIS_"))}
+    env.update({
+        "REDIS_URL": f"redis://127.0.0.1:{setup.redis_port}/0",
+        "PARLEY_HOST": "127.0.0.1", "PARLEY_PORT": str(port), "PARLEY_PUBLIC_URL": PUBLIC_URL,
+        "PARLEY_API_KEY": API_KEY, "PARLEY_AGENTS_DIR": str(setup.work_dir / "agents"),
+        "PARLEY_DATA_DIR": str(setup.work_dir / "var"), "PARLEY_LOG_LEVEL": "WARNING",
+        "PARLEY_WORKERS": str(plan.workers), "PARLEY_DRAIN_TIMEOUT_S": "2",
+        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": setup.llm_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": setup.twilio_url,
+    })
+    return env
+
+
+def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
+    """redis x2, fake Twilio, fake OpenAI, Parley, floor. With ``pin``: Parley and the floor on CPU 0, the
+    rest on the other CPUs."""
+    procs = setup.procs
+    cpus = sorted(os.sched_getaffinity(0))
+    app_cpus = {cpus[0]} if pin and len(cpus) > 1 else None
+    rest = set(cpus[1:]) if app_cpus else None
+    if rest:
+        os.sched_setaffinity(0, rest)
+    setup.redis_port = start_redis(procs, "redis", setup.work_dir, rest)
+    setup.floor_redis_port = start_redis(procs, "redis-floor", setup.work_dir, rest)
+    twilio_port, llm_port, parley_port, floor_port = (free_port() for _ in range(4))
+    procs.start("fake-twilio", python_module("bench.fake_twilio", "--port", str(twilio_port),
+                                             "--account", f"{ACCOUNT_SID}:{AUTH_TOKEN}"), cpus=rest)
+    procs.start("fake-openai", python_module("bench.fake_openai", "--port", str(llm_port)), cpus=rest)
+    setup.twilio_url, setup.llm_url = f"http://127.0.0.1:{twilio_port}", f"http://127.0.0.1:{llm_port}/v1"
+    wait_http(procs, "fake-twilio", setup.twilio_url + "/stats")
+    wait_http(procs, "fake-openai", f"http://127.0.0.1:{llm_port}/stats")
+    write_agents(setup.work_dir / "agents", plan)
+    procs.start("parley", python_module("service", "serve"), env=parley_env(setup, plan, parley_port), cpus=app_cpus)
+    procs.start("floor", python_module(
+        "bench.floor", "--port", str(floor_port), "--redis-url", f"redis://127.0.0.1:{setup.floor_redis_port}/0",
+        "--llm-url", setup.llm_url, "--twilio-url", setup.twilio_url, "--account-sid", ACCOUNT_SID,
+        "--auth-token", AUTH_TOKEN, "--workers", str(plan.workers)), cpus=app_cpus)
+    setup.parley_url, setup.floor_url = f"http://127.0.0.1:{parley_port}", f"http://127.0.0.1:{floor_port}"
+    wait_http(procs, "parley", setup.parley_url + "/readyz")
+    wait_http(procs, "floor", setup.floor_url + "/readyz")
+
+
+# --------------------------------------------------------------------------------------------- the load
+
+
+@dataclass(slots=True)
+class Shot:
+    """One webhook sent: to whom, when (wall clock), how long the answer took, its status (0: no answer)."""
+
+    user: str
+    wall: float = 0.0
+    latency_s: float = 0.0
+    status: int = 0
+    lag_s: float = 0.0      # how late the driver sent it against its schedule (open loop)
+
+
+Prepared = tuple[str, bytes, dict[str, str]]
+
+
+class Driver:
+    """Sends inbound webhooks the way Twilio does (signed form POSTs), and reads the fakes' counters."""
+
+    def __init__(self, session: aiohttp.ClientSession, setup: Setup) -> None:
+        self.session = session
+        self.setup = setup
+        self.seq = 0
+        self.url = PUBLIC_URL + HOOK_PATH
+
+    def prepare(self, user: str, body: str) -> Prepared:
+        self.seq += 1
+        sid = f"SM{os.getpid():08x}{self.seq:024x}"
+        form = {"ToCountry": "US", "ToState": "OR", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "PORTLAND",
+                "FromZip": "94105", "SmsSid": sid, "FromState": "CA", "SmsStatus": "received",
+                "FromCity": "SAN FRANCISCO", "Body": body, "FromCountry": "US", "To": AGENT_NUMBER,
+                "ToZip": "97201", "NumSegments": "1", "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": user,
+                "ApiVersion": "2010-04-01"}
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "TwilioProxy/1.1",
+                   "X-Twilio-Signature": sign(self.url, form, AUTH_TOKEN)}
+        return user, urlencode(form).encode(), headers
+
+    async def post(self, base: str, prepared: Prepared, shot: Shot) -> Shot:
+        _, data, headers = prepared
+        shot.wall = time.time()
+        start = time.perf_counter()
+        try:
+            async with self.session.post(base + HOOK_PATH, data=data, headers=headers) as response:
+                await response.read()
+                shot.status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            shot.status = 0
+        shot.latency_s = time.perf_counter() - start
+        return shot
+
+    async def open_loop(self, base: str, batch: list[Prepared], rate: float) -> list[Shot]:
+        """Send ``batch`` at ``rate`` per second whatever the answers do; wait (bounded) for the answers."""
+        tasks = []
+        start = time.perf_counter()
+        for i, prepared in enumerate(batch):
+            due = start + i / rate
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            shot = Shot(prepared[0], lag_s=max(0.0, time.perf_counter() - due))
+            tasks.append(asyncio.create_task(self.post(base, prepared, shot)))
+        await asyncio.wait(tasks, timeout=30)
+        return [task.result() if task.done() else Shot(p[0]) for task, p in zip(tasks, batch, strict=True)]
+
+    async def flood(self, base: str, batch: list[Prepared], concurrency: int = 64) -> list[Shot]:
+        """Send ``batch`` as fast as ``concurrency`` requests at a time allow."""
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(prepared: Prepared) -> Shot:
+            async with slots:
+                return await self.post(base, prepared, Shot(prepared[0]))
+
+        return await asyncio.wait_for(asyncio.gather(*(one(p) for p in batch)), timeout=120)
+
+    async def json(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        async with self.session.request(method, url, json=body, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def replies(self) -> int:
+        return int((await self.json("GET", self.setup.twilio_url + "/stats"))["count"])
+
+    async def reset_fakes(self) -> None:
+        await self.json("POST", self.setup.twilio_url + "/reset")
+        await self.json("POST", self.llm_base() + "/reset")
+
+    def llm_base(self) -> str:
+        return self.setup.llm_url.removesuffix("/v1")
+
+    async def wait_replies(self, count: int, within_s: float) -> tuple[bool, int, float]:
+        """Wait (polling, bounded) until the fake Twilio received ``count`` messages; (reached, seen, when)."""
+        deadline = time.perf_counter() + within_s
+        seen = 0
+        while time.perf_counter() < deadline:
+            seen = await self.replies()
+            if seen >= count:
+                return True, seen, time.perf_counter()
+            await asyncio.sleep(0.02)
+        return False, seen, time.perf_counter()
+
+
+class CpuMeter:
+    """CPU seconds each process used between ``start`` and ``stop``."""
+
+    def __init__(self, procs: Procs) -> None:
+        self.pids = {name: proc.pid for name, proc in procs.procs.items()}
+        self.before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        times = os.times()
+        used["driver"] = times.user + times.system
+        return used
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        return {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+# --------------------------------------------------------------------------------------------- phase 1
+
+
+async def phase_ack(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any]:
+    """Webhook ack latency at a fixed offered rate (open loop), while Parley answers those texts."""
+    users = [user_number(ACK_USERS + i) for i in range(plan.ack_conversations)]
+    total = int(plan.ack_rate * plan.ack_seconds)
+    batch = [driver.prepare(users[i % len(users)], f"hello {i}") for i in range(total)]
+    await driver.reset_fakes()
+    cpu.start()
+    started = time.perf_counter()
+    shots = await driver.open_loop(driver.setup.parley_url, batch, plan.ack_rate)
+    sent_s = time.perf_counter() - started
+    in_phase = await driver.replies()
+    ok = [s for s in shots if s.status == 200]
+    reached, replies, done_at = await driver.wait_replies(total, within_s=max(30.0, plan.ack_seconds * 3))
+    cpu_used = cpu.stop()
+    latencies = [s.latency_s for s in ok]
+    return {
+        "offered_rate": plan.ack_rate, "seconds": round(sent_s, 2), "sent": total, "acked_200": len(ok),
+        "errors": total - len(ok), "ack_p50_ms": ms(percentile(latencies, 50)),
+        "ack_p99_ms": ms(percentile(latencies, 99)), "ack_max_ms": ms(max(latencies, default=float("nan"))),
+        "driver_lag_p99_ms": ms(percentile([s.lag_s for s in shots], 99)),
+        "replies_during_sending": in_phase, "replies": replies, "all_answered": reached,
+        "answered_within_s": round(done_at - started, 2), "cpu_s": cpu_used,
+    }
+
+
+# --------------------------------------------------------------------------------------------- phase 2
+
+
+async def turns_run(driver: Driver, base: str, plan: Plan, rounds: int, tag: str) -> dict[str, Any]:
+    """One closed-loop run: a warm-up round, then ``rounds`` timed rounds; each round sends one text to each
+    of the K conversations and waits for K replies."""
+    users = [user_number(TURN_USERS + i) for i in range(plan.turns_conversations)]
+    k = len(users)
+    batches = [[driver.prepare(u, f"{tag} round {r}") for u in users] for r in range(rounds + 1)]
+    await driver.reset_fakes()
+    await driver.flood(base, batches[0])
+    reached, _, _ = await driver.wait_replies(k, within_s=60)
+    if not reached:
+        return {"turns_per_s": 0.0, "error": "warm-up round not answered within 60 s"}
+    cpu = CpuMeter(driver.setup.procs)
+    cpu.start()
+    started = time.perf_counter()
+    for r in range(1, rounds + 1):
+        await driver.flood(base, batches[r])
+        reached, seen, _ = await driver.wait_replies(k * (r + 1), within_s=120)
+        if not reached:
+            return {"turns_per_s": 0.0, "error": f"round {r}: {seen - k * r} of {k} replies within 120 s"}
+    elapsed = time.perf_counter() - started
+    used = cpu.stop()
+    turns = k * rounds
+    name = "parley" if base == driver.setup.parley_url else "floor"
+    return {"turns": turns, "seconds": round(elapsed, 3), "turns_per_s": round(turns / elapsed, 1),
+            "cpu_ms_per_turn": round(used.get(name, 0.0) * 1000 / turns, 3), "cpu_s": used}
+
+
+async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
+    """Floor and Parley, ``plan.repeats`` times each, alternating; medians."""
+    runs: dict[str, list[dict[str, Any]]] = {"floor": [], "parley": []}
+    for i in range(plan.repeats):
+        for name, base in (("floor", driver.setup.floor_url), ("parley", driver.setup.parley_url)):
+            result = await turns_run(driver, base, plan, plan.turns_rounds, f"{name}{i}")
+            runs[name].append(result)
+            print(f"  turns run {i + 1}/{plan.repeats} {name}: {result.get('turns_per_s')} turns/s "
+                  f"{result.get('error', '')}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"conversations": plan.turns_conversations, "rounds": plan.turns_rounds, "runs": runs}
+    for name, results in runs.items():
+        out[f"{name}_turns_per_s"] = statistics.median(r["turns_per_s"] for r in results)
+        cpu = [r["cpu_ms_per_turn"] for r in results if "cpu_ms_per_turn" in r]
+        out[f"{name}_cpu_ms_per_turn"] = statistics.median(cpu) if cpu else None
+    floor = out["floor_turns_per_s"]
+    out["ratio"] = round(out["parley_turns_per_s"] / floor, 3) if floor else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------- phase 3
+
+
+def match_replies(sent: list[Shot], received: dict[str, list[float]]) -> tuple[list[float], int]:
+    """Reply latency of each text: the first reply to its conversation at or after it, each reply used once."""
+    by_user: dict[str, list[float]] = {}
+    for shot in sent:
+        by_user.setdefault(shot.user, []).append(shot.wall)
+    latencies, unanswered = [], 0
+    for user, walls in by_user.items():
+        replies = sorted(received.get(user, []))
+        j = 0
+        for wall in sorted(walls):
+            while j < len(replies) and replies[j] < wall:
+                j += 1
+            if j < len(replies):
+                latencies.append(replies[j] - wall)
+                j += 1
+            else:
+                unanswered += 1
+    return latencies, unanswered
+
+
+async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any]:
+    """A slow LLM and many conversations: sustained replies, reply latency, Parley's peak RSS."""
+    users = [user_number(SLOW_USERS + i) for i in range(plan.slow_conversations)]
+    random.Random(7).shuffle(users)
+    total = int(plan.slow_rate * plan.slow_seconds)
+    batch = [driver.prepare(users[i % len(users)], f"slow {i}") for i in range(total)]   # round robin
+    await driver.reset_fakes()
+    await driver.json("POST", driver.llm_base() + "/config", {"delay_s": plan.slow_llm_s})
+    cpu.start()
+    try:
+        started_wall = time.time()
+        shots = await driver.open_loop(driver.setup.parley_url, batch, plan.slow_rate)
+        sent_wall = time.time()
+        reached, replies, _ = await driver.wait_replies(total, within_s=plan.slow_llm_s * 4 + 30)
+        llm = await driver.json("GET", driver.llm_base() + "/stats")
+    finally:
+        await driver.json("POST", driver.llm_base() + "/config", {"delay_s": 0.0})
+    used = cpu.stop()
+    received = await driver.json("GET", driver.setup.twilio_url + "/replies")
+    latencies, unanswered = match_replies([s for s in shots if s.status == 200], received)
+    # Sustained: replies that arrived after the first LLM round trip and before sending stopped.
+    window_start = started_wall + plan.slow_llm_s + 0.5
+    in_window = sum(1 for times in received.values() for t in times if window_start <= t <= sent_wall)
+    window = max(sent_wall - window_start, 1e-9)
+    memory = memory_kb(driver.setup.procs.pid("parley"))
+    return {
+        "llm_latency_s": plan.slow_llm_s, "conversations": plan.slow_conversations, "offered_rate": plan.slow_rate,
+        "sent": total, "acked_200": sum(1 for s in shots if s.status == 200), "replies": replies,
+        "all_answered": reached and unanswered == 0, "unanswered": unanswered,
+        "sustained_replies_per_s": round(in_window / window, 1),
+        "reply_p50_ms": ms(percentile(latencies, 50)), "reply_p99_ms": ms(percentile(latencies, 99)),
+        "reply_max_ms": ms(max(latencies, default=float("nan"))),
+        "ack_p99_ms": ms(percentile([s.latency_s for s in shots if s.status == 200], 99)),
+        "llm_max_in_flight": llm.get("max_in_flight"),
+        "parley_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
+        "parley_peak_rss_mb": round(memory.get("VmHWM", 0) / 1024, 1), "cpu_s": used,
+    }
+
+
+# --------------------------------------------------------------------------------------------- phase 4
+
+_MONITOR_LINE = re.compile(r'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"')
+
+
+class Monitor:
+    """Counts the commands Redis runs (``MONITOR``), split into those clients sent and those run by Lua."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.counts: Counter[tuple[bool, str]] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(b"MONITOR\r\n")
+        await self._writer.drain()
+        await asyncio.wait_for(reader.readline(), 5)   # +OK
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            found = _MONITOR_LINE.match(line.decode(errors="replace"))
+            if found:
+                self.counts[(found.group(1) == "lua", found.group(2).lower())] += 1
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.2)      # let the last lines arrive
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._task
+
+
+def commandstats(info: dict[str, Any]) -> dict[str, int]:
+    """``INFO commandstats`` as command -> calls, without the benchmark's own admin commands."""
+    calls = {}
+    for name, value in info.items():
+        command = name.removeprefix("cmdstat_")
+        if command.startswith(("config", "info", "monitor")):
+            continue
+        calls[command] = int(value["calls"])
+    return calls
+
+
+async def phase_count(driver: Driver, plan: Plan, redis: aioredis.Redis) -> dict[str, Any]:
+    """Redis commands per inbound message, over plain turns (conversations with an ongoing chat)."""
+    users = [user_number(TURN_USERS + i) for i in range(min(plan.count_messages, plan.turns_conversations))]
+    batch = [driver.prepare(u, "count me") for u in users]
+    await driver.reset_fakes()
+    await asyncio.sleep(1.0)    # the previous phase's last commits
+    await redis.config_resetstat()
+    monitor = Monitor(driver.setup.redis_port)
+    await monitor.start()
+    try:
+        started = time.perf_counter()
+        await driver.flood(driver.setup.parley_url, batch)
+        reached, _, _ = await driver.wait_replies(len(batch), within_s=60)
+        await asyncio.sleep(0.5)    # commits and acks after the last reply
+        elapsed = time.perf_counter() - started
+    finally:
+        await monitor.stop()
+    calls = commandstats(await redis.info("commandstats"))
+    pending = await redis.xpending("parley:wakeups", "workers")
+    n = len(batch)
+    total = sum(calls.values())
+    lua = sum(c for (in_lua, _), c in monitor.counts.items() if in_lua)
+    sent = sum(c for (in_lua, _), c in monitor.counts.items() if not in_lua)
+    return {
+        "messages": n, "all_answered": reached, "seconds": round(elapsed, 2),
+        "pending_after": pending["pending"], "commands_total": total,
+        "commands_per_msg": round(total / n, 2),
+        "client_sent_per_msg": round(sent / n, 2), "in_lua_per_msg": round(lua / n, 2),
+        "per_msg_by_command": {c: round(v / n, 2) for c, v in sorted(calls.items(), key=lambda kv: -kv[1])},
+    }
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def verdicts(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    ack, turns, slow, count = (results.get(k, {}) for k in ("ack", "turns", "slow", "count"))
+    reply_limit_ms = plan.slow_llm_s * 1000 + plan.burst_window_ms + 250
+    rows = [
+        ("ack_p99_ms", ack.get("ack_p99_ms"), lambda v: v < 20),
+        ("turns_ratio", turns.get("ratio"), lambda v: v >= 0.5),
+        ("slow_all_answered", slow.get("all_answered"), lambda v: v is True),
+        ("slow_reply_p99_ms", slow.get("reply_p99_ms"), lambda v: v < reply_limit_ms),
+        ("slow_rss_mb", slow.get("parley_peak_rss_mb"), lambda v: v < 300),
+        ("redis_cmds_per_msg", count.get("commands_per_msg"), lambda v: v <= 20),
+    ]
+    out = []
+    for name, value, ok in rows:
+        passed = None if value is None or value != value else bool(ok(value))
+        target = TARGETS[name] + (f" (= {reply_limit_ms:.0f} ms)" if name == "slow_reply_p99_ms" else "")
+        out.append({"name": name, "value": value, "target": target, "pass": passed})
+    return out
+
+
+def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
+    ack, turns, slow, count = (results.get(k, {}) for k in ("ack", "turns", "slow", "count"))
+    verdict = {v["name"]: v for v in results["targets"]}
+
+    def mark(name: str) -> tuple[str, str]:
+        v = verdict[name]
+        return v["target"], {True: "PASS", False: "FAIL", None: "n/a"}[v["pass"]]
+
+    def fmt(value: Any, unit: str = "") -> str:
+        return "n/a" if value is None else f"{value}{unit}"
+
+    rows: list[tuple[str, str, str, str]] = [
+        (f"1. webhook ack p50 @ {plan.ack_rate:.0f} req/s, {plan.ack_seconds:.0f} s", fmt(ack.get("ack_p50_ms"), " ms"),
+         "", ""),
+        ("1. webhook ack p99", fmt(ack.get("ack_p99_ms"), " ms"), *mark("ack_p99_ms")),
+        ("1. replies to those texts / sent", f"{fmt(ack.get('replies'))} / {fmt(ack.get('sent'))} "
+         f"(all within {fmt(ack.get('answered_within_s'))} s)", "", ""),
+        ("2. floor turns/s (median of runs)", fmt(turns.get("floor_turns_per_s")), "", ""),
+        ("2. Parley turns/s (median of runs)", fmt(turns.get("parley_turns_per_s")), "", ""),
+        ("2. Parley / floor", fmt(turns.get("ratio")), *mark("turns_ratio")),
+        ("2. CPU ms per turn: Parley / floor", f"{fmt(turns.get('parley_cpu_ms_per_turn'))} / "
+         f"{fmt(turns.get('floor_cpu_ms_per_turn'))}", "", ""),
+        (f"3. slow LLM ({plan.slow_llm_s} s): answered / sent", f"{fmt(slow.get('replies'))} / {fmt(slow.get('sent'))}",
+         *mark("slow_all_answered")),
+        ("3. sustained replies/s", fmt(slow.get("sustained_replies_per_s")), "", ""),
+        ("3. reply latency p50", fmt(slow.get("reply_p50_ms"), " ms"), "", ""),
+        ("3. reply latency p99", fmt(slow.get("reply_p99_ms"), " ms"), *mark("slow_reply_p99_ms")),
+        ("3. Parley peak RSS (VmHWM)", fmt(slow.get("parley_peak_rss_mb"), " MB"), *mark("slow_rss_mb")),
+        ("4. Redis commands per inbound message", fmt(count.get("commands_per_msg")), *mark("redis_cmds_per_msg")),
+        ("4.   of which sent by Parley / run in Lua", f"{fmt(count.get('client_sent_per_msg'))} / "
+         f"{fmt(count.get('in_lua_per_msg'))}", "", ""),
+    ]
+    head = (f"Parley benchmark — {machine['date']} — nproc {machine['nproc']}, Python {machine['python']}"
+            f"{', quick' if machine['quick'] else ''}{', pinned' if machine['pinned'] else ''}")
+    widths = [max(len(r[i]) for r in [*rows, ("metric", "value", "target", "result")]) for i in range(4)]
+    lines = [head, "  ".join(h.ljust(w) for h, w in zip(("metric", "value", "target", "result"), widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+async def drive(setup: Setup, plan: Plan, phases: set[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    connector = aiohttp.TCPConnector(limit=512)
+    timeout = aiohttp.ClientTimeout(total=15)     # Twilio gives a webhook 15 s
+    redis = aioredis.from_url(f"redis://127.0.0.1:{setup.redis_port}/0", decode_responses=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        driver = Driver(session, setup)
+        cpu = CpuMeter(setup.procs)
+        steps = [("ack", lambda: phase_ack(driver, plan, cpu)), ("turns", lambda: phase_turns(driver, plan)),
+                 ("count", lambda: phase_count(driver, plan, redis)), ("slow", lambda: phase_slow(driver, plan, cpu))]
+        for name, step in steps:
+            if name not in phases:
+                continue
+            print(f"phase {name}...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            results[name] = await step()
+            results[name]["phase_s"] = round(time.perf_counter() - started, 1)
+            for proc in ("parley", "floor"):
+                setup.procs.check(proc)
+    await redis.aclose()
+    return results
+
+
+def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False).stdout
+    return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "redis": version.strip(), "quick": args.quick, "pinned": args.pin,
+            "load_average": os.getloadavg()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description="Parley's benchmark.")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (under ~2 minutes)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin Parley and the floor to CPU 0 and everything else to the other CPUs")
+    parser.add_argument("--phases", default="ack,turns,count,slow", help="comma-separated subset to run")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (the path is printed)")
+    parser.add_argument("--workers", type=int, default=None, help="PARLEY_WORKERS (and the floor's)")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.workers:
+        plan = replace(plan, workers=args.workers)
+    signal.signal(signal.SIGTERM, _terminate)
+    work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    setup = Setup(work_dir=work_dir, procs=Procs(work_dir))
+    started = time.perf_counter()
+    try:
+        start_all(setup, plan, args.pin)
+        results = asyncio.run(drive(setup, plan, set(args.phases.split(","))))
+    except BaseException:
+        for name in setup.procs.procs:
+            print(f"--- {name} log (tail) ---\n{setup.procs.tail(name, 15)}", file=sys.stderr)
+        raise
+    finally:
+        setup.procs.stop_all()
+        if args.keep_logs:
+            print(f"logs kept in {work_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    machine = machine_info(args)
+    results["targets"] = verdicts(results, plan)
+    report = {"machine": machine, "plan": asdict(plan), "total_s": round(time.perf_counter() - started, 1),
+              **results}
+    print(table(results, plan, machine))
+    print(f"(total {report['total_s']} s; JSON in {args.out})")
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

