@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,7 +80,8 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.llm_url = args.llm_url.rstrip("/") + "/chat/completions"
         self.twilio_url = f"{args.twilio_url.rstrip('/')}/2010-04-01/Accounts/{args.account_sid}/Messages.json"
-        self.twilio_auth = aiohttp.BasicAuth(args.account_sid, args.auth_token)
+        credentials = base64.b64encode(f"{args.account_sid}:{args.auth_token}".encode()).decode()
+        self.twilio_headers = {"Authorization": "Basic " + credentials}
 
     async def run(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
@@ -111,7 +113,7 @@ class Worker:
                 completion = orjson.loads(await response.read())
             text = completion["choices"][0]["message"]["content"] or ""
             form = {"To": user, "From": to, "Body": text, "StatusCallback": "http://bench.local/twilio/status"}
-            async with self.http.post(self.twilio_url, data=form, auth=self.twilio_auth) as response:
+            async with self.http.post(self.twilio_url, data=form, headers=self.twilio_headers) as response:
                 await response.read()
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.rpush(key, orjson.dumps({"role": "assistant", "content": text}).decode())

