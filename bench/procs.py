@@ -82,11 +82,11 @@ class Procs:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, name: str, timeout_s: float = 6.0) -> None:
+    def stop(self, name: str, timeout_s: float = 6.0, first: signal.Signals = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 3.0)):
+        for sig, wait_s in ((first, timeout_s), (signal.SIGKILL, 3.0)):
             try:
                 # The process group: the process and anything it started. Sent only while the leader is not
                 # reaped yet, so the group id cannot have been reused.

@@ -48,8 +48,9 @@ AGENT_NUMBER = "+15035550100"
 HOOK_PATH = "/twilio/sms"
 OUT = ROOT / "bench" / "results.json"
 
-# User numbers by phase (+1415NNNNNNN): each phase has its own conversations.
-ACK_USERS, TURN_USERS, SLOW_USERS = 1_000_000, 2_000_000, 3_000_000
+# User numbers by phase (+1415NNNNNNN): each phase (and each turns run) has its own conversations.
+ACK_USERS, ACK_LOW_USERS, SLOW_USERS, TURN_USERS = 1_000_000, 1_500_000, 2_000_000, 3_000_000
+TURN_RUN_STRIDE = 100_000
 
 TARGETS = {
     "ack_p99_ms": "< 20 ms at 200 req/s",
@@ -65,9 +66,10 @@ TARGETS = {
 class Plan:
     """How much load each phase offers. ``--quick`` scales it down."""
 
-    ack_rate: float = 200.0           # phase 1: webhooks per second, open loop
+    ack_rate: float = 200.0           # phase 1: webhooks per second, open loop, one conversation per text
     ack_seconds: float = 15.0
-    ack_conversations: int = 1_000
+    ack_low_rate: float = 40.0        # phase 1 again, for comparison only, below Parley's capacity
+    ack_low_seconds: float = 10.0
     turns_conversations: int = 500    # phase 2: K conversations; each round sends one text to each
     turns_rounds: int = 4             # timed rounds after one warm-up round: M = K x rounds turns
     repeats: int = 3                  # floor and Parley runs, alternating; medians reported
@@ -80,7 +82,7 @@ class Plan:
     burst_window_ms: int = 0
 
 
-QUICK = Plan(ack_seconds=5.0, ack_conversations=500, turns_conversations=200, turns_rounds=2,
+QUICK = Plan(ack_seconds=5.0, ack_low_seconds=4.0, turns_conversations=200, turns_rounds=2,
              slow_conversations=1_000, slow_seconds=6.0, count_messages=150)
 
 
@@ -263,16 +265,21 @@ class Driver:
     def llm_base(self) -> str:
         return self.setup.llm_url.removesuffix("/v1")
 
-    async def wait_replies(self, count: int, within_s: float) -> tuple[bool, int, float]:
-        """Wait (polling, bounded) until the fake Twilio received ``count`` messages; (reached, seen, when)."""
+    async def wait_replies(self, count: int, within_s: float, settle_s: float | None = None) -> tuple[bool, int, float]:
+        """Wait (polling, bounded) until the fake Twilio received ``count`` messages, or (``settle_s``) until
+        the count stopped moving for that long; (reached, seen, when the last one arrived)."""
         deadline = time.perf_counter() + within_s
-        seen = 0
+        seen, moved = -1, time.perf_counter()
         while time.perf_counter() < deadline:
-            seen = await self.replies()
+            now_seen = await self.replies()
+            if now_seen != seen:
+                seen, moved = now_seen, time.perf_counter()
             if seen >= count:
-                return True, seen, time.perf_counter()
+                return True, seen, moved
+            if settle_s is not None and time.perf_counter() - moved > settle_s:
+                break
             await asyncio.sleep(0.02)
-        return False, seen, time.perf_counter()
+        return False, seen, moved
 
 
 class CpuMeter:
@@ -303,38 +310,53 @@ def ms(seconds: float) -> float:
 # --------------------------------------------------------------------------------------------- phase 1
 
 
-async def phase_ack(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any]:
-    """Webhook ack latency at a fixed offered rate (open loop), while Parley answers those texts."""
-    users = [user_number(ACK_USERS + i) for i in range(plan.ack_conversations)]
-    total = int(plan.ack_rate * plan.ack_seconds)
-    batch = [driver.prepare(users[i % len(users)], f"hello {i}") for i in range(total)]
+async def ack_run(driver: Driver, rate: float, seconds: float, first_user: int) -> dict[str, Any]:
+    """Webhooks at ``rate`` per second (open loop) for ``seconds``, one conversation per text, while Parley
+    answers them; then wait (bounded) for the replies."""
+    total = int(rate * seconds)
+    batch = [driver.prepare(user_number(first_user + i), f"hello {i}") for i in range(total)]
     await driver.reset_fakes()
+    cpu = CpuMeter(driver.setup.procs)
     cpu.start()
     started = time.perf_counter()
-    shots = await driver.open_loop(driver.setup.parley_url, batch, plan.ack_rate)
+    shots = await driver.open_loop(driver.setup.parley_url, batch, rate)
     sent_s = time.perf_counter() - started
     in_phase = await driver.replies()
     ok = [s for s in shots if s.status == 200]
-    reached, replies, done_at = await driver.wait_replies(total, within_s=max(30.0, plan.ack_seconds * 3))
+    reached, replies, done_at = await driver.wait_replies(total, within_s=max(60.0, seconds * 4), settle_s=10.0)
     cpu_used = cpu.stop()
     latencies = [s.latency_s for s in ok]
+    received = await driver.json("GET", driver.setup.twilio_url + "/replies")
     return {
-        "offered_rate": plan.ack_rate, "seconds": round(sent_s, 2), "sent": total, "acked_200": len(ok),
+        "offered_rate": rate, "seconds": round(sent_s, 2), "sent": total, "acked_200": len(ok),
         "errors": total - len(ok), "ack_p50_ms": ms(percentile(latencies, 50)),
         "ack_p99_ms": ms(percentile(latencies, 99)), "ack_max_ms": ms(max(latencies, default=float("nan"))),
         "driver_lag_p99_ms": ms(percentile([s.lag_s for s in shots], 99)),
         "replies_during_sending": in_phase, "replies": replies, "all_answered": reached,
+        "duplicate_replies": sum(len(times) - 1 for times in received.values() if len(times) > 1),
         "answered_within_s": round(done_at - started, 2), "cpu_s": cpu_used,
     }
+
+
+async def phase_ack(driver: Driver, plan: Plan) -> dict[str, Any]:
+    """Phase 1 at ``plan.ack_rate``; then, for comparison only, at ``plan.ack_low_rate`` (below what Parley
+    can answer, so the webhook does not compete with a backlog of turns)."""
+    result = await ack_run(driver, plan.ack_rate, plan.ack_seconds, ACK_USERS)
+    result["low_rate"] = await ack_run(driver, plan.ack_low_rate, plan.ack_low_seconds, ACK_LOW_USERS)
+    return result
 
 
 # --------------------------------------------------------------------------------------------- phase 2
 
 
-async def turns_run(driver: Driver, base: str, plan: Plan, rounds: int, tag: str) -> dict[str, Any]:
-    """One closed-loop run: a warm-up round, then ``rounds`` timed rounds; each round sends one text to each
-    of the K conversations and waits for K replies."""
-    users = [user_number(TURN_USERS + i) for i in range(plan.turns_conversations)]
+def turn_users(plan: Plan, run: int) -> list[str]:
+    """The K conversations of turns run ``run`` (each run has its own, so histories are alike in every run)."""
+    return [user_number(TURN_USERS + run * TURN_RUN_STRIDE + i) for i in range(plan.turns_conversations)]
+
+
+async def turns_run(driver: Driver, base: str, users: list[str], rounds: int, tag: str) -> dict[str, Any]:
+    """One closed-loop run: a warm-up round (which opens the chats), then ``rounds`` timed rounds; each round
+    sends one text to each of the K conversations and waits for K replies."""
     k = len(users)
     batches = [[driver.prepare(u, f"{tag} round {r}") for u in users] for r in range(rounds + 1)]
     await driver.reset_fakes()
@@ -363,7 +385,7 @@ async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"floor": [], "parley": []}
     for i in range(plan.repeats):
         for name, base in (("floor", driver.setup.floor_url), ("parley", driver.setup.parley_url)):
-            result = await turns_run(driver, base, plan, plan.turns_rounds, f"{name}{i}")
+            result = await turns_run(driver, base, turn_users(plan, i), plan.turns_rounds, f"{name}{i}")
             runs[name].append(result)
             print(f"  turns run {i + 1}/{plan.repeats} {name}: {result.get('turns_per_s')} turns/s "
                   f"{result.get('error', '')}", file=sys.stderr, flush=True)
@@ -380,24 +402,24 @@ async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- phase 3
 
 
-def match_replies(sent: list[Shot], received: dict[str, list[float]]) -> tuple[list[float], int]:
-    """Reply latency of each text: the first reply to its conversation at or after it, each reply used once."""
+def match_replies(sent: list[Shot], received: dict[str, list[float]]) -> tuple[list[float], int, int]:
+    """Reply latency of each text: the time to the first reply to its conversation after it. A reply answers
+    every text of its conversation sent before it and not answered yet (Parley answers texts that arrive
+    together in one reply). (latencies, texts never answered, replies that answered no text)."""
     by_user: dict[str, list[float]] = {}
     for shot in sent:
         by_user.setdefault(shot.user, []).append(shot.wall)
-    latencies, unanswered = [], 0
+    latencies, unanswered, spare = [], 0, 0
     for user, walls in by_user.items():
-        replies = sorted(received.get(user, []))
-        j = 0
-        for wall in sorted(walls):
-            while j < len(replies) and replies[j] < wall:
-                j += 1
-            if j < len(replies):
-                latencies.append(replies[j] - wall)
-                j += 1
-            else:
-                unanswered += 1
-    return latencies, unanswered
+        waiting = sorted(walls)
+        for reply in sorted(received.get(user, [])):
+            answered = [w for w in waiting if w <= reply]
+            if not answered:
+                spare += 1
+            latencies += [reply - w for w in answered]
+            waiting = waiting[len(answered):]
+        unanswered += len(waiting)
+    return latencies, unanswered, spare
 
 
 async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any]:
@@ -413,13 +435,14 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any
         started_wall = time.time()
         shots = await driver.open_loop(driver.setup.parley_url, batch, plan.slow_rate)
         sent_wall = time.time()
-        reached, replies, _ = await driver.wait_replies(total, within_s=plan.slow_llm_s * 4 + 30)
+        reached, replies, _ = await driver.wait_replies(total, within_s=plan.slow_llm_s * 4 + 60,
+                                                        settle_s=plan.slow_llm_s + 5)
         llm = await driver.json("GET", driver.llm_base() + "/stats")
     finally:
         await driver.json("POST", driver.llm_base() + "/config", {"delay_s": 0.0})
     used = cpu.stop()
     received = await driver.json("GET", driver.setup.twilio_url + "/replies")
-    latencies, unanswered = match_replies([s for s in shots if s.status == 200], received)
+    latencies, unanswered, spare = match_replies([s for s in shots if s.status == 200], received)
     # Sustained: replies that arrived after the first LLM round trip and before sending stopped.
     window_start = started_wall + plan.slow_llm_s + 0.5
     in_window = sum(1 for times in received.values() for t in times if window_start <= t <= sent_wall)
@@ -428,7 +451,8 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any
     return {
         "llm_latency_s": plan.slow_llm_s, "conversations": plan.slow_conversations, "offered_rate": plan.slow_rate,
         "sent": total, "acked_200": sum(1 for s in shots if s.status == 200), "replies": replies,
-        "all_answered": reached and unanswered == 0, "unanswered": unanswered,
+        "all_answered": unanswered == 0 and len(latencies) == total, "unanswered": unanswered,
+        "replies_answering_no_text": spare, "reached_reply_count": reached,
         "sustained_replies_per_s": round(in_window / window, 1),
         "reply_p50_ms": ms(percentile(latencies, 50)), "reply_p99_ms": ms(percentile(latencies, 99)),
         "reply_max_ms": ms(max(latencies, default=float("nan"))),
@@ -489,7 +513,7 @@ def commandstats(info: dict[str, Any]) -> dict[str, int]:
 
 async def phase_count(driver: Driver, plan: Plan, redis: aioredis.Redis) -> dict[str, Any]:
     """Redis commands per inbound message, over plain turns (conversations with an ongoing chat)."""
-    users = [user_number(TURN_USERS + i) for i in range(min(plan.count_messages, plan.turns_conversations))]
+    users = turn_users(plan, 0)[:plan.count_messages]   # conversations with an ongoing chat (turns run 1)
     batch = [driver.prepare(u, "count me") for u in users]
     await driver.reset_fakes()
     await asyncio.sleep(1.0)    # the previous phase's last commits
@@ -519,6 +543,76 @@ async def phase_count(driver: Driver, plan: Plan, redis: aioredis.Redis) -> dict
     }
 
 
+# --------------------------------------------------------------------------------------------- profiling
+
+_FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+
+
+def _frame(text: str) -> str:
+    found = _FRAME.match(text)
+    if not found:
+        return text
+    path = re.sub(r"^.*/(site-packages|python3\.\d+)/", "", found.group(2)).removeprefix(str(ROOT) + "/")
+    return f"{found.group(1)} ({path})"
+
+
+def _package(frame: str) -> str:
+    """The top-level package of a shortened frame: ``openai``, ``asyncio``, ``service``..."""
+    path = frame.rpartition(" (")[2].rstrip(")")
+    return path.split("/")[0].removesuffix(".py") if "/" in path else path.removesuffix(".py")
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """py-spy's collapsed stacks, in % of samples: the functions with the most own time; the innermost Parley
+    function (``service/``) under each sample, i.e. what Parley code the time is spent for; the package of
+    the function running."""
+    own: Counter[str] = Counter()
+    parley: Counter[str] = Counter()
+    package: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        package[_package(frames[-1])] += n
+        mine = [f for f in frames if "(service/" in f]
+        parley[mine[-1] if mine else "(no Parley frame: event loop, aiohttp server, truncated stack)"] += n
+
+    def pct(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / max(total, 1), 1)) for name, n in counter.most_common(top)]
+
+    return {"samples": total, "self_pct": pct(own), "innermost_parley_frame_pct": pct(parley),
+            "package_pct": pct(package)}
+
+
+async def phase_profile(driver: Driver, plan: Plan, out: Path) -> dict[str, Any]:
+    """One more (unscored) Parley turns run with py-spy recording Parley's stacks."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    procs = driver.setup.procs
+    procs.start("py-spy", [py_spy, "record", "--pid", str(procs.pid("parley")), "--rate", "100", "--gil",
+                           "--format", "raw", "--output", str(out)])
+    await asyncio.sleep(1.0)
+    try:
+        procs.check("py-spy")
+        result = await turns_run(driver, driver.setup.parley_url, turn_users(plan, plan.repeats), plan.turns_rounds,
+                                 "profile")
+    finally:
+        await asyncio.to_thread(procs.stop, "py-spy", 15.0, signal.SIGINT)
+    try:
+        summary = summarize_profile(out)
+    except OSError:
+        summary = {"error": f"py-spy wrote nothing:\n{procs.tail('py-spy')}"}
+    for key in ("innermost_parley_frame_pct", "self_pct", "package_pct"):
+        print(f"  py-spy, {key}:", file=sys.stderr)
+        for name, pct in summary.get(key, [])[:20]:
+            print(f"    {pct:5.1f}%  {name}", file=sys.stderr)
+    return {"file": str(out), "turns_per_s_while_profiled": result.get("turns_per_s"), **summary}
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -544,6 +638,7 @@ def verdicts(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
 def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
     ack, turns, slow, count = (results.get(k, {}) for k in ("ack", "turns", "slow", "count"))
     verdict = {v["name"]: v for v in results["targets"]}
+    low = ack.get("low_rate", {})
 
     def mark(name: str) -> tuple[str, str]:
         v = verdict[name]
@@ -558,6 +653,8 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
         ("1. webhook ack p99", fmt(ack.get("ack_p99_ms"), " ms"), *mark("ack_p99_ms")),
         ("1. replies to those texts / sent", f"{fmt(ack.get('replies'))} / {fmt(ack.get('sent'))} "
          f"(all within {fmt(ack.get('answered_within_s'))} s)", "", ""),
+        (f"1. (for comparison) ack p50 / p99 @ {plan.ack_low_rate:.0f} req/s",
+         f"{fmt(low.get('ack_p50_ms'))} / {fmt(low.get('ack_p99_ms'))} ms", "", ""),
         ("2. floor turns/s (median of runs)", fmt(turns.get("floor_turns_per_s")), "", ""),
         ("2. Parley turns/s (median of runs)", fmt(turns.get("parley_turns_per_s")), "", ""),
         ("2. Parley / floor", fmt(turns.get("ratio")), *mark("turns_ratio")),
@@ -585,7 +682,7 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- main
 
 
-async def drive(setup: Setup, plan: Plan, phases: set[str]) -> dict[str, Any]:
+async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=512)
     timeout = aiohttp.ClientTimeout(total=15)     # Twilio gives a webhook 15 s
@@ -593,10 +690,11 @@ async def drive(setup: Setup, plan: Plan, phases: set[str]) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         driver = Driver(session, setup)
         cpu = CpuMeter(setup.procs)
-        steps = [("ack", lambda: phase_ack(driver, plan, cpu)), ("turns", lambda: phase_turns(driver, plan)),
+        steps = [("ack", lambda: phase_ack(driver, plan)), ("turns", lambda: phase_turns(driver, plan)),
+                 ("profile", lambda: phase_profile(driver, plan, profile or Path("profile.txt"))),
                  ("count", lambda: phase_count(driver, plan, redis)), ("slow", lambda: phase_slow(driver, plan, cpu))]
         for name, step in steps:
-            if name not in phases:
+            if name not in phases and not (name == "profile" and profile):
                 continue
             print(f"phase {name}...", file=sys.stderr, flush=True)
             started = time.perf_counter()
@@ -625,6 +723,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (the path is printed)")
     parser.add_argument("--workers", type=int, default=None, help="PARLEY_WORKERS (and the floor's)")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
+                        help="after the turns phase, profile one more Parley turns run with py-spy (collapsed stacks "
+                             "to FILE; a summary is printed and kept in the JSON)")
     return parser.parse_args(argv)
 
 
@@ -643,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         start_all(setup, plan, args.pin)
-        results = asyncio.run(drive(setup, plan, set(args.phases.split(","))))
+        results = asyncio.run(drive(setup, plan, set(args.phases.split(",")), args.py_spy))
     except BaseException:
         for name in setup.procs.procs:
             print(f"--- {name} log (tail) ---\n{setup.procs.tail(name, 15)}", file=sys.stderr)

@@ -3,7 +3,8 @@
 A wake-up names a conversation. The worker that gets its lock waits out the agent's burst window,
 runs turns until the mailbox is empty, releases the lock (atomically re-checking the mailbox) and only
 then acknowledges the wake-up. A worker that finds the lock taken acknowledges at once: the holder will
-see the message. A wake-up whose worker died stays pending and is reclaimed (``XAUTOCLAIM``) after
+see the message. A *reclaimed* wake-up whose lock is taken stays pending instead (the holder may be the
+worker that died), and comes back once that lock has expired. A wake-up whose worker died stays pending and is reclaimed (``XAUTOCLAIM``) after
 ``reclaim_idle_ms``; the holder keeps its own entry fresh (``XCLAIM`` resets the idle time) while it works.
 
 At most ``PARLEY_WORKERS`` conversations run at once per process. On shutdown the pool stops reading,
@@ -71,7 +72,8 @@ class WorkerPool:
                 await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                if time.monotonic() >= next_reclaim:
+                reclaiming = time.monotonic() >= next_reclaim
+                if reclaiming:
                     next_reclaim = time.monotonic() + self._rt.settings.reclaim_idle_ms / 2000
                     entries = await self._reclaim(min(capacity, MAX_READ))
                 else:
@@ -87,7 +89,7 @@ class WorkerPool:
                 await self.ensure_group()
                 continue
             for entry_id, fields in entries:
-                self._spawn(entry_id, Conversation.parse(fields["conv"]))
+                self._spawn(entry_id, Conversation.parse(fields["conv"]), reclaimed=reclaiming)
 
     async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
         reply: Any = await self._rt.redis.xreadgroup(
@@ -105,14 +107,18 @@ class WorkerPool:
             log.info("reclaimed stale wake-ups", extra={"count": len(claimed)})
         return [entry for entry in claimed if entry and entry[1]]
 
-    def _spawn(self, entry_id: str, conv: Conversation) -> None:
-        task = asyncio.create_task(self._handle(entry_id, conv), name=f"conv {conv.tag}")
+    def _spawn(self, entry_id: str, conv: Conversation, *, reclaimed: bool) -> None:
+        task = asyncio.create_task(self._handle(entry_id, conv, reclaimed), name=f"conv {conv.tag}")
         self._active.add(task)
         task.add_done_callback(self._active.discard)
 
-    async def _handle(self, entry_id: str, conv: Conversation) -> None:
+    async def _handle(self, entry_id: str, conv: Conversation, reclaimed: bool) -> None:
         mailbox = self._rt.mailbox
         token = await mailbox.acquire(conv)
+        if token is None and reclaimed:
+            # The lock may belong to the worker that died holding this very wake-up: keep it pending; it comes
+            # back after reclaim_idle_ms, by when a dead holder's lock (lock_ttl_ms) has expired.
+            return
         if token is not None:
             renewer = asyncio.create_task(self._keep_alive(conv, token, entry_id))
             try:

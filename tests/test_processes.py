@@ -1,0 +1,165 @@
+"""Real processes sharing one Redis: a burst across many conversations answered once per text and in order,
+a process killed with SIGKILL mid-turn, and a SIGTERM that drains."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import unused_port
+
+from service.signature import sign
+
+from .conftest import (
+    ACCOUNT_SID,
+    AGENT_NUMBER,
+    API_KEY,
+    AUTH_TOKEN,
+    DEFAULT_NUMBERS,
+    PUBLIC_URL,
+    agent_file,
+    write_agents,
+)
+from .fakes.openai import Completion, FakeOpenAI
+from .fakes.twilio import FakeTwilio
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Process:
+    """``python -m service serve`` on its own port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = unused_port()
+        self.env = {**env, "PARLEY_PORT": str(self.port)}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Process:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "serve", cwd=REPO, env=self.env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        async with asyncio.timeout(30):
+            return await self.proc.wait()
+
+
+@pytest.fixture
+async def launch(
+    redis: Any, redis_url: str, tmp_path: Path, fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+) -> AsyncIterator[Callable[..., Any]]:
+    write_agents(tmp_path / "agents", {"frontdesk": agent_file()}, DEFAULT_NUMBERS)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
+    base.update({
+        "REDIS_URL": redis_url, "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY,
+        "PARLEY_PUBLIC_URL": PUBLIC_URL, "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": fake_twilio.url, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_llm.url,
+        "PARLEY_LLM_MAX_RETRIES": "0", "PARLEY_RECLAIM_IDLE_MS": "1000", "PARLEY_LOCK_TTL_MS": "2000",
+        "PARLEY_SCHEDULER_INTERVAL_MS": "100", "PARLEY_LOG_LEVEL": "WARNING", "PARLEY_DRAIN_TIMEOUT_S": "5",
+    })
+    started: list[Process] = []
+
+    async def start(**env: str) -> Process:
+        process = await Process({**base, **env}).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc is not None and process.proc.returncode is None:
+            await process.stop(signal.SIGKILL)
+
+
+async def text(http: aiohttp.ClientSession, process: Process, user: str, body: str, sid: str) -> int:
+    form = {"MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": user, "To": AGENT_NUMBER, "Body": body,
+            "NumMedia": "0"}
+    headers = {"X-Twilio-Signature": sign(PUBLIC_URL + "/twilio/sms", form, AUTH_TOKEN),
+               "Content-Type": "application/x-www-form-urlencoded"}
+    async with http.post(f"http://127.0.0.1:{process.port}/twilio/sms", data=urlencode(form), headers=headers) as r:
+        return r.status
+
+
+def echo_new_texts(body: dict[str, Any]) -> Completion:
+    """Repeats every user text since the agent last spoke, so each reply shows which texts it answered."""
+    texts: list[str] = []
+    for message in reversed(body["messages"]):
+        if message["role"] != "user":
+            break
+        texts.insert(0, message["content"])
+    return Completion(content=" | ".join(texts))
+
+
+async def test_three_processes_answer_a_burst_once_per_text_in_order(
+    launch: Callable[..., Any], fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+) -> None:
+    fake_llm.respond = echo_new_texts
+    fake_llm.delay_s = 0.05
+    processes = [await launch() for _ in range(3)]
+    users = [f"+1415555{n:04d}" for n in range(30)]
+    async with aiohttp.ClientSession() as http:
+        for round_ in range(3):                      # each text of a conversation goes to another process
+            statuses = await asyncio.gather(*(
+                text(http, processes[(i + round_) % 3], user, f"{user[-4:]}-{round_}", f"SM{i:016d}{round_:016d}")
+                for i, user in enumerate(users)))
+            assert set(statuses) == {200}
+            await asyncio.sleep(0.02)
+        async with asyncio.timeout(30):
+            while sum(len(fake_twilio.to(u)) and sum(r.count("|") + 1 for r in fake_twilio.to(u)) for u in users) \
+                    < 3 * len(users):
+                await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    for user in users:
+        answered = " | ".join(fake_twilio.to(user)).split(" | ")
+        assert answered == [f"{user[-4:]}-{r}" for r in range(3)], f"{user}: {fake_twilio.to(user)}"
+
+
+async def test_sigkill_mid_turn_is_finished_by_another_process(
+    launch: Callable[..., Any], fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+) -> None:
+    fake_llm.delay_s = 1.0
+    doomed = await launch()
+    async with aiohttp.ClientSession() as http:
+        for n in range(5):
+            assert await text(http, doomed, f"+1415555{n:04d}", "hello", f"SMkill{n:028d}") == 200
+        await fake_llm.called.wait()
+        assert await doomed.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert fake_twilio.messages == []
+    fake_llm.delay_s = 0
+    await launch()
+    sent = await fake_twilio.wait_for(5, within_s=20)
+    await asyncio.sleep(1.0)
+    assert sorted(m.to for m in fake_twilio.messages) == [f"+1415555{n:04d}" for n in range(5)], \
+        "a text was answered twice or not at all"
+    assert len(sent) == 5
+
+
+async def test_sigterm_finishes_turns_in_flight_and_exits_0(
+    launch: Callable[..., Any], fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+) -> None:
+    fake_llm.delay_s = 1.0
+    process = await launch()
+    async with aiohttp.ClientSession() as http:
+        assert await text(http, process, "+14155550001", "hello", "SMterm0000000000000000000000000001") == 200
+        await fake_llm.called.wait()
+    assert await process.stop(signal.SIGTERM) == 0
+    assert [m.body for m in fake_twilio.messages] == ["You said: hello"]
