@@ -3,9 +3,10 @@
 A wake-up names a conversation. The worker that gets its lock waits out the agent's burst window,
 runs turns until the mailbox is empty, releases the lock (atomically re-checking the mailbox) and only
 then acknowledges the wake-up. A worker that finds the lock taken acknowledges at once: the holder will
-see the message. A *reclaimed* wake-up whose lock is taken stays pending instead (the holder may be the
-worker that died), and comes back once that lock has expired. A wake-up whose worker died stays pending and is reclaimed (``XAUTOCLAIM``) after
+see the message. A wake-up whose worker died stays pending and is reclaimed (``XAUTOCLAIM``) after
 ``reclaim_idle_ms``; the holder keeps its own entry fresh (``XCLAIM`` resets the idle time) while it works.
+A *reclaimed* wake-up whose lock is taken stays pending (the holder may be the worker that died) and comes
+back once that lock has expired.
 
 At most ``PARLEY_WORKERS`` conversations run at once per process. On shutdown the pool stops reading,
 lets running turns finish for ``drain_timeout_s``, then cancels the rest, whose wake-ups stay pending.

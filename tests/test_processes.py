@@ -123,10 +123,10 @@ async def test_three_processes_answer_a_burst_once_per_text_in_order(
                 for i, user in enumerate(users)))
             assert set(statuses) == {200}
             await asyncio.sleep(0.02)
-        async with asyncio.timeout(30):
-            while sum(len(fake_twilio.to(u)) and sum(r.count("|") + 1 for r in fake_twilio.to(u)) for u in users) \
-                    < 3 * len(users):
-                await asyncio.sleep(0.1)
+        answered = 0
+        while answered < 3 * len(users):     # every text answered, alone or with its conversation's others
+            await fake_twilio.wait_for(len(fake_twilio.messages) + 1, within_s=30)
+            answered = sum(r.count("|") + 1 for u in users for r in fake_twilio.to(u))
     await asyncio.sleep(0.5)
     for user in users:
         answered = " | ".join(fake_twilio.to(user)).split(" | ")
