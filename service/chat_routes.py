@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import dialog, keys
+from . import dialog, keys, outreach
 from .api import model_response, read_body, read_query
 from .appkeys import RUNTIME
 from .catalog import Agent, pick_agent
@@ -102,13 +102,9 @@ async def create_sms_chat(request: web.Request) -> web.Response:
     """``POST /create-sms-chat``: open an outbound SMS chat and send its first message."""
     rt = request.app[RUNTIME]
     body = await read_body(request, CreateSmsChatRequest)
-    number = await rt.catalog.get_number(body.from_number)
-    if number is None:
-        raise InvalidRequest(f"from_number: {body.from_number} is not a number Parley sends from (import it first)")
+    number = await outreach.sending_number(rt, body.from_number)
     conv = Conversation(agent_number=body.from_number, user_number=body.to_number)
-    if await rt.optouts.is_opted_out(conv):
-        raise InvalidRequest(f"to_number: {body.to_number} opted out of messages from {body.from_number} "
-                             "(replied STOP); they must text START first")
+    await outreach.check_can_start(rt, number, body.to_number)
     if body.override_agent_id:
         agent_id, version = body.override_agent_id, version_number(body.override_agent_version)
     else:

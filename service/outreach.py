@@ -50,6 +50,22 @@ def transcript_text(transcript: str | list[dict[str, Any]] | None) -> str | None
     return "\n".join(lines) or None
 
 
+async def sending_number(rt: Runtime, phone_number: str, field: str = "from_number") -> PhoneNumber:
+    """The number a text Parley starts goes out from; ``InvalidRequest`` when Parley does not know it."""
+    number = await rt.catalog.get_number(phone_number)
+    if number is None:
+        raise InvalidRequest(f"{field}: {phone_number} is not a number Parley sends from (import it first)")
+    return number
+
+
+async def check_can_start(rt: Runtime, number: PhoneNumber, to: str) -> None:
+    """``InvalidRequest`` when ``to`` opted out of ``number`` or lies outside its allowed countries."""
+    if await rt.optouts.is_opted_out(Conversation(agent_number=number.phone_number, user_number=to)):
+        raise InvalidRequest(f"to_number: {to} opted out of messages from {number.phone_number} "
+                             "(replied STOP); they must text START first")
+    check_destination(number, to)
+
+
 async def _chat_for(rt: Runtime, conv: Conversation, req: Request) -> tuple[Chat, Agent]:
     chat = await rt.chats.ongoing(conv)
     if chat is not None:
@@ -80,10 +96,7 @@ async def _write(rt: Runtime, chat: Chat, agent: Agent, req: Request, context: l
 async def send_sms(rt: Runtime, req: Request) -> tuple[Chat, Message]:
     """Send one text to ``req.to`` from ``req.number``, recorded in the pair's chat."""
     conv = Conversation(agent_number=req.number.phone_number, user_number=req.to)
-    if await rt.optouts.is_opted_out(conv):
-        raise InvalidRequest(f"to_number: {req.to} opted out of messages from {req.number.phone_number} "
-                             "(replied STOP); they must text START first")
-    check_destination(req.number, req.to)
+    await check_can_start(rt, req.number, req.to)
     token = await rt.mailbox.locks.wait(keys.lock(conv), LOCK_WAIT_S)
     if token is None:
         raise Conflict("the conversation is busy with a turn; try again")

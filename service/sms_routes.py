@@ -14,10 +14,9 @@ from . import keys, outreach
 from .api import json_response, model_response, read_body, read_query
 from .appkeys import RUNTIME
 from .chats import ChatStatus, Message
-from .errors import Conflict, InvalidRequest, NotFound, ParleyError
+from .errors import Conflict, NotFound, ParleyError
 from .keys import Conversation
 from .openapi import Route
-from .retell import PhoneNumber
 from .retell_requests import (
     ClearOptOutRequest,
     OptOutItem,
@@ -44,15 +43,8 @@ def _sent(chat_id: str, message: Message, from_number: str, to_number: str) -> S
                    from_number=from_number, to_number=to_number, created_timestamp=message.created_timestamp)
 
 
-async def _number(rt: Runtime, phone_number: str, field: str = "from_number") -> PhoneNumber:
-    number = await rt.catalog.get_number(phone_number)
-    if number is None:
-        raise InvalidRequest(f"{field}: {phone_number} is not a number Parley sends from (import it first)")
-    return number
-
-
 async def _send(rt: Runtime, body: SendSmsRequest) -> SentSms:
-    number = await _number(rt, body.from_number)
+    number = await outreach.sending_number(rt, body.from_number)
     chat, message = await outreach.send_sms(rt, outreach.Request(
         number=number, to=body.to_number, exact=body.exact_text(), prompt=body.instructions(),
         transcript=outreach.transcript_text(body.transcript), variables=body.dynamic_variables,

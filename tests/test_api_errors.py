@@ -92,6 +92,8 @@ async def test_an_agent_in_use_by_a_number_cannot_be_deleted(parley: Parley) -> 
      "override_agent_id: required, since +15035550100 has no outbound_sms_agents"),
     ("/create-sms-chat", {"from_number": AGENT_NUMBER, "to_number": USER, "override_agent_id": "ghost"},
      "override_agent_id: agent 'ghost' not found"),
+    ("/create-sms-chat", {"from_number": AGENT_NUMBER, "to_number": "+33612345678", "override_agent_id": "frontdesk"},
+     "to_number: +33612345678 is in FR, and +15035550100 may send only to US"),
     ("/create-chat", {"agent_id": "ghost"}, "agent_id: agent 'ghost' not found"),
     ("/create-chat", {"agent_id": "frontdesk", "agent_version": "prod"}, "agent_version"),
     ("/create-chat", {"agent_id": "frontdesk", "surprise": 1}, "surprise: Extra inputs are not permitted"),
