@@ -22,6 +22,7 @@ async def test_two_turns_share_history(make_parley: MakeParley) -> None:
     second = parley.llm.requests[1]["messages"]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert USER in second[0]["content"]
+    assert "by SMS" in second[0]["content"] and "at most about 459 characters" in second[0]["content"]
     await parley.idle()
     chat = await parley.chat_of()
     assert chat["chat_type"] == "sms_chat" and chat["chat_status"] == "ongoing"
