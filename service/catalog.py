@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -34,6 +35,35 @@ def _same(a: BaseModel, b: BaseModel) -> bool:
     return a.model_dump(exclude=_VOLATILE) == b.model_dump(exclude=_VOLATILE)
 
 
+P = TypeVar("P", bound=BaseModel)
+# The latest version of a versioned object: versions are numbered 0..n-1, so it is field n-1.
+_LATEST = """
+local n = redis.call('HLEN', KEYS[1])
+if n == 0 then return false end
+return redis.call('HGET', KEYS[1], tostring(n - 1))
+"""
+
+
+class Parsed(Generic[P]):
+    """Parsed objects by their stored JSON: every turn and webhook reads agents and numbers, and parsing
+    the same text again is most of that cost. Keyed by the text itself, so an edit is never served stale."""
+
+    def __init__(self, model: type[P], size: int = 512) -> None:
+        self._model = model
+        self._size = size
+        self._items: OrderedDict[str, P] = OrderedDict()
+
+    def __call__(self, raw: str) -> P:
+        found = self._items.get(raw)
+        if found is None:
+            found = self._items[raw] = self._model.model_validate_json(raw)
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(raw)
+        return found
+
+
 class Versioned(Generic[M]):
     """A set of versioned objects of one kind: every ``put`` adds a version."""
 
@@ -43,6 +73,8 @@ class Versioned(Generic[M]):
         self._key = key
         self._index = index
         self.kind = kind
+        self._parse: Parsed[M] = Parsed(model)
+        self._latest = redis.register_script(_LATEST)
 
     async def versions(self, object_id: str) -> list[M]:
         raw = await self._redis.hgetall(self._key(object_id))
@@ -51,13 +83,11 @@ class Versioned(Generic[M]):
     async def get(self, object_id: str, version: int | None = None) -> M:
         """The object at ``version`` (the latest when None); ``NotFound`` otherwise."""
         if version is None:
-            found = await self.versions(object_id)
-            if found:
-                return found[-1]
+            raw = await self._latest(keys=[self._key(object_id)])
         else:
             raw = await self._redis.hget(self._key(object_id), str(version))
-            if raw:
-                return self._model.model_validate_json(raw)
+        if raw:
+            return self._parse(str(raw))
         suffix = f" version {version}" if version is not None else ""
         raise NotFound(f"{self.kind} {object_id!r}{suffix} not found")
 
@@ -114,6 +144,7 @@ class Store:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._parse_number = Parsed(PhoneNumber)
         self.agents: Versioned[ChatAgent] = Versioned(redis, ChatAgent, keys.agent, keys.AGENTS, "agent")
         self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm")
 
@@ -140,7 +171,7 @@ class Store:
 
     async def get_number(self, phone_number: str) -> PhoneNumber | None:
         raw = await self._redis.get(keys.number(phone_number))
-        return PhoneNumber.model_validate_json(raw) if raw else None
+        return self._parse_number(str(raw)) if raw else None
 
     async def put_number(self, number: PhoneNumber) -> PhoneNumber:
         number = number.model_copy(update={"last_modification_timestamp": now_ms()})
