@@ -69,15 +69,17 @@ class Lifecycle:
 
     async def commit(
         self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, always_report: bool = False,
+        agent: ChatAgent | None = None,
     ) -> None:
         """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
         Without a chat (a turn that opened none), only the mailbox is trimmed. ``always_report`` sends
-        ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see)."""
+        ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see).
+        ``agent``: the chat's agent version, when the caller has it (saves looking it up)."""
         if chat is None:
             await self._chats.commit(None, conv, result)
             return
         events: list[Event] = []
-        target = await self.target_of(chat)
+        target = self.target(agent) if agent is not None else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
         always_report = always_report or any(m.status == "failed" for m in result.messages)
         wants_transcript = target is not None and bool(result.messages) and (

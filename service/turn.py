@@ -126,7 +126,7 @@ class Turns:
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
-        await self._rt.lifecycle.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
 

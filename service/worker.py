@@ -36,6 +36,7 @@ from .turn import Turns, next_batch
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1_000
+MAX_BURST_WINDOW_MS = 60_000   # the largest burst_window_ms an agent may set
 MAX_READ = 100
 
 
@@ -132,8 +133,9 @@ class WorkerPool:
         await self._rt.redis.xack(keys.WAKEUPS, keys.WORKER_GROUP, entry_id)
 
     async def _drain(self, conv: Conversation, token: str) -> None:
+        window: int | None = None     # looked up once per drain, and only if a text is that recent
         while True:
-            items = await self._wait_for_burst(conv)
+            items, window = await self._wait_for_burst(conv, window)
             batch = next_batch(items)
             if batch:
                 await self._run_turn(conv, batch)
@@ -156,16 +158,17 @@ class WorkerPool:
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
             self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
-    async def _wait_for_burst(self, conv: Conversation) -> list[Item]:
+    async def _wait_for_burst(self, conv: Conversation, window: int | None) -> tuple[list[Item], int | None]:
         """The mailbox, once no new text arrived for the agent's burst window."""
         while True:
             items = await self._rt.mailbox.peek(conv)
-            if not items:
-                return items
-            window = await self._burst_window_ms(conv)
+            if not items or len(items) >= 20 or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
+                return items, window
+            if window is None:
+                window = await self._burst_window_ms(conv)
             wait_ms = items[-1].received_ms + window - now_ms()
-            if wait_ms <= 0 or len(items) >= 20:
-                return items
+            if wait_ms <= 0:
+                return items, window
             await asyncio.sleep(wait_ms / 1000)
 
     async def _burst_window_ms(self, conv: Conversation) -> int:
