@@ -52,6 +52,7 @@ class WorkerPool:
         self._turns = Turns(rt)
         self._name = consumer_name()
         self._active: set[asyncio.Task[None]] = set()
+        self._turning: set[str] = set()     # conversations inside a turn right now
         self._stopping = False
 
     async def ensure_group(self) -> None:
@@ -139,13 +140,14 @@ class WorkerPool:
             batch = next_batch(items)
             if batch:
                 await self._run_turn(conv, batch)
-                continue
+            # Release if the mailbox is empty (the usual case after a turn); otherwise run the next turn.
             if await self._rt.mailbox.release(conv, token) is not Release.MORE_WORK:
                 return
 
     async def _run_turn(self, conv: Conversation, batch: list[Item]) -> None:
         started = time.perf_counter()
         outcome = "ok"
+        self._turning.add(conv.tag)
         try:
             await self._turns.run(conv, batch)
         except (ParleyError, ValueError, KeyError, TypeError) as exc:
@@ -155,6 +157,7 @@ class WorkerPool:
             log.exception("turn failed; dropping its messages", extra={"conv": conv.tag, "error": str(exc)})
             await self._rt.redis.ltrim(keys.mailbox(conv), len(batch), -1)
         finally:
+            self._turning.discard(conv.tag)
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
             self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
@@ -189,7 +192,8 @@ class WorkerPool:
         while True:
             await asyncio.sleep(interval)
             if not await self._rt.mailbox.renew(conv, token):
-                log.warning("lost the conversation lock", extra={"conv": conv.tag})
+                if conv.tag in self._turning:   # not merely released a moment ago: a turn outlived its lock
+                    log.warning("lost the conversation lock mid-turn", extra={"conv": conv.tag})
                 return
             await self._rt.redis.xclaim(keys.WAKEUPS, keys.WORKER_GROUP, self._name, 0, [entry_id],
                                         justid=True)
