@@ -33,6 +33,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all CPUs, everything but idle and iowait), from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    guest = sum(ticks[8:10]) if len(ticks) > 9 else 0     # guest time is counted in user time already
+    return (sum(ticks) - idle - guest) / CLOCK_TICKS
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid``, in kB."""
     found: dict[str, int] = {}

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,20 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 
+from service import keys
 from service.signature import sign
 
-from .procs import ROOT, Procs, cpu_seconds, free_port, memory_kb, python_module, start_redis, wait_http
+from .procs import (
+    ROOT,
+    Procs,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    memory_kb,
+    python_module,
+    start_redis,
+    wait_http,
+)
 
 ACCOUNT_SID = "AC" + "be" * 16
 AUTH_TOKEN = "bench-auth-token"
@@ -173,6 +185,8 @@ def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
     setup.parley_url, setup.floor_url = f"http://127.0.0.1:{parley_port}", f"http://127.0.0.1:{floor_port}"
     wait_http(procs, "parley", setup.parley_url + "/readyz")
     wait_http(procs, "floor", setup.floor_url + "/readyz")
+    print(f"started: parley pid {procs.pid('parley')} at {setup.parley_url}, floor pid {procs.pid('floor')}, "
+          f"logs in {setup.work_dir}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------- the load
@@ -293,14 +307,24 @@ class CpuMeter:
         used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         times = os.times()
         used["driver"] = times.user + times.system
+        used["machine"] = machine_busy_seconds()
         return used
 
     def start(self) -> None:
         self.before = self._now()
 
     def stop(self) -> dict[str, float]:
+        """CPU seconds per process, and ``other``: what the rest of the machine (not this benchmark) used."""
         after = self._now()
-        return {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
+        used = {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
+        machine = used.pop("machine")
+        used["other"] = round(max(0.0, machine - sum(used.values())), 2)
+        return used
+
+
+def statuses(shots: list[Shot]) -> dict[str, int]:
+    """How many webhooks got each HTTP status (0: no answer within the client's 15 s, or a connection error)."""
+    return {str(k): v for k, v in sorted(Counter(s.status for s in shots).items())}
 
 
 def ms(seconds: float) -> float:
@@ -329,6 +353,7 @@ async def ack_run(driver: Driver, rate: float, seconds: float, first_user: int) 
     received = await driver.json("GET", driver.setup.twilio_url + "/replies")
     return {
         "offered_rate": rate, "seconds": round(sent_s, 2), "sent": total, "acked_200": len(ok),
+        "statuses": statuses(shots),
         "errors": total - len(ok), "ack_p50_ms": ms(percentile(latencies, 50)),
         "ack_p99_ms": ms(percentile(latencies, 99)), "ack_max_ms": ms(max(latencies, default=float("nan"))),
         "driver_lag_p99_ms": ms(percentile([s.lag_s for s in shots], 99)),
@@ -422,7 +447,7 @@ def match_replies(sent: list[Shot], received: dict[str, list[float]]) -> tuple[l
     return latencies, unanswered, spare
 
 
-async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any]:
+async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter, profile_dir: Path | None) -> dict[str, Any]:
     """A slow LLM and many conversations: sustained replies, reply latency, Parley's peak RSS."""
     users = [user_number(SLOW_USERS + i) for i in range(plan.slow_conversations)]
     random.Random(7).shuffle(users)
@@ -430,17 +455,19 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any
     batch = [driver.prepare(users[i % len(users)], f"slow {i}") for i in range(total)]   # round robin
     await driver.reset_fakes()
     await driver.json("POST", driver.llm_base() + "/config", {"delay_s": plan.slow_llm_s})
-    cpu.start()
+    profile_out = profile_dir / "slow.txt" if profile_dir else None
     try:
-        started_wall = time.time()
-        shots = await driver.open_loop(driver.setup.parley_url, batch, plan.slow_rate)
-        sent_wall = time.time()
-        reached, replies, _ = await driver.wait_replies(total, within_s=plan.slow_llm_s * 4 + 60,
-                                                        settle_s=plan.slow_llm_s + 5)
+        async with profiled(driver.setup.procs, profile_out) as profile:
+            cpu.start()
+            started_wall = time.time()
+            shots = await driver.open_loop(driver.setup.parley_url, batch, plan.slow_rate)
+            sent_wall = time.time()
+            reached, replies, _ = await driver.wait_replies(total, within_s=plan.slow_llm_s * 4 + 60,
+                                                            settle_s=plan.slow_llm_s + 5)
+            used = cpu.stop()
         llm = await driver.json("GET", driver.llm_base() + "/stats")
     finally:
         await driver.json("POST", driver.llm_base() + "/config", {"delay_s": 0.0})
-    used = cpu.stop()
     received = await driver.json("GET", driver.setup.twilio_url + "/replies")
     latencies, unanswered, spare = match_replies([s for s in shots if s.status == 200], received)
     # Sustained: replies that arrived after the first LLM round trip and before sending stopped.
@@ -450,7 +477,8 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any
     memory = memory_kb(driver.setup.procs.pid("parley"))
     return {
         "llm_latency_s": plan.slow_llm_s, "conversations": plan.slow_conversations, "offered_rate": plan.slow_rate,
-        "sent": total, "acked_200": sum(1 for s in shots if s.status == 200), "replies": replies,
+        "sent": total, "acked_200": sum(1 for s in shots if s.status == 200), "statuses": statuses(shots),
+        "replies": replies,
         "all_answered": unanswered == 0 and len(latencies) == total, "unanswered": unanswered,
         "replies_answering_no_text": spare, "reached_reply_count": reached,
         "sustained_replies_per_s": round(in_window / window, 1),
@@ -460,6 +488,7 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter) -> dict[str, Any
         "llm_max_in_flight": llm.get("max_in_flight"),
         "parley_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
         "parley_peak_rss_mb": round(memory.get("VmHWM", 0) / 1024, 1), "cpu_s": used,
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -529,7 +558,7 @@ async def phase_count(driver: Driver, plan: Plan, redis: aioredis.Redis) -> dict
     finally:
         await monitor.stop()
     calls = commandstats(await redis.info("commandstats"))
-    pending = await redis.xpending("parley:wakeups", "workers")
+    pending = await redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
     n = len(batch)
     total = sum(calls.values())
     lua = sum(c for (in_lua, _), c in monitor.counts.items() if in_lua)
@@ -589,28 +618,40 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
             "package_pct": pct(package)}
 
 
-async def phase_profile(driver: Driver, plan: Plan, out: Path) -> dict[str, Any]:
-    """One more (unscored) Parley turns run with py-spy recording Parley's stacks."""
+@contextlib.asynccontextmanager
+async def profiled(procs: Procs, out: Path | None) -> AsyncIterator[dict[str, Any]]:
+    """Record Parley's stacks with py-spy (``--gil``: the thread running Python) while the block runs; the
+    yielded dict is filled with the summary afterwards. Without ``out``, nothing."""
+    summary: dict[str, Any] = {}
+    if out is None:
+        yield summary
+        return
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    procs = driver.setup.procs
     procs.start("py-spy", [py_spy, "record", "--pid", str(procs.pid("parley")), "--rate", "100", "--gil",
                            "--format", "raw", "--output", str(out)])
     await asyncio.sleep(1.0)
     try:
         procs.check("py-spy")
-        result = await turns_run(driver, driver.setup.parley_url, turn_users(plan, plan.repeats), plan.turns_rounds,
-                                 "profile")
+        yield summary
     finally:
         await asyncio.to_thread(procs.stop, "py-spy", 15.0, signal.SIGINT)
     try:
-        summary = summarize_profile(out)
+        summary.update(file=str(out), **summarize_profile(out))
     except OSError:
-        summary = {"error": f"py-spy wrote nothing:\n{procs.tail('py-spy')}"}
+        summary["error"] = f"py-spy wrote nothing:\n{procs.tail('py-spy')}"
+    print(f"  py-spy profile of Parley ({summary.get('samples')} samples) in {out}:", file=sys.stderr)
     for key in ("innermost_parley_frame_pct", "self_pct", "package_pct"):
-        print(f"  py-spy, {key}:", file=sys.stderr)
-        for name, pct in summary.get(key, [])[:20]:
+        print(f"  {key}:", file=sys.stderr)
+        for name, pct in summary.get(key, [])[:15]:
             print(f"    {pct:5.1f}%  {name}", file=sys.stderr)
-    return {"file": str(out), "turns_per_s_while_profiled": result.get("turns_per_s"), **summary}
+
+
+async def phase_profile(driver: Driver, plan: Plan, out_dir: Path) -> dict[str, Any]:
+    """One more Parley turns run (not scored), with py-spy recording Parley's stacks."""
+    async with profiled(driver.setup.procs, out_dir / "turns.txt") as summary:
+        result = await turns_run(driver, driver.setup.parley_url, turn_users(plan, plan.repeats), plan.turns_rounds,
+                                 "profile")
+    return {"turns_per_s_while_profiled": result.get("turns_per_s"), **summary}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -670,12 +711,18 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
         ("4.   of which sent by Parley / run in Lua", f"{fmt(count.get('client_sent_per_msg'))} / "
          f"{fmt(count.get('in_lua_per_msg'))}", "", ""),
     ]
-    head = (f"Parley benchmark — {machine['date']} — nproc {machine['nproc']}, Python {machine['python']}"
+    dirty = " + uncommitted changes" if machine.get("service_changed_since_commit") else ""
+    head = (f"Parley benchmark — {machine['date']} — Parley {machine.get('parley_commit')}{dirty} — "
+            f"nproc {machine['nproc']}, Python {machine['python']}"
             f"{', quick' if machine['quick'] else ''}{', pinned' if machine['pinned'] else ''}")
     widths = [max(len(r[i]) for r in [*rows, ("metric", "value", "target", "result")]) for i in range(4)]
     lines = [head, "  ".join(h.ljust(w) for h, w in zip(("metric", "value", "target", "result"), widths, strict=True)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    other, drive_s = results.get("cpu_s_whole_run", {}).get("other"), results.get("drive_s")
+    if other is not None and drive_s:
+        lines.append(f"Other processes on this machine (not the benchmark's) used {other} CPU-s in {drive_s} s "
+                     f"({100 * other / drive_s:.0f}% of one core); load average {machine['load_average']}.")
     return "\n".join(lines)
 
 
@@ -690,28 +737,61 @@ async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         driver = Driver(session, setup)
         cpu = CpuMeter(setup.procs)
+        whole = CpuMeter(setup.procs)
+        whole.start()
+        started = time.perf_counter()
         steps = [("ack", lambda: phase_ack(driver, plan)), ("turns", lambda: phase_turns(driver, plan)),
-                 ("profile", lambda: phase_profile(driver, plan, profile or Path("profile.txt"))),
-                 ("count", lambda: phase_count(driver, plan, redis)), ("slow", lambda: phase_slow(driver, plan, cpu))]
+                 ("profile", lambda: phase_profile(driver, plan, profile or Path("."))),
+                 ("count", lambda: phase_count(driver, plan, redis)),
+                 ("slow", lambda: phase_slow(driver, plan, cpu, profile))]
         for name, step in steps:
-            if name not in phases and not (name == "profile" and profile):
+            if name not in phases and not (name == "profile" and profile and "turns" in phases):
                 continue
             print(f"phase {name}...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
+            phase_started = time.perf_counter()
             results[name] = await step()
-            results[name]["phase_s"] = round(time.perf_counter() - started, 1)
+            results[name]["phase_s"] = round(time.perf_counter() - phase_started, 1)
             for proc in ("parley", "floor"):
                 setup.procs.check(proc)
+        results["cpu_s_whole_run"] = whole.stop()
+        results["drive_s"] = round(time.perf_counter() - started, 1)
     await redis.aclose()
     return results
 
 
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False).stdout
+def log_summary(path: Path, top: int = 12) -> dict[str, int]:
+    """Parley's log lines (JSON, WARNING and up) counted by level and event; the most frequent ``top``."""
+    found: Counter[str] = Counter()
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "event" in entry:
+            found[f"{entry.get('level')}, {str(entry['event'])[:80]}"] += 1
+    return dict(found.most_common(top))
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_info(args: argparse.Namespace, load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    version = _output(["redis-server", "--version"])
     return {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "redis": version.strip(), "quick": args.quick, "pinned": args.pin,
-            "load_average": os.getloadavg()}
+            "redis": version, "quick": args.quick, "pinned": args.pin,
+            "parley_commit": _output(["git", "rev-parse", "--short", "HEAD"]),
+            "service_changed_since_commit": bool(_output(["git", "status", "--porcelain", "--", "service"])),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_start": [round(x, 2) for x in load_at_start]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -723,9 +803,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (the path is printed)")
     parser.add_argument("--workers", type=int, default=None, help="PARLEY_WORKERS (and the floor's)")
-    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
-                        help="after the turns phase, profile one more Parley turns run with py-spy (collapsed stacks "
-                             "to FILE; a summary is printed and kept in the JSON)")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                        help="profile Parley with py-spy: one more (unscored) turns run after the turns phase, and "
+                             "the slow-LLM phase; collapsed stacks to DIR/turns.txt and DIR/slow.txt, a summary "
+                             "printed and kept in the JSON")
     return parser.parse_args(argv)
 
 
@@ -739,27 +820,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers:
         plan = replace(plan, workers=args.workers)
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)    # also when started with SIGINT ignored (a background job)
+    if args.py_spy:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     setup = Setup(work_dir=work_dir, procs=Procs(work_dir))
     started = time.perf_counter()
+    load_at_start = os.getloadavg()
     try:
         start_all(setup, plan, args.pin)
         results = asyncio.run(drive(setup, plan, set(args.phases.split(",")), args.py_spy))
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc}); stopping everything", file=sys.stderr)
+        return 130
     except BaseException:
         for name in setup.procs.procs:
             print(f"--- {name} log (tail) ---\n{setup.procs.tail(name, 15)}", file=sys.stderr)
         raise
     finally:
         setup.procs.stop_all()
+        parley_log = log_summary(work_dir / "parley.log")
         if args.keep_logs:
             print(f"logs kept in {work_dir}", file=sys.stderr)
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
-    machine = machine_info(args)
+    machine = machine_info(args, load_at_start)
     results["targets"] = verdicts(results, plan)
+    results["parley_log"] = parley_log
     report = {"machine": machine, "plan": asdict(plan), "total_s": round(time.perf_counter() - started, 1),
               **results}
     print(table(results, plan, machine))
+    if parley_log:
+        print("Parley logged (level, event: count): " + "; ".join(f"{k}: {v}" for k, v in parley_log.items()))
     print(f"(total {report['total_s']} s; JSON in {args.out})")
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
