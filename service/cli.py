@@ -22,18 +22,18 @@ def _settings() -> Settings:
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
 
 
-def _run(settings: Settings, *, web_routes: bool) -> None:
+def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
     logs.configure(settings.log_level)
     try:
-        app = create_app(settings, web_routes=web_routes)
+        app = create_app(settings, web_routes=web_routes, workers=workers)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 shutdown_timeout=settings.drain_timeout_s, print=lambda line: print(line, file=sys.stderr))
 
 
-def serve(_: argparse.Namespace) -> None:
-    _run(_settings(), web_routes=True)
+def serve(args: argparse.Namespace) -> None:
+    _run(_settings(), web_routes=True, workers=not args.web_only)
 
 
 def worker(_: argparse.Namespace) -> None:
@@ -58,7 +58,10 @@ def chat(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Two-way SMS chat agents on Twilio.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="web + workers + scheduler").set_defaults(func=serve)
+    serve_parser = commands.add_parser("serve", help="web + workers + scheduler")
+    serve_parser.add_argument("--web-only", action="store_true",
+                              help="the web tier alone: webhooks and API, no turns (run `parley worker` beside it)")
+    serve_parser.set_defaults(func=serve)
     commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)").set_defaults(
         func=worker)
     commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem").set_defaults(

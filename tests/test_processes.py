@@ -43,8 +43,9 @@ class Process:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Process:
+        args = self.env.get("PARLEY_SERVE_ARGS", "").split()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", cwd=REPO, env=self.env,
+            sys.executable, "-m", "service", "serve", *args, cwd=REPO, env=self.env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         async with aiohttp.ClientSession() as http, asyncio.timeout(20):
             while True:
@@ -163,3 +164,17 @@ async def test_sigterm_finishes_turns_in_flight_and_exits_0(
         await fake_llm.called.wait()
     assert await process.stop(signal.SIGTERM) == 0
     assert [m.body for m in fake_twilio.messages] == ["You said: hello"]
+
+
+async def test_serve_web_only_takes_texts_and_leaves_turns_to_workers(
+    launch: Callable[..., Any], fake_twilio: FakeTwilio, redis: Any,
+) -> None:
+    web_only = await launch(PARLEY_SERVE_ARGS="--web-only")
+    async with aiohttp.ClientSession() as http:
+        assert await text(http, web_only, "+14155550009", "hello", "SMweb0000000000000000000000000001") == 200
+    await asyncio.sleep(1.0)
+    assert fake_twilio.messages == [], "a --web-only process ran a turn"
+    assert await redis.xlen("parley:wakeups") == 1
+    await launch()                                   # a process with workers answers it
+    sent = await fake_twilio.wait_for(1, within_s=20)
+    assert sent[0].body == "You said: hello"
