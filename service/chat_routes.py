@@ -12,7 +12,7 @@ from .appkeys import RUNTIME
 from .catalog import Agent, pick_agent
 from .chat_query import ChatQuery, Cursor
 from .chats import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
-from .errors import Conflict, InvalidRequest, NotFound, SendError
+from .errors import Conflict, InvalidRequest, NotFound
 from .keys import Conversation, chat_lock
 from .mailbox import now_ms
 from .openapi import Route
@@ -134,9 +134,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
         await rt.lifecycle.commit(chat, conv, result)
     finally:
         await rt.mailbox.hand_back(conv, token)
-    if failed:
-        raise SendError(f"the first message of chat {chat.chat_id} was not sent (Twilio error "
-                        f"{failed[0].error_code}); the chat was ended", code=failed[0].error_code)
+    outreach.raise_if_failed(failed, after=f" (the first message of chat {chat.chat_id}; the chat was ended)")
     return model_response(await _response(rt, chat))
 
 

@@ -116,14 +116,20 @@ async def send_sms(rt: Runtime, req: Request) -> tuple[Chat, Message]:
     return chat, _first_or_raise(sent)
 
 
+def raise_if_failed(sent: list[Message], after: str = "") -> None:
+    """``LimitReached`` (429) or ``SendError`` (502) when a message of ``sent`` was not sent."""
+    failed = next((m for m in sent if m.status == "failed"), None)
+    if failed is None:
+        return
+    if failed.error_code is None and failed.error and "daily_segment_limit" in failed.error:
+        raise LimitReached(failed.error + after)
+    raise SendError(f"Twilio did not accept the message: {failed.error}{after}", code=failed.error_code)
+
+
 def _first_or_raise(sent: list[Message]) -> Message:
     if not sent:
         raise InvalidRequest("nothing was sent: the user opted out")
-    failed = next((m for m in sent if m.status == "failed"), None)
-    if failed is not None:
-        if failed.error_code is None and failed.error and "daily_segment_limit" in failed.error:
-            raise LimitReached(failed.error)
-        raise SendError(f"Twilio did not accept the message: {failed.error}", code=failed.error_code)
+    raise_if_failed(sent)
     return sent[0]
 
 

@@ -305,3 +305,20 @@ async def test_an_auto_close_message_is_not_sent_to_an_opted_out_user(make_parle
 
 
 
+
+
+async def test_create_sms_chat_over_the_cap_is_429(make_parley: MakeParley) -> None:
+    parley = await make_parley(numbers=[{**NUMBERS[0], "daily_segment_limit": 1}],
+                               agent=agent_file(retell_llm={"begin_message": "Hello!"}))
+    await api(parley, "POST", "/send-sms", 200, json={"from_number": AGENT_NUMBER, "to_number": USER, "content": "a"})
+    refused = await api(parley, "POST", "/create-sms-chat", 429, json={"from_number": AGENT_NUMBER,
+                                                                       "to_number": "+14155550002"})
+    assert "daily_segment_limit of 1" in refused["message"] and "the chat was ended" in refused["message"]
+
+
+async def test_send_sms_answers_right_after_twilio_accepts(parley: Parley) -> None:
+    parley.twilio.delay_s = 0.3
+    started = asyncio.get_running_loop().time()
+    await api(parley, "POST", "/send-sms", 200, json={"from_number": AGENT_NUMBER, "to_number": USER,
+                                                      "content": "Your code is 1234"})
+    assert asyncio.get_running_loop().time() - started < 0.3 + 2.0
