@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp.test_utils import unused_port
@@ -25,7 +25,6 @@ class Running:
     url: str
     stderr: str = ""
     returncode: int | None = None
-    output: list[str] = field(default_factory=list)
 
 
 @contextmanager
