@@ -117,7 +117,9 @@ class Responder:
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
         definitions = tools.definitions(agent.llm)
-        chat_payload = chat.to_response(history).model_dump(mode="json")
+        def chat_payload() -> dict[str, Any]:   # built only if a custom tool is called
+            return chat.to_response(history).model_dump(mode="json")
+
         for round_ in range(MAX_TOOL_ROUNDS + 1):
             try:
                 completion = await self._llm.complete(

@@ -52,7 +52,7 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
 
 
 async def run(
-    llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: dict[str, Any],
+    llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: Callable[[], dict[str, Any]],
     values: dict[str, str], sms: SmsHook | None,
 ) -> ToolResult:
     """Run the tool the LLM called."""
@@ -69,7 +69,7 @@ async def run(
         return ToolResult("The arguments must be a JSON object.", False)
     if isinstance(tool, SendSmsTool):
         return await _send_sms(tool, args, values=values, sms=sms)
-    return await _call(tool, args, http=http, chat=chat)
+    return await _call(tool, args, http=http, chat=chat())
 
 
 async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str, str],
