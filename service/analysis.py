@@ -20,11 +20,11 @@ import redis.asyncio as aioredis
 from . import keys
 from .catalog import Store
 from .chats import Chat, Chats
+from .clock import now_ms
 from .dueset import DueSet
 from .errors import LLMError, NotFound
 from .lifecycle import Lifecycle
 from .llm import LLM
-from .mailbox import now_ms
 from .retell import AnalysisField, ChatAgent
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ version and the LLM version it started with, so an edit never changes a conversa
 from __future__ import annotations
 
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +19,12 @@ from redis.exceptions import WatchError
 
 from . import keys
 from .agentfiles import Catalog
+from .clock import now_ms
 from .errors import NotFound
 from .retell import AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
 
 M = TypeVar("M", ChatAgent, RetellLLM)
 _VOLATILE = {"version", "last_modification_timestamp", "is_published"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _same(a: BaseModel, b: BaseModel) -> bool:
@@ -62,6 +58,15 @@ class Parsed(Generic[P]):
         else:
             self._items.move_to_end(raw)
         return found
+
+
+async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: str) -> bool:
+    """Delete ``key`` and its ``member`` of the ``index`` set together; True if the key existed."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.srem(index, member)
+        deleted, _ = await pipe.execute()
+    return bool(deleted)
 
 
 class Versioned(Generic[M]):
@@ -118,11 +123,7 @@ class Versioned(Generic[M]):
                     continue
 
     async def delete(self, object_id: str) -> bool:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(object_id))
-            pipe.srem(self._index, object_id)
-            deleted, _ = await pipe.execute()
-        return bool(deleted)
+        return await _delete_indexed(self._redis, self._key(object_id), self._index, object_id)
 
     async def ids(self) -> list[str]:
         return sorted(str(i) for i in await self._redis.smembers(self._index))
@@ -182,11 +183,7 @@ class Store:
         return number
 
     async def delete_number(self, phone_number: str) -> bool:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.number(phone_number))
-            pipe.srem(keys.NUMBERS, phone_number)
-            deleted, _ = await pipe.execute()
-        return bool(deleted)
+        return await _delete_indexed(self._redis, keys.number(phone_number), keys.NUMBERS, phone_number)
 
     async def numbers(self) -> list[PhoneNumber]:
         ids = sorted(str(n) for n in await self._redis.smembers(keys.NUMBERS))

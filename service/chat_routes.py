@@ -12,9 +12,9 @@ from .appkeys import RUNTIME
 from .catalog import Agent, pick_agent
 from .chat_query import ChatQuery, Cursor
 from .chats import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
+from .clock import now_ms
 from .errors import Conflict, InvalidRequest, NotFound
 from .keys import Conversation, chat_lock
-from .mailbox import now_ms
 from .openapi import Route
 from .retell import ChatResponse
 from .retell_requests import (

@@ -16,7 +16,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from . import keys
-from .events import Event, now_ms, queue
+from .clock import now_ms
+from .events import Event, queue
 from .keys import Conversation
 from .retell import ChatAnalysis, ChatResponse
 

@@ -13,9 +13,9 @@ from typing import Any
 from . import variables
 from .catalog import Agent
 from .chats import Chat, ChatType, Direction, Message, new_id
+from .clock import now_ms
 from .errors import NotFound
 from .keys import Conversation
-from .mailbox import now_ms
 from .responder import Reply, chat_variables
 from .runtime import Runtime
 from .tools import SmsHook

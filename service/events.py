@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from . import keys
+from .clock import now_ms
 from .dueset import DueSet
 from .metrics import Metrics
 
@@ -46,10 +46,6 @@ local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 0
 """
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def sign(body: bytes, key: str, timestamp_ms: int | None = None) -> str:

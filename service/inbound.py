@@ -15,10 +15,11 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from . import keywords
 from .appkeys import RUNTIME
+from .clock import now_ms
 from .keys import Conversation
 from .keywords import Keyword
 from .logs import redact
-from .mailbox import Enqueued, Item, ItemKind, Media, now_ms
+from .mailbox import Enqueued, Item, ItemKind, Media
 from .retell import E164_RE, PhoneNumber
 from .runtime import Runtime
 from .signature import is_valid

@@ -9,7 +9,6 @@ mailbox is empty, in one script, so a message that lands while it works is never
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -122,10 +121,6 @@ class Item:
             timer_score=data.get("timer_score"),
             raw=raw,
         )
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Mailbox:

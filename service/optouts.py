@@ -14,8 +14,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from . import keys
+from .clock import now_ms
 from .keys import Conversation
-from .mailbox import now_ms
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

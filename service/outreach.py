@@ -16,10 +16,10 @@ from typing import Any
 from . import dialog, keys, variables
 from .catalog import Agent, pick_agent
 from .chats import Chat, ChatType, Direction, Message, Role, TurnResult
+from .clock import now_ms
 from .errors import Conflict, InvalidRequest, LimitReached, SendError
 from .keys import Conversation
 from .limits import check_destination
-from .mailbox import now_ms
 from .responder import chat_variables
 from .retell import PhoneNumber
 from .runtime import Runtime

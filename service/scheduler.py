@@ -17,8 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
+from .clock import now_ms
 from .dueset import DueSet
-from .mailbox import Item, ItemKind, now_ms
+from .mailbox import Item, ItemKind
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)

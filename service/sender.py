@@ -13,10 +13,10 @@ import logging
 
 from . import segments
 from .chats import Message, Role
+from .clock import now_ms
 from .errors import LimitReached, RecipientUnsubscribed, SendError
 from .keys import Conversation
 from .limits import DailySegments
-from .mailbox import now_ms
 from .metrics import Metrics
 from .optouts import OptOuts
 from .retell import PhoneNumber

@@ -7,6 +7,7 @@ anywhere else.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -109,8 +110,6 @@ class Settings(BaseSettings):
     @field_validator("twilio_accounts")
     @classmethod
     def _check_account_sids(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        import re
-
         for sid in value:
             if not re.fullmatch(TWILIO_SID_PATTERN, sid):
                 raise ValueError(f"{sid!r} is not a Twilio account SID (AC followed by 32 hex digits)")

@@ -11,10 +11,11 @@ import logging
 from aiohttp import web
 
 from .appkeys import RUNTIME
+from .clock import now_ms
 from .inbound import fail, read_form, verify
 from .keys import Conversation
 from .logs import redact
-from .mailbox import Item, ItemKind, now_ms
+from .mailbox import Item, ItemKind
 from .twilio_gateway import UNSUBSCRIBED
 
 log = logging.getLogger(__name__)

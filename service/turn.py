@@ -13,10 +13,11 @@ import logging
 from . import dialog, inbound_webhook, keys
 from .catalog import Agent, pick_agent
 from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
+from .clock import now_ms
 from .errors import InvalidRequest
 from .keys import Conversation
 from .limits import check_destination
-from .mailbox import Item, ItemKind, now_ms
+from .mailbox import Item, ItemKind
 from .retell import E164_RE, PhoneNumber
 from .runtime import Runtime
 from .tools import SmsHook

@@ -27,9 +27,10 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
+from .clock import now_ms
 from .errors import ParleyError
 from .keys import Conversation
-from .mailbox import Item, Release, now_ms
+from .mailbox import Item, Release
 from .runtime import Runtime
 from .turn import Turns, next_batch
 

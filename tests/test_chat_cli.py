@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 
 from .conftest import DEFAULT_NUMBERS, agent_file, write_agents
 from .fakes.openai import Call, Completion, FakeOpenAI, echo
@@ -29,11 +27,9 @@ class Finished:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    async with TestServer(fake.app()) as server:
-        fake.url = str(server.make_url("/v1"))
-        yield fake
+def llm(fake_llm: FakeOpenAI) -> FakeOpenAI:
+    """The conftest's fake OpenAI server, under this file's name for it."""
+    return fake_llm
 
 
 async def parley_chat(*args: str, stdin: str, redis_url: str, agents_dir: Path, llm: FakeOpenAI) -> Finished:
