@@ -10,8 +10,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -58,20 +63,50 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 @dataclass
 class Procs:
-    """Started processes by name; ``stop_all`` ends each one's whole process group."""
+    """Started processes by name; ``stop_all`` ends each one's whole process group.
+
+    ``handle_signals`` makes SIGINT and SIGTERM raise ``KeyboardInterrupt``, except while a process is being
+    started: then the signal is held until the new process is registered here, so none can escape
+    ``stop_all``."""
 
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _starting: bool = field(default=False, init=False, repr=False)   # inside ``start``: signals are held
+    _held: int | None = field(default=None, init=False, repr=False)
+
+    def handle_signals(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):   # SIGINT also when started with it ignored (a background job)
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._starting:
+            self._held = signum
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextmanager
+    def _registering(self) -> Iterator[None]:
+        self._starting = True
+        try:
+            yield
+        finally:
+            self._starting = False
+        if self._held is not None:
+            signum, self._held = self._held, None
+            raise KeyboardInterrupt(f"signal {signum}")
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
               cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+        if name in self.procs:
+            raise ValueError(f"{name} is already running")
         log = (self.log_dir / f"{name}.log").open("wb")
         try:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            with self._registering():
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                self.procs[name] = proc
         finally:
             log.close()
-        self.procs[name] = proc
         if cpus:
             os.sched_setaffinity(proc.pid, cpus)
         return proc
@@ -92,10 +127,12 @@ class Procs:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, name: str, timeout_s: float = 6.0, first: signal.Signals = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name, None)
+        proc = self.procs.get(name)
         if proc is None:
             return
         for sig, wait_s in ((first, timeout_s), (signal.SIGKILL, 3.0)):
+            if proc.returncode is not None:   # reaped already (by ``check``): its group id may be reused
+                break
             try:
                 # The process group: the process and anything it started. Sent only while the leader is not
                 # reaped yet, so the group id cannot have been reused.
@@ -107,8 +144,32 @@ class Procs:
                 break
             except subprocess.TimeoutExpired:
                 continue
+        self.procs.pop(name, None)   # only now: interrupted before this, it is still there for stop_all
 
-    def stop_all(self) -> None:
+    def stop_together(self, names: Iterable[str], timeout_s: float = 6.0) -> None:
+        """Stop several processes at once: SIGTERM to every group, one shared wait, then SIGKILL what is left."""
+        live = {name: self.procs[name] for name in names if name in self.procs}
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 3.0)):
+            for proc in live.values():
+                if proc.returncode is None:     # not reaped yet: its group id cannot have been reused
+                    with suppress(ProcessLookupError):
+                        os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + wait_s
+            for proc in live.values():
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if all(proc.returncode is not None for proc in live.values()):
+                break
+        for name in live:
+            self.procs.pop(name, None)
+
+    def stop_all(self, first: Iterable[str] = ()) -> None:
+        """``first`` together (the processes that use the others), then the rest one by one, newest first.
+        SIGINT and SIGTERM are ignored meanwhile, so a second Ctrl-C cannot cut the cleanup short (each wait is
+        bounded)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        self.stop_together(first)
         for name in reversed(list(self.procs)):
             self.stop(name)
 
@@ -141,6 +202,40 @@ def wait_redis(procs: Procs, name: str, port: int, within_s: float = 10.0) -> No
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{name} did not answer PING within {within_s} s:\n{procs.tail(name)}")
+
+
+def readers(client: redis.Redis, streams: list[str], group: str) -> int:
+    """How many consumers of ``group`` read ``streams``: the group's consumers (the most on any one stream), or
+    (more, on fresh streams) the connections blocked in ``XREADGROUP`` right now. Before Redis 7.2 a blocked
+    ``XREADGROUP`` on an empty stream does not create its consumer; each worker process has at most one such
+    connection (one read loop, one ``XREADGROUP`` for all its streams)."""
+    consumers = 0
+    for stream in streams:
+        with suppress(redis.ResponseError):   # NOGROUP until the first worker created the group
+            consumers = max(consumers, len(client.xinfo_consumers(stream, group)))
+    blocked = sum(1 for c in client.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+    return max(consumers, blocked)
+
+
+def wait_consumers(procs: Procs, names: list[str], port: int, streams: list[str], group: str,
+                   within_s: float = 20.0) -> None:
+    """Wait (bounded) until ``names``, the processes that run workers, read ``streams`` in consumer group
+    ``group`` (a fresh Redis: every reader is one of them), failing early if one of them died."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
+    deadline = time.monotonic() + within_s
+    seen = 0
+    try:
+        while time.monotonic() < deadline:
+            for name in names:
+                procs.check(name)
+            seen = readers(client, streams, group)
+            if seen >= len(names):
+                return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    tails = "\n".join(f"--- {name} ---\n{procs.tail(name)}" for name in names)
+    raise RuntimeError(f"{seen} of {len(names)} readers in consumer group {group} within {within_s} s:\n{tails}")
 
 
 def start_redis(procs: Procs, name: str, work_dir: Path, cpus: set[int] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Starts, as separate processes on 127.0.0.1: a redis-server of its own (and a second one for the floor), the
 fake Twilio and fake OpenAI of ``tests/fakes`` (``bench/fake_twilio.py``, ``bench/fake_openai.py``), Parley
-(``python -m service serve``) and the floor (``bench/floor.py``). Then it sends signed Twilio webhooks and
+(``python -m service serve``; with ``--layout split``, ``serve --web-only`` and ``--worker-procs`` x
+``python -m service worker``) and the floor (``bench/floor.py``). Then it sends signed Twilio webhooks and
 measures webhook acknowledgement latency, turns per second against the floor, reply latency and memory
 with a slow LLM, and Redis commands per inbound message. It prints one table and writes
 ``bench/results.json``. Every process is stopped on exit, Ctrl-C included. See ``bench/README.md``.
@@ -28,7 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -49,6 +50,7 @@ from .procs import (
     memory_kb,
     python_module,
     start_redis,
+    wait_consumers,
     wait_http,
 )
 
@@ -69,14 +71,14 @@ TARGETS = {
     "turns_ratio": ">= 0.5 x floor",
     "slow_all_answered": "all answered (1.5 s LLM)",
     "slow_reply_p99_ms": "< 1.5 s + burst window + 250 ms",
-    "slow_rss_mb": "< 300 MB peak RSS",
+    "slow_rss_mb": "< 300 MB peak RSS (per process)",
     "redis_cmds_per_msg": "<= 20 per inbound message",
 }
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much load each phase offers. ``--quick`` scales it down."""
+    """How much load each phase offers, and how Parley runs. ``--quick`` scales the load down."""
 
     ack_rate: float = 200.0           # phase 1: webhooks per second, open loop, one conversation per text
     ack_seconds: float = 15.0
@@ -90,12 +92,21 @@ class Plan:
     slow_rate: float = 200.0
     slow_seconds: float = 20.0
     count_messages: int = 300         # phase 4: plain turns counted in Redis
-    workers: int = 512
+    workers: int = 512                # PARLEY_WORKERS, per process that runs workers (and the floor's)
     burst_window_ms: int = 0
+    layout: str = "single"            # "single": one `serve`; "split": one `serve --web-only` + `worker` processes
+    worker_procs: int = 0             # the `worker` processes of the split layout (0: single)
 
 
 QUICK = Plan(ack_seconds=5.0, ack_low_seconds=4.0, turns_conversations=200, turns_rounds=2,
              slow_conversations=1_000, slow_seconds=6.0, count_messages=150)
+
+
+def wakeup_streams() -> list[str]:
+    """Parley's wake-up streams: one (``keys.WAKEUPS``) or, sharded, ``keys.wakeups(shard)`` for each shard."""
+    if hasattr(keys, "wakeups"):
+        return [keys.wakeups(shard) for shard in range(keys.SHARDS)]
+    return [keys.WAKEUPS]
 
 
 def user_number(n: int) -> str:
@@ -123,8 +134,10 @@ class Setup:
     floor_redis_port: int = 0
     twilio_url: str = ""
     llm_url: str = ""
-    parley_url: str = ""
+    parley_url: str = ""              # the process that takes the webhooks
     floor_url: str = ""
+    parley: dict[str, str] = field(default_factory=dict)     # every Parley process: name -> its base URL
+    parley_workers: list[str] = field(default_factory=list)  # the Parley processes that run workers
 
 
 def write_agents(directory: Path, plan: Plan) -> None:
@@ -158,9 +171,33 @@ def parley_env(setup: Setup, plan: Plan, port: int) -> dict[str, str]:
     return env
 
 
+def start_parley(setup: Setup, plan: Plan, cpus: set[int] | None) -> None:
+    """``single``: ``parley``, one ``serve`` (webhooks and workers). ``split``: ``parley-web``, one
+    ``serve --web-only``, and ``parley-worker-1``..N, ``worker`` processes (each serves its health checks on a
+    port of its own). Not waited for."""
+    layout = [("parley", ["serve"])] if plan.layout == "single" else [
+        ("parley-web", ["serve", "--web-only"]),
+        *((f"parley-worker-{i}", ["worker"]) for i in range(1, plan.worker_procs + 1))]
+    for name, command in layout:
+        port = free_port()
+        setup.procs.start(name, python_module("service", *command), env=parley_env(setup, plan, port), cpus=cpus)
+        setup.parley[name] = f"http://127.0.0.1:{port}"
+    setup.parley_url = setup.parley[layout[0][0]]
+    setup.parley_workers = [name for name, command in layout if command != ["serve", "--web-only"]]
+
+
+def wait_parley(setup: Setup) -> None:
+    """Every Parley process answers ``/readyz`` (Redis answers, the agents are published), and each one that
+    runs workers has joined the wake-up stream's consumer group (its first ``XREADGROUP``), so no phase starts
+    while a worker is still starting. Each wait is bounded and fails early if a process died."""
+    for name, url in setup.parley.items():
+        wait_http(setup.procs, name, url + "/readyz")
+    wait_consumers(setup.procs, setup.parley_workers, setup.redis_port, wakeup_streams(), keys.WORKER_GROUP)
+
+
 def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
-    """redis x2, fake Twilio, fake OpenAI, Parley, floor. With ``pin``: Parley and the floor on CPU 0, the
-    rest on the other CPUs."""
+    """redis x2, fake Twilio, fake OpenAI, Parley (one process or several), floor. With ``pin``: Parley (every
+    process of it) and the floor on CPU 0, the rest on the other CPUs."""
     procs = setup.procs
     cpus = sorted(os.sched_getaffinity(0))
     app_cpus = {cpus[0]} if pin and len(cpus) > 1 else None
@@ -169,7 +206,7 @@ def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
         os.sched_setaffinity(0, rest)
     setup.redis_port = start_redis(procs, "redis", setup.work_dir, rest)
     setup.floor_redis_port = start_redis(procs, "redis-floor", setup.work_dir, rest)
-    twilio_port, llm_port, parley_port, floor_port = (free_port() for _ in range(4))
+    twilio_port, llm_port, floor_port = (free_port() for _ in range(3))
     procs.start("fake-twilio", python_module("bench.fake_twilio", "--port", str(twilio_port),
                                              "--account", f"{ACCOUNT_SID}:{AUTH_TOKEN}"), cpus=rest)
     procs.start("fake-openai", python_module("bench.fake_openai", "--port", str(llm_port)), cpus=rest)
@@ -177,15 +214,16 @@ def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
     wait_http(procs, "fake-twilio", setup.twilio_url + "/stats")
     wait_http(procs, "fake-openai", f"http://127.0.0.1:{llm_port}/stats")
     write_agents(setup.work_dir / "agents", plan)
-    procs.start("parley", python_module("service", "serve"), env=parley_env(setup, plan, parley_port), cpus=app_cpus)
+    start_parley(setup, plan, app_cpus)
     procs.start("floor", python_module(
         "bench.floor", "--port", str(floor_port), "--redis-url", f"redis://127.0.0.1:{setup.floor_redis_port}/0",
         "--llm-url", setup.llm_url, "--twilio-url", setup.twilio_url, "--account-sid", ACCOUNT_SID,
         "--auth-token", AUTH_TOKEN, "--workers", str(plan.workers)), cpus=app_cpus)
-    setup.parley_url, setup.floor_url = f"http://127.0.0.1:{parley_port}", f"http://127.0.0.1:{floor_port}"
-    wait_http(procs, "parley", setup.parley_url + "/readyz")
+    setup.floor_url = f"http://127.0.0.1:{floor_port}"
+    wait_parley(setup)
     wait_http(procs, "floor", setup.floor_url + "/readyz")
-    print(f"started: parley pid {procs.pid('parley')} at {setup.parley_url}, floor pid {procs.pid('floor')}, "
+    parley = ", ".join(f"{name} pid {procs.pid(name)}" for name in setup.parley)
+    print(f"started ({plan.layout} layout): {parley}, webhooks at {setup.parley_url}; floor pid {procs.pid('floor')}; "
           f"logs in {setup.work_dir}", file=sys.stderr, flush=True)
 
 
@@ -297,7 +335,8 @@ class Driver:
 
 
 class CpuMeter:
-    """CPU seconds each process used between ``start`` and ``stop``."""
+    """CPU seconds each process used between ``start`` and ``stop``. With several Parley processes (``parley-web``,
+    ``parley-worker-N``), ``parley`` is their sum."""
 
     def __init__(self, procs: Procs) -> None:
         self.pids = {name: proc.pid for name, proc in procs.procs.items()}
@@ -319,7 +358,21 @@ class CpuMeter:
         used = {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
         machine = used.pop("machine")
         used["other"] = round(max(0.0, machine - sum(used.values())), 2)
+        parts = [v for name, v in used.items() if name.startswith("parley-")]
+        if parts:
+            used["parley"] = round(sum(parts), 2)
         return used
+
+
+def parley_peak_rss(setup: Setup) -> dict[str, Any]:
+    """RSS and peak RSS (``VmHWM``) of each Parley process, in MB; ``parley_*_rss_mb`` is the largest of them
+    (the target is per process), ``parley_rss_mb_total`` the sum."""
+    memory = {name: memory_kb(setup.procs.pid(name)) for name in setup.parley}
+    rss = {name: round(m.get("VmRSS", 0) / 1024, 1) for name, m in memory.items()}
+    peak = {name: round(m.get("VmHWM", 0) / 1024, 1) for name, m in memory.items()}
+    return {"parley_rss_mb": max(rss.values()), "parley_peak_rss_mb": max(peak.values()),
+            "parley_rss_mb_total": round(sum(rss.values()), 1), "parley_rss_mb_by_process": rss,
+            "parley_peak_rss_mb_by_process": peak}
 
 
 def statuses(shots: list[Shot]) -> dict[str, int]:
@@ -400,9 +453,11 @@ async def turns_run(driver: Driver, base: str, users: list[str], rounds: int, ta
     elapsed = time.perf_counter() - started
     used = cpu.stop()
     turns = k * rounds
-    name = "parley" if base == driver.setup.parley_url else "floor"
+    names = list(driver.setup.parley) if base == driver.setup.parley_url else ["floor"]
+    by_process = {name: round(used.get(name, 0.0) * 1000 / turns, 3) for name in names}
     return {"turns": turns, "seconds": round(elapsed, 3), "turns_per_s": round(turns / elapsed, 1),
-            "cpu_ms_per_turn": round(used.get(name, 0.0) * 1000 / turns, 3), "cpu_s": used}
+            "cpu_ms_per_turn": round(sum(by_process.values()), 3), "cpu_ms_per_turn_by_process": by_process,
+            "cpu_s": used}
 
 
 async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
@@ -419,6 +474,9 @@ async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
         out[f"{name}_turns_per_s"] = statistics.median(r["turns_per_s"] for r in results)
         cpu = [r["cpu_ms_per_turn"] for r in results if "cpu_ms_per_turn" in r]
         out[f"{name}_cpu_ms_per_turn"] = statistics.median(cpu) if cpu else None
+    done = [r["cpu_ms_per_turn_by_process"] for r in runs["parley"] if "cpu_ms_per_turn_by_process" in r]
+    out["parley_cpu_ms_per_turn_by_process"] = {   # each process's median (they need not add up to the total's)
+        name: statistics.median(r[name] for r in done) for name in driver.setup.parley} if done else None
     floor = out["floor_turns_per_s"]
     out["ratio"] = round(out["parley_turns_per_s"] / floor, 3) if floor else 0.0
     return out
@@ -448,7 +506,7 @@ def match_replies(sent: list[Shot], received: dict[str, list[float]]) -> tuple[l
 
 
 async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter, profile_dir: Path | None) -> dict[str, Any]:
-    """A slow LLM and many conversations: sustained replies, reply latency, Parley's peak RSS."""
+    """A slow LLM and many conversations: sustained replies, reply latency, Parley's peak RSS (per process)."""
     users = [user_number(SLOW_USERS + i) for i in range(plan.slow_conversations)]
     random.Random(7).shuffle(users)
     total = int(plan.slow_rate * plan.slow_seconds)
@@ -457,7 +515,7 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter, profile_dir: Pat
     await driver.json("POST", driver.llm_base() + "/config", {"delay_s": plan.slow_llm_s})
     profile_out = profile_dir / "slow.txt" if profile_dir else None
     try:
-        async with profiled(driver.setup.procs, profile_out) as profile:
+        async with profiled(driver.setup, profile_out) as profile:
             cpu.start()
             started_wall = time.time()
             shots = await driver.open_loop(driver.setup.parley_url, batch, plan.slow_rate)
@@ -474,7 +532,6 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter, profile_dir: Pat
     window_start = started_wall + plan.slow_llm_s + 0.5
     in_window = sum(1 for times in received.values() for t in times if window_start <= t <= sent_wall)
     window = max(sent_wall - window_start, 1e-9)
-    memory = memory_kb(driver.setup.procs.pid("parley"))
     return {
         "llm_latency_s": plan.slow_llm_s, "conversations": plan.slow_conversations, "offered_rate": plan.slow_rate,
         "sent": total, "acked_200": sum(1 for s in shots if s.status == 200), "statuses": statuses(shots),
@@ -486,8 +543,7 @@ async def phase_slow(driver: Driver, plan: Plan, cpu: CpuMeter, profile_dir: Pat
         "reply_max_ms": ms(max(latencies, default=float("nan"))),
         "ack_p99_ms": ms(percentile([s.latency_s for s in shots if s.status == 200], 99)),
         "llm_max_in_flight": llm.get("max_in_flight"),
-        "parley_rss_mb": round(memory.get("VmRSS", 0) / 1024, 1),
-        "parley_peak_rss_mb": round(memory.get("VmHWM", 0) / 1024, 1), "cpu_s": used,
+        **parley_peak_rss(driver.setup), "cpu_s": used,
         **({"profile": profile} if profile else {}),
     }
 
@@ -558,14 +614,14 @@ async def phase_count(driver: Driver, plan: Plan, redis: aioredis.Redis) -> dict
     finally:
         await monitor.stop()
     calls = commandstats(await redis.info("commandstats"))
-    pending = await redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
+    pending = sum([(await redis.xpending(stream, keys.WORKER_GROUP))["pending"] for stream in wakeup_streams()])
     n = len(batch)
     total = sum(calls.values())
     lua = sum(c for (in_lua, _), c in monitor.counts.items() if in_lua)
     sent = sum(c for (in_lua, _), c in monitor.counts.items() if not in_lua)
     return {
         "messages": n, "all_answered": reached, "seconds": round(elapsed, 2),
-        "pending_after": pending["pending"], "commands_total": total,
+        "pending_after": pending, "commands_total": total,
         "commands_per_msg": round(total / n, 2),
         "client_sent_per_msg": round(sent / n, 2), "in_lua_per_msg": round(lua / n, 2),
         "per_msg_by_command": {c: round(v / n, 2) for c, v in sorted(calls.items(), key=lambda kv: -kv[1])},
@@ -618,37 +674,51 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
             "package_pct": pct(package)}
 
 
-@contextlib.asynccontextmanager
-async def profiled(procs: Procs, out: Path | None) -> AsyncIterator[dict[str, Any]]:
-    """Record Parley's stacks with py-spy (``--gil``: the thread running Python) while the block runs; the
-    yielded dict is filled with the summary afterwards. Without ``out``, nothing."""
+def summarize_one(procs: Procs, spy: str, target: str, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    if out is None:
-        yield summary
-        return
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    procs.start("py-spy", [py_spy, "record", "--pid", str(procs.pid("parley")), "--rate", "100", "--gil",
-                           "--format", "raw", "--output", str(out)])
-    await asyncio.sleep(1.0)
-    try:
-        procs.check("py-spy")
-        yield summary
-    finally:
-        await asyncio.to_thread(procs.stop, "py-spy", 15.0, signal.SIGINT)
     try:
         summary.update(file=str(out), **summarize_profile(out))
     except OSError:
-        summary["error"] = f"py-spy wrote nothing:\n{procs.tail('py-spy')}"
-    print(f"  py-spy profile of Parley ({summary.get('samples')} samples) in {out}:", file=sys.stderr)
+        summary["error"] = f"py-spy wrote nothing:\n{procs.tail(spy)}"
+    print(f"  py-spy profile of {target} ({summary.get('samples')} samples) in {out}:", file=sys.stderr)
     for key in ("innermost_parley_frame_pct", "self_pct", "package_pct"):
         print(f"  {key}:", file=sys.stderr)
         for name, pct in summary.get(key, [])[:15]:
             print(f"    {pct:5.1f}%  {name}", file=sys.stderr)
+    return summary
+
+
+@contextlib.asynccontextmanager
+async def profiled(setup: Setup, out: Path | None) -> AsyncIterator[dict[str, Any]]:
+    """Record Parley's stacks with py-spy (``--gil``: the thread running Python) while the block runs; the
+    yielded dict is filled with the summary afterwards. Without ``out``, nothing. With several Parley processes,
+    one py-spy each, to ``<out stem>-<process>.txt``, and the summary has one entry per process."""
+    summary: dict[str, Any] = {}
+    if out is None:
+        yield summary
+        return
+    procs = setup.procs
+    single = list(setup.parley) == ["parley"]
+    spies = {name: ("py-spy" if single else f"py-spy-{name}",
+                    out if single else out.with_name(f"{out.stem}-{name}{out.suffix}")) for name in setup.parley}
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        for name, (spy, path) in spies.items():
+            procs.start(spy, [py_spy, "record", "--pid", str(procs.pid(name)), "--rate", "100", "--gil",
+                              "--format", "raw", "--output", str(path)])
+        await asyncio.sleep(1.0)
+        for spy, _ in spies.values():
+            procs.check(spy)
+        yield summary
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(procs.stop, spy, 15.0, signal.SIGINT) for spy, _ in spies.values()))
+    found = {name: summarize_one(procs, spy, name, path) for name, (spy, path) in spies.items()}
+    summary.update(found["parley"] if single else found)
 
 
 async def phase_profile(driver: Driver, plan: Plan, out_dir: Path) -> dict[str, Any]:
     """One more Parley turns run (not scored), with py-spy recording Parley's stacks."""
-    async with profiled(driver.setup.procs, out_dir / "turns.txt") as summary:
+    async with profiled(driver.setup, out_dir / "turns.txt") as summary:
         result = await turns_run(driver, driver.setup.parley_url, turn_users(plan, plan.repeats), plan.turns_rounds,
                                  "profile")
     return {"turns_per_s_while_profiled": result.get("turns_per_s"), **summary}
@@ -665,7 +735,7 @@ def verdicts(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
         ("turns_ratio", turns.get("ratio"), lambda v: v >= 0.5),
         ("slow_all_answered", slow.get("all_answered"), lambda v: v is True),
         ("slow_reply_p99_ms", slow.get("reply_p99_ms"), lambda v: v < reply_limit_ms),
-        ("slow_rss_mb", slow.get("parley_peak_rss_mb"), lambda v: v < 300),
+        ("slow_rss_mb", slow.get("parley_peak_rss_mb"), lambda v: v < 300),    # the largest Parley process
         ("redis_cmds_per_msg", count.get("commands_per_msg"), lambda v: v <= 20),
     ]
     out = []
@@ -688,6 +758,11 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
     def fmt(value: Any, unit: str = "") -> str:
         return "n/a" if value is None else f"{value}{unit}"
 
+    def each(by_process: dict[str, Any] | None, unit: str = "") -> str:
+        return ", ".join(f"{name.removeprefix('parley-')} {fmt(v)}" for name, v in (by_process or {}).items()) + unit
+
+    split = plan.layout == "split"
+
     rows: list[tuple[str, str, str, str]] = [
         (f"1. webhook ack p50 @ {plan.ack_rate:.0f} req/s, {plan.ack_seconds:.0f} s", fmt(ack.get("ack_p50_ms"), " ms"),
          "", ""),
@@ -701,18 +776,25 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
         ("2. Parley / floor", fmt(turns.get("ratio")), *mark("turns_ratio")),
         ("2. CPU ms per turn: Parley / floor", f"{fmt(turns.get('parley_cpu_ms_per_turn'))} / "
          f"{fmt(turns.get('floor_cpu_ms_per_turn'))}", "", ""),
+        *([("2.   Parley's, per process", each(turns.get("parley_cpu_ms_per_turn_by_process")), "", "")]
+          if split and turns else []),
         (f"3. slow LLM ({plan.slow_llm_s} s): answered / sent", f"{fmt(slow.get('replies'))} / {fmt(slow.get('sent'))}",
          *mark("slow_all_answered")),
         ("3. sustained replies/s", fmt(slow.get("sustained_replies_per_s")), "", ""),
         ("3. reply latency p50", fmt(slow.get("reply_p50_ms"), " ms"), "", ""),
         ("3. reply latency p99", fmt(slow.get("reply_p99_ms"), " ms"), *mark("slow_reply_p99_ms")),
-        ("3. Parley peak RSS (VmHWM)", fmt(slow.get("parley_peak_rss_mb"), " MB"), *mark("slow_rss_mb")),
+        (f"3. Parley peak RSS (VmHWM{', largest process' if split else ''})",
+         fmt(slow.get("parley_peak_rss_mb"), " MB"), *mark("slow_rss_mb")),
+        *([("3.   per process", each(slow.get("parley_peak_rss_mb_by_process"), " MB"), "", "")]
+          if split and slow else []),
         ("4. Redis commands per inbound message", fmt(count.get("commands_per_msg")), *mark("redis_cmds_per_msg")),
         ("4.   of which sent by Parley / run in Lua", f"{fmt(count.get('client_sent_per_msg'))} / "
          f"{fmt(count.get('in_lua_per_msg'))}", "", ""),
     ]
     dirty = " + uncommitted changes" if machine.get("service_changed_since_commit") else ""
-    head = (f"Parley benchmark — {machine['date']} — Parley {machine.get('parley_commit')}{dirty} — "
+    layout = (f"split layout (serve --web-only + {plan.worker_procs} worker process"
+              f"{'es' if plan.worker_procs > 1 else ''})" if split else "single layout (one serve process)")
+    head = (f"Parley benchmark — {machine['date']} — Parley {machine.get('parley_commit')}{dirty} — {layout} — "
             f"nproc {machine['nproc']}, Python {machine['python']}"
             f"{', quick' if machine['quick'] else ''}{', pinned' if machine['pinned'] else ''}")
     widths = [max(len(r[i]) for r in [*rows, ("metric", "value", "target", "result")]) for i in range(4)]
@@ -751,7 +833,7 @@ async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None
             phase_started = time.perf_counter()
             results[name] = await step()
             results[name]["phase_s"] = round(time.perf_counter() - phase_started, 1)
-            for proc in ("parley", "floor"):
+            for proc in [*setup.parley, "floor"]:
                 setup.procs.check(proc)
         results["cpu_s_whole_run"] = whole.stop()
         results["drive_s"] = round(time.perf_counter() - started, 1)
@@ -759,20 +841,23 @@ async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None
     return results
 
 
-def log_summary(path: Path, top: int = 12) -> dict[str, int]:
-    """Parley's log lines (JSON, WARNING and up) counted by level and event; the most frequent ``top``."""
+def log_summary(work_dir: Path, names: list[str], top: int = 12) -> dict[str, int]:
+    """Parley's log lines (JSON, WARNING and up) counted by level and event, over every Parley process (with
+    several, each key starts with the process's name); the most frequent ``top``."""
     found: Counter[str] = Counter()
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for line in lines:
+    for name in names:
         try:
-            entry = json.loads(line)
-        except ValueError:
+            lines = (work_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
             continue
-        if isinstance(entry, dict) and "event" in entry:
-            found[f"{entry.get('level')}, {str(entry['event'])[:80]}"] += 1
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "event" in entry:
+                who = f"{name}: " if len(names) > 1 else ""
+                found[f"{who}{entry.get('level')}, {str(entry['event'])[:80]}"] += 1
     return dict(found.most_common(top))
 
 
@@ -803,15 +888,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (the path is printed)")
     parser.add_argument("--workers", type=int, default=None, help="PARLEY_WORKERS (and the floor's)")
+    parser.add_argument("--layout", choices=("single", "split"), default="single",
+                        help="single: one `serve` process (webhooks and workers); split: one `serve --web-only` "
+                             "and --worker-procs `worker` processes (the floor is one process either way)")
+    parser.add_argument("--worker-procs", type=int, default=1, metavar="N",
+                        help="the number of `worker` processes with --layout split (default 1)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="profile Parley with py-spy: one more (unscored) turns run after the turns phase, and "
                              "the slow-LLM phase; collapsed stacks to DIR/turns.txt and DIR/slow.txt, a summary "
                              "printed and kept in the JSON")
-    return parser.parse_args(argv)
-
-
-def _terminate(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    args = parser.parse_args(argv)
+    if args.worker_procs < 1:
+        parser.error("--worker-procs must be at least 1")
+    if args.worker_procs != 1 and args.layout != "split":
+        parser.error("--worker-procs goes with --layout split")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -819,12 +910,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else Plan()
     if args.workers:
         plan = replace(plan, workers=args.workers)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)    # also when started with SIGINT ignored (a background job)
+    if args.layout == "split":
+        plan = replace(plan, layout="split", worker_procs=args.worker_procs)
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     setup = Setup(work_dir=work_dir, procs=Procs(work_dir))
+    setup.procs.handle_signals()   # SIGINT, SIGTERM -> KeyboardInterrupt, never between a start and its record
     started = time.perf_counter()
     load_at_start = os.getloadavg()
     try:
@@ -838,8 +930,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- {name} log (tail) ---\n{setup.procs.tail(name, 15)}", file=sys.stderr)
         raise
     finally:
-        setup.procs.stop_all()
-        parley_log = log_summary(work_dir / "parley.log")
+        setup.procs.stop_all(first=[*setup.parley, "floor"])   # Parley and the floor before Redis and the fakes
+        parley_log = log_summary(work_dir, list(setup.parley))
         if args.keep_logs:
             print(f"logs kept in {work_dir}", file=sys.stderr)
         else:

@@ -99,7 +99,7 @@ def parse(text: str, agent: ChatAgent) -> dict[str, Any]:
 class Analyzer:
     def __init__(self, chats: Chats, catalog: Store, llm: LLM, lifecycle: Lifecycle, redis: aioredis.Redis) -> None:
         self._chats, self._catalog, self._llm, self._lifecycle = chats, catalog, llm, lifecycle
-        self._due = DueSet(redis, keys.ANALYSIS_DUE)
+        self._due = DueSet(redis, keys.analysis_due)
 
     async def analyze(self, chat_id: str) -> Chat:
         """Analyse the chat now, store the result (or the error) and queue ``chat_analyzed``."""

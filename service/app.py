@@ -122,7 +122,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     pool = WorkerPool(rt)
-    await pool.ensure_group()
+    await pool.ensure_groups()
     interval = rt.settings.scheduler_interval_ms / 1000
     loops = [
         asyncio.create_task(pool.run(), name="parley-workers"),

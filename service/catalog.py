@@ -3,13 +3,18 @@
 Agents and LLMs are versioned: ``agent:<id>`` and ``llm:<id>`` are hashes of version -> JSON, and every
 change adds a version (publishing a file whose content changed does too). A chat records the agent
 version and the LLM version it started with, so an edit never changes a conversation in flight.
+
+Every webhook and turn reads numbers, agents and LLMs, which change rarely: reads are kept for
+``PARLEY_CATALOG_CACHE_MS`` (``Recent``). A change made through a process clears that process's copies at
+once; other processes see it within that time.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -60,6 +65,33 @@ class Parsed(Generic[P]):
         return found
 
 
+T = TypeVar("T")
+
+
+class Recent(Generic[T]):
+    """Values read in the last ``ttl_ms``, by key (at most ``size``; 0 ms keeps nothing)."""
+
+    def __init__(self, ttl_ms: int, size: int = 4096) -> None:
+        self._ttl_s = ttl_ms / 1000
+        self._size = size
+        self._items: dict[str, tuple[float, T]] = {}
+
+    async def get(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        now = time.monotonic()
+        hit = self._items.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await load()
+        if self._ttl_s > 0:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            self._items[key] = (now + self._ttl_s, value)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: str) -> bool:
     """Delete ``key`` and its ``member`` of the ``index`` set together; True if the key existed."""
     async with redis.pipeline(transaction=True) as pipe:
@@ -72,8 +104,10 @@ async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: s
 class Versioned(Generic[M]):
     """A set of versioned objects of one kind: every ``put`` adds a version."""
 
-    def __init__(self, redis: aioredis.Redis, model: type[M], key: Callable[[str], str], index: str, kind: str):
+    def __init__(self, redis: aioredis.Redis, model: type[M], key: Callable[[str], str], index: str, kind: str,
+                 *, cache_ms: int = 0):
         self._redis = redis
+        self._recent: Recent[M | None] = Recent(cache_ms)
         self._model: type[M] = model
         self._key = key
         self._index = index
@@ -87,14 +121,18 @@ class Versioned(Generic[M]):
 
     async def get(self, object_id: str, version: int | None = None) -> M:
         """The object at ``version`` (the latest when None); ``NotFound`` otherwise."""
+        found = await self._recent.get(f"{object_id} {version}", lambda: self._read(object_id, version))
+        if found is not None:
+            return found
+        suffix = f" version {version}" if version is not None else ""
+        raise NotFound(f"{self.kind} {object_id!r}{suffix} not found")
+
+    async def _read(self, object_id: str, version: int | None) -> M | None:
         if version is None:
             raw = await self._latest(keys=[self._key(object_id)])
         else:
             raw = await self._redis.hget(self._key(object_id), str(version))
-        if raw:
-            return self._parse(str(raw))
-        suffix = f" version {version}" if version is not None else ""
-        raise NotFound(f"{self.kind} {object_id!r}{suffix} not found")
+        return self._parse(str(raw)) if raw else None
 
     async def exists(self, object_id: str) -> bool:
         return bool(await self._redis.exists(self._key(object_id)))
@@ -103,6 +141,7 @@ class Versioned(Generic[M]):
         """Store ``obj`` as a new version (the first is 0); with ``unless_unchanged``, keep an equal latest."""
         object_id = self._id(obj)
         key = self._key(object_id)
+        self._recent.clear()
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -123,6 +162,7 @@ class Versioned(Generic[M]):
                     continue
 
     async def delete(self, object_id: str) -> bool:
+        self._recent.clear()
         return await _delete_indexed(self._redis, self._key(object_id), self._index, object_id)
 
     async def ids(self) -> list[str]:
@@ -143,11 +183,14 @@ class Agent:
 class Store:
     """Agents, LLMs and numbers."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, cache_ms: int = 0) -> None:
         self._redis = redis
         self._parse_number = Parsed(PhoneNumber)
-        self.agents: Versioned[ChatAgent] = Versioned(redis, ChatAgent, keys.agent, keys.AGENTS, "agent")
-        self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm")
+        self._numbers: Recent[PhoneNumber | None] = Recent(cache_ms)
+        self.agents: Versioned[ChatAgent] = Versioned(redis, ChatAgent, keys.agent, keys.AGENTS, "agent",
+                                                      cache_ms=cache_ms)
+        self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm",
+                                                    cache_ms=cache_ms)
 
     async def publish(self, files: Catalog) -> None:
         """Store what the files declare (a changed file becomes a new version)."""
@@ -171,10 +214,14 @@ class Store:
         return Agent(config=config, llm=llm)
 
     async def get_number(self, phone_number: str) -> PhoneNumber | None:
+        return await self._numbers.get(phone_number, lambda: self._read_number(phone_number))
+
+    async def _read_number(self, phone_number: str) -> PhoneNumber | None:
         raw = await self._redis.get(keys.number(phone_number))
         return self._parse_number(str(raw)) if raw else None
 
     async def put_number(self, number: PhoneNumber) -> PhoneNumber:
+        self._numbers.clear()
         number = number.model_copy(update={"last_modification_timestamp": now_ms()})
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.number(number.phone_number), number.model_dump_json())
@@ -183,6 +230,7 @@ class Store:
         return number
 
     async def delete_number(self, phone_number: str) -> bool:
+        self._numbers.clear()
         return await _delete_indexed(self._redis, keys.number(phone_number), keys.NUMBERS, phone_number)
 
     async def numbers(self) -> list[PhoneNumber]:

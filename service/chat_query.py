@@ -115,16 +115,19 @@ class ChatQuery:
         return Page(found, has_more, last, total if count_total else None)
 
     async def _batch(self, descending: bool, bound: int | None, offset: int) -> list[tuple[str, int]]:
-        raw: Any
-        if descending:
-            top = "+inf" if bound is None else bound
-            raw = await self._redis.zrange(keys.CHATS, top, "-inf", byscore=True, desc=True, offset=offset,
-                                           num=BATCH, withscores=True)
-        else:
-            low = "-inf" if bound is None else bound
-            raw = await self._redis.zrange(keys.CHATS, low, "+inf", byscore=True, offset=offset, num=BATCH,
-                                           withscores=True)
-        return [(str(member), int(score)) for member, score in raw]
+        """Index entries ``offset`` to ``offset + BATCH`` from ``bound`` on, merged across the partitions."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                if descending:
+                    pipe.zrange(keys.chats(shard), "+inf" if bound is None else bound, "-inf", byscore=True,
+                                desc=True, offset=0, num=offset + BATCH, withscores=True)
+                else:
+                    pipe.zrange(keys.chats(shard), "-inf" if bound is None else bound, "+inf", byscore=True,
+                                offset=0, num=offset + BATCH, withscores=True)
+            partitions: list[Any] = await pipe.execute()
+        merged = sorted(((str(member), int(score)) for rows in partitions for member, score in rows),
+                        key=lambda entry: (entry[1], entry[0]), reverse=descending)
+        return merged[offset:offset + BATCH]
 
     async def _load(self, chat_ids: list[str]) -> list[Chat | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -139,6 +142,6 @@ class ChatQuery:
             else:
                 out.append(None)
                 gone.append(chat_id)
-        if gone:
-            await self._redis.zrem(keys.CHATS, *gone)
+        for chat_id in gone:
+            await self._redis.zrem(keys.chats(keys.shard_of(chat_id)), chat_id)
         return out

@@ -124,8 +124,8 @@ async def create_sms_chat(request: web.Request) -> web.Response:
                                              conv=conv, direction=Direction.OUTBOUND,
                                              variables=body.retell_llm_dynamic_variables, metadata=body.metadata)
         reply = await dialog.opening(rt, chat, agent)
-        sent = await rt.sender.send_text(conv, number, reply.text, max_segments=agent.config.max_reply_segments) \
-            if reply.text else []
+        sent = await rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
+                                         max_segments=agent.config.max_reply_segments) if reply.text else []
         result = TurnResult(messages=reply.messages + sent,
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         failed = [m for m in sent if m.status == "failed"]

@@ -1,7 +1,13 @@
 """Chats in Redis, in Retell's shape: the chat's fields in a hash, its messages in a capped list.
 
-A turn's results (new messages, the consumed mailbox items, the silence deadline, the end of the chat)
-are committed in one MULTI, so a crash leaves either all of it or none of it.
+A turn's results (new messages, the consumed mailbox items, the silence deadline, the end of the chat,
+the events that report them) are committed by one script, so a crash leaves either all of it or none of it.
+A worker's commit is fenced by its conversation lock and, when it empties the mailbox, also releases the
+lock and acknowledges the wake-up (``Lease``). All the keys it touches are in the chat's partition, which
+is its conversation's (``keys.new_chat_id``), so it runs on Redis Cluster unchanged.
+
+TTLs: a chat's keys live ``chat_ttl_s`` after its last activity, give or take 1/24 of it: a commit refreshes
+them only when the last refresh (``touched_ms``) is older than that, which keeps EXPIREs off most turns.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from . import keys
 from .clock import now_ms
 from .events import Event, queue
 from .keys import Conversation
+from .mailbox import Lease, Release
 from .retell import ChatAnalysis, ChatResponse
 
 
@@ -115,6 +122,7 @@ class Chat:
     analysis_error: str | None = None        # why the last analysis failed
     inbound_webhook_error: str | None = None # why the chat_inbound webhook was not followed
     agent_paused: bool = False               # a human has taken over: texts are stored, the LLM is not called
+    touched_ms: int | None = None            # when the chat's TTLs were last refreshed
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +167,7 @@ class Chat:
             analysis_error=data.get("analysis_error"),
             inbound_webhook_error=data.get("inbound_webhook_error"),
             agent_paused=data.get("agent_paused") == "True",
+            touched_ms=opt_int("touched_ms"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             metadata=orjson.loads(data.get("metadata", "{}")),
         )
@@ -207,16 +216,19 @@ class Chats:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int) -> None:
         self._redis = redis
         self.ttl_s = ttl_s
+        self._commit = redis.register_script(_COMMIT)
 
     async def create(self, chat: Chat, *, events: Sequence[Event] = ()) -> None:
         """Store a new chat (and queue ``events``); an SMS chat also becomes its conversation's ongoing chat."""
+        index = keys.chats(keys.shard_of(chat.chat_id))
+        chat.touched_ms = chat.start_timestamp
         async with self._redis.pipeline(transaction=True) as pipe:
             for event in events:
                 queue(pipe, event, self.ttl_s)
             pipe.hset(keys.chat(chat.chat_id), mapping=cast(Any, chat.to_hash()))
             pipe.expire(keys.chat(chat.chat_id), self.ttl_s)
-            pipe.zadd(keys.CHATS, {chat.chat_id: chat.start_timestamp})
-            pipe.zremrangebyscore(keys.CHATS, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
+            pipe.zadd(index, {chat.chat_id: chat.start_timestamp})
+            pipe.zremrangebyscore(index, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
             conv = chat.conversation
             if conv is not None:
                 pipe.set(keys.current_chat(conv), chat.chat_id, ex=self.ttl_s)
@@ -266,17 +278,24 @@ class Chats:
 
     async def set_deadline(self, chat_id: str, deadline_ms: int | None) -> None:
         """Arm the chat's silence timer for ``deadline_ms``, or disarm it (None)."""
+        timers = keys.timers(keys.shard_of(chat_id))
         if deadline_ms is None:
-            await self._redis.zrem(keys.INACTIVITY_TIMERS, chat_id)
+            await self._redis.zrem(timers, chat_id)
         else:
-            await self._redis.zadd(keys.INACTIVITY_TIMERS, {chat_id: deadline_ms})
+            await self._redis.zadd(timers, {chat_id: deadline_ms})
+
+    async def deadline(self, chat_id: str) -> int | None:
+        """The chat's armed silence deadline, if any."""
+        score = await self._redis.zscore(keys.timers(keys.shard_of(chat_id)), chat_id)
+        return None if score is None else int(score)
 
     async def delete(self, chat: Chat) -> None:
         """Remove the chat, its messages, its timer and its place in the index."""
+        shard = keys.shard_of(chat.chat_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.chat(chat.chat_id), keys.chat_messages(chat.chat_id))
-            pipe.zrem(keys.CHATS, chat.chat_id)
-            pipe.zrem(keys.INACTIVITY_TIMERS, chat.chat_id)
+            pipe.zrem(keys.chats(shard), chat.chat_id)
+            pipe.zrem(keys.timers(shard), chat.chat_id)
             conv = chat.conversation
             if conv is not None:
                 pipe.eval(_CLEAR_POINTER, 1, keys.current_chat(conv), chat.chat_id)
@@ -289,46 +308,113 @@ class Chats:
 
     async def commit(
         self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, events: Sequence[Event] = (),
-        analyze: bool = False,
+        analyze: bool = False, lease: Lease | None = None,
     ) -> None:
         """Write a turn's results atomically: messages, mailbox trim, silence timer, end of chat, the events
-        that report them, and (``analyze``) the chat's place in the analysis queue."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                queue(pipe, event, self.ttl_s)
-            if analyze and chat is not None:
-                pipe.zadd(keys.ANALYSIS_DUE, {chat.chat_id: now_ms()})
-            if chat is not None:
-                self._queue_chat_writes(pipe, chat, conv, result)
-            if conv is not None and result.consumed:
-                pipe.ltrim(keys.mailbox(conv), result.consumed, -1)
-            await pipe.execute()
-
-    def _queue_chat_writes(self, pipe: Any, chat: Chat, conv: Conversation | None, result: TurnResult) -> None:
-        chat_key, messages_key = keys.chat(chat.chat_id), keys.chat_messages(chat.chat_id)
-        if result.messages:
-            pipe.rpush(messages_key, *(m.to_json() for m in result.messages))
-            pipe.ltrim(messages_key, -keys.CHAT_MESSAGES_CAP, -1)
-            for sid in (m.message_sid for m in result.messages if m.message_sid and m.role is Role.AGENT):
-                pipe.set(keys.sms(sid), chat.chat_id, ex=self.ttl_s)   # status callbacks find the chat
-        pipe.expire(messages_key, self.ttl_s)
-        pipe.expire(chat_key, self.ttl_s)
-        if result.end is not None:
+        that report them, and (``analyze``) the chat's place in the analysis queue. Under a ``lease`` nothing
+        is written unless the lock is still held, and ``lease.outcome`` says whether the lock was released."""
+        if lease is not None:
+            conv = lease.conv
+        if chat is None and conv is None:
+            return
+        now = now_ms()
+        # Every key is in one partition: the conversation's, which is also its chats'.
+        shard = keys.shard_of(chat.chat_id) if chat is not None else cast(Conversation, conv).shard
+        anchor = keys.chat(chat.chat_id) if chat is not None else keys.mailbox(cast(Conversation, conv))
+        chat_id = chat.chat_id if chat is not None else ""
+        refresh = chat is not None and now - (chat.touched_ms or 0) > self.ttl_s * 1000 // 24
+        end = ""
+        if chat is not None and result.end is not None:
             chat.chat_status = ChatStatus.ENDED
             chat.end_timestamp = result.end_timestamp
             chat.disconnection_reason = result.end.value
-            pipe.hset(chat_key, mapping={"chat_status": ChatStatus.ENDED.value,
-                                         "end_timestamp": str(result.end_timestamp),
-                                         "disconnection_reason": result.end.value})
-            pipe.zrem(keys.INACTIVITY_TIMERS, chat.chat_id)
-            if conv is not None:
-                # Only clear the pointer if it still names this chat (compare-and-delete below).
-                pipe.eval(_CLEAR_POINTER, 1, keys.current_chat(conv), chat.chat_id)
-        elif result.deadline_ms is not None:
-            pipe.zadd(keys.INACTIVITY_TIMERS, {chat.chat_id: result.deadline_ms})
-        if conv is not None and result.end is None:
-            pipe.expire(keys.current_chat(conv), self.ttl_s)
+            end = orjson.dumps({"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
+                                "disconnection_reason": result.end.value}).decode()
+        if refresh and chat is not None:
+            chat.touched_ms = now
+        outcome = await self._commit(
+            keys=[
+                keys.lock(conv) if conv is not None else anchor,
+                keys.mailbox(conv) if conv is not None else anchor,
+                keys.wakeups(shard),
+                keys.chat(chat_id) if chat is not None else anchor,
+                keys.chat_messages(chat_id) if chat is not None else anchor,
+                keys.timers(shard),
+                keys.current_chat(conv) if conv is not None else anchor,
+                keys.analysis_due(shard),
+                keys.outbox(chat_id) if chat is not None else anchor,
+                keys.outbox_due(shard),
+            ],
+            args=[
+                lease.token if lease is not None else "",
+                lease.entry_id if lease is not None else "",
+                result.consumed if conv is not None else 0,
+                chat_id,
+                orjson.dumps([m.to_json() for m in result.messages]).decode() if chat is not None else "[]",
+                self.ttl_s,
+                1 if refresh else 0,
+                end,
+                result.deadline_ms if result.deadline_ms is not None and not end else "",
+                orjson.dumps([e.to_json() for e in events]).decode() if chat is not None else "[]",
+                1 if analyze and chat is not None else 0,
+                now,
+                keys.CHAT_MESSAGES_CAP,
+                1 if conv is not None else 0,
+                keys.WORKER_GROUP,
+            ],
+        )
+        if lease is not None:
+            lease.outcome = Release(int(outcome))
 
+
+# KEYS: 1 lock, 2 mailbox, 3 wakeups, 4 chat, 5 messages, 6 timers, 7 conversation's chat pointer, 8 analysis due,
+# 9 outbox, 10 outbox due (all in one partition; unused ones repeat another key of it).
+# ARGV: 1 lock token ('' unfenced), 2 wake-up entry id, 3 mailbox items consumed, 4 chat id ('' none),
+# 5 JSON array of message JSON, 6 ttl s, 7 refresh TTLs (1/0), 8 end fields JSON ('' not ending), 9 silence
+# deadline ms ('' leave it), 10 JSON array of event JSON, 11 queue for analysis (1/0), 12 now ms,
+# 13 messages cap, 14 has a conversation (1/0), 15 consumer group.
+# Returns -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work (lock kept),
+# 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
+_COMMIT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local chat_id = ARGV[4]
+if chat_id ~= '' then
+  local messages = cjson.decode(ARGV[5])
+  if #messages > 0 then
+    local n = redis.call('RPUSH', KEYS[5], unpack(messages))
+    if n == #messages then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
+    if n > tonumber(ARGV[13]) then redis.call('LTRIM', KEYS[5], -tonumber(ARGV[13]), -1) end
+  end
+  if ARGV[7] == '1' then
+    redis.call('EXPIRE', KEYS[4], ARGV[6])
+    redis.call('EXPIRE', KEYS[5], ARGV[6])
+    redis.call('HSET', KEYS[4], 'touched_ms', ARGV[12])
+  end
+  if ARGV[8] ~= '' then
+    local fields = cjson.decode(ARGV[8])
+    redis.call('HSET', KEYS[4], 'chat_status', fields['chat_status'], 'end_timestamp', fields['end_timestamp'],
+               'disconnection_reason', fields['disconnection_reason'])
+    redis.call('ZREM', KEYS[6], chat_id)
+    if ARGV[14] == '1' and redis.call('GET', KEYS[7]) == chat_id then redis.call('DEL', KEYS[7]) end
+  else
+    if ARGV[9] ~= '' then redis.call('ZADD', KEYS[6], ARGV[9], chat_id) end
+    if ARGV[14] == '1' and ARGV[7] == '1' then redis.call('EXPIRE', KEYS[7], ARGV[6]) end
+  end
+  local events = cjson.decode(ARGV[10])
+  if #events > 0 then
+    redis.call('RPUSH', KEYS[9], unpack(events))
+    redis.call('EXPIRE', KEYS[9], ARGV[6])
+    redis.call('ZADD', KEYS[10], 'NX', ARGV[12], chat_id)
+  end
+  if ARGV[11] == '1' then redis.call('ZADD', KEYS[8], ARGV[12], chat_id) end
+end
+if ARGV[14] == '1' and tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[2], ARGV[3], -1) end
+if ARGV[1] == '' then return 1 end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then redis.call('XACK', KEYS[3], ARGV[15], ARGV[2]) end
+return 1
+"""
 
 _CLEAR_POINTER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -37,10 +37,6 @@ class Delivery:
         self._ttl_s = ttl_s
         self._advance = redis.register_script(_ADVANCE)
 
-    async def chat_of(self, message_sid: str) -> str | None:
-        chat_id = await self._redis.get(keys.sms(message_sid))
-        return str(chat_id) if chat_id is not None else None
-
     async def record(self, chat_id: str, message_sid: str, status: str, error_code: int | None) -> bool:
         """Apply a callback; True if it moved the message forward."""
         rank = RANKS.get(status)

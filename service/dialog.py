@@ -10,9 +10,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from . import variables
+from . import keys, variables
 from .catalog import Agent
-from .chats import Chat, ChatType, Direction, Message, new_id
+from .chats import Chat, ChatType, Direction, Message
 from .clock import now_ms
 from .errors import NotFound
 from .keys import Conversation
@@ -35,7 +35,8 @@ async def open_chat(
         inbound = direction is Direction.INBOUND
         from_number = conv.user_number if inbound else conv.agent_number
         to_number = conv.agent_number if inbound else conv.user_number
-    chat = Chat(chat_id=new_id("chat_"), agent_id=agent.config.agent_id, version=agent.config.version,
+    chat_id = keys.new_chat_id(conv.shard if conv is not None else None)   # in the conversation's partition
+    chat = Chat(chat_id=chat_id, agent_id=agent.config.agent_id, version=agent.config.version,
                 llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
                 from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
                 metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error)

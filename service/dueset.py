@@ -1,13 +1,21 @@
-"""A sorted set of things due at a time (ms), popped by any process with a lease.
+"""A sorted set of things due at a time (ms), one per partition, popped by any process with a lease.
 
 Popping moves a member's score ``lease_ms`` ahead, so exactly one process handles it; one that dies
 while holding it gives it back when the lease runs out. ``done`` removes the member only if nobody
-re-scheduled it meanwhile. Inactivity deadlines, event deliveries and post-chat analyses use it.
+re-scheduled it meanwhile. Inactivity deadlines, event deliveries and post-chat analyses use it; their
+members are chat ids, each in its chat's partition. A poll reads every partition's earliest member in one
+pipeline and runs the popping script only where something is due.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 import redis.asyncio as aioredis
+
+from . import keys
 
 # KEYS: set.  ARGV: now ms, lease ms, batch.  Returns [member, score, ...] for due members, now leased.
 _POP = """
@@ -25,7 +33,7 @@ return 0
 
 
 class DueSet:
-    def __init__(self, redis: aioredis.Redis, key: str, *, lease_ms: int = 60_000) -> None:
+    def __init__(self, redis: aioredis.Redis, key: Callable[[int], str], *, lease_ms: int = 60_000) -> None:
         self._redis = redis
         self.key = key
         self.lease_ms = lease_ms
@@ -34,13 +42,28 @@ class DueSet:
 
     async def pop(self, now: int, batch: int = 100) -> list[tuple[str, int, int]]:
         """Due members as (member, due score, leased score), leased to this caller."""
-        due = await self._pop(keys=[self.key], args=[now, self.lease_ms, batch])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zrange(self.key(shard), "-inf", now, byscore=True, offset=0, num=1)
+            heads: list[Any] = await pipe.execute()
+        due_shards = [shard for shard, head in enumerate(heads) if head]
+        if not due_shards:
+            return []
+        popped = await asyncio.gather(*(self._pop(keys=[self.key(shard)], args=[now, self.lease_ms, batch])
+                                        for shard in due_shards))
         leased = now + self.lease_ms
-        return [(str(m), int(float(s)), leased) for m, s in zip(due[::2], due[1::2], strict=True)]
+        return [(str(m), int(float(s)), leased) for due in popped for m, s in zip(due[::2], due[1::2], strict=True)]
 
     async def done(self, member: str, leased: int) -> None:
-        await self._done(keys=[self.key], args=[member, leased])
+        await self._done(keys=[self.key(keys.shard_of(member))], args=[member, leased])
 
     async def at(self, member: str, when: int) -> None:
         """(Re)schedule ``member`` for ``when``."""
-        await self._redis.zadd(self.key, {member: when})
+        await self._redis.zadd(self.key(keys.shard_of(member)), {member: when})
+
+    async def size(self) -> int:
+        """Members in all partitions."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zcard(self.key(shard))
+            return sum(await pipe.execute())

@@ -1,14 +1,15 @@
 """Signed lifecycle events, delivered from a durable Redis outbox (DESIGN.md section 5).
 
 An event is queued in the same transaction as the change it reports (``queue``): its body is fixed then,
-so every retry sends the same bytes. Each chat's events wait in ``outbox:{chat}`` and go out in order;
-``outbox:due`` says when each chat's next delivery is due. A delivery is signed like Retell's
+so every retry sends the same bytes. Each chat's events wait in its outbox and go out in order; its
+partition's ``outbox:due`` says when each chat's next delivery is due. A delivery is signed like Retell's
 (``X-Retell-Signature: v=<ms>,d=<hex HMAC-SHA256(key, body + ms)>``, so ``Retell.verify`` accepts it) and
 carries a stable ``X-Parley-Event-Id`` so receivers can drop repeats.
 
 Retry policy: a timeout, a connection error, a 5xx, a 408 or a 429 is retried with exponential backoff
 (``PARLEY_EVENT_RETRY_BASE_MS`` doubling, at most 10 minutes apart) up to ``PARLEY_EVENT_MAX_ATTEMPTS``
-attempts; any other 4xx is not retried. An event that fails for good is moved to ``outbox:failed`` with
+attempts; any other 4xx is not retried. An event that fails for good is moved to ``outbox:failed`` (of
+its partition) with
 its last error, and the chat's next event goes out. Delivery is at least once: a process that dies
 between a 2xx and removing the event sends it again.
 """
@@ -80,7 +81,7 @@ def queue(pipe: Any, event: Event, ttl_s: int) -> None:
     """Add ``event`` to a pipeline/transaction: the chat's outbox, and the chat due now unless it waits."""
     pipe.rpush(keys.outbox(event.chat_id), event.to_json())
     pipe.expire(keys.outbox(event.chat_id), ttl_s)
-    pipe.zadd(keys.OUTBOX_DUE, {event.chat_id: now_ms()}, nx=True)
+    pipe.zadd(keys.outbox_due(keys.shard_of(event.chat_id)), {event.chat_id: now_ms()}, nx=True)
 
 
 class Outbox:
@@ -94,7 +95,7 @@ class Outbox:
         self._key = signing_key
         self.max_attempts = max_attempts
         self.retry_base_ms = retry_base_ms
-        self._due = DueSet(redis, keys.OUTBOX_DUE)
+        self._due = DueSet(redis, keys.outbox_due)
         self._finish = redis.register_script(_FINISH)
 
     async def tick(self) -> int:
@@ -120,7 +121,7 @@ class Outbox:
                 delay = min(self.retry_base_ms * 2 ** (event.attempts - 1), MAX_BACKOFF_MS)
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.lset(box, 0, event.to_json())
-                    pipe.zadd(keys.OUTBOX_DUE, {chat_id: now_ms() + delay})
+                    pipe.zadd(keys.outbox_due(keys.shard_of(chat_id)), {chat_id: now_ms() + delay})
                     await pipe.execute()
                 log.warning("event delivery failed; will retry", extra={
                     "chat_id": chat_id, "event": event.kind, "attempt": event.attempts, "retry_in_ms": delay,
@@ -129,12 +130,13 @@ class Outbox:
             self._metrics.events.labels(event.kind, "failed").inc()
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lpop(box)
-                pipe.lpush(keys.OUTBOX_FAILED, event.to_json())
-                pipe.ltrim(keys.OUTBOX_FAILED, 0, FAILED_CAP - 1)
+                failed = keys.outbox_failed(keys.shard_of(chat_id))
+                pipe.lpush(failed, event.to_json())
+                pipe.ltrim(failed, 0, FAILED_CAP - 1)
                 await pipe.execute()
             log.error("event delivery failed for good", extra={
                 "chat_id": chat_id, "event": event.kind, "attempts": event.attempts, "error": error})
-        await self._finish(keys=[box, keys.OUTBOX_DUE], args=[chat_id, leased, now_ms()])
+        await self._finish(keys=[box, keys.outbox_due(keys.shard_of(chat_id))], args=[chat_id, leased, now_ms()])
 
     async def _post(self, event: Event) -> tuple[str | None, bool]:
         """Send once: (None, _) on success, else (what went wrong, whether to retry)."""

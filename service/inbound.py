@@ -102,16 +102,16 @@ async def twilio_sms(request: web.Request) -> web.Response:
             return twiml()
         return twiml(number.help_message or keywords.default_help(number.nickname))
     if keyword is Keyword.OPT_IN and await rt.optouts.clear(conv):
-        log.info("opt-out cleared", extra={"conv": redact(conv.tag), "message_sid": sid})
+        log.info("opt-out cleared", extra={"conv": redact(conv.id), "message_sid": sid})
         return twiml()
     if keyword is Keyword.OPT_OUT:
         await rt.optouts.record(conv)
         item = Item(ItemKind.OPT_OUT, received_ms=now_ms(), body=body, message_sid=sid)
-        result = await rt.mailbox.put(conv, item, dedupe_id=sid, check_optout=False)
+        result = await rt.mailbox.put(conv, item, dedupe_id=sid)
     else:
         item = Item(ItemKind.TEXT, received_ms=now_ms(), body=body, message_sid=sid, media=_media(form))
-        result = await rt.mailbox.put(conv, item, dedupe_id=sid, check_optout=True)
-    log.info("sms received", extra={"conv": redact(conv.tag), "message_sid": sid, "result": result.name.lower()})
+        result = await rt.mailbox.put(conv, item, dedupe_id=sid)
+    log.info("sms received", extra={"conv": redact(conv.id), "message_sid": sid, "result": result.name.lower()})
     if result is Enqueued.MAILBOX_FULL:
         return fail(503, "this conversation has too many unanswered messages; try again later")
     return twiml()

@@ -1,62 +1,70 @@
 """Every Redis key Parley uses: its type, its bound, and the one function that builds it.
 
-All keys start with ``parley:``. Keys of one conversation (an agent number and a user number) share the
-hash tag ``{<agent number>:<user number>}`` and keys of one chat share ``{<chat id>}``, so the scripts
-that touch only one of them work on Redis Cluster too. (The turn commit also touches the global timer set,
-so a cluster deployment is not supported yet; see the README.)
+All keys start with ``parley:``. Parley's data is split into ``SHARDS`` partitions; every key of a
+partition carries the hash tag ``{<n>}`` (``parley:{7}:...``), so a partition lives in one hash slot and
+each script or MULTI touches one slot: Redis Cluster serves it unchanged. A conversation (an agent number
+and a user number) belongs to partition ``crc32("<A>:<U>") % SHARDS``; a chat to ``crc32(<chat id>) %
+SHARDS``, and an SMS chat's id is drawn so that it lands in its conversation's partition (``new_chat_id``).
+Each partition has its own wake-up stream, timer set, outbox queue, analysis queue, chat index and
+opt-out list; workers and schedulers go through all of them. Agents, LLMs and numbers share the tag
+``{catalog}``. ``SHARDS`` is fixed: changing it would strand the data already written.
 
-==========================================  ======  ===========================================================
-key                                         type    bound
-==========================================  ======  ===========================================================
-conv:{A:U}:mailbox                          LIST    inbound items not yet answered; at most MAILBOX_CAP, TTL
-                                                    MAILBOX_TTL_S, refreshed on every push
-conv:{A:U}:lock                             STRING  the turn lock's owner token; PX lock_ttl_ms, renewed while
-                                                    a worker runs the turn
-conv:{A:U}:seen:<MessageSid>                STRING  dedupe marker; TTL SEEN_TTL_S (24 h)
-conv:{A:U}:chat                             STRING  id of the pair's ongoing chat; TTL chat_ttl_s
-conv:{A:U}:rejected                         LIST    texts the chat_inbound webhook rejected; at most
-                                                    REJECTED_CAP, TTL chat_ttl_s
-conv:{A:U}:optout                           STRING  ms timestamp of the user's opt-out; no TTL on purpose: a
-                                                    compliance record, one small key per opted-out user
-chat:{C}                                    HASH    the chat's fields (status, agent, numbers, variables...);
-                                                    TTL chat_ttl_s, refreshed on activity
-chat:{C}:messages                           LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
-                                                    TTL chat_ttl_s
-chat:{C}:delivery                           HASH    Twilio SID -> latest delivery status JSON of the chat's sent
-                                                    messages; TTL chat_ttl_s
-sms:<MessageSid>                            STRING  the chat an outbound SMS belongs to; TTL chat_ttl_s
-segments:<E.164>:<YYYY-MM-DD>               STRING  segments sent from the number on that US-Pacific day; TTL 2 days
-optouts                                     ZSET    "<agent number> <user number>" -> opt-out time (ms); one member per
-                                                    opted-out pair (the compliance list; no TTL on purpose)
-idempotency:<key>                           STRING  a send-sms result for its Idempotency-Key; TTL 24 h
-chat:{C}:lock                               STRING  an API chat's completion lock; PX lock_ttl_ms
-chats                                       ZSET    chat id -> start timestamp, for listing; members older
-                                                    than chat_ttl_s are trimmed whenever a chat is created
-agent:<id>                                  HASH    version number -> agent JSON; one field per version
-agents                                      SET     ids of known agents
-llm:<id>                                    HASH    version number -> Retell LLM JSON; one field per version
-llms                                        SET     ids of known Retell LLMs
-number:<E.164>                              STRING  phone number JSON
-numbers                                     SET     known phone numbers
-wakeups                                     STREAM  one entry per conversation wake-up; MAXLEN ~ WAKEUPS_MAXLEN,
-                                                    consumer group WORKER_GROUP
-timers:inactivity                           ZSET    chat id -> deadline (ms); one member per ongoing chat
-outbox:{C}                                  LIST    chat C's lifecycle events not yet delivered, in order; TTL
-                                                    chat_ttl_s
-outbox:due                                  ZSET    chat id -> when its next delivery is due (ms); one member per
-                                                    chat with events waiting
-outbox:failed                               LIST    events that failed for good, with their last error; at most
-                                                    1,000 (the newest)
-analysis:due                                ZSET    chat id -> when its post-chat analysis is due (ms)
-==========================================  ======  ===========================================================
+==============================================  ======  =======================================================
+key (``{S}``: the partition)                    type    bound
+==============================================  ======  =======================================================
+{S}:conv:A:U:mailbox                            LIST    inbound items not yet answered; at most MAILBOX_CAP, TTL
+                                                        MAILBOX_TTL_S, refreshed on every push
+{S}:conv:A:U:lock                               STRING  the turn lock's owner token; PX lock_ttl_ms, renewed
+                                                        while a worker runs the turn
+{S}:conv:A:U:seen:<MessageSid>                  STRING  dedupe marker; TTL SEEN_TTL_S (24 h)
+{S}:conv:A:U:chat                               STRING  id of the pair's ongoing chat; TTL chat_ttl_s
+{S}:conv:A:U:rejected                           LIST    texts the chat_inbound webhook rejected; at most
+                                                        REJECTED_CAP, TTL chat_ttl_s
+{S}:conv:A:U:optout                             STRING  ms timestamp of the user's opt-out; no TTL on purpose:
+                                                        a compliance record, one small key per opted-out user
+{S}:chat:C                                      HASH    the chat's fields (status, agent, numbers...); TTL
+                                                        chat_ttl_s, refreshed on activity (see chats.py)
+{S}:chat:C:messages                             LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
+                                                        TTL chat_ttl_s
+{S}:chat:C:delivery                             HASH    Twilio SID -> latest delivery status JSON of the chat's
+                                                        sent messages; TTL chat_ttl_s
+{S}:chat:C:lock                                 STRING  an API chat's completion lock; PX lock_ttl_ms
+{S}:outbox:C                                    LIST    chat C's lifecycle events not yet delivered, in order;
+                                                        TTL chat_ttl_s
+{S}:wakeups                                     STREAM  one entry per conversation wake-up; MAXLEN ~
+                                                        WAKEUPS_MAXLEN, consumer group WORKER_GROUP
+{S}:timers                                      ZSET    chat id -> silence deadline (ms); one member per ongoing
+                                                        chat
+{S}:outbox:due                                  ZSET    chat id -> when its next delivery is due (ms); one
+                                                        member per chat with events waiting
+{S}:outbox:failed                               LIST    events that failed for good, with their last error; at
+                                                        most 1,000 per partition (the newest)
+{S}:analysis:due                                ZSET    chat id -> when its post-chat analysis is due (ms)
+{S}:chats                                       ZSET    chat id -> start timestamp, for listing; members older
+                                                        than chat_ttl_s are trimmed whenever a chat is created
+{S}:optouts                                     ZSET    "<agent number> <user number>" -> opt-out time (ms); one
+                                                        member per opted-out pair (no TTL on purpose)
+{catalog}:agent:<id>                            HASH    version number -> agent JSON; one field per version
+{catalog}:agents                                SET     ids of known agents
+{catalog}:llm:<id>                              HASH    version number -> Retell LLM JSON; one field per version
+{catalog}:llms                                  SET     ids of known Retell LLMs
+{catalog}:number:<E.164>                        STRING  phone number JSON
+{catalog}:numbers                               SET     known phone numbers
+segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
+                                                        TTL 2 days
+idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
+==============================================  ======  =======================================================
 """
 
 from __future__ import annotations
 
+import secrets
+import zlib
 from dataclasses import dataclass
 
 PREFIX = "parley:"
 WORKER_GROUP = "workers"
+SHARDS = 16
 
 MAILBOX_CAP = 200
 MAILBOX_TTL_S = 86_400
@@ -64,6 +72,16 @@ SEEN_TTL_S = 86_400
 CHAT_MESSAGES_CAP = 2_000
 REJECTED_CAP = 100
 WAKEUPS_MAXLEN = 100_000
+IDEMPOTENCY_TTL_S = 86_400
+
+
+def shard_of(name: str) -> int:
+    """The partition of a conversation id or a chat id."""
+    return zlib.crc32(name.encode()) % SHARDS
+
+
+def _in(shard: int) -> str:
+    return f"{PREFIX}{{{shard}}}:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,63 +92,120 @@ class Conversation:
     user_number: str
 
     @property
-    def tag(self) -> str:
-        return "{" + self.agent_number + ":" + self.user_number + "}"
+    def id(self) -> str:
+        return self.agent_number + ":" + self.user_number
+
+    @property
+    def shard(self) -> int:
+        return shard_of(self.id)
 
     @classmethod
-    def parse(cls, tag: str) -> Conversation:
-        """Inverse of ``tag`` (as stored in a wake-up entry)."""
-        agent, _, user = tag.strip("{}").partition(":")
+    def parse(cls, conv_id: str) -> Conversation:
+        """Inverse of ``id`` (as stored in a wake-up entry)."""
+        agent, _, user = conv_id.partition(":")
         return cls(agent, user)
 
 
+def new_chat_id(shard: int | None = None) -> str:
+    """A fresh chat id, in ``shard`` when given (an SMS chat lives in its conversation's partition)."""
+    while True:
+        chat_id = "chat_" + secrets.token_hex(16)
+        if shard is None or shard_of(chat_id) == shard:
+            return chat_id
+
+
+def _conv(conv: Conversation) -> str:
+    return f"{_in(conv.shard)}conv:{conv.id}"
+
+
 def mailbox(conv: Conversation) -> str:
-    return f"{PREFIX}conv:{conv.tag}:mailbox"
+    return _conv(conv) + ":mailbox"
 
 
 def lock(conv: Conversation) -> str:
-    return f"{PREFIX}conv:{conv.tag}:lock"
+    return _conv(conv) + ":lock"
 
 
 def seen(conv: Conversation, message_sid: str) -> str:
-    return f"{PREFIX}conv:{conv.tag}:seen:{message_sid}"
+    return _conv(conv) + ":seen:" + message_sid
 
 
 def current_chat(conv: Conversation) -> str:
-    return f"{PREFIX}conv:{conv.tag}:chat"
+    return _conv(conv) + ":chat"
 
 
 def rejected(conv: Conversation) -> str:
-    return f"{PREFIX}conv:{conv.tag}:rejected"
+    return _conv(conv) + ":rejected"
 
 
 def optout(conv: Conversation) -> str:
-    return f"{PREFIX}conv:{conv.tag}:optout"
+    return _conv(conv) + ":optout"
 
 
 def chat(chat_id: str) -> str:
-    return f"{PREFIX}chat:{{{chat_id}}}"
+    return f"{_in(shard_of(chat_id))}chat:{chat_id}"
 
 
 def chat_messages(chat_id: str) -> str:
-    return f"{PREFIX}chat:{{{chat_id}}}:messages"
+    return chat(chat_id) + ":messages"
 
 
 def chat_lock(chat_id: str) -> str:
-    return f"{PREFIX}chat:{{{chat_id}}}:lock"
-
-
-CHATS = f"{PREFIX}chats"
-OPTOUTS = f"{PREFIX}optouts"
-IDEMPOTENCY_TTL_S = 86_400
+    return chat(chat_id) + ":lock"
 
 
 def delivery(chat_id: str) -> str:
-    return f"{PREFIX}chat:{{{chat_id}}}:delivery"
+    return chat(chat_id) + ":delivery"
 
 
-def sms(message_sid: str) -> str:
-    return f"{PREFIX}sms:{message_sid}"
+def outbox(chat_id: str) -> str:
+    return f"{_in(shard_of(chat_id))}outbox:{chat_id}"
+
+
+def wakeups(shard: int) -> str:
+    return _in(shard) + "wakeups"
+
+
+def timers(shard: int) -> str:
+    return _in(shard) + "timers"
+
+
+def outbox_due(shard: int) -> str:
+    return _in(shard) + "outbox:due"
+
+
+def outbox_failed(shard: int) -> str:
+    return _in(shard) + "outbox:failed"
+
+
+def analysis_due(shard: int) -> str:
+    return _in(shard) + "analysis:due"
+
+
+def chats(shard: int) -> str:
+    return _in(shard) + "chats"
+
+
+def optouts(shard: int) -> str:
+    return _in(shard) + "optouts"
+
+
+CATALOG = PREFIX + "{catalog}:"
+AGENTS = CATALOG + "agents"
+LLMS = CATALOG + "llms"
+NUMBERS = CATALOG + "numbers"
+
+
+def agent(agent_id: str) -> str:
+    return CATALOG + "agent:" + agent_id
+
+
+def llm(llm_id: str) -> str:
+    return CATALOG + "llm:" + llm_id
+
+
+def number(phone_number: str) -> str:
+    return CATALOG + "number:" + phone_number
 
 
 def segments(phone_number: str, day: str) -> str:
@@ -139,35 +214,3 @@ def segments(phone_number: str, day: str) -> str:
 
 def idempotency(key: str) -> str:
     return f"{PREFIX}idempotency:{key}"
-
-
-def agent(agent_id: str) -> str:
-    return f"{PREFIX}agent:{agent_id}"
-
-
-AGENTS = f"{PREFIX}agents"
-
-
-def llm(llm_id: str) -> str:
-    return f"{PREFIX}llm:{llm_id}"
-
-
-LLMS = f"{PREFIX}llms"
-
-
-def number(phone_number: str) -> str:
-    return f"{PREFIX}number:{phone_number}"
-
-
-NUMBERS = f"{PREFIX}numbers"
-WAKEUPS = f"{PREFIX}wakeups"
-INACTIVITY_TIMERS = f"{PREFIX}timers:inactivity"
-
-
-def outbox(chat_id: str) -> str:
-    return f"{PREFIX}outbox:{{{chat_id}}}"
-
-
-OUTBOX_DUE = f"{PREFIX}outbox:due"
-OUTBOX_FAILED = f"{PREFIX}outbox:failed"
-ANALYSIS_DUE = f"{PREFIX}analysis:due"

@@ -18,6 +18,7 @@ from .chats import Chat, Chats, ChatStatus, Message, TurnResult, new_id
 from .errors import NotFound
 from .events import Event
 from .keys import Conversation
+from .mailbox import Lease
 from .retell import DEFAULT_EVENTS, ChatAgent
 from .settings import Settings
 
@@ -69,14 +70,15 @@ class Lifecycle:
 
     async def commit(
         self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, always_report: bool = False,
-        agent: ChatAgent | None = None,
+        agent: ChatAgent | None = None, lease: Lease | None = None,
     ) -> None:
         """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
         Without a chat (a turn that opened none), only the mailbox is trimmed. ``always_report`` sends
         ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see).
-        ``agent``: the chat's agent version, when the caller has it (saves looking it up)."""
+        ``agent``: the chat's agent version, when the caller has it (saves looking it up). ``lease``: the
+        worker's hold on the conversation (see ``Chats.commit``)."""
         if chat is None:
-            await self._chats.commit(None, conv, result)
+            await self._chats.commit(None, conv, result, lease=lease)
             return
         events: list[Event] = []
         target = self.target(agent) if agent is not None else await self.target_of(chat)
@@ -95,4 +97,4 @@ class Lifecycle:
                 events.append(self.event(target, "transcript_updated", after, messages))
             if wants_end:
                 events.append(self.event(target, "chat_ended", after, messages))
-        await self._chats.commit(chat, conv, result, events=events, analyze=result.end is not None)
+        await self._chats.commit(chat, conv, result, events=events, analyze=result.end is not None, lease=lease)

@@ -1,10 +1,11 @@
 """A conversation's mailbox, its wake-ups and its turn lock (DESIGN.md section 3, steps 3, 5 and 6).
 
-The webhook appends an inbound item to ``conv:{A:U}:mailbox`` and adds a wake-up naming the
-conversation to the ``wakeups`` stream, in one script (with the ``MessageSid`` dedupe and the opt-out
-check), so an acknowledged message always has a wake-up. A worker that takes a wake-up locks the
-conversation (token + TTL), drains the mailbox turn by turn, and releases the lock only when the
-mailbox is empty, in one script, so a message that lands while it works is never left without a worker.
+The webhook appends an inbound item to the conversation's mailbox and adds a wake-up naming the
+conversation to its partition's ``wakeups`` stream, in one script with the ``MessageSid`` dedupe, so an
+acknowledged message always has a wake-up. A worker that takes a wake-up locks the conversation (token +
+TTL), drains the mailbox turn by turn, and releases the lock only when the mailbox is empty, in the same
+script as the turn's commit (``Lease``), so a message that lands while it works is never left without a
+worker. (A text from a user who opted out is dropped by the turn, which reads the opt-out anyway.)
 """
 
 from __future__ import annotations
@@ -20,28 +21,31 @@ from . import keys
 from .keys import Conversation
 from .locks import Locks
 
-# KEYS: seen, mailbox, wakeups, optout.  ARGV: item, seen ttl s, cap, mailbox ttl s, conversation tag, maxlen,
-# check optout (1/0).  Returns an Enqueued value.
+# KEYS: seen, mailbox, wakeups.  ARGV: item, seen ttl s, cap, mailbox ttl s, conversation id, maxlen.
+# Returns an Enqueued value.  A full mailbox forgets the SID again, so a retry can land.
 _ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 3 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+if redis.call('RPUSH', KEYS[2], ARGV[1]) > tonumber(ARGV[3]) then
+  redis.call('RPOP', KEYS[2])
+  redis.call('DEL', KEYS[1])
+  return 2
+end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'conv', ARGV[5])
 return 1
 """
 
-# KEYS: lock, mailbox.  ARGV: token.  1 released; 0 kept because the mailbox has work; -1 not ours any more.
+# KEYS: lock, mailbox, wakeups.  ARGV: token, wake-up entry id ('' none), consumer group.  1 released (and the
+# wake-up acknowledged); 0 kept because the mailbox has work; -1 not ours any more.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
 redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then redis.call('XACK', KEYS[3], ARGV[3], ARGV[2]) end
 return 1
 """
 
-# KEYS: lock, mailbox, wakeups.  ARGV: token, conversation tag, maxlen.  Release a lock taken outside a worker
+# KEYS: lock, mailbox, wakeups.  ARGV: token, conversation id, maxlen.  Release a lock taken outside a worker
 # (the API opening a chat); if texts arrived meanwhile, wake a worker for them.
 _HAND_BACK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -60,13 +64,24 @@ class Enqueued(IntEnum):
     DUPLICATE = 0
     ACCEPTED = 1
     MAILBOX_FULL = 2
-    OPTED_OUT = 3
 
 
 class Release(IntEnum):
     RELEASED = 1
     MORE_WORK = 0
     LOST = -1
+
+
+@dataclass(slots=True)
+class Lease:
+    """A worker's hold on a conversation: its lock token and the wake-up it answers. A turn committed under a
+    lease writes only while the lock is still the worker's; when it leaves the mailbox empty, the same script
+    releases the lock and acknowledges the wake-up, and says so in ``outcome``."""
+
+    conv: Conversation
+    token: str
+    entry_id: str = ""
+    outcome: Release | None = None
 
 
 class ItemKind(StrEnum):
@@ -133,12 +148,12 @@ class Mailbox:
         self._release = redis.register_script(_RELEASE)
         self._hand_back = redis.register_script(_HAND_BACK)
 
-    async def put(self, conv: Conversation, item: Item, *, dedupe_id: str, check_optout: bool) -> Enqueued:
-        """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen (or the user opted out)."""
+    async def put(self, conv: Conversation, item: Item, *, dedupe_id: str) -> Enqueued:
+        """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen."""
         result = await self._enqueue(
-            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.WAKEUPS, keys.optout(conv)],
-            args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.tag,
-                  keys.WAKEUPS_MAXLEN, 1 if check_optout else 0],
+            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard)],
+            args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.id,
+                  keys.WAKEUPS_MAXLEN],
         )
         return Enqueued(int(result))
 
@@ -159,9 +174,12 @@ class Mailbox:
 
     async def hand_back(self, conv: Conversation, token: str) -> None:
         """Release a lock taken outside a worker, waking a worker if texts arrived meanwhile."""
-        await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.WAKEUPS],
-                              args=[token, conv.tag, keys.WAKEUPS_MAXLEN])
+        await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
+                              args=[token, conv.id, keys.WAKEUPS_MAXLEN])
 
-    async def release(self, conv: Conversation, token: str) -> Release:
-        """Release the lock if the mailbox is empty; otherwise keep it (there is another turn to run)."""
-        return Release(int(await self._release(keys=[keys.lock(conv), keys.mailbox(conv)], args=[token])))
+    async def release(self, lease: Lease) -> Release:
+        """Release the lock (acknowledging the wake-up) if the mailbox is empty; otherwise keep it (there is
+        another turn to run)."""
+        conv = lease.conv
+        return Release(int(await self._release(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
+                                               args=[lease.token, lease.entry_id, keys.WORKER_GROUP])))

@@ -47,17 +47,31 @@ class Metrics:
     async def scrape(self, redis: aioredis.Redis) -> bytes:
         """The text exposition, after reading the Redis-side gauges."""
         try:
-            summary = await redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
-            self.queue_depth.set(summary["pending"])
-            oldest = summary.get("min")
-            age = time.time() - int(str(oldest).split("-")[0]) / 1000 if oldest else 0.0
-            self.queue_age.set(max(age, 0.0))
-            groups = await redis.xinfo_groups(keys.WAKEUPS)
-            self.queue_lag.set(next((g.get("lag") or 0 for g in groups if g["name"] == keys.WORKER_GROUP), 0))
-            self.active_chats.set(await redis.zcard(keys.INACTIVITY_TIMERS))
+            pending, oldest, lag = 0, None, 0
+            for shard in range(keys.SHARDS):
+                stream = keys.wakeups(shard)
+                summary = await redis.xpending(stream, keys.WORKER_GROUP)
+                pending += summary["pending"]
+                first = summary.get("min")
+                if first and (oldest is None or _ms(first) < _ms(oldest)):
+                    oldest = first
+                groups = await redis.xinfo_groups(stream)
+                lag += next((g.get("lag") or 0 for g in groups if g["name"] == keys.WORKER_GROUP), 0)
+            self.queue_depth.set(pending)
+            self.queue_age.set(max(time.time() - _ms(oldest) / 1000, 0.0) if oldest else 0.0)
+            self.queue_lag.set(lag)
+            async with redis.pipeline(transaction=False) as pipe:
+                for shard in range(keys.SHARDS):
+                    pipe.zcard(keys.timers(shard))
+                self.active_chats.set(sum(await pipe.execute()))
         except RedisError:
             pass   # the counters still answer; /readyz says Redis is down
         return bytes(generate_latest(self.registry))
+
+
+def _ms(entry_id: object) -> int:
+    """The time (ms) in a stream entry id."""
+    return int(str(entry_id).split("-")[0])
 
 
 def middleware(metrics: Metrics) -> Middleware:

@@ -38,14 +38,14 @@ class OptOuts:
         when = now_ms()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.optout(conv), when, nx=True)
-            pipe.zadd(keys.OPTOUTS, {f"{conv.agent_number} {conv.user_number}": when}, nx=True)
+            pipe.zadd(keys.optouts(conv.shard), {f"{conv.agent_number} {conv.user_number}": when}, nx=True)
             await pipe.execute()
 
     async def clear(self, conv: Conversation) -> bool:
         """Clear the opt-out; True if there was one."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.optout(conv))
-            pipe.zrem(keys.OPTOUTS, f"{conv.agent_number} {conv.user_number}")
+            pipe.zrem(keys.optouts(conv.shard), f"{conv.agent_number} {conv.user_number}")
             deleted, _ = await pipe.execute()
         return bool(deleted)
 
@@ -55,9 +55,13 @@ class OptOuts:
     async def all(self, agent_number: str | None = None) -> list[OptOut]:
         """Every opt-out (of one number, if given), oldest first."""
         out = []
-        rows: Any = await self._redis.zrange(keys.OPTOUTS, 0, -1, withscores=True)
-        for member, score in rows:
-            agent, _, user = str(member).partition(" ")
-            if agent_number is None or agent == agent_number:
-                out.append(OptOut(agent, user, int(score)))
-        return out
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zrange(keys.optouts(shard), 0, -1, withscores=True)
+            partitions: list[Any] = await pipe.execute()
+        for rows in partitions:
+            for member, score in rows:
+                agent, _, user = str(member).partition(" ")
+                if agent_number is None or agent == agent_number:
+                    out.append(OptOut(agent, user, int(score)))
+        return sorted(out, key=lambda o: (o.opted_out_at, o.agent_number, o.user_number))

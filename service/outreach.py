@@ -107,7 +107,7 @@ async def send_sms(rt: Runtime, req: Request) -> tuple[Chat, Message]:
         text, exact = await _write(rt, chat, agent, req, context)
         if not text:
             raise InvalidRequest("the text to send is empty (content rendered to nothing, or the LLM wrote nothing)")
-        sent = await rt.sender.send_text(conv, req.number, text, exact=exact,
+        sent = await rt.sender.send_text(conv, req.number, text, exact=exact, chat_id=chat.chat_id,
                                          max_segments=agent.config.max_reply_segments)
         await rt.lifecycle.commit(chat, conv, TurnResult(
             messages=context + sent, deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms))
@@ -148,7 +148,7 @@ async def send_chat_message(rt: Runtime, chat: Chat, content: str, *, human: boo
         raise Conflict("the conversation is busy with a turn; try again")
     try:
         agent = await dialog.agent_for(rt, chat)
-        sent = await rt.sender.send_text(conv, number, content, exact=True)
+        sent = await rt.sender.send_text(conv, number, content, exact=True, chat_id=chat.chat_id)
         for message in sent:
             message.sender = "human" if human else None
         deadline = None if chat.agent_paused else now_ms() + agent.config.end_chat_after_silence_ms

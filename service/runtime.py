@@ -50,7 +50,7 @@ class Runtime:
         metrics: Metrics, *, signing_key: str,
     ) -> Runtime:
         optouts = OptOuts(redis, metrics)
-        catalog = Store(redis)
+        catalog = Store(redis, cache_ms=settings.catalog_cache_ms)
         chats = Chats(redis, ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog)
         return cls(

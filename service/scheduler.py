@@ -44,7 +44,7 @@ class Scheduler:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        self._timers = DueSet(rt.redis, keys.INACTIVITY_TIMERS)
+        self._timers = DueSet(rt.redis, keys.timers)
 
     async def tick(self) -> int:
         """Hand every due inactivity deadline to its conversation; how many were handed over."""
@@ -59,5 +59,5 @@ class Scheduler:
         if conv is not None:
             # The item carries the leased score: a worker that finds another score knows a turn re-armed the timer.
             item = Item(ItemKind.INACTIVITY, received_ms=now_ms(), chat_id=chat_id, timer_score=leased)
-            await self._rt.mailbox.put(conv, item, dedupe_id=f"inactivity:{chat_id}:{deadline}", check_optout=False)
+            await self._rt.mailbox.put(conv, item, dedupe_id=f"inactivity:{chat_id}:{deadline}")
         await self._timers.done(chat_id, leased)

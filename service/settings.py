@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TWILIO_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"
@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, populate_by_name=True)
 
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
+    # REDIS_URL names one node of a Redis Cluster (the client finds the others).
+    redis_cluster: bool = Field(default=False, validation_alias=_env("PARLEY_REDIS_CLUSTER", "redis_cluster"))
     data_dir: Path = Field(default=Path("./var"), validation_alias=_env("PARLEY_DATA_DIR", "data_dir"))
     host: str = Field(default="127.0.0.1", validation_alias=_env("PARLEY_HOST", "host"))
     port: int = Field(default=8080, ge=0, le=65535, validation_alias=_env("PARLEY_PORT", "port"))
@@ -96,9 +98,19 @@ class Settings(BaseSettings):
     inbound_webhook_attempts: int = Field(
         default=4, ge=1, le=10, validation_alias=_env("PARLEY_INBOUND_WEBHOOK_ATTEMPTS", "inbound_webhook_attempts")
     )
+    catalog_cache_ms: int = Field(
+        default=1_000, ge=0, le=60_000, validation_alias=_env("PARLEY_CATALOG_CACHE_MS", "catalog_cache_ms")
+    )
     scheduler_interval_ms: int = Field(
         default=1_000, ge=10, validation_alias=_env("PARLEY_SCHEDULER_INTERVAL_MS", "scheduler_interval_ms")
     )
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("PARLEY_REDIS_CLUSTER=true needs REDIS_URL (a node of the cluster); the embedded "
+                             "server is a single node")
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

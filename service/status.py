@@ -1,7 +1,8 @@
 """``POST /twilio/status``: Twilio's delivery-status callbacks, signature-checked, applied in order of rank.
 
 Twilio sends no callback for the status the create call returned, may send them out of order, and may add
-parameters: the signature covers the whole form, and ``delivery.py`` never lets a status move back.
+parameters: the signature covers the whole form, and ``delivery.py`` never lets a status move back. The
+callback URL Parley gives Twilio names the message's chat (``?chat_id=``); the signature covers it too.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ async def twilio_status(request: web.Request) -> web.Response:
         code = int(form["ErrorCode"]) if form.get("ErrorCode") else None
     except ValueError:
         code = None
-    chat_id = await rt.delivery.chat_of(sid) if sid else None
-    moved = bool(chat_id) and await rt.delivery.record(chat_id or "", sid, status, code)
+    chat_id = request.query.get("chat_id")   # set in the StatusCallback URL Parley gave Twilio
+    moved = bool(chat_id and sid) and await rt.delivery.record(chat_id or "", sid, status, code)
     log.info("sms status", extra={"message_sid": sid, "status": status, "error_code": code, "moved": moved,
                                   "to": redact(to)})
     if code == UNSUBSCRIBED and number is not None and to:
         conv = Conversation(agent_number=sender, user_number=to)
         await rt.optouts.record(conv, source="status_21610")
-        await rt.mailbox.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}",
-                             check_optout=False)
+        await rt.mailbox.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}")
     return web.Response(status=204)

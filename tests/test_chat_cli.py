@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from .conftest import DEFAULT_NUMBERS, agent_file, write_agents
+from .conftest import DEFAULT_NUMBERS, agent_file, redis_env, write_agents
 from .fakes.openai import Call, Completion, FakeOpenAI, echo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def llm(fake_llm: FakeOpenAI) -> FakeOpenAI:
 async def parley_chat(*args: str, stdin: str, redis_url: str, agents_dir: Path, llm: FakeOpenAI) -> Finished:
     """Run ``python -m service chat ARGS`` to completion; the fake LLM keeps answering in this loop."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
-    env.update({"REDIS_URL": redis_url, "PARLEY_AGENTS_DIR": str(agents_dir), "OPENAI_API_KEY": "sk-test",
+    env.update({**redis_env(redis_url), "PARLEY_AGENTS_DIR": str(agents_dir), "OPENAI_API_KEY": "sk-test",
                 "OPENAI_BASE_URL": llm.url, "PARLEY_LLM_MAX_RETRIES": "0"})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "chat", *args, cwd=REPO, env=env,
@@ -57,7 +57,8 @@ def agents(tmp_path: Path, **agent: Any) -> Path:
 
 
 async def chat_statuses(redis: aioredis.Redis) -> list[Any]:
-    return [await redis.hget(key, "chat_status") async for key in redis.scan_iter(match="parley:chat:{*}")]
+    return [await redis.hget(key, "chat_status") async for key in redis.scan_iter(match="parley:{*}:chat:*")
+            if ":" not in key.split(":chat:")[1]]
 
 
 async def test_a_conversation_on_stdin_and_stdout_ends_the_chat(

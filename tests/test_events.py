@@ -86,7 +86,8 @@ async def test_a_4xx_is_not_retried_and_a_dead_endpoint_gives_up(
     await receiver.wait_for(5)
     await asyncio.sleep(0.3)
     assert receiver.events() == ["chat_started", "chat_ended", "chat_ended", "chat_ended", "chat_analyzed"]
-    failed = [json.loads(raw) for raw in await parley.redis.lrange(keys.OUTBOX_FAILED, 0, -1)]
+    failed = [json.loads(raw) for s in range(keys.SHARDS)
+              for raw in await parley.redis.lrange(keys.outbox_failed(s), 0, -1)]
     assert [(f["kind"], f["attempts"], f["last_error"][:8]) for f in failed] == [
         ("chat_ended", 3, "HTTP 500"), ("chat_started", 1, "HTTP 400")]
 

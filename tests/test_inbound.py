@@ -22,7 +22,7 @@ from .conftest import (
 
 
 async def stored_keys(parley_redis: object) -> list[str]:
-    return sorted([k async for k in parley_redis.scan_iter(match="parley:conv:*")])  # type: ignore[attr-defined]
+    return sorted([k async for k in parley_redis.scan_iter(match="parley:{*}:conv:*")])  # type: ignore[attr-defined]
 
 
 async def test_forged_signature_is_403_and_stores_nothing(make_parley: MakeParley) -> None:
@@ -31,7 +31,7 @@ async def test_forged_signature_is_403_and_stores_nothing(make_parley: MakeParle
     assert response.status == 403
     assert "X-Twilio-Signature" in await response.text()
     assert await stored_keys(parley.redis) == []
-    assert await parley.redis.xlen(keys.WAKEUPS) == 0
+    assert sum([await parley.redis.xlen(keys.wakeups(s)) for s in range(keys.SHARDS)]) == 0
 
 
 async def test_missing_signature_is_403(make_parley: MakeParley) -> None:

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from service import keys
 from service.app import create_app
 
-from .conftest import USER, MakeParley, agent_file
+from .conftest import USER, MakeParley, agent_file, armed_timers, pending_wakeups
 
 
 async def test_silence_closes_the_chat_with_the_auto_close_message(make_parley: MakeParley) -> None:
@@ -26,7 +25,7 @@ async def test_silence_closes_the_chat_with_the_auto_close_message(make_parley: 
     chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
     assert chat["chat_status"] == "ended" and chat["disconnection_reason"] == "inactivity"
     assert chat["message_with_tool_calls"][-1]["content"] == "Thanks for texting. Bye for now!"
-    assert await parley.redis.zcard(keys.INACTIVITY_TIMERS) == 0
+    assert await armed_timers(parley.redis) == 0
     await asyncio.sleep(1.2)
     assert len(parley.twilio.messages) == 2, "the chat was closed twice"
 
@@ -48,7 +47,7 @@ async def test_a_turn_cancelled_before_commit_is_answered_after_reclaim(make_par
     await first.llm.called.wait()
     await first.client.close()       # the process stops mid-turn: the turn is cancelled before it commits
     assert first.twilio.messages == []
-    assert (await first.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP))["pending"] == 1
+    assert await pending_wakeups(first.redis) == 1
 
     first.llm.delay_s = 0
     second = await make_parley()     # another process, same Redis: reclaims the stale wake-up
@@ -81,7 +80,7 @@ async def test_shutdown_lets_a_running_turn_finish(make_parley: MakeParley) -> N
     await parley.llm.called.wait()
     await parley.client.close()
     assert [m.body for m in parley.twilio.messages] == ["You said: quick question"]
-    assert (await parley.redis.xpending(keys.WAKEUPS, keys.WORKER_GROUP))["pending"] == 0
+    assert await pending_wakeups(parley.redis) == 0
 
 
 async def test_a_generated_api_key_is_printed_once_and_works(

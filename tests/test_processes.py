@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
 
+from service import keys
 from service.signature import sign
 
 from .conftest import (
@@ -26,6 +27,7 @@ from .conftest import (
     DEFAULT_NUMBERS,
     PUBLIC_URL,
     agent_file,
+    redis_env,
     write_agents,
 )
 from .fakes.openai import Completion, FakeOpenAI
@@ -37,16 +39,18 @@ REPO = Path(__file__).resolve().parent.parent
 class Process:
     """``python -m service serve`` on its own port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = unused_port()
         self.env = {**env, "PARLEY_PORT": str(self.port)}
+        self.log = log    # the process's stderr (its JSON log lines)
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Process:
         args = self.env.get("PARLEY_SERVE_ARGS", "").split()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", *args, cwd=REPO, env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service", "serve", *args, cwd=REPO, env=self.env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=log)
         async with aiohttp.ClientSession() as http, asyncio.timeout(20):
             while True:
                 try:
@@ -72,7 +76,7 @@ async def launch(
     write_agents(tmp_path / "agents", {"frontdesk": agent_file()}, DEFAULT_NUMBERS)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
     base.update({
-        "REDIS_URL": redis_url, "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY,
+        **redis_env(redis_url), "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY,
         "PARLEY_PUBLIC_URL": PUBLIC_URL, "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_API_BASE_URL": fake_twilio.url, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_llm.url,
         "PARLEY_LLM_MAX_RETRIES": "0", "PARLEY_RECLAIM_IDLE_MS": "1000", "PARLEY_LOCK_TTL_MS": "2000",
@@ -81,7 +85,7 @@ async def launch(
     started: list[Process] = []
 
     async def start(**env: str) -> Process:
-        process = await Process({**base, **env}).start()
+        process = await Process({**base, **env}, tmp_path / f"parley-{len(started)}.log").start()
         started.append(process)
         return process
 
@@ -174,7 +178,7 @@ async def test_serve_web_only_takes_texts_and_leaves_turns_to_workers(
         assert await text(http, web_only, "+14155550009", "hello", "SMweb0000000000000000000000000001") == 200
     await asyncio.sleep(1.0)
     assert fake_twilio.messages == [], "a --web-only process ran a turn"
-    assert await redis.xlen("parley:wakeups") == 1
+    assert sum([await redis.xlen(keys.wakeups(s)) for s in range(keys.SHARDS)]) == 1
     await launch()                                   # a process with workers answers it
     sent = await fake_twilio.wait_for(1, within_s=20)
     assert sent[0].body == "You said: hello"

@@ -182,7 +182,7 @@ async def test_human_takeover_round_trip(make_parley: MakeParley, receiver: Rece
     chat_id = (await parley.chat_of())["chat_id"]
     paused = await api(parley, "PATCH", f"/update-chat/{chat_id}", 200, json={"agent_paused": True})
     assert paused["agent_paused"] is True
-    assert await parley.redis.zscore(keys.INACTIVITY_TIMERS, chat_id) is None
+    assert await parley.redis.zscore(keys.timers(keys.shard_of(chat_id)), chat_id) is None
 
     await parley.text("is a person there?")
     update = (await receiver.wait_for(1))[0]
@@ -196,7 +196,7 @@ async def test_human_takeover_round_trip(make_parley: MakeParley, receiver: Rece
     assert human["chat_id"] == chat_id
 
     await api(parley, "PATCH", f"/update-chat/{chat_id}", 200, json={"agent_paused": False})
-    assert await parley.redis.zscore(keys.INACTIVITY_TIMERS, chat_id) is not None
+    assert await parley.redis.zscore(keys.timers(keys.shard_of(chat_id)), chat_id) is not None
     await parley.text("thanks Maya")
     await parley.twilio.wait_for(3)
     history = [m["content"] for m in parley.llm.requests[-1]["messages"][1:]]
@@ -220,8 +220,11 @@ async def status_callback(parley: Parley, sid: str, status: str, error: str | No
             "AccountSid": ACCOUNT_SID, "From": AGENT_NUMBER, "To": USER, "ApiVersion": "2010-04-01"}
     if error:
         form["ErrorCode"] = error
-    signature = sign(PUBLIC_URL + "/twilio/status", form, AUTH_TOKEN)
-    response = await parley.client.post("/twilio/status", data=form, headers={"X-Twilio-Signature": signature})
+    # Twilio calls the StatusCallback URL Parley gave it with the message.
+    url = next(m.status_callback for m in parley.twilio.messages if m.sid == sid) or PUBLIC_URL + "/twilio/status"
+    signature = sign(url, form, AUTH_TOKEN)
+    response = await parley.client.post(url.removeprefix(PUBLIC_URL), data=form,
+                                        headers={"X-Twilio-Signature": signature})
     return response.status
 
 

@@ -16,9 +16,9 @@ from .fakes.openai import FakeOpenAI
 from .fakes.twilio import FakeTwilio
 
 # Keys without a TTL, each bounded another way (see service/keys.py).
-UNEXPIRING = {
-    keys.AGENTS, keys.LLMS, keys.NUMBERS, keys.WAKEUPS, keys.INACTIVITY_TIMERS, keys.CHATS, keys.OUTBOX_DUE,
-    keys.OUTBOX_FAILED, keys.ANALYSIS_DUE, keys.OPTOUTS,
+UNEXPIRING = {keys.AGENTS, keys.LLMS, keys.NUMBERS} | {
+    key(shard) for shard in range(keys.SHARDS) for key in (
+        keys.wakeups, keys.timers, keys.chats, keys.outbox_due, keys.outbox_failed, keys.analysis_due, keys.optouts)
 }
 UNEXPIRING_PREFIXES = (keys.agent(""), keys.llm(""), keys.number(""))
 
@@ -37,8 +37,8 @@ async def test_every_key_has_a_ttl_or_a_documented_bound(make_parley: MakeParley
         if await parley.redis.ttl(key) < 0:
             unbounded.append(key)
     assert unbounded == []
-    assert await parley.redis.xlen(keys.WAKEUPS) <= keys.WAKEUPS_MAXLEN
-    assert await parley.redis.zcard(keys.INACTIVITY_TIMERS) == 1  # the one ongoing chat
+    assert all([await parley.redis.xlen(keys.wakeups(s)) <= keys.WAKEUPS_MAXLEN for s in range(keys.SHARDS)])
+    assert sum([await parley.redis.zcard(keys.timers(s)) for s in range(keys.SHARDS)]) == 1  # the one ongoing chat
 
 
 async def test_a_full_mailbox_refuses_more(make_parley: MakeParley) -> None:
