@@ -11,12 +11,13 @@ once; other processes see it within that time.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -69,27 +70,38 @@ T = TypeVar("T")
 
 
 class Recent(Generic[T]):
-    """Values read in the last ``ttl_ms``, by key (at most ``size``; 0 ms keeps nothing)."""
+    """Values read in the last ``ttl_ms``, by key (at most ``size``; 0 ms keeps nothing). Callers that miss
+    at the same time share one read."""
 
     def __init__(self, ttl_ms: int, size: int = 4096) -> None:
         self._ttl_s = ttl_ms / 1000
         self._size = size
-        self._items: dict[str, tuple[float, T]] = {}
+        self._items: dict[str, tuple[float, asyncio.Future[T]]] = {}
 
     async def get(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        if self._ttl_s <= 0:
+            return await load()
         now = time.monotonic()
         hit = self._items.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        value = await load()
-        if self._ttl_s > 0:
-            if len(self._items) >= self._size:
-                self._items.clear()
-            self._items[key] = (now + self._ttl_s, value)
-        return value
+        if hit is not None and hit[0] > now and not _failed(hit[1]):
+            return await asyncio.shield(hit[1])
+        if len(self._items) >= self._size:
+            self._items.clear()
+        future = asyncio.ensure_future(load())
+        self._items[key] = (now + self._ttl_s, future)
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if self._items.get(key, (0.0, None))[1] is future:
+                del self._items[key]   # a failed read is not kept
+            raise
 
     def clear(self) -> None:
         self._items.clear()
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: str) -> bool:

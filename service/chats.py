@@ -408,10 +408,16 @@ if chat_id ~= '' then
   end
   if ARGV[11] == '1' then redis.call('ZADD', KEYS[8], ARGV[12], chat_id) end
 end
-if ARGV[14] == '1' and tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[2], ARGV[3], -1) end
-if ARGV[1] == '' then return 1 end
-if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
-redis.call('DEL', KEYS[1])
+if ARGV[14] == '0' then return 1 end
+-- Does the mailbox hold items after the consumed ones?  Trim those, or drop the emptied mailbox (with the lock).
+local more = redis.call('LINDEX', KEYS[2], ARGV[3])
+if more and tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[2], ARGV[3], -1) end
+if ARGV[1] == '' then
+  if not more then redis.call('DEL', KEYS[2]) end
+  return 1
+end
+if more then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[3], ARGV[15], ARGV[2]) end
 return 1
 """

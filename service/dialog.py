@@ -65,7 +65,9 @@ async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
 
 async def answer(
     rt: Runtime, chat: Chat, agent: Agent, new: list[Message], *, sms: SmsHook | None = None,
+    history: list[Message] | None = None,
 ) -> Reply:
-    """The agent's reply to ``new`` user messages, given the chat's history window."""
-    history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
+    """The agent's reply to ``new`` user messages, given the chat's history window (read here unless given)."""
+    if history is None:
+        history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
     return await rt.responder.respond(agent, chat, history + new, sms=sms)

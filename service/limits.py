@@ -27,15 +27,6 @@ DEFAULT_COUNTRIES = ("US",)
 COUNTER_TTL_S = 2 * 86_400
 
 # KEYS: counter.  ARGV: segments, limit, ttl.  The new count, or -1 (nothing counted) when over the limit.
-_RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
-local now = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return now
-"""
-
-
 def country_of(e164: str) -> str:
     """The ISO country of an E.164 number ("ZZ" when unknown)."""
     try:
@@ -62,15 +53,24 @@ def pacific_day(now: datetime | None = None) -> str:
 
 
 class DailySegments:
+    """Segments sent per number per US-Pacific day, against its ``daily_segment_limit``.
+
+    A reservation is one ``INCRBY``; one that goes over the limit is given back (``DECRBY``) and refused. So
+    the counter never stays above the limit, and near it a send that races another may be refused while the
+    other's reservation is briefly counted."""
+
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._reserve = redis.register_script(_RESERVE)
 
     async def reserve(self, number: PhoneNumber, segments: int) -> None:
         """Count ``segments`` against today's limit, or raise ``LimitReached`` (counting nothing)."""
         limit = number.daily_segment_limit or DEFAULT_DAILY_SEGMENTS
         key = keys.segments(number.phone_number, pacific_day())
-        if int(await self._reserve(keys=[key], args=[segments, limit, COUNTER_TTL_S])) < 0:
+        used = int(await self._redis.incrby(key, segments))
+        if used == segments:   # the day's first send: the counter is new
+            await self._redis.expire(key, COUNTER_TTL_S)
+        if used > limit:
+            await self._redis.decrby(key, segments)
             raise LimitReached(f"{number.phone_number} reached its daily_segment_limit of {limit} segments for "
                                f"{pacific_day()} (US Pacific); nothing was sent")
 

@@ -157,10 +157,6 @@ class Mailbox:
         )
         return Enqueued(int(result))
 
-    async def peek(self, conv: Conversation) -> list[Item]:
-        """Everything in the mailbox, oldest first (not removed: the turn commit trims it)."""
-        return [Item.from_json(str(raw)) for raw in await self._redis.lrange(keys.mailbox(conv), 0, -1)]
-
     async def acquire(self, conv: Conversation) -> str | None:
         """Take the conversation's turn lock; its token, or None when another worker holds it."""
         return await self.locks.acquire(keys.lock(conv))

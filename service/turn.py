@@ -45,10 +45,11 @@ def next_batch(items: list[Item]) -> list[Item]:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a turn needs to know about its conversation, read once per turn (``Turns.context``)."""
+    """What a turn needs to know about its conversation, read together with its mailbox (``Turns.load``)."""
 
     number: PhoneNumber | None
     chat: Chat | None          # the ongoing chat
+    history: list[Message]     # the chat's last ``history_window`` messages
     opted_out: bool
 
 
@@ -56,12 +57,26 @@ class Turns:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
 
-    async def context(self, conv: Conversation) -> Context:
-        chat_id, opted_out = await self._rt.redis.mget(keys.current_chat(conv), keys.optout(conv))
-        chat = await self._rt.chats.get(str(chat_id)) if chat_id else None
-        if chat is not None and chat.chat_status is not ChatStatus.ONGOING:
-            chat = None
-        return Context(await self._rt.catalog.get_number(conv.agent_number), chat, opted_out is not None)
+    async def load(self, conv: Conversation) -> tuple[list[Item], Context]:
+        """The mailbox and the context of its next turn, in two round trips (pipelines of one partition)."""
+        redis = self._rt.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.mailbox(conv), 0, -1)
+            # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots; these
+            # two share the conversation's.
+            pipe.execute_command("MGET", keys.current_chat(conv), keys.optout(conv))
+            raw_items, (chat_id, opted_out) = await pipe.execute()
+        chat, history = None, []
+        if chat_id:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.chat(chat_id))
+                pipe.lrange(keys.chat_messages(chat_id), -self._rt.settings.history_window, -1)
+                row, raw_history = await pipe.execute()
+            if row and row.get("chat_status") == ChatStatus.ONGOING.value:
+                chat = Chat.from_hash(row)
+                history = [Message.from_json(raw) for raw in raw_history]
+        number = await self._rt.catalog.get_number(conv.agent_number)
+        return [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
 
     async def burst_window_ms(self, ctx: Context) -> int:
         """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
@@ -150,7 +165,7 @@ class Turns:
             return
         by_tool: list[Message] = []
         hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
-        reply = await dialog.answer(self._rt, chat, agent, user, sms=hook)
+        reply = await dialog.answer(self._rt, chat, agent, user, sms=hook, history=ctx.history)
         sent = []
         if reply.text:
             sent = await self._rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,

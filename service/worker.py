@@ -152,6 +152,9 @@ class WorkerPool:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Its wake-up stays pending and is reclaimed after reclaim_idle_ms.
+            log.error("conversation task failed", exc_info=exc, extra={"task": task.get_name()})
         self._start()
         self._room.set()
 
@@ -190,13 +193,13 @@ class WorkerPool:
             if lease.outcome is not Release.MORE_WORK:
                 return
 
-    async def _run_turn(self, lease: Lease, batch: list[Item], ctx: Context | None) -> None:
+    async def _run_turn(self, lease: Lease, batch: list[Item], ctx: Context) -> None:
         conv = lease.conv
         started = time.perf_counter()
         outcome = "ok"
         self._turning.add(conv.id)
         try:
-            await self._turns.run(lease, batch, ctx or await self._turns.context(conv))
+            await self._turns.run(lease, batch, ctx)
         except (ParleyError, ValueError, KeyError, TypeError) as exc:
             # A turn that cannot be run (bad stored data, a missing agent) must not block the
             # conversation forever: record why, drop the batch, go on with the next one.
@@ -209,20 +212,16 @@ class WorkerPool:
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
             self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
-    async def _wait_for_burst(self, conv: Conversation) -> tuple[list[Item], Context | None]:
-        """The mailbox, once no new text arrived for the agent's burst window; and the conversation's context
-        when it was read to learn that window and is still fresh."""
-        ctx: Context | None = None
+    async def _wait_for_burst(self, conv: Conversation) -> tuple[list[Item], Context]:
+        """The mailbox and its turn's context, once no new text arrived for the agent's burst window."""
         while True:
-            items = await self._rt.mailbox.peek(conv)
+            items, ctx = await self._turns.load(conv)
             if not items or len(items) >= 20 or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
                 return items, ctx
-            ctx = ctx or await self._turns.context(conv)
             wait_ms = items[-1].received_ms + await self._turns.burst_window_ms(ctx) - now_ms()
             if wait_ms <= 0:
                 return items, ctx
-            await asyncio.sleep(wait_ms / 1000)
-            ctx = None   # read it again: the chat may have changed while we waited
+            await asyncio.sleep(wait_ms / 1000)   # then read both again: the chat may have changed meanwhile
 
     async def _keep_alive(self, lease: Lease) -> None:
         conv = lease.conv
