@@ -6,6 +6,7 @@ here, at the edge; handlers raise, they do not build error bodies.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,8 @@ B = TypeVar("B", bound=BaseModel)
 
 # Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope.
 OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
+# How long those may wait (on Redis: nothing else) before answering 503. Well under Twilio's 15 s.
+WEBHOOK_TIMEOUT_S = 5.0
 
 _STATUS: dict[type[ParleyError], int] = {
     MalformedRequest: 400, NotFound: 404, Conflict: 409, InvalidRequest: 422, LimitReached: 429, SendError: 502,
@@ -104,10 +107,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     """Bearer auth and Retell's error envelope for the API; open routes pass through untouched."""
     if request.path.startswith(OPEN_PREFIXES):
         try:
-            return await handler(request)
-        except RedisError as exc:
+            async with asyncio.timeout(WEBHOOK_TIMEOUT_S):   # they wait on Redis only
+                return await handler(request)
+        except (RedisError, TimeoutError) as exc:
             # Twilio sees a quick 503 (and calls the number's fallback URL, or retries per #rc/#rp).
-            log.warning("redis unavailable", extra={"path": request.path, "error": str(exc)})
+            log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
             return web.Response(status=503, text="storage unavailable; try again\n", content_type="text/plain")
     if not _authorized(request):
         return error(401, "missing or invalid API key: send 'Authorization: Bearer <PARLEY_API_KEY>'")

@@ -84,7 +84,7 @@ class Recent(Generic[T]):
         now = time.monotonic()
         hit = self._items.get(key)
         if hit is not None and hit[0] > now and not _failed(hit[1]):
-            return await asyncio.shield(hit[1])
+            return hit[1].result() if hit[1].done() else await asyncio.shield(hit[1])
         if len(self._items) >= self._size:
             self._items.clear()
         future = asyncio.ensure_future(load())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, cast
 
@@ -93,13 +93,16 @@ class Message:
         return orjson.dumps(self.to_retell()).decode()
 
     def to_retell(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
 
     @classmethod
     def from_json(cls, raw: str) -> Message:
         data = orjson.loads(raw)
         data["role"] = Role(data["role"])
         return cls(**data)
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
 
 
 @dataclass(slots=True)

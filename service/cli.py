@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from aiohttp import web
@@ -28,6 +29,10 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
         app = create_app(settings, web_routes=web_routes, workers=workers)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
+    # What is loaded by now (modules, models, settings) lives as long as the process: keep it out of the
+    # garbage collector's full passes, which otherwise walk it all and stall the event loop.
+    gc.collect()
+    gc.freeze()
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 shutdown_timeout=settings.drain_timeout_s, print=lambda line: print(line, file=sys.stderr))
 

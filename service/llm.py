@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2  # the openai client's HTTP layer: its raw response
 import openai
+import orjson
 from openai import AsyncOpenAI, DefaultAioHttpClient
-from openai.types.chat import ChatCompletion
 
 from .errors import LLMError
 from .metrics import Metrics
@@ -105,27 +106,43 @@ class LLM:
         started = time.perf_counter()
         try:
             # The client's own POST (its retries, timeouts and errors) without ``create``'s per-call rewrite of
-            # the whole request body, which costs several ms of CPU per turn with a long history.
-            response = await self._client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
+            # the whole request body, and without its model building: the body is read here (``_completion``).
+            response = await self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            completion, usage = _completion(response.content)
         except openai.APIError as exc:
             self.breaker.failed()
             self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
             raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
-        finally:
-            self._metrics.llm_seconds.observe(time.perf_counter() - started)
-        if not isinstance(response, ChatCompletion) or not response.choices:
+        except LLMError:
             self.breaker.failed()
             self._metrics.llm_calls.labels("not_a_completion").inc()
-            raise LLMError(f"LLM answered with something that is not a chat completion: {str(response)[:200]!r}")
+            raise
+        finally:
+            self._metrics.llm_seconds.observe(time.perf_counter() - started)
         self.breaker.succeeded()
         self._metrics.llm_calls.labels("ok").inc()
-        if response.usage is not None:
-            self._metrics.llm_tokens.labels("prompt").inc(response.usage.prompt_tokens or 0)
-            self._metrics.llm_tokens.labels("completion").inc(response.usage.completion_tokens or 0)
-        message = response.choices[0].message
+        self._metrics.llm_tokens.labels("prompt").inc(usage[0])
+        self._metrics.llm_tokens.labels("completion").inc(usage[1])
+        return completion
+
+
+def _completion(body: bytes) -> tuple[Completion, tuple[int, int]]:
+    """A chat completion's first choice and its token counts; ``LLMError`` for anything else (an HTML proxy
+    page, a JSON error, a choice without a message)."""
+    try:
+        data = orjson.loads(body)
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
         calls = tuple(
-            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")
-            for call in message.tool_calls or ()
-            if call.type == "function"
+            ToolCall(id=str(call["id"]), name=str(call["function"]["name"]),
+                     arguments=call["function"].get("arguments") or "{}")
+            for call in message.get("tool_calls") or () if call.get("type", "function") == "function"
         )
-        return Completion(content=(message.content or "")[:MAX_CONTENT_CHARS], tool_calls=calls)
+        usage = data.get("usage") or {}
+        tokens = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        if not isinstance(content, str) or not all(isinstance(c.arguments, str) for c in calls):
+            raise TypeError("content and arguments must be strings")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise LLMError(f"LLM answered with something that is not a chat completion ({exc.__class__.__name__}: "
+                       f"{exc}): {body[:200]!r}") from exc
+    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls), tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -22,8 +23,16 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Longer than any blocking read Parley issues (XREADGROUP blocks for at most 1 s).
-SOCKET_TIMEOUT_S = 5.0
+# No per-command socket timeout: on Python 3.11 redis-py implements it with ``asyncio.wait_for``, a task per
+# read, which cost about a tenth of a turn's CPU. A dead server or network is found by TCP instead (keepalive
+# probes on idle connections, TCP_USER_TIMEOUT on unacknowledged writes: about 10 s), a stuck turn loses its
+# lock to another worker, and the Twilio webhooks bound their own wait (``api.WEBHOOK_TIMEOUT_S``).
+SOCKET_TIMEOUT_S = None
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 10_000))
+    if hasattr(socket, name)
+}
 
 
 @asynccontextmanager
@@ -51,7 +60,7 @@ def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> 
     if cluster:
         client = RedisCluster.from_url(
             url, decode_responses=True, max_connections=max_connections, socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=2.0,
+            socket_connect_timeout=2.0, socket_keepalive=True, socket_keepalive_options=KEEPALIVE,
         )
         return cast(aioredis.Redis, client)
     return aioredis.from_url(
@@ -60,6 +69,8 @@ def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> 
         max_connections=max_connections,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=2.0,
+        socket_keepalive=True,
+        socket_keepalive_options=KEEPALIVE,
         health_check_interval=30,
     )
 

@@ -8,6 +8,7 @@ to ``TWILIO_API_BASE_URL`` (tests point it at a local fake). Twilio's errors bec
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     def __init__(self, base_url: str | None, timeout_s: float) -> None:
         super().__init__(timeout=timeout_s)
         self._base = urlsplit(base_url) if base_url else None
+
+    # The client formats every request's and response's headers for its INFO log whether or not that log is
+    # on: only do it when it is.
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code: int, response: Any) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_response(status_code, response)
 
     async def request(
         self, method: str, url: str, params: Any = None, data: Any = None, headers: Any = None,

