@@ -157,10 +157,6 @@ class Mailbox:
         )
         return Enqueued(int(result))
 
-    async def acquire(self, conv: Conversation) -> str | None:
-        """Take the conversation's turn lock; its token, or None when another worker holds it."""
-        return await self.locks.acquire(keys.lock(conv))
-
     async def renew(self, conv: Conversation, token: str) -> bool:
         return await self.locks.renew(keys.lock(conv), token)
 

@@ -57,15 +57,29 @@ class Turns:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
 
+    async def take(self, conv: Conversation, token: str) -> tuple[list[Item], Context] | None:
+        """Take the conversation's lock with ``token`` and ``load``, in the same round trips; None (having
+        read for nothing) when another worker holds the lock."""
+        taken, items, ctx = await self._read(conv, token)
+        return (items, ctx) if taken else None
+
     async def load(self, conv: Conversation) -> tuple[list[Item], Context]:
         """The mailbox and the context of its next turn, in two round trips (pipelines of one partition)."""
+        _, items, ctx = await self._read(conv, None)
+        return items, ctx
+
+    async def _read(self, conv: Conversation, lock_token: str | None) -> tuple[bool, list[Item], Context]:
         redis = self._rt.redis
         async with redis.pipeline(transaction=False) as pipe:
+            if lock_token is not None:
+                pipe.set(keys.lock(conv), lock_token, nx=True, px=self._rt.mailbox.locks.ttl_ms)
             pipe.lrange(keys.mailbox(conv), 0, -1)
             # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots; these
             # two share the conversation's.
             pipe.execute_command("MGET", keys.current_chat(conv), keys.optout(conv))
-            raw_items, (chat_id, opted_out) = await pipe.execute()
+            replies = await pipe.execute()
+        taken = bool(replies.pop(0)) if lock_token is not None else True
+        raw_items, (chat_id, opted_out) = replies
         chat, history = None, []
         if chat_id:
             async with redis.pipeline(transaction=False) as pipe:
@@ -76,7 +90,7 @@ class Turns:
                 chat = Chat.from_hash(row)
                 history = [Message.from_json(raw) for raw in raw_history]
         number = await self._rt.catalog.get_number(conv.agent_number)
-        return [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
+        return taken, [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
 
     async def burst_window_ms(self, ctx: Context) -> int:
         """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""

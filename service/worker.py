@@ -159,32 +159,33 @@ class WorkerPool:
         self._room.set()
 
     async def _handle(self, entry_id: str, conv: Conversation, reclaimed: bool) -> None:
-        mailbox = self._rt.mailbox
-        token = await mailbox.acquire(conv)
-        if token is None and reclaimed:
+        token = secrets.token_hex(16)
+        first = await self._turns.take(conv, token)   # the lock, and what the first turn needs
+        if first is None and reclaimed:
             # The lock may belong to the worker that died holding this very wake-up: keep it pending; it comes
             # back after reclaim_idle_ms, by when a dead holder's lock (lock_ttl_ms) has expired.
             return
-        if token is None:
+        if first is None:   # the holder will see the message
             await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
             return
         lease = Lease(conv, token, entry_id)
         renewer = asyncio.create_task(self._keep_alive(lease))
         try:
-            await self._drain(lease)
+            await self._drain(lease, first)
         except asyncio.CancelledError:
-            await mailbox.abandon(conv, token)
+            await self._rt.mailbox.abandon(conv, token)
             raise
         finally:
             renewer.cancel()
         if lease.outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
             await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
 
-    async def _drain(self, lease: Lease) -> None:
+    async def _drain(self, lease: Lease, loaded: tuple[list[Item], Context] | None) -> None:
         """Run turns until a commit (or a release) finds the mailbox empty and lets go of the conversation."""
         while True:
             lease.outcome = None
-            items, ctx = await self._wait_for_burst(lease.conv)
+            items, ctx = await self._wait_for_burst(lease.conv, loaded)
+            loaded = None
             batch = next_batch(items)
             if batch:
                 await self._run_turn(lease, batch, ctx)
@@ -212,10 +213,14 @@ class WorkerPool:
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
             self._rt.metrics.turn_seconds.observe(time.perf_counter() - started)
 
-    async def _wait_for_burst(self, conv: Conversation) -> tuple[list[Item], Context]:
-        """The mailbox and its turn's context, once no new text arrived for the agent's burst window."""
+    async def _wait_for_burst(
+        self, conv: Conversation, loaded: tuple[list[Item], Context] | None,
+    ) -> tuple[list[Item], Context]:
+        """The mailbox and its turn's context (``loaded`` if just read), once no new text arrived for the
+        agent's burst window."""
         while True:
-            items, ctx = await self._turns.load(conv)
+            items, ctx = loaded or await self._turns.load(conv)
+            loaded = None
             if not items or len(items) >= 20 or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
                 return items, ctx
             wait_ms = items[-1].received_ms + await self._turns.burst_window_ms(ctx) - now_ms()
