@@ -107,7 +107,9 @@ class LLM:
         try:
             # The client's own POST (its retries, timeouts and errors) without ``create``'s per-call rewrite of
             # the whole request body, and without its model building: the body is read here (``_completion``).
-            response = await self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            # The body goes as bytes (orjson), which the client sends as they are instead of encoding it again.
+            response = await self._client.post("/chat/completions", content=orjson.dumps(kwargs),
+                                               cast_to=httpx2.Response)
             completion, usage = _completion(response.content)
         except openai.APIError as exc:
             self.breaker.failed()
