@@ -28,6 +28,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
+from service.cli import new_event_loop
+
 PREFIX = "floor:"
 WAKEUPS = PREFIX + "wakeups"
 GROUP = "workers"
@@ -160,7 +162,8 @@ def main() -> None:
     app.cleanup_ctx.append(resources)
     app.router.add_post("/twilio/sms", webhook)
     app.router.add_get("/readyz", readyz)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    # The same event loop as Parley's (``service.cli.new_event_loop``): the floor differs only in what it does.
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=new_event_loop())
 
 
 if __name__ == "__main__":

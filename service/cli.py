@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import sys
 
@@ -33,8 +34,18 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
     # garbage collector's full passes, which otherwise walk it all and stall the event loop.
     gc.collect()
     gc.freeze()
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, loop=new_event_loop(),
                 shutdown_timeout=settings.drain_timeout_s, print=lambda line: print(line, file=sys.stderr))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (Linux and macOS: it costs a turn less CPU than asyncio's
+    own), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def serve(args: argparse.Namespace) -> None:
