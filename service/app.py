@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -21,7 +21,6 @@ from .api import api_middleware, healthz, json_response, readyz
 from .appkeys import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
 from .catalog import Store
 from .llm import LLM
-from .looplag import LoopLag
 from .metrics import Metrics, exposition, middleware
 from .openapi import Route, document
 from .runtime import Runtime
@@ -63,7 +62,7 @@ def create_app(
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(_clients_ctx)
     if workers:
-        app.cleanup_ctx.append(_workers(beside_webhooks=web_routes))
+        app.cleanup_ctx.append(_workers_ctx)
     if web_routes and not settings.api_keys:
         app.on_startup.append(_print_api_key)
     for route in routes(web_routes=web_routes):
@@ -120,27 +119,18 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             await gateway.close()
 
 
-def _workers(*, beside_webhooks: bool) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The workers and the scheduler; ``beside_webhooks``: the process also answers Twilio's webhooks, so
-    the workers start no new conversation while the event loop lags (``looplag.py``)."""
-
-    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-        rt = app[RUNTIME]
-        lag = LoopLag(rt.settings.max_loop_lag_ms) if beside_webhooks else None
-        pool = WorkerPool(rt, lag)
-        await pool.ensure_groups()
-        interval = rt.settings.scheduler_interval_ms / 1000
-        loops = [
-            asyncio.create_task(pool.run(), name="parley-workers"),
-            asyncio.create_task(every(interval, Scheduler(rt).tick, "inactivity"), name="parley-inactivity"),
-            asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
-            asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
-        ]
-        if lag is not None:
-            loops.append(asyncio.create_task(lag.run(), name="parley-loop-lag"))
-        yield
-        for task in reversed(loops):
-            await stop_task(task)
-        await pool.drain(rt.settings.drain_timeout_s)
-
-    return workers_ctx
+async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    pool = WorkerPool(rt)
+    await pool.ensure_groups()
+    interval = rt.settings.scheduler_interval_ms / 1000
+    loops = [
+        asyncio.create_task(pool.run(), name="parley-workers"),
+        asyncio.create_task(every(interval, Scheduler(rt).tick, "inactivity"), name="parley-inactivity"),
+        asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
+        asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
+    ]
+    yield
+    for task in reversed(loops):
+        await stop_task(task)
+    await pool.drain(rt.settings.drain_timeout_s)

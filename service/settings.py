@@ -98,10 +98,6 @@ class Settings(BaseSettings):
     inbound_webhook_attempts: int = Field(
         default=4, ge=1, le=10, validation_alias=_env("PARLEY_INBOUND_WEBHOOK_ATTEMPTS", "inbound_webhook_attempts")
     )
-    # In `parley serve`, no new conversation starts while the event loop runs this late (0: never held back).
-    max_loop_lag_ms: int = Field(
-        default=10, ge=0, le=10_000, validation_alias=_env("PARLEY_MAX_LOOP_LAG_MS", "max_loop_lag_ms")
-    )
     catalog_cache_ms: int = Field(
         default=1_000, ge=0, le=60_000, validation_alias=_env("PARLEY_CATALOG_CACHE_MS", "catalog_cache_ms")
     )

@@ -33,7 +33,6 @@ from . import keys
 from .clock import now_ms
 from .errors import ParleyError
 from .keys import Conversation
-from .looplag import LoopLag
 from .mailbox import Item, Lease, Release
 from .runtime import Runtime
 from .turn import Context, Turns, next_batch
@@ -53,9 +52,8 @@ def consumer_name() -> str:
 class WorkerPool:
     """Reads wake-ups and runs conversations, bounded by ``settings.workers``."""
 
-    def __init__(self, rt: Runtime, lag: LoopLag | None = None) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        self._lag = lag     # set when webhooks share the process: no new conversation while the loop lags
         self._turns = Turns(rt)
         self._name = consumer_name()
         self._active: set[asyncio.Task[None]] = set()
@@ -89,23 +87,13 @@ class WorkerPool:
             for reader in readers:
                 await stop_task(reader)
 
-    def _allowed(self) -> int:
-        workers = self._rt.settings.workers
-        return workers if self._lag is None else max(1, int(workers * self._lag.share))
-
     def _room_left(self) -> int:
-        return self._allowed() - len(self._active) - len(self._backlog)
+        return self._rt.settings.workers - len(self._active) - len(self._backlog)
 
     async def _wait_for_room(self) -> int:
         while (room := self._room_left()) <= 0:
             self._room.clear()
-            waits = [asyncio.ensure_future(self._room.wait())]
-            if self._lag is not None:
-                self._lag.grown.clear()
-                waits.append(asyncio.ensure_future(self._lag.grown.wait()))
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in pending:
-                waiter.cancel()
+            await self._room.wait()
         return min(room, self._share, MAX_READ)
 
     async def _read_loop(self, streams: list[str]) -> None:
@@ -155,8 +143,8 @@ class WorkerPool:
         return [entry for entry in claimed if entry and entry[1]]
 
     def _start(self) -> None:
-        """Start backlogged wake-ups while fewer conversations run than allowed."""
-        while self._backlog and len(self._active) < self._allowed():
+        """Start backlogged wake-ups while fewer than ``settings.workers`` conversations run."""
+        while self._backlog and len(self._active) < self._rt.settings.workers:
             entry_id, conv, reclaimed = self._backlog.popleft()
             task = asyncio.create_task(self._handle(entry_id, conv, reclaimed), name=f"conv {conv.id}")
             self._active.add(task)
