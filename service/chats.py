@@ -249,6 +249,16 @@ class Chats:
         chat = await self.get(str(chat_id))
         return chat if chat is not None and chat.chat_status is ChatStatus.ONGOING else None
 
+    async def ongoing_with_history(self, chat_id: str, last: int) -> tuple[Chat | None, list[Message]]:
+        """Chat ``chat_id`` if it is ongoing, with its last ``last`` messages, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.chat(chat_id))
+            pipe.lrange(keys.chat_messages(chat_id), -last, -1)
+            row, raws = await pipe.execute()
+        if not row or row.get("chat_status") != ChatStatus.ONGOING.value:
+            return None, []
+        return Chat.from_hash(row), [Message.from_json(raw) for raw in raws]
+
     async def update(self, chat: Chat) -> None:
         """Write the chat's variables and metadata back."""
         fields = chat.to_hash()

@@ -60,10 +60,3 @@ class DueSet:
     async def at(self, member: str, when: int) -> None:
         """(Re)schedule ``member`` for ``when``."""
         await self._redis.zadd(self.key(keys.shard_of(member)), {member: when})
-
-    async def size(self) -> int:
-        """Members in all partitions."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard in range(keys.SHARDS):
-                pipe.zcard(self.key(shard))
-            return sum(await pipe.execute())

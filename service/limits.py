@@ -26,7 +26,7 @@ DEFAULT_DAILY_SEGMENTS = 6_000
 DEFAULT_COUNTRIES = ("US",)
 COUNTER_TTL_S = 2 * 86_400
 
-# KEYS: counter.  ARGV: segments, limit, ttl.  The new count, or -1 (nothing counted) when over the limit.
+
 def country_of(e164: str) -> str:
     """The ISO country of an E.164 number ("ZZ" when unknown)."""
     try:

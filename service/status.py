@@ -37,7 +37,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     except ValueError:
         code = None
     chat_id = request.query.get("chat_id")   # set in the StatusCallback URL Parley gave Twilio
-    moved = bool(chat_id and sid) and await rt.delivery.record(chat_id or "", sid, status, code)
+    moved = await rt.delivery.record(chat_id, sid, status, code) if chat_id and sid else False
     log.info("sms status", extra={"message_sid": sid, "status": status, "error_code": code, "moved": moved,
                                   "to": redact(to)})
     if code == UNSUBSCRIBED and number is not None and to:

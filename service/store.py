@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -52,27 +52,18 @@ async def embedded_valkey(settings: Settings) -> AsyncIterator[str]:
 
 
 def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> aioredis.Redis:
-    """A client with a bounded pool and timeouts that suit blocking stream reads.
+    """A client with a bounded pool, a connect timeout and TCP keepalive (see ``SOCKET_TIMEOUT_S``).
 
     With ``cluster``, a ``RedisCluster`` client (its pool bound is per node). It is typed as ``Redis``
     because Parley uses only commands both clients have, on keys of one hash slot at a time (``keys.py``);
     the test suite runs against a real cluster to hold that true."""
+    options: dict[str, Any] = {
+        "decode_responses": True, "max_connections": max_connections, "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 2.0, "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE,
+    }
     if cluster:
-        client = RedisCluster.from_url(
-            url, decode_responses=True, max_connections=max_connections, socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=2.0, socket_keepalive=True, socket_keepalive_options=KEEPALIVE,
-        )
-        return cast(aioredis.Redis, client)
-    return aioredis.from_url(
-        url,
-        decode_responses=True,
-        max_connections=max_connections,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=2.0,
-        socket_keepalive=True,
-        socket_keepalive_options=KEEPALIVE,
-        health_check_interval=30,
-    )
+        return cast(aioredis.Redis, RedisCluster.from_url(url, **options))
+    return aioredis.from_url(url, health_check_interval=30, **options)
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import dialog, inbound_webhook, keys
 from .catalog import Agent, pick_agent
-from .chats import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
+from .chats import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
 from .clock import now_ms
 from .errors import InvalidRequest, NotFound
 from .keys import Conversation
@@ -80,15 +80,8 @@ class Turns:
             replies = await pipe.execute()
         taken = bool(replies.pop(0)) if lock_token is not None else True
         raw_items, (chat_id, opted_out) = replies
-        chat, history = None, []
-        if chat_id:
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.chat(chat_id))
-                pipe.lrange(keys.chat_messages(chat_id), -self._rt.settings.history_window, -1)
-                row, raw_history = await pipe.execute()
-            if row and row.get("chat_status") == ChatStatus.ONGOING.value:
-                chat = Chat.from_hash(row)
-                history = [Message.from_json(raw) for raw in raw_history]
+        chat, history = (await self._rt.chats.ongoing_with_history(chat_id, self._rt.settings.history_window)
+                         if chat_id else (None, []))
         number = await self._rt.catalog.get_number(conv.agent_number)
         return taken, [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
 
