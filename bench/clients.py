@@ -30,10 +30,10 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from service.llm import LLM
+from service.agent.llm import LLM
+from service.channels.twilio.gateway import TwilioGateway
 from service.metrics import Metrics
 from service.settings import Settings
-from service.twilio_gateway import TwilioGateway
 
 from .procs import ROOT, Procs, free_port, python_module, wait_http
 

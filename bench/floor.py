@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ResponseError
 
-from service.cli import new_event_loop
+from service.cli.commands import new_event_loop
 
 PREFIX = "floor:"
 WAKEUPS = PREFIX + "wakeups"

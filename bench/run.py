@@ -38,8 +38,8 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 
-from service import keys
-from service.signature import sign
+from service.channels.twilio.signature import sign
+from service.storage import keys
 
 from .procs import (
     ROOT,

@@ -16,19 +16,21 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import agent_routes, agentfiles, chat_routes, inbound, number_routes, sms_routes, status
-from .api import api_middleware, healthz, json_response, readyz
-from .appkeys import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
-from .catalog import Store
-from .llm import LLM
-from .metrics import Metrics, exposition, middleware
-from .openapi import Route, document
-from .runtime import Runtime
-from .scheduler import Scheduler, every
-from .settings import Settings
-from .store import open_redis
-from .twilio_gateway import TwilioGateway
-from .worker import WorkerPool, stop_task
+from service.agent.llm import LLM
+from service.api import agents, chats, numbers, sms
+from service.api.http import api_middleware, healthz, json_response, readyz
+from service.api.openapi import Route, document
+from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
+from service.catalog import agent_files
+from service.catalog.store import Store
+from service.channels.twilio import messages, status
+from service.channels.twilio.gateway import TwilioGateway
+from service.conversations.inactivity import Scheduler, every
+from service.conversations.runtime import Runtime
+from service.conversations.worker import WorkerPool, stop_task
+from service.metrics import Metrics, exposition, middleware
+from service.settings import Settings
+from service.storage.connection import open_redis
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def create_app(
     """Build Parley. ``web_routes=False`` serves only health checks (``parley worker``); ``workers=False``
     runs no turns (a web-only tier)."""
     settings = settings or Settings()
-    files = agentfiles.load(settings)  # fail fast, before anything starts
+    files = agent_files.load(settings)  # fail fast, before anything starts
     for warning in files.warnings:
         log.warning(warning)
     metrics = Metrics()
@@ -80,13 +82,13 @@ def routes(*, web_routes: bool = True) -> list[Route]:
     if not web_routes:
         return health
     own = [
-        Route("POST", "/twilio/sms", inbound.twilio_sms, "Twilio's inbound message webhook (form, signed)",
+        Route("POST", "/twilio/sms", messages.twilio_sms, "Twilio's inbound message webhook (form, signed)",
               public=True, tag="twilio"),
         Route("POST", "/twilio/status", status.twilio_status, "Twilio's status callback (form, signed)",
               status=204, public=True, tag="twilio"),
         Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations"),
     ]
-    return chat_routes.ROUTES + sms_routes.ROUTES + agent_routes.ROUTES + number_routes.ROUTES + own + health
+    return chats.ROUTES + sms.ROUTES + agents.ROUTES + numbers.ROUTES + own + health
 
 
 async def metrics_text(request: web.Request) -> web.Response:

@@ -26,9 +26,9 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
+from service.channels.twilio.signature import sign
 from service.settings import Settings
-from service.signature import sign
-from service.store import connect
+from service.storage.connection import connect
 
 from .fakes.openai import FakeOpenAI
 from .fakes.twilio import FakeTwilio
@@ -46,14 +46,14 @@ USER = "+14155550123"
 
 async def pending_wakeups(redis: aioredis.Redis) -> int:
     """Wake-ups read but not acknowledged, in all partitions."""
-    from service import keys
+    from service.storage import keys
 
     return sum([(await redis.xpending(keys.wakeups(s), keys.WORKER_GROUP))["pending"] for s in range(keys.SHARDS)])
 
 
 async def armed_timers(redis: aioredis.Redis) -> int:
     """Silence timers armed, in all partitions."""
-    from service import keys
+    from service.storage import keys
 
     return sum([await redis.zcard(keys.timers(s)) for s in range(keys.SHARDS)])
 
@@ -147,7 +147,7 @@ class Parley:
 
     async def chat_of(self, user: str = USER, to: str = AGENT_NUMBER) -> dict[str, Any]:
         """The conversation's latest chat, through the API."""
-        from service import keys
+        from service.storage import keys
 
         chat_id = await self.redis.get(keys.current_chat(keys.Conversation(to, user)))
         if chat_id is None:
@@ -159,7 +159,7 @@ class Parley:
 
     async def chat_ids(self) -> list[str]:
         """Every chat's id, oldest first."""
-        from service import keys
+        from service.storage import keys
 
         found = []
         async for key in self.redis.scan_iter(match=keys.PREFIX + "{*}:chat:*"):
@@ -170,7 +170,7 @@ class Parley:
 
     async def idle(self, within_s: float = 10.0) -> None:
         """Wait until every wake-up is acknowledged and every mailbox is empty."""
-        from service import keys
+        from service.storage import keys
 
         async with asyncio.timeout(within_s):
             while True:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service import agentfiles
+from service.catalog import agent_files
 from service.errors import ConfigError
-from service.retell import CustomTool, EndChatTool
+from service.retell.models import CustomTool, EndChatTool
 from service.settings import Settings
 
 from .conftest import ACCOUNT_SID, AGENT_NUMBER, agent_file
@@ -37,7 +37,7 @@ NUMBERS = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "f
 
 
 def test_the_example_agents_load() -> None:
-    catalog = agentfiles.load(settings_for(REPO / "agents"))
+    catalog = agent_files.load(settings_for(REPO / "agents"))
     agent = catalog.agents["receptionist"]
     assert agent.retell_llm.general_tools and isinstance(agent.retell_llm.general_tools[0], EndChatTool)
     assert isinstance(agent.retell_llm.general_tools[1], CustomTool)
@@ -47,7 +47,7 @@ def test_the_example_agents_load() -> None:
 def test_defaults_and_agent_id_from_the_file_name(tmp_path: Path) -> None:
     directory = write(tmp_path / "a", {"frontdesk.json": {"retell_llm": {"general_prompt": "hi"}},
                                        "phone-numbers.yaml": NUMBERS})
-    agent = agentfiles.load(settings_for(directory)).agents["frontdesk"]
+    agent = agent_files.load(settings_for(directory)).agents["frontdesk"]
     assert agent.end_chat_after_silence_ms == 3_600_000 and agent.burst_window_ms == 1_500
     assert agent.max_reply_segments == 3 and agent.timezone == "America/Los_Angeles"
     assert agent.retell_llm.begin_message is None
@@ -58,14 +58,14 @@ def test_retell_exports_with_extra_fields_drop_in(tmp_path: Path) -> None:
                           retell_llm={"states": [], "knowledge_base_ids": [],
                                       "general_tools": [{"type": "transfer_call", "name": "transfer"}]})
     directory = write(tmp_path / "a", {"frontdesk.yaml": exported, "phone-numbers.yaml": NUMBERS})
-    catalog = agentfiles.load(settings_for(directory))
+    catalog = agent_files.load(settings_for(directory))
     assert any("transfer_call" in w for w in catalog.warnings)
 
 
 def test_short_silence_is_allowed_with_a_warning(tmp_path: Path) -> None:
     directory = write(tmp_path / "a", {"frontdesk.yaml": agent_file(end_chat_after_silence_ms=5_000),
                                        "phone-numbers.yaml": NUMBERS})
-    catalog = agentfiles.load(settings_for(directory))
+    catalog = agent_files.load(settings_for(directory))
     assert any("below Retell's minimum" in w for w in catalog.warnings)
 
 
@@ -89,20 +89,20 @@ def test_short_silence_is_allowed_with_a_warning(tmp_path: Path) -> None:
 def test_invalid_files_name_file_field_and_expectation(tmp_path: Path, files: dict[str, Any], expected: str) -> None:
     directory = write(tmp_path / "a", {"frontdesk.yaml": agent_file(), "phone-numbers.yaml": NUMBERS, **files})
     with pytest.raises(ConfigError) as caught:
-        agentfiles.load(settings_for(directory))
+        agent_files.load(settings_for(directory))
     assert expected in str(caught.value)
 
 
 def test_legacy_single_agent_fields_are_accepted(tmp_path: Path) -> None:
     directory = write(tmp_path / "a", {"frontdesk.yaml": agent_file(), "phone-numbers.yaml": [
         {"phone_number": AGENT_NUMBER, "inbound_sms_agent_id": "frontdesk"}]})
-    number = agentfiles.load(settings_for(directory)).numbers[AGENT_NUMBER]
+    number = agent_files.load(settings_for(directory)).numbers[AGENT_NUMBER]
     assert [(a.agent_id, a.weight) for a in number.inbound_sms_agents] == [("frontdesk", 1.0)]
 
 
 def test_numbers_without_a_known_account_warn(tmp_path: Path) -> None:
     directory = write(tmp_path / "a", {"frontdesk.yaml": agent_file(), "phone-numbers.yaml": NUMBERS})
-    catalog = agentfiles.load(Settings(agents_dir=directory))
+    catalog = agent_files.load(Settings(agents_dir=directory))
     assert any("no twilio_account_sid and no TWILIO_ACCOUNT_SID" in w for w in catalog.warnings)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service import keys
+from service.storage import keys
 
 from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, agent_file
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service import keys
+from service.storage import keys
 
 from .conftest import AGENT_NUMBER, OTHER_ACCOUNT_SID, OTHER_NUMBER, USER, MakeParley, Parley, agent_file
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import keys
+from service.storage import keys
 
 from .conftest import local_cluster
 from .fakes.twilio import FakeTwilio

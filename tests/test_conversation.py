@@ -82,7 +82,7 @@ async def test_llm_errors_are_retried_by_the_sdk_then_fall_back(make_parley: Mak
 
 
 def agent_file_default_fallback() -> str:
-    from service.retell import ChatAgent
+    from service.retell.models import ChatAgent
 
     return str(ChatAgent.model_fields["fallback_message"].default)
 

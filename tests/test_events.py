@@ -8,7 +8,7 @@ from typing import Any
 
 from retell.lib.webhook_auth import verify as retell_verify  # what Retell(...).verify is
 
-from service import keys
+from service.storage import keys
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, Receiver, agent_file
 from .fakes.openai import Call, Completion, HttpError

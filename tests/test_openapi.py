@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
+from service.api.openapi import document
 from service.app import create_app, routes
-from service.openapi import document
 
 from .conftest import API_KEY, DEFAULT_NUMBERS, MakeParley, agent_file, build_settings, write_agents
 from .fakes.openai import FakeOpenAI

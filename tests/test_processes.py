@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
 
-from service import keys
-from service.signature import sign
+from service.channels.twilio.signature import sign
+from service.storage import keys
 
 from .conftest import (
     ACCOUNT_SID,

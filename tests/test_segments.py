@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.segments import MAX_BODY_CHARS, Encoding, Measure, measure, sanitize, split
+from service.sms.segments import MAX_BODY_CHARS, Encoding, Measure, measure, sanitize, split
 
 # Written out independently of the module, from the GSM 03.38 table (ESC at 0x1B is not a character).
 GSM_BASIC = (

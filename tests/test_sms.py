@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service import keys
-from service.signature import sign
+from service.channels.twilio.signature import sign
+from service.storage import keys
 
 from .conftest import ACCOUNT_SID, AGENT_NUMBER, AUTH_TOKEN, PUBLIC_URL, USER, MakeParley, Parley, Receiver, agent_file
 from .fakes.openai import Call, Completion

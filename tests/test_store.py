@@ -7,9 +7,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service import keys
 from service.app import create_app
-from service.appkeys import REDIS
+from service.app_state import REDIS
+from service.storage import keys
 
 from .conftest import DEFAULT_NUMBERS, USER, MakeParley, agent_file, build_settings, write_agents
 from .fakes.openai import FakeOpenAI

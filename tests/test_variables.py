@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.variables import merge, render, system_variables
+from service.agent.variables import merge, render, system_variables
 
 # 2024-03-28 23:46:04 PDT (Los Angeles) == 2024-03-29 02:46:04 EDT (New York)
 NOW_DST = datetime(2024, 3, 29, 6, 46, 4, tzinfo=UTC)

@@ -1,0 +1,141 @@
+"""Post-chat analysis (DESIGN.md section 5): after a chat ends, any way, an LLM call with a JSON-schema
+answer fills ``chat_analysis``; then ``chat_analyzed`` is queued, always, also when the analysis failed
+(the chat then carries ``analysis_error``).
+
+``chat_analysis`` holds ``chat_summary``, ``user_sentiment`` (Negative / Positive / Neutral / Unknown),
+``chat_successful``, and ``custom_analysis_data`` from the agent's ``post_chat_analysis_data`` (string,
+enum, boolean, number; a ``required`` item the model could not extract marks the chat unsuccessful).
+Ended chats wait in ``analysis:due``; any process takes them (leased), so a restart loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.agent.llm import LLM
+from service.catalog.store import Store
+from service.chats.lifecycle import Lifecycle
+from service.chats.store import Chat, Chats
+from service.clock import now_ms
+from service.errors import LLMError, NotFound
+from service.retell.models import AnalysisField, ChatAgent
+from service.storage import keys
+from service.storage.dueset import DueSet
+
+log = logging.getLogger(__name__)
+
+SENTIMENTS = ["Negative", "Positive", "Neutral", "Unknown"]
+INSTRUCTIONS = (
+    "You analyse a finished text-message conversation between a business's agent and a user. Answer with "
+    "the JSON object the schema describes. chat_summary: two or three sentences. user_sentiment: the user's "
+    "sentiment. chat_successful: whether the agent achieved the conversation's purpose. For each field of "
+    "custom_analysis_data follow its description; use null when the conversation does not say."
+)
+_TYPES = {"string": "string", "enum": "string", "boolean": "boolean", "number": "number"}
+
+
+def _custom_fields(agent: ChatAgent) -> list[AnalysisField]:
+    return [f for f in agent.post_chat_analysis_data if f.type != "system-presets"]
+
+
+def schema(agent: ChatAgent) -> dict[str, Any]:
+    """The strict JSON schema the model answers with."""
+    custom: dict[str, Any] = {}
+    for f in _custom_fields(agent):
+        prop: dict[str, Any] = {"type": [_TYPES[f.type], "null"], "description": f.description}
+        if f.type == "enum":
+            prop["enum"] = [*f.choices, None]
+        custom[f.name] = prop
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["chat_summary", "user_sentiment", "chat_successful", "custom_analysis_data"],
+        "properties": {
+            "chat_summary": {"type": "string"},
+            "user_sentiment": {"type": "string", "enum": SENTIMENTS},
+            "chat_successful": {"type": "boolean"},
+            "custom_analysis_data": {"type": "object", "additionalProperties": False, "required": list(custom),
+                                     "properties": custom},
+        },
+    }
+
+
+def _check_value(f: AnalysisField, value: Any) -> Any:
+    ok = {"string": isinstance(value, str), "enum": value in f.choices, "boolean": isinstance(value, bool),
+          "number": isinstance(value, int | float) and not isinstance(value, bool)}[f.type]
+    if not ok:
+        expected = f"one of {f.choices}" if f.type == "enum" else f"a {f.type}"
+        raise ValueError(f"custom_analysis_data.{f.name}: expected {expected}, got {value!r}")
+    return value
+
+
+def parse(text: str, agent: ChatAgent) -> dict[str, Any]:
+    """The model's answer, checked field by field against what the agent declared."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ValueError(f"the analysis is not JSON: {text[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise ValueError("the analysis is not a JSON object")
+    summary, sentiment, successful = data.get("chat_summary"), data.get("user_sentiment"), data.get("chat_successful")
+    if not isinstance(summary, str) or sentiment not in SENTIMENTS or not isinstance(successful, bool):
+        raise ValueError("chat_summary, user_sentiment or chat_successful is missing or of the wrong type")
+    given = data.get("custom_analysis_data") or {}
+    custom: dict[str, Any] = {}
+    for f in _custom_fields(agent):
+        value = given.get(f.name) if isinstance(given, dict) else None
+        if value is None:
+            successful = successful and not f.required
+            continue
+        custom[f.name] = _check_value(f, value)
+    return {"chat_summary": summary, "user_sentiment": sentiment, "chat_successful": successful,
+            "custom_analysis_data": custom}
+
+
+class Analyzer:
+    def __init__(self, chats: Chats, catalog: Store, llm: LLM, lifecycle: Lifecycle, redis: aioredis.Redis) -> None:
+        self._chats, self._catalog, self._llm, self._lifecycle = chats, catalog, llm, lifecycle
+        self._due = DueSet(redis, keys.analysis_due)
+
+    async def analyze(self, chat_id: str) -> Chat:
+        """Analyse the chat now, store the result (or the error) and queue ``chat_analyzed``."""
+        chat = await self._chats.get(chat_id)
+        if chat is None:
+            raise NotFound(f"chat {chat_id!r} not found")
+        messages = await self._chats.messages(chat_id)
+        agent = await self._catalog.agents.get(chat.agent_id, chat.version)
+        transcript = chat.to_response(messages).transcript or "(no messages)"
+        try:
+            completion = await self._llm.complete(
+                model=agent.post_chat_analysis_model, temperature=0.0, tools=[],
+                messages=[{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcript}],
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "chat_analysis", "strict": True, "schema": schema(agent)}},
+            )
+            chat.analysis, chat.analysis_error = parse(completion.content, agent), None
+        except (LLMError, ValueError) as exc:
+            chat.analysis_error = str(exc)
+            log.warning("post-chat analysis failed", extra={"chat_id": chat_id, "error": str(exc)})
+        target = self._lifecycle.target(agent)
+        events = []
+        if target is not None and "chat_analyzed" in target.kinds:
+            events.append(self._lifecycle.event(target, "chat_analyzed", chat, messages))
+        await self._chats.store_analysis(chat, events)
+        return chat
+
+    async def tick(self) -> int:
+        due = await self._due.pop(now_ms(), batch=20)
+        await asyncio.gather(*(self._one(chat_id, leased) for chat_id, _, leased in due))
+        return len(due)
+
+    async def _one(self, chat_id: str, leased: int) -> None:
+        try:
+            await self.analyze(chat_id)
+        except NotFound:
+            log.info("chat gone before its analysis", extra={"chat_id": chat_id})
+        await self._due.done(chat_id, leased)
+

@@ -1,0 +1,150 @@
+"""The LLM, through the official ``openai`` client (any OpenAI-compatible endpoint).
+
+The SDK retries 408/409/429/5xx, timeouts and connection errors itself (``PARLEY_LLM_MAX_RETRIES``);
+what still fails becomes ``LLMError`` here. A 200 whose body is not a chat completion (an HTML proxy
+page parses as a plain ``str``) is an ``LLMError`` too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2  # the openai client's HTTP layer: its raw response
+import openai
+import orjson
+from openai import AsyncOpenAI, DefaultAioHttpClient
+
+from service.errors import LLMError
+from service.metrics import Metrics
+from service.settings import Settings
+
+# A reply longer than this is cut: an SMS is at most 1,600 characters, and a runaway model must not
+# fill Redis or the worker's memory.
+MAX_CONTENT_CHARS = 8_000
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str
+    tool_calls: tuple[ToolCall, ...]
+
+
+class Breaker:
+    """Fails fast while the LLM is down: after ``threshold`` failures in a row, calls are refused for
+    ``cooldown_s``; then one call is let through, and its success closes the breaker again. So an outage
+    costs each turn a fallback text at once instead of the SDK's retries and timeouts."""
+
+    def __init__(self, threshold: int, cooldown_s: float) -> None:
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.failures >= self.threshold and now < self.open_until:
+            raise LLMError(f"the LLM failed {self.failures} times in a row; not calling it for "
+                           f"{self.open_until - now:.0f} s more")
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s   # half-open: this call is the trial, others wait
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.cooldown_s
+
+
+class LLM:
+    """Chat completions with tools."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.breaker = Breaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        self._client: AsyncOpenAI | None = None
+        if key:
+            self._client = AsyncOpenAI(
+                api_key=key, base_url=settings.openai_base_url, timeout=settings.llm_timeout_s,
+                max_retries=settings.llm_max_retries,
+                # The client's aiohttp transport: about half the CPU per call of its default HTTP stack.
+                http_client=DefaultAioHttpClient(),
+            )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    async def complete(
+        self, *, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+        allow_tools: bool = True, response_format: dict[str, Any] | None = None,
+    ) -> Completion:
+        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text."""
+        if self._client is None:
+            raise LLMError("OPENAI_API_KEY is not set")
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
+        if tools:
+            kwargs["tools"] = tools
+            kwargs["tool_choice"] = "auto" if allow_tools else "none"
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        try:
+            self.breaker.check()
+        except LLMError:
+            self._metrics.llm_calls.labels("breaker_open").inc()
+            raise
+        started = time.perf_counter()
+        try:
+            # The client's own POST (its retries, timeouts and errors) without ``create``'s per-call rewrite of
+            # the whole request body, and without its model building: the body is read here (``_completion``).
+            # The body goes as bytes (orjson), which the client sends as they are instead of encoding it again.
+            response = await self._client.post("/chat/completions", content=orjson.dumps(kwargs),
+                                               cast_to=httpx2.Response)
+            completion, usage = _completion(response.content)
+        except openai.APIError as exc:
+            self.breaker.failed()
+            self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
+            raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+        except LLMError:
+            self.breaker.failed()
+            self._metrics.llm_calls.labels("not_a_completion").inc()
+            raise
+        finally:
+            self._metrics.llm_seconds.observe(time.perf_counter() - started)
+        self.breaker.succeeded()
+        self._metrics.llm_calls.labels("ok").inc()
+        self._metrics.llm_tokens.labels("prompt").inc(usage[0])
+        self._metrics.llm_tokens.labels("completion").inc(usage[1])
+        return completion
+
+
+def _completion(body: bytes) -> tuple[Completion, tuple[int, int]]:
+    """A chat completion's first choice and its token counts; ``LLMError`` for anything else (an HTML proxy
+    page, a JSON error, a choice without a message)."""
+    try:
+        data = orjson.loads(body)
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
+        calls = tuple(
+            ToolCall(id=str(call["id"]), name=str(call["function"]["name"]),
+                     arguments=call["function"].get("arguments") or "{}")
+            for call in message.get("tool_calls") or () if call.get("type", "function") == "function"
+        )
+        usage = data.get("usage") or {}
+        tokens = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        if not isinstance(content, str) or not all(isinstance(c.arguments, str) for c in calls):
+            raise TypeError("content and arguments must be strings")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise LLMError(f"LLM answered with something that is not a chat completion ({exc.__class__.__name__}: "
+                       f"{exc}): {body[:200]!r}") from exc
+    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls), tokens

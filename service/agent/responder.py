@@ -1,0 +1,157 @@
+"""The agent's side of a turn: the prompt, the history window, and the LLM tool loop.
+
+It returns the reply text and the tool messages to record; it sends nothing (``sender`` does).
+When the LLM fails after its client's retries, the reply is the agent's ``fallback_message``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from service.agent import tools, variables
+from service.agent.llm import LLM
+from service.catalog.store import Agent
+from service.chats.store import Chat, Message, Role
+from service.errors import LLMError
+
+log = logging.getLogger(__name__)
+
+MAX_TOOL_ROUNDS = 5
+
+SMS_INSTRUCTIONS = (
+    "\n\n## Channel\nYou are texting with the user by SMS. Reply in plain text: no markdown, no bullet "
+    "lists, no emoji unless the user uses them. Keep each reply short, at most about {chars} characters."
+)
+
+
+@dataclass(slots=True)
+class Reply:
+    text: str
+    messages: list[Message] = field(default_factory=list)   # tool invocations and results, in order
+    end_chat: bool = False
+    failed: bool = False
+
+
+def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
+    """Agent defaults < the chat's variables < system variables (Retell's layering)."""
+    conv = chat.conversation
+    system = variables.system_variables(
+        now=now, timezone=agent.config.timezone, chat_id=chat.chat_id,
+        user_number=conv.user_number if conv else None, agent_number=conv.agent_number if conv else None,
+        direction=chat.direction.value if chat.direction else None,
+    )
+    return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, system)
+
+
+def system_prompt(agent: Agent, values: dict[str, str], now: datetime) -> str:
+    prompt = variables.render(agent.llm.general_prompt, values, now=now)
+    return prompt + SMS_INSTRUCTIONS.format(chars=153 * agent.config.max_reply_segments)
+
+
+def window(history: list[Message]) -> list[Message]:
+    """Drop leading tool messages so the window never starts inside a tool exchange."""
+    start = 0
+    while start < len(history) and history[start].role not in (Role.USER, Role.AGENT, Role.INJECTED):
+        start += 1
+    return history[start:]
+
+
+def _user_content(message: Message, images: bool) -> str | list[dict[str, Any]]:
+    media = message.media or []
+    if not media:
+        return message.content
+    if images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content or "(no text)"}]
+        parts += [{"type": "image_url", "image_url": {"url": m["url"]}}
+                  for m in media if m.get("content_type", "").startswith("image/")]
+        others = [m["content_type"] for m in media if not m.get("content_type", "").startswith("image/")]
+        if others:
+            parts[0]["text"] += f"\n[The user also attached: {', '.join(others)}]"
+        return parts
+    kinds = ", ".join(m.get("content_type", "file") for m in media)
+    return f"{message.content}\n[The user attached {len(media)} file(s): {kinds}]".strip()
+
+
+def to_openai(history: list[Message], *, images: bool) -> list[dict[str, Any]]:
+    """Stored messages as OpenAI chat messages (consecutive tool invocations become one assistant turn)."""
+    out: list[dict[str, Any]] = []
+    for m in history:
+        if m.role is Role.USER:
+            out.append({"role": "user", "content": _user_content(m, images)})
+        elif m.role is Role.AGENT:
+            out.append({"role": "assistant", "content": m.content})
+        elif m.role is Role.INJECTED:
+            out.append({"role": "system", "content": m.content})
+        elif m.role is Role.TOOL_CALL_INVOCATION:
+            call = {"id": m.tool_call_id, "type": "function",
+                    "function": {"name": m.name, "arguments": m.arguments or "{}"}}
+            if out and out[-1]["role"] == "assistant" and "tool_calls" in out[-1]:
+                out[-1]["tool_calls"].append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+    return out
+
+
+class Responder:
+    """Runs the LLM tool loop for one turn."""
+
+    def __init__(self, llm: LLM, http: aiohttp.ClientSession) -> None:
+        self._llm = llm
+        self._http = http
+
+    async def respond(
+        self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
+        sms: tools.SmsHook | None = None,
+    ) -> Reply:
+        """The agent's reply to ``history`` (which ends with the new user messages)."""
+        now = now or datetime.now(UTC)
+        values = chat_variables(agent, chat, now)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(agent, values, now)}]
+        messages += to_openai(window(history), images=agent.config.model_accepts_images)
+        reply = Reply(text="")
+        definitions = tools.definitions(agent.llm)
+        def chat_payload() -> dict[str, Any]:   # built only if a custom tool is called
+            return chat.to_response(history).model_dump(mode="json")
+
+        for round_ in range(MAX_TOOL_ROUNDS + 1):
+            try:
+                completion = await self._llm.complete(
+                    model=agent.llm.model, temperature=agent.llm.model_temperature,
+                    messages=messages, tools=definitions, allow_tools=round_ < MAX_TOOL_ROUNDS,
+                )
+            except LLMError as exc:
+                log.warning("llm failed, sending the fallback", extra={"chat_id": chat.chat_id, "error": str(exc)})
+                reply.text, reply.failed = agent.config.fallback_message, True
+                return reply
+            if not completion.tool_calls:
+                reply.text = completion.content.strip()
+                return reply
+            messages.append({"role": "assistant", "content": completion.content or None, "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in completion.tool_calls]})
+            for call in completion.tool_calls:
+                result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
+                                         chat=chat_payload, values=values, sms=sms)
+                reply.end_chat = reply.end_chat or result.end_chat
+                reply.messages += [
+                    Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,
+                            arguments=call.arguments, created_timestamp=_ms(now)),
+                    Message(Role.TOOL_CALL_RESULT, content=result.content, tool_call_id=call.id,
+                            successful=result.successful, created_timestamp=_ms(now)),
+                ]
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+            if reply.end_chat and completion.content.strip():
+                reply.text = completion.content.strip()
+                return reply
+        return reply
+
+
+def _ms(now: datetime) -> int:
+    return int(now.timestamp() * 1000)

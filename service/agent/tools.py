@@ -1,0 +1,110 @@
+"""The agent's tools: their OpenAI definitions, and running them.
+
+``end_call``/``end_chat`` ends the chat after the reply. ``custom`` POSTs Retell's custom-function body
+``{"name", "args", "chat"}`` to the tool's URL (``args_at_root`` sends the arguments at the top level)
+and gives the LLM the response text. Every failure is a tool result the LLM can read, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from service.agent.variables import render
+from service.retell.models import CustomTool, EndChatTool, RetellLLM, SendSmsTool
+
+# Sends ``text`` to ``to`` (None: the chat's user); returns why it failed, or None when sent.
+SmsHook = Callable[[str | None, str], Awaitable[str | None]]
+
+MAX_RESULT_CHARS = 4_000
+MAX_RESPONSE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    content: str
+    successful: bool
+    end_chat: bool = False
+
+
+def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
+    """The tools in OpenAI's function-calling format (unsupported Retell types are left out)."""
+    out: list[dict[str, Any]] = []
+    for tool in llm.general_tools:
+        if isinstance(tool, EndChatTool):
+            params: dict[str, Any] = {"type": "object", "properties": {}}
+        elif isinstance(tool, CustomTool):
+            params = tool.parameters or {"type": "object", "properties": {}}
+        elif isinstance(tool, SendSmsTool):
+            params = {"type": "object", "properties": {}}
+            if tool.sms_content.type == "inferred":
+                params = {"type": "object", "required": ["content"], "properties": {"content": {
+                    "type": "string", "description": f"The text message to send. {tool.sms_content.prompt}"}}}
+        else:
+            continue
+        out.append({"type": "function",
+                    "function": {"name": tool.name, "description": tool.description, "parameters": params}})
+    return out
+
+
+async def run(
+    llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: Callable[[], dict[str, Any]],
+    values: dict[str, str], sms: SmsHook | None,
+) -> ToolResult:
+    """Run the tool the LLM called."""
+    tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
+    if isinstance(tool, EndChatTool):
+        return ToolResult("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
+    if not isinstance(tool, CustomTool | SendSmsTool):
+        return ToolResult(f"There is no tool named {name!r}.", False)
+    try:
+        args = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return ToolResult("The arguments were not valid JSON.", False)
+    if not isinstance(args, dict):
+        return ToolResult("The arguments must be a JSON object.", False)
+    if isinstance(tool, SendSmsTool):
+        return await _send_sms(tool, args, values=values, sms=sms)
+    return await _call(tool, args, http=http, chat=chat())
+
+
+async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str, str],
+                    sms: SmsHook | None) -> ToolResult:
+    """Retell's results: "Sent successfully" or "Failed to send" (with why)."""
+    text = tool.sms_content.predefined
+    text = render(text, values) if text is not None else str(args.get("content") or "")
+    to = render(tool.to_number, values) if tool.to_number else None
+    if sms is None:
+        return ToolResult("Failed to send: this chat has no phone number.", False)
+    if not text.strip():
+        return ToolResult("Failed to send: the message is empty.", False)
+    error = await sms(to, text)
+    return ToolResult("Sent successfully" if error is None else f"Failed to send: {error}", error is None)
+
+
+async def _call(
+    tool: CustomTool, args: dict[str, Any], *, http: aiohttp.ClientSession, chat: dict[str, Any],
+) -> ToolResult:
+    body = {**args} if tool.args_at_root else {"name": tool.name, "args": args, "chat": chat}
+    if tool.args_at_root:
+        body.setdefault("chat", chat)
+    timeout = aiohttp.ClientTimeout(total=tool.timeout_ms / 1000)
+    payload = orjson.dumps(body)
+    headers = {"Content-Type": "application/json", **tool.headers}
+    try:
+        async with http.request(
+            tool.method, tool.url, params=tool.query_params or None, data=payload, headers=headers, timeout=timeout,
+        ) as response:
+            raw = await response.content.read(MAX_RESPONSE_BYTES)
+            text = raw.decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
+            if response.status >= 400:
+                return ToolResult(f"The tool failed with HTTP {response.status}: {text}", False)
+            return ToolResult(text, True)
+    except TimeoutError:
+        return ToolResult(f"The tool did not answer within {tool.timeout_ms} ms.", False)
+    except aiohttp.ClientError as exc:
+        return ToolResult(f"The tool could not be reached: {exc.__class__.__name__}", False)

@@ -1,0 +1,200 @@
+"""Retell's chat-agent and Retell-LLM routes. Every update makes a new version; file objects are read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
+from service.api.openapi import Route
+from service.app_state import RUNTIME
+from service.catalog.store import Versioned
+from service.chats.store import new_id
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.retell.models import ChatAgent, RetellLLM
+from service.retell.requests import (
+    AgentListItem,
+    AgentListResponse,
+    LLMListResponse,
+    PageQuery,
+    VersionQuery,
+    version_number,
+)
+
+READ_ONLY = {"version", "is_published", "last_modification_timestamp"}
+
+
+def _version(request: web.Request) -> int | None:
+    return version_number(read_query(request, VersionQuery).version)
+
+
+async def _llm_exists(request: web.Request, agent: ChatAgent) -> None:
+    rt = request.app[RUNTIME]
+    engine = agent.response_engine
+    if engine is None:
+        raise InvalidRequest("response_engine: required: {\"type\": \"retell-llm\", \"llm_id\": ...}")
+    try:
+        await rt.catalog.llms.get(engine.llm_id, engine.version)
+    except NotFound:
+        raise InvalidRequest(f"response_engine.llm_id: no Retell LLM {engine.llm_id!r}"
+                             + (f" version {engine.version}" if engine.version is not None else "")) from None
+
+
+def _agent_body(data: dict[str, Any], agent_id: str) -> ChatAgent:
+    if "retell_llm" in data:
+        raise InvalidRequest("retell_llm: not accepted here; create the LLM with /create-retell-llm and name it "
+                             "in response_engine")
+    clean = {k: v for k, v in data.items() if k not in READ_ONLY}
+    return validated(ChatAgent, {**clean, "agent_id": agent_id})
+
+
+async def create_chat_agent(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    data = await read_object(request)
+    agent_id = str(data.pop("agent_id", "") or new_id("agent_"))
+    if await rt.catalog.agents.exists(agent_id):
+        raise Conflict(f"agent {agent_id!r} already exists")
+    agent = _agent_body(data, agent_id)
+    await _llm_exists(request, agent)
+    return model_response(await rt.catalog.agents.put(agent), status=201)
+
+
+async def get_chat_agent(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await rt.catalog.agents.get(request.match_info["agent_id"], _version(request)))
+
+
+async def update_chat_agent(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    agent_id = request.match_info["agent_id"]
+    current = await rt.catalog.agents.get(agent_id)
+    ensure_writable(request, "agent", agent_id)
+    data = await read_object(request)
+    data.pop("agent_id", None)
+    agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id)
+    await _llm_exists(request, agent)
+    return model_response(await rt.catalog.agents.put(agent))
+
+
+async def delete_chat_agent(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    agent_id = request.match_info["agent_id"]
+    await rt.catalog.agents.get(agent_id)
+    ensure_writable(request, "agent", agent_id)
+    users = [n.phone_number for n in await rt.catalog.numbers()
+             if any(a.agent_id == agent_id for a in n.inbound_sms_agents + n.outbound_sms_agents)]
+    if users:
+        raise Conflict(f"agent {agent_id!r} answers on {', '.join(users)}: remove it from those numbers first")
+    await rt.catalog.agents.delete(agent_id)
+    return web.Response(status=204)
+
+
+async def get_chat_agent_versions(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    versions = await rt.catalog.agents.versions(request.match_info["agent_id"])
+    if not versions:
+        raise NotFound(f"agent {request.match_info['agent_id']!r} not found")
+    return model_response(list(versions))
+
+
+async def _latest_all(store: Versioned[Any]) -> list[Any]:
+    return [await store.get(object_id) for object_id in await store.ids()]
+
+
+async def list_chat_agents(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await _latest_all(rt.catalog.agents))
+
+
+async def list_agents_v2(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    ids, more, key = page_of_ids(await rt.catalog.agents.ids(), read_query(request, PageQuery))
+    agents = [await rt.catalog.agents.get(i) for i in ids]
+    items = [AgentListItem(agent_id=a.agent_id, agent_name=a.agent_name or "",
+                           user_modified_timestamp=a.last_modification_timestamp) for a in agents]
+    return model_response(AgentListResponse(items=items, has_more=more, pagination_key=key))
+
+
+def _llm_body(data: dict[str, Any], llm_id: str) -> RetellLLM:
+    clean = {k: v for k, v in data.items() if k not in READ_ONLY}
+    return validated(RetellLLM, {**clean, "llm_id": llm_id})
+
+
+async def create_retell_llm(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    data = await read_object(request)
+    llm_id = str(data.pop("llm_id", "") or new_id("llm_"))
+    if await rt.catalog.llms.exists(llm_id):
+        raise Conflict(f"retell llm {llm_id!r} already exists")
+    return model_response(await rt.catalog.llms.put(_llm_body(data, llm_id)), status=201)
+
+
+async def get_retell_llm(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await rt.catalog.llms.get(request.match_info["llm_id"], _version(request)))
+
+
+async def update_retell_llm(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    llm_id = request.match_info["llm_id"]
+    current = await rt.catalog.llms.get(llm_id)
+    ensure_writable(request, "retell llm", llm_id)
+    data = await read_object(request)
+    data.pop("llm_id", None)
+    return model_response(await rt.catalog.llms.put(_llm_body({**current.model_dump(), **data}, llm_id)))
+
+
+async def delete_retell_llm(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    llm_id = request.match_info["llm_id"]
+    await rt.catalog.llms.get(llm_id)
+    ensure_writable(request, "retell llm", llm_id)
+    users = [a.agent_id for a in await _latest_all(rt.catalog.agents)
+             if a.response_engine is not None and a.response_engine.llm_id == llm_id]
+    if users:
+        raise Conflict(f"retell llm {llm_id!r} is the response engine of {', '.join(users)}: change those first")
+    await rt.catalog.llms.delete(llm_id)
+    return web.Response(status=204)
+
+
+async def list_retell_llms(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await _latest_all(rt.catalog.llms))
+
+
+async def list_retell_llms_v2(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    ids, more, key = page_of_ids(await rt.catalog.llms.ids(), read_query(request, PageQuery))
+    items = [await rt.catalog.llms.get(i) for i in ids]
+    return model_response(LLMListResponse(items=items, has_more=more, pagination_key=key))
+
+
+ROUTES = [
+    Route("POST", "/create-chat-agent", create_chat_agent, "Create a chat agent", body=ChatAgent,
+          response=ChatAgent, status=201, tag="chat agents"),
+    Route("GET", "/get-chat-agent/{agent_id}", get_chat_agent, "Get a chat agent (latest, or ?version=)",
+          query=VersionQuery, response=ChatAgent, tag="chat agents"),
+    Route("PATCH", "/update-chat-agent/{agent_id}", update_chat_agent, "Update a chat agent (a new version)",
+          body=ChatAgent, response=ChatAgent, tag="chat agents"),
+    Route("DELETE", "/delete-chat-agent/{agent_id}", delete_chat_agent, "Delete a chat agent", status=204,
+          tag="chat agents"),
+    Route("GET", "/get-chat-agent-versions/{agent_id}", get_chat_agent_versions, "All versions of a chat agent",
+          response=ChatAgent, many=True, tag="chat agents"),
+    Route("GET", "/list-chat-agents", list_chat_agents, "List chat agents (latest versions)", response=ChatAgent,
+          many=True, tag="chat agents"),
+    Route("POST", "/v2/list-agents", list_agents_v2, "List agents, paginated", query=PageQuery,
+          response=AgentListResponse, tag="chat agents"),
+    Route("POST", "/create-retell-llm", create_retell_llm, "Create a Retell LLM", body=RetellLLM,
+          response=RetellLLM, status=201, tag="retell llms"),
+    Route("GET", "/get-retell-llm/{llm_id}", get_retell_llm, "Get a Retell LLM (latest, or ?version=)",
+          query=VersionQuery, response=RetellLLM, tag="retell llms"),
+    Route("PATCH", "/update-retell-llm/{llm_id}", update_retell_llm, "Update a Retell LLM (a new version)",
+          body=RetellLLM, response=RetellLLM, tag="retell llms"),
+    Route("DELETE", "/delete-retell-llm/{llm_id}", delete_retell_llm, "Delete a Retell LLM", status=204,
+          tag="retell llms"),
+    Route("GET", "/list-retell-llms", list_retell_llms, "List Retell LLMs (latest versions)", response=RetellLLM,
+          many=True, tag="retell llms"),
+    Route("GET", "/v2/list-retell-llms", list_retell_llms_v2, "List Retell LLMs, paginated", query=PageQuery,
+          response=LLMListResponse, tag="retell llms"),
+]

@@ -1,0 +1,244 @@
+"""Retell's chat routes: create (API and SMS), complete, get, list, update, end, delete."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from service.api.http import model_response, read_body, read_query
+from service.api.openapi import Route
+from service.app_state import RUNTIME
+from service.catalog.store import Agent, pick_agent
+from service.chats.query import ChatQuery, Cursor
+from service.chats.store import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
+from service.clock import now_ms
+from service.conversations import dialog, outreach
+from service.conversations.runtime import Runtime
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.retell.models import ChatResponse
+from service.retell.requests import (
+    ChatCompletionResponse,
+    ChatListItem,
+    CreateChatCompletionRequest,
+    CreateChatRequest,
+    CreateSmsChatRequest,
+    ListChatsRequest,
+    ListChatsResponse,
+    PageQuery,
+    UpdateChatRequest,
+    version_number,
+)
+from service.storage import keys
+from service.storage.keys import Conversation, chat_lock
+
+log = logging.getLogger(__name__)
+
+LOCK_WAIT_S = 10.0
+TRANSCRIPT_FIELDS = {"transcript", "message_with_tool_calls"}
+
+
+async def _chat(rt: Runtime, chat_id: str) -> Chat:
+    chat = await rt.chats.get(chat_id)
+    if chat is None:
+        raise NotFound(f"chat {chat_id!r} not found")
+    return chat
+
+
+async def _response(rt: Runtime, chat: Chat) -> ChatResponse:
+    messages = await rt.delivery.apply(chat.chat_id, await rt.chats.messages(chat.chat_id))
+    return chat.to_response(messages)
+
+
+async def _agent(rt: Runtime, agent_id: str, version: int | None, field: str) -> Agent:
+    try:
+        return await rt.catalog.resolve(agent_id, version)
+    except NotFound as exc:
+        raise InvalidRequest(f"{field}: {exc}") from None
+
+
+async def create_chat(request: web.Request) -> web.Response:
+    """``POST /create-chat``: an ``api_chat`` (no SMS), for testing agents and web chat."""
+    rt = request.app[RUNTIME]
+    body = await read_body(request, CreateChatRequest)
+    await _agent(rt, body.agent_id, version_number(body.agent_version), "agent_id")
+    chat, agent = await dialog.open_chat(rt, agent_id=body.agent_id, version=version_number(body.agent_version),
+                                         chat_type=ChatType.API, variables=body.retell_llm_dynamic_variables,
+                                         metadata=body.metadata)
+    reply = await dialog.opening(rt, chat, agent)
+    first = [Message(Role.AGENT, content=reply.text, created_timestamp=now_ms())] if reply.text else []
+    await rt.lifecycle.commit(chat, None, TurnResult(messages=reply.messages + first))
+    return model_response(await _response(rt, chat), status=201)
+
+
+async def create_chat_completion(request: web.Request) -> web.Response:
+    """``POST /create-chat-completion``: the user's message in, the agent's new messages out."""
+    rt = request.app[RUNTIME]
+    body = await read_body(request, CreateChatCompletionRequest)
+    chat = await _chat(rt, body.chat_id)
+    if chat.chat_type is not ChatType.API:
+        raise Conflict(f"chat {chat.chat_id} is an SMS chat: the user texts its number instead")
+    token = await rt.mailbox.locks.wait(chat_lock(chat.chat_id), LOCK_WAIT_S)
+    if token is None:
+        raise Conflict(f"chat {chat.chat_id} is busy with another completion; try again")
+    try:
+        chat = await _chat(rt, body.chat_id)   # re-read under the lock
+        if chat.chat_status is not ChatStatus.ONGOING:
+            raise Conflict(f"chat {chat.chat_id} has ended")
+        agent = await dialog.agent_for(rt, chat)
+        user = Message(Role.USER, content=body.content, created_timestamp=now_ms())
+        reply = await dialog.answer(rt, chat, agent, [user])
+        new = reply.messages + ([Message(Role.AGENT, content=reply.text, created_timestamp=now_ms())]
+                                if reply.text else [])
+        result = TurnResult(messages=[user, *new])
+        if reply.end_chat:
+            result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
+        await rt.lifecycle.commit(chat, None, result)
+    finally:
+        await rt.mailbox.locks.release(chat_lock(chat.chat_id), token)
+    return model_response(ChatCompletionResponse(messages=[m.to_retell() for m in new]), status=201)
+
+
+async def create_sms_chat(request: web.Request) -> web.Response:
+    """``POST /create-sms-chat``: open an outbound SMS chat and send its first message."""
+    rt = request.app[RUNTIME]
+    body = await read_body(request, CreateSmsChatRequest)
+    number = await outreach.sending_number(rt, body.from_number)
+    conv = Conversation(agent_number=body.from_number, user_number=body.to_number)
+    await outreach.check_can_start(rt, number, body.to_number)
+    if body.override_agent_id:
+        agent_id, version = body.override_agent_id, version_number(body.override_agent_version)
+    else:
+        choice = pick_agent(number.outbound_sms_agents)
+        if choice is None:
+            raise InvalidRequest(f"override_agent_id: required, since {body.from_number} has no outbound_sms_agents")
+        agent_id, version = choice.agent_id, choice.agent_version
+    await _agent(rt, agent_id, version, "override_agent_id")
+    token = await rt.mailbox.locks.wait(keys.lock(conv), LOCK_WAIT_S)
+    if token is None:
+        raise Conflict("the conversation is busy with a turn; try again")
+    try:
+        ongoing = await rt.chats.ongoing(conv)
+        if ongoing is not None:
+            await rt.lifecycle.commit(ongoing, conv, TurnResult(end=EndReason.REPLACED, end_timestamp=now_ms()))
+        chat, agent = await dialog.open_chat(rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS,
+                                             conv=conv, direction=Direction.OUTBOUND,
+                                             variables=body.retell_llm_dynamic_variables, metadata=body.metadata)
+        reply = await dialog.opening(rt, chat, agent)
+        sent = await rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
+                                         max_segments=agent.config.max_reply_segments) if reply.text else []
+        result = TurnResult(messages=reply.messages + sent,
+                            deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
+        failed = [m for m in sent if m.status == "failed"]
+        if failed:
+            result.end, result.end_timestamp = EndReason.SEND_FAILED, now_ms()
+        await rt.lifecycle.commit(chat, conv, result)
+    finally:
+        await rt.mailbox.hand_back(conv, token)
+    outreach.raise_if_failed(failed, after=f" (the first message of chat {chat.chat_id}; the chat was ended)")
+    return model_response(await _response(rt, chat))
+
+
+async def get_chat(request: web.Request) -> web.Response:
+    """``GET /get-chat/{chat_id}``."""
+    rt = request.app[RUNTIME]
+    return model_response(await _response(rt, await _chat(rt, request.match_info["chat_id"])))
+
+
+async def list_chats(request: web.Request) -> web.Response:
+    """``POST /v3/list-chats``: filtered, sorted, paginated; items without transcripts."""
+    rt = request.app[RUNTIME]
+    body = await read_body(request, ListChatsRequest)
+    cursor = Cursor.decode(body.pagination_key) if body.pagination_key else None
+    page = await ChatQuery(rt.redis).page(body.filter_criteria, descending=body.sort_order == "descending",
+                                          limit=body.limit, cursor=cursor, count_total=body.include_total)
+    items = [ChatListItem.model_validate(c.to_response([]).model_dump(exclude=TRANSCRIPT_FIELDS))
+             for c in page.chats]
+    return model_response(ListChatsResponse(items=items, has_more=page.has_more,
+                                            pagination_key=page.cursor.encode() if page.cursor else None,
+                                            total=page.total))
+
+
+async def list_chat_legacy(request: web.Request) -> web.Response:
+    """``GET /list-chat``: Retell's older list, a bare array."""
+    rt = request.app[RUNTIME]
+    query = read_query(request, PageQuery)
+    cursor = None
+    if query.pagination_key:
+        chat = await _chat(rt, query.pagination_key)
+        cursor = Cursor(chat.start_timestamp, chat.chat_id)
+    page = await ChatQuery(rt.redis).page(None, descending=query.sort_order == "descending", limit=query.limit,
+                                          cursor=cursor)
+    return model_response([await _response(rt, c) for c in page.chats])
+
+
+async def update_chat(request: web.Request) -> web.Response:
+    """``PATCH /update-chat/{chat_id}``: metadata, and variables merged in (null removes one)."""
+    rt = request.app[RUNTIME]
+    body = await read_body(request, UpdateChatRequest)
+    chat = await _chat(rt, request.match_info["chat_id"])
+    if body.metadata is not None:
+        chat.metadata = body.metadata
+    for name, value in (body.override_dynamic_variables or {}).items():
+        if value is None:
+            chat.dynamic_variables.pop(name, None)
+        else:
+            chat.dynamic_variables[name] = value
+    if body.agent_paused is not None and body.agent_paused != chat.agent_paused:
+        if chat.chat_type is not ChatType.SMS or chat.chat_status is not ChatStatus.ONGOING:
+            raise Conflict("agent_paused: only an ongoing SMS chat can be handed to a human")
+        chat.agent_paused = body.agent_paused
+        # Silence does not close a chat a human has taken over; resuming starts the clock again.
+        silence = (await dialog.agent_for(rt, chat)).config.end_chat_after_silence_ms
+        await rt.chats.set_deadline(chat.chat_id, None if chat.agent_paused else now_ms() + silence)
+        log.info("agent paused" if chat.agent_paused else "agent resumed", extra={"chat_id": chat.chat_id})
+    await rt.chats.update(chat)
+    return model_response(await _response(rt, chat))
+
+
+async def end_chat(request: web.Request) -> web.Response:
+    """``PATCH /end-chat/{chat_id}``: ends the chat the way any end does; 204."""
+    rt = request.app[RUNTIME]
+    chat = await _chat(rt, request.match_info["chat_id"])
+    if chat.chat_status is not ChatStatus.ONGOING:
+        raise Conflict(f"chat {chat.chat_id} has already ended")
+    await rt.lifecycle.commit(chat, chat.conversation, TurnResult(end=EndReason.API, end_timestamp=now_ms()))
+    log.info("chat ended by the api", extra={"chat_id": chat.chat_id})
+    return web.Response(status=204)
+
+
+async def rerun_chat_analysis(request: web.Request) -> web.Response:
+    """``PUT /rerun-chat-analysis/{chat_id}``: analyse an ended chat again (``chat_analyzed`` follows)."""
+    rt = request.app[RUNTIME]
+    chat = await _chat(rt, request.match_info["chat_id"])
+    if chat.chat_status is ChatStatus.ONGOING:
+        raise Conflict(f"chat {chat.chat_id} is ongoing: it is analysed when it ends")
+    return model_response(await _response(rt, await rt.analyzer.analyze(chat.chat_id)))
+
+
+async def delete_chat(request: web.Request) -> web.Response:
+    """``DELETE /delete-chat/{chat_id}``: the chat and its messages are gone; 204."""
+    rt = request.app[RUNTIME]
+    chat = await _chat(rt, request.match_info["chat_id"])
+    await rt.chats.delete(chat)
+    return web.Response(status=204)
+
+
+ROUTES = [
+    Route("POST", "/create-chat", create_chat, "Create an API chat (no SMS)", body=CreateChatRequest,
+          response=ChatResponse, status=201),
+    Route("POST", "/create-chat-completion", create_chat_completion, "Send a user message to an API chat",
+          body=CreateChatCompletionRequest, response=ChatCompletionResponse, status=201),
+    Route("POST", "/create-sms-chat", create_sms_chat, "Start an outbound SMS chat", body=CreateSmsChatRequest,
+          response=ChatResponse),
+    Route("GET", "/get-chat/{chat_id}", get_chat, "Get a chat", response=ChatResponse),
+    Route("POST", "/v3/list-chats", list_chats, "List chats", body=ListChatsRequest, response=ListChatsResponse),
+    Route("GET", "/list-chat", list_chat_legacy, "List chats (legacy)", query=PageQuery, response=ChatResponse,
+          many=True),
+    Route("PATCH", "/update-chat/{chat_id}", update_chat, "Update a chat's metadata and variables",
+          body=UpdateChatRequest, response=ChatResponse),
+    Route("PATCH", "/end-chat/{chat_id}", end_chat, "End a chat", status=204),
+    Route("DELETE", "/delete-chat/{chat_id}", delete_chat, "Delete a chat", status=204),
+    Route("PUT", "/rerun-chat-analysis/{chat_id}", rerun_chat_analysis, "Analyse an ended chat again",
+          response=ChatResponse),
+]

@@ -1,0 +1,108 @@
+"""Retell's phone-number routes for Twilio numbers Parley answers on. Numbers in files are read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
+from service.api.openapi import Route
+from service.app_state import RUNTIME
+from service.conversations.runtime import Runtime
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.retell.models import PhoneNumber
+from service.retell.requests import PageQuery, PhoneNumberListResponse
+
+READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
+
+
+async def _check(rt: Runtime, number: PhoneNumber) -> None:
+    """Every agent it names exists, and Parley holds the auth token of its Twilio account."""
+    for field in ("inbound_sms_agents", "outbound_sms_agents"):
+        for index, ref in enumerate(getattr(number, field)):
+            if not await rt.catalog.agents.exists(ref.agent_id):
+                raise InvalidRequest(f"{field}.{index}.agent_id: no chat agent {ref.agent_id!r}")
+    account = number.twilio_account_sid or rt.settings.twilio_account_sid
+    if account is None:
+        raise InvalidRequest("twilio_account_sid: required, since TWILIO_ACCOUNT_SID is not set")
+    if account not in rt.settings.twilio_tokens():
+        raise InvalidRequest(f"twilio_account_sid: Parley has no auth token for {account} "
+                             "(set TWILIO_AUTH_TOKEN or PARLEY_TWILIO_ACCOUNTS)")
+
+
+async def _number(rt: Runtime, phone_number: str) -> PhoneNumber:
+    number = await rt.catalog.get_number(phone_number)
+    if number is None:
+        raise NotFound(f"phone number {phone_number!r} not found")
+    return number
+
+
+def _body(data: dict[str, Any]) -> PhoneNumber:
+    return validated(PhoneNumber, {k: v for k, v in data.items() if k not in READ_ONLY})
+
+
+async def import_phone_number(request: web.Request) -> web.Response:
+    """``POST /import-phone-number``: register a Twilio number you own."""
+    rt = request.app[RUNTIME]
+    number = _body(await read_object(request))
+    if await rt.catalog.get_number(number.phone_number) is not None:
+        raise Conflict(f"phone number {number.phone_number} is already imported")
+    await _check(rt, number)
+    return model_response(await rt.catalog.put_number(number), status=201)
+
+
+async def get_phone_number(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await _number(rt, request.match_info["phone_number"]))
+
+
+async def update_phone_number(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    current = await _number(rt, request.match_info["phone_number"])
+    ensure_writable(request, "number", current.phone_number)
+    data = await read_object(request)
+    data.pop("phone_number", None)
+    merged = current.model_dump()
+    if "inbound_sms_agent_id" in data or "outbound_sms_agent_id" in data:   # legacy fields replace the lists
+        merged.pop("inbound_sms_agents" if "inbound_sms_agent_id" in data else "outbound_sms_agents")
+    number = _body({**merged, **data})
+    await _check(rt, number)
+    return model_response(await rt.catalog.put_number(number))
+
+
+async def delete_phone_number(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    number = await _number(rt, request.match_info["phone_number"])
+    ensure_writable(request, "number", number.phone_number)
+    await rt.catalog.delete_number(number.phone_number)
+    return web.Response(status=204)
+
+
+async def list_phone_numbers(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return model_response(await rt.catalog.numbers())
+
+
+async def list_phone_numbers_v2(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    numbers = {n.phone_number: n for n in await rt.catalog.numbers()}
+    ids, more, key = page_of_ids(list(numbers), read_query(request, PageQuery))
+    return model_response(PhoneNumberListResponse(items=[numbers[i] for i in ids], has_more=more,
+                                                  pagination_key=key))
+
+
+ROUTES = [
+    Route("POST", "/import-phone-number", import_phone_number, "Import a Twilio number", body=PhoneNumber,
+          response=PhoneNumber, status=201, tag="phone numbers"),
+    Route("GET", "/get-phone-number/{phone_number}", get_phone_number, "Get a phone number", response=PhoneNumber,
+          tag="phone numbers"),
+    Route("PATCH", "/update-phone-number/{phone_number}", update_phone_number, "Update a phone number",
+          body=PhoneNumber, response=PhoneNumber, tag="phone numbers"),
+    Route("DELETE", "/delete-phone-number/{phone_number}", delete_phone_number, "Delete a phone number",
+          status=204, tag="phone numbers"),
+    Route("GET", "/list-phone-numbers", list_phone_numbers, "List phone numbers", response=PhoneNumber, many=True,
+          tag="phone numbers"),
+    Route("GET", "/v2/list-phone-numbers", list_phone_numbers_v2, "List phone numbers, paginated",
+          query=PageQuery, response=PhoneNumberListResponse, tag="phone numbers"),
+]

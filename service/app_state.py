@@ -1,0 +1,19 @@
+"""Typed keys for the aiohttp application's state (set by ``create_app``'s cleanup contexts)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from service.catalog.agent_files import Catalog
+from service.conversations.runtime import Runtime
+from service.metrics import Metrics
+from service.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", aioredis.Redis)
+RUNTIME = web.AppKey("runtime", Runtime)
+API_KEYS = web.AppKey("api_keys", list[str])
+READY = web.AppKey("ready", dict[str, bool])
+METRICS = web.AppKey("metrics", Metrics)
+FILES = web.AppKey("files", Catalog)   # what agents/ declares: read-only through the API

@@ -1,0 +1,139 @@
+"""Reading ``agents/``: one chat agent per ``*.yaml``/``*.json`` file, numbers in ``phone-numbers.yaml``.
+
+``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
+``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from service.errors import ConfigError
+from service.retell.models import ChatAgent, PhoneNumber
+from service.settings import Settings
+from service.validation import describe
+
+NUMBERS_FILE_STEMS = ("phone-numbers", "phone_numbers")
+AGENT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class Catalog:
+    """What the files declare, validated: agents by id, numbers by E.164, and the file of each object.
+
+    ``files`` maps (kind, id) to the file that declares it, kind being ``agent``, ``retell llm`` or
+    ``number``: such objects are read-only through the API.
+    """
+
+    agents: dict[str, ChatAgent] = field(default_factory=dict)
+    numbers: dict[str, PhoneNumber] = field(default_factory=dict)
+    files: dict[tuple[str, str], Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def declared_in(self, kind: str, object_id: str) -> Path | None:
+        return self.files.get((kind, object_id))
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return orjson.loads(text)
+    return yaml.safe_load(text)
+
+
+def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
+    data = _read(path)
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
+        return
+    data.setdefault("agent_id", path.stem)
+    if not isinstance(data.get("retell_llm"), dict):
+        problems.append(f"{path}: retell_llm: required: an agent file carries its Retell LLM inline, as a mapping")
+        return
+    data["retell_llm"].setdefault("llm_id", f"llm_{data['agent_id']}")
+    try:
+        agent = ChatAgent.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(f"{path}: {line}" for line in describe(exc))
+        return
+    if agent.agent_id in catalog.agents:
+        problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "
+                        f"{catalog.declared_in('agent', agent.agent_id)}")
+        return
+    catalog.agents[agent.agent_id] = agent
+    catalog.files[("agent", agent.agent_id)] = path
+    catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
+    catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
+
+
+def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
+    data = _read(path)
+    if isinstance(data, dict) and "phone_numbers" in data:
+        data = data["phone_numbers"]
+    if data is None:
+        return
+    if not isinstance(data, list):
+        problems.append(f"{path}: expected a list of phone numbers, got {type(data).__name__}")
+        return
+    for index, item in enumerate(data):
+        try:
+            number = PhoneNumber.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(f"{path}: {line}" for line in describe(exc, prefix=f"[{index}]."))
+            continue
+        if number.phone_number in catalog.numbers:
+            problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")
+            continue
+        catalog.numbers[number.phone_number] = number
+        catalog.files[("number", number.phone_number)] = path
+
+
+def _cross_check(catalog: Catalog, settings: Settings, problems: list[str]) -> None:
+    tokens = settings.twilio_tokens()
+    for e164, number in catalog.numbers.items():
+        where = catalog.files[("number", e164)]
+        for listing in ("inbound_sms_agents", "outbound_sms_agents"):
+            for ref in getattr(number, listing):
+                if ref.agent_id not in catalog.agents:
+                    problems.append(
+                        f"{where}: {e164}: {listing} names agent {ref.agent_id!r}, which no file in "
+                        f"{settings.agents_dir} declares (known: {', '.join(sorted(catalog.agents)) or 'none'})"
+                    )
+        account = number.twilio_account_sid or settings.twilio_account_sid
+        if account is None:
+            catalog.warnings.append(
+                f"{where}: {e164}: no twilio_account_sid and no TWILIO_ACCOUNT_SID: its webhooks will be refused"
+            )
+        elif account not in tokens:
+            catalog.warnings.append(
+                f"{where}: {e164}: no auth token for account {account} (TWILIO_AUTH_TOKEN or "
+                "PARLEY_TWILIO_ACCOUNTS): its webhooks will be refused and sends will fail"
+            )
+
+
+def load(settings: Settings) -> Catalog:
+    """Read and validate every agent and number file; raise ``ConfigError`` listing all problems."""
+    directory = settings.agents_dir
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: agents directory not found (set PARLEY_AGENTS_DIR)")
+    catalog = Catalog()
+    problems: list[str] = []
+    files = sorted(p for p in directory.iterdir() if p.suffix in AGENT_SUFFIXES and p.is_file())
+    for path in files:
+        try:
+            if path.stem in NUMBERS_FILE_STEMS:
+                _load_numbers(path, catalog, problems)
+            else:
+                _load_agent(path, catalog, problems)
+        except (yaml.YAMLError, orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+    _cross_check(catalog, settings, problems)
+    if problems:
+        raise ConfigError("invalid agent files:\n  " + "\n  ".join(problems))
+    return catalog

@@ -1,0 +1,100 @@
+"""A chat's lifecycle, with its events: opening a chat, committing a turn, ending it (DESIGN.md section 5).
+
+Every chat is opened and every turn is committed here, so ``chat_started``, ``transcript_updated`` and
+``chat_ended`` are queued in the same transaction as the change they report, whichever way the chat
+ended (the agent's end tool, the API, STOP, silence), and an ended chat is always queued for analysis.
+Events go to the agent's ``webhook_url``, else ``PARLEY_WEBHOOK_URL``, filtered by ``webhook_events``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from service.catalog.store import Store
+from service.chats.store import Chat, Chats, ChatStatus, Message, TurnResult, new_id
+from service.conversations.queue import Lease
+from service.errors import NotFound
+from service.retell.models import DEFAULT_EVENTS, ChatAgent
+from service.settings import Settings
+from service.storage.keys import Conversation
+from service.webhooks.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    kinds: tuple[str, ...]
+    timeout_ms: int
+
+
+def event_body(kind: str, chat: dict[str, Any]) -> str:
+    """Retell's envelope: ``{"event": ..., "chat": {...}}``."""
+    return orjson.dumps({"event": kind, "chat": chat}).decode()
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, chats: Chats, catalog: Store) -> None:
+        self._settings = settings
+        self._chats = chats
+        self._catalog = catalog
+
+    def target(self, agent: ChatAgent) -> Target | None:
+        """Where this agent's events go, and which ones; None when nowhere."""
+        url = agent.webhook_url or self._settings.webhook_url
+        if not url:
+            return None
+        kinds = tuple(agent.webhook_events) if agent.webhook_events is not None else DEFAULT_EVENTS
+        return Target(url=url, kinds=kinds, timeout_ms=agent.webhook_timeout_ms)
+
+    async def target_of(self, chat: Chat) -> Target | None:
+        try:
+            return self.target(await self._catalog.agents.get(chat.agent_id, chat.version))
+        except NotFound:
+            return None
+
+    @staticmethod
+    def event(target: Target, kind: str, chat: Chat, messages: list[Message], **extra: Any) -> Event:
+        payload = chat.to_response(messages).model_dump(mode="json", exclude_none=True)
+        payload.update(extra)
+        return Event(event_id=new_id("evt_"), chat_id=chat.chat_id, kind=kind, url=target.url,
+                     body=event_body(kind, payload), timeout_ms=target.timeout_ms)
+
+    async def open(self, chat: Chat, agent: ChatAgent) -> None:
+        """Store a new chat and queue ``chat_started``."""
+        target = self.target(agent)
+        events = [self.event(target, "chat_started", chat, [])] if target and "chat_started" in target.kinds else []
+        await self._chats.create(chat, events=events)
+
+    async def commit(
+        self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, always_report: bool = False,
+        agent: ChatAgent | None = None, lease: Lease | None = None,
+    ) -> None:
+        """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
+        Without a chat (a turn that opened none), only the mailbox is trimmed. ``always_report`` sends
+        ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see).
+        ``agent``: the chat's agent version, when the caller has it (saves looking it up). ``lease``: the
+        worker's hold on the conversation (see ``Chats.commit``)."""
+        if chat is None:
+            await self._chats.commit(None, conv, result, lease=lease)
+            return
+        events: list[Event] = []
+        target = self.target(agent) if agent is not None else await self.target_of(chat)
+        # A text that could not be sent is always reported, whatever webhook_events says.
+        always_report = always_report or any(m.status == "failed" for m in result.messages)
+        wants_transcript = target is not None and bool(result.messages) and (
+            always_report or "transcript_updated" in target.kinds)
+        wants_end = target is not None and result.end is not None and "chat_ended" in target.kinds
+        if target is not None and (wants_transcript or wants_end):
+            messages = await self._chats.messages(chat.chat_id) + result.messages
+            after = chat
+            if result.end is not None:
+                after = replace(chat, chat_status=ChatStatus.ENDED, end_timestamp=result.end_timestamp,
+                                disconnection_reason=result.end.value)
+            if wants_transcript:
+                events.append(self.event(target, "transcript_updated", after, messages))
+            if wants_end:
+                events.append(self.event(target, "chat_ended", after, messages))
+        await self._chats.commit(chat, conv, result, events=events, analyze=result.end is not None, lease=lease)

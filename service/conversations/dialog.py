@@ -1,0 +1,74 @@
+"""What every chat does, SMS or API: open with an agent version, answer the user, know its agent.
+
+SMS turns (``turn.py``), outbound SMS chats and the API's ``api_chat`` routes all go through here, so a
+chat behaves the same whichever way it is driven.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from service.agent import variables
+from service.agent.responder import Reply, chat_variables
+from service.agent.tools import SmsHook
+from service.catalog.store import Agent
+from service.chats.store import Chat, ChatType, Direction, Message
+from service.clock import now_ms
+from service.conversations.runtime import Runtime
+from service.errors import NotFound
+from service.storage import keys
+from service.storage.keys import Conversation
+
+log = logging.getLogger(__name__)
+
+
+async def open_chat(
+    rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
+    direction: Direction | None = None, variables: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None,
+) -> tuple[Chat, Agent]:
+    """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one."""
+    agent = await rt.catalog.resolve(agent_id, version)
+    from_number = to_number = None
+    if conv is not None:
+        inbound = direction is Direction.INBOUND
+        from_number = conv.user_number if inbound else conv.agent_number
+        to_number = conv.agent_number if inbound else conv.user_number
+    chat_id = keys.new_chat_id(conv.shard if conv is not None else None)   # in the conversation's partition
+    chat = Chat(chat_id=chat_id, agent_id=agent.config.agent_id, version=agent.config.version,
+                llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
+                from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
+                metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error)
+    await rt.lifecycle.open(chat, agent.config)
+    log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_type": chat_type.value})
+    return chat, agent
+
+
+async def agent_for(rt: Runtime, chat: Chat) -> Agent:
+    """The agent version (and LLM version) the chat started with; the latest if those were deleted."""
+    try:
+        return await rt.catalog.resolve(chat.agent_id, chat.version, chat.llm_version)
+    except NotFound:
+        log.warning("chat's agent version is gone; using the latest", extra={"chat_id": chat.chat_id})
+        return await rt.catalog.resolve(chat.agent_id)
+
+
+async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
+    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when ""."""
+    begin = agent.llm.begin_message
+    if begin is None:
+        return await rt.responder.respond(agent, chat, [])
+    values = chat_variables(agent, chat, datetime.now(UTC))
+    return Reply(text=variables.render(begin, values, now=datetime.now(UTC)))
+
+
+async def answer(
+    rt: Runtime, chat: Chat, agent: Agent, new: list[Message], *, sms: SmsHook | None = None,
+    history: list[Message] | None = None,
+) -> Reply:
+    """The agent's reply to ``new`` user messages, given the chat's history window (read here unless given)."""
+    if history is None:
+        history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
+    return await rt.responder.respond(agent, chat, history + new, sms=sms)

@@ -1,0 +1,74 @@
+"""Everything a webhook, a turn or a background loop needs, built once per process by ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from service.agent.analysis import Analyzer
+from service.agent.llm import LLM
+from service.agent.responder import Responder
+from service.catalog.store import Store
+from service.channels.twilio.gateway import TwilioGateway
+from service.chats.delivery import Delivery
+from service.chats.lifecycle import Lifecycle
+from service.chats.store import Chats
+from service.conversations.queue import Mailbox
+from service.conversations.sender import Sender
+from service.metrics import Metrics
+from service.settings import Settings
+from service.sms.limits import DailySegments
+from service.sms.optouts import OptOuts
+from service.storage.locks import Locks
+from service.webhooks.events import Outbox
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    redis: aioredis.Redis
+    http: aiohttp.ClientSession
+    llm: LLM
+    signing_key: str           # the first API key: signs events and chat_inbound requests
+    metrics: Metrics
+    catalog: Store
+    mailbox: Mailbox
+    chats: Chats
+    lifecycle: Lifecycle
+    outbox: Outbox
+    analyzer: Analyzer
+    optouts: OptOuts
+    delivery: Delivery
+    sender: Sender
+    responder: Responder
+
+    @classmethod
+    def build(
+        cls, settings: Settings, redis: aioredis.Redis, gateway: TwilioGateway, llm: LLM, http: aiohttp.ClientSession,
+        metrics: Metrics, *, signing_key: str,
+    ) -> Runtime:
+        optouts = OptOuts(redis, metrics)
+        catalog = Store(redis, cache_ms=settings.catalog_cache_ms)
+        chats = Chats(redis, ttl_s=settings.chat_ttl_s)
+        lifecycle = Lifecycle(settings, chats, catalog)
+        return cls(
+            settings=settings,
+            redis=redis,
+            http=http,
+            llm=llm,
+            signing_key=signing_key,
+            metrics=metrics,
+            catalog=catalog,
+            mailbox=Mailbox(redis, Locks(redis, ttl_ms=settings.lock_ttl_ms)),
+            chats=chats,
+            lifecycle=lifecycle,
+            analyzer=Analyzer(chats, catalog, llm, lifecycle, redis),
+            outbox=Outbox(redis, http, metrics, signing_key=signing_key, max_attempts=settings.event_max_attempts,
+                          retry_base_ms=settings.event_retry_base_ms),
+            optouts=optouts,
+            delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
+            sender=Sender(settings, gateway, optouts, DailySegments(redis), metrics),
+            responder=Responder(llm, http),
+        )

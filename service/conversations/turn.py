@@ -1,0 +1,240 @@
+"""One turn of a conversation, run by the worker that holds its lock (DESIGN.md section 3, step 6).
+
+A turn takes the head of the mailbox: the user's texts that arrived together (one LLM call answers
+them all), or one control item (STOP ended the chat; a silence deadline passed). It ends with one
+commit, made under the worker's lease (``mailbox.Lease``); a crash before it leaves the mailbox untouched,
+so the next worker runs the turn again. The only window for a duplicate reply is between Twilio
+accepting the reply and that commit. Texts from a user who opted out are dropped here, unanswered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from service.agent.tools import SmsHook
+from service.catalog.store import Agent, pick_agent
+from service.chats.store import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
+from service.clock import now_ms
+from service.conversations import dialog
+from service.conversations.queue import Item, ItemKind, Lease
+from service.conversations.runtime import Runtime
+from service.errors import InvalidRequest, NotFound
+from service.retell.models import E164_RE, PhoneNumber
+from service.sms.limits import check_destination
+from service.storage import keys
+from service.storage.keys import Conversation
+from service.webhooks import chat_inbound
+
+log = logging.getLogger(__name__)
+
+MAX_TEXTS_PER_TURN = 20
+
+
+def next_batch(items: list[Item]) -> list[Item]:
+    """The head of the mailbox that forms the next turn: a run of texts, or one control item."""
+    if not items:
+        return []
+    if items[0].kind is not ItemKind.TEXT:
+        return items[:1]
+    batch = []
+    for item in items[:MAX_TEXTS_PER_TURN]:
+        if item.kind is not ItemKind.TEXT:
+            break
+        batch.append(item)
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a turn needs to know about its conversation, read together with its mailbox (``Turns.load``)."""
+
+    number: PhoneNumber | None
+    chat: Chat | None          # the ongoing chat
+    history: list[Message]     # the chat's last ``history_window`` messages
+    opted_out: bool
+
+
+class Turns:
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    async def take(self, conv: Conversation, token: str) -> tuple[list[Item], Context] | None:
+        """Take the conversation's lock with ``token`` and ``load``, in the same round trips; None (having
+        read for nothing) when another worker holds the lock."""
+        taken, items, ctx = await self._read(conv, token)
+        return (items, ctx) if taken else None
+
+    async def load(self, conv: Conversation) -> tuple[list[Item], Context]:
+        """The mailbox and the context of its next turn, in two round trips (pipelines of one partition)."""
+        _, items, ctx = await self._read(conv, None)
+        return items, ctx
+
+    async def _read(self, conv: Conversation, lock_token: str | None) -> tuple[bool, list[Item], Context]:
+        redis = self._rt.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            if lock_token is not None:
+                pipe.set(keys.lock(conv), lock_token, nx=True, px=self._rt.mailbox.locks.ttl_ms)
+            pipe.lrange(keys.mailbox(conv), 0, -1)
+            # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots; these
+            # two share the conversation's.
+            pipe.execute_command("MGET", keys.current_chat(conv), keys.optout(conv))
+            replies = await pipe.execute()
+        taken = bool(replies.pop(0)) if lock_token is not None else True
+        raw_items, (chat_id, opted_out) = replies
+        chat, history = (await self._rt.chats.ongoing_with_history(chat_id, self._rt.settings.history_window)
+                         if chat_id else (None, []))
+        number = await self._rt.catalog.get_number(conv.agent_number)
+        return taken, [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
+
+    async def burst_window_ms(self, ctx: Context) -> int:
+        """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
+        number, chat = ctx.number, ctx.chat
+        agent_id = chat.agent_id if chat else (number.inbound_sms_agents[0].agent_id
+                                               if number and number.inbound_sms_agents else None)
+        if agent_id is None:
+            return 0
+        try:
+            return (await self._rt.catalog.agents.get(agent_id, chat.version if chat else None)).burst_window_ms
+        except NotFound:
+            return 0
+
+    async def run(self, lease: Lease, batch: list[Item], ctx: Context) -> None:
+        """Act on ``batch`` (from ``next_batch``) and commit under ``lease``."""
+        conv = lease.conv
+        consumed = TurnResult(consumed=len(batch))
+        kind = batch[0].kind
+        if ctx.number is None:
+            log.warning("number no longer configured; dropping", extra={"conv": conv.id, "items": len(batch)})
+            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
+        elif kind is ItemKind.OPT_OUT:
+            await self._opt_out(lease, ctx, batch[0])
+        elif kind is ItemKind.INACTIVITY:
+            await self._inactivity(lease, ctx.number, ctx, batch[0])
+        elif ctx.opted_out:
+            log.info("texts from a user who opted out; not answered", extra={"conv": conv.id, "texts": len(batch)})
+            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
+        else:
+            await self._texts(lease, ctx.number, ctx, batch)
+
+    async def _open_inbound_chat(
+        self, conv: Conversation, number: PhoneNumber, batch: list[Item],
+    ) -> tuple[Chat, Agent] | None:
+        """A new chat for the pair: the number's bound agent, unless its chat_inbound webhook decides otherwise.
+        None when nobody answers (no agent, or the webhook rejected the text)."""
+        choice = pick_agent(number.inbound_sms_agents)
+        agent_id, version = (choice.agent_id, choice.agent_version) if choice else (None, None)
+        decision = chat_inbound.Decision()
+        if number.inbound_sms_webhook_url:
+            decision = await chat_inbound.ask(
+                self._rt.http, number.inbound_sms_webhook_url, signing_key=self._rt.signing_key,
+                attempts=self._rt.settings.inbound_webhook_attempts, payload={
+                    "agent_id": agent_id, "agent_version": version, "from_number": conv.user_number,
+                    "to_number": conv.agent_number, "message": "\n".join(i.body for i in batch),
+                    "message_sid": batch[0].message_sid})
+            if decision.reject:
+                await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
+                log.info("chat_inbound webhook rejected the text", extra={"conv": conv.id})
+                return None
+            if decision.agent_id and await self._rt.catalog.agents.exists(decision.agent_id):
+                agent_id, version = decision.agent_id, decision.agent_version
+            elif decision.agent_id:
+                decision.error = f"chat_inbound webhook named an unknown agent {decision.agent_id!r}"
+        if agent_id is None:
+            log.warning("no agent answers on the number; not answering",
+                        extra={"conv": conv.id, "error": decision.error})
+            return None
+        chat, agent = await dialog.open_chat(
+            self._rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS, conv=conv,
+            direction=Direction.INBOUND, variables=decision.dynamic_variables, metadata=decision.metadata,
+            inbound_webhook_error=decision.error)
+        return chat, agent
+
+    @staticmethod
+    def _user_message(item: Item) -> Message:
+        return Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
+                       media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
+
+    async def _texts(self, lease: Lease, number: PhoneNumber, ctx: Context, batch: list[Item]) -> None:
+        conv, chat = lease.conv, ctx.chat
+        if chat is None:
+            opened = await self._open_inbound_chat(conv, number, batch)
+            if opened is None:
+                await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)), lease=lease)
+                return
+            chat, agent = opened
+        else:
+            agent = await dialog.agent_for(self._rt, chat)
+        user = [self._user_message(item) for item in batch]
+        if chat.agent_paused:
+            # A human has the chat: keep the texts, tell the business (transcript_updated), no LLM.
+            await self._rt.lifecycle.commit(chat, conv, TurnResult(messages=user, consumed=len(batch)),
+                                            always_report=True, lease=lease)
+            log.info("texts stored for a human", extra={"chat_id": chat.chat_id, "texts": len(batch)})
+            return
+        by_tool: list[Message] = []
+        hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
+        reply = await dialog.answer(self._rt, chat, agent, user, sms=hook, history=ctx.history)
+        sent = []
+        if reply.text:
+            sent = await self._rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
+                                                   max_segments=agent.config.max_reply_segments)
+        result = TurnResult(messages=user + reply.messages + by_tool + sent, consumed=len(batch),
+                            deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
+        if reply.end_chat:
+            result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
+        await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config, lease=lease)
+        log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
+                                     "ended": reply.end_chat, "llm_failed": reply.failed})
+
+    def _sms_hook(self, conv: Conversation, number: PhoneNumber, chat_id: str, record: list[Message]) -> SmsHook:
+        """The send_sms tool's way out: to the chat's user (recorded in the chat), or to another number
+        (checked like any text Parley starts)."""
+        async def send(to: str | None, text: str) -> str | None:
+            target = Conversation(conv.agent_number, to or conv.user_number)
+            if not E164_RE.fullmatch(target.user_number):
+                return f"{target.user_number!r} is not an E.164 number"
+            if target != conv:
+                try:
+                    check_destination(number, target.user_number)
+                except InvalidRequest as exc:
+                    return str(exc)
+            if await self._rt.optouts.is_opted_out(target):
+                return "the recipient opted out of texts from this number"
+            sent = await self._rt.sender.send_text(target, number, text, exact=True,
+                                                   chat_id=chat_id if target == conv else None)
+            if target == conv:
+                record.extend(sent)
+            failed = next((m for m in sent if m.status == "failed"), None)
+            return failed.error if failed else None
+        return send
+
+    async def _opt_out(self, lease: Lease, ctx: Context, item: Item) -> None:
+        chat = ctx.chat
+        result = TurnResult(consumed=1)
+        if chat is not None:
+            if item.body:   # a STOP text (an opt-out from a status callback has none)
+                result.messages = [Message(Role.USER, content=item.body, message_sid=item.message_sid,
+                                           created_timestamp=item.received_ms)]
+            result.end, result.end_timestamp = EndReason.USER_OPTED_OUT, now_ms()
+            log.info("chat ended: user opted out", extra={"chat_id": chat.chat_id})
+        await self._rt.lifecycle.commit(chat, lease.conv, result, lease=lease)
+
+    async def _inactivity(self, lease: Lease, number: PhoneNumber, ctx: Context, item: Item) -> None:
+        conv, chat = lease.conv, ctx.chat
+        if chat is None or chat.chat_id != item.chat_id or await self._rearmed(chat, item):
+            await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1), lease=lease)
+            return
+        agent = (await dialog.agent_for(self._rt, chat)).config
+        result = TurnResult(consumed=1, end=EndReason.INACTIVITY)
+        if agent.auto_close_message:
+            result.messages = await self._rt.sender.send_text(
+                conv, number, agent.auto_close_message, max_segments=agent.max_reply_segments, chat_id=chat.chat_id)
+        result.end_timestamp = now_ms()
+        await self._rt.lifecycle.commit(chat, conv, result, lease=lease)
+        log.info("chat ended: inactivity", extra={"chat_id": chat.chat_id})
+
+    async def _rearmed(self, chat: Chat, item: Item) -> bool:
+        """True if a turn re-armed the chat's timer after this deadline fired (the user wrote meanwhile)."""
+        deadline = await self._rt.chats.deadline(chat.chat_id)
+        return deadline is not None and deadline != item.timer_score

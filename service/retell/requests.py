@@ -1,0 +1,242 @@
+"""Retell's request and list bodies for the REST API (pydantic), validated by the handlers and documented in
+``/openapi.json``. Unknown fields are refused with a 422 that names them, except on objects Retell itself
+extends often (agents, LLMs, numbers), whose models live in ``retell.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.retell.models import E164, ChatResponse, PhoneNumber, RetellLLM, SmsContent
+
+AgentVersion = Annotated[
+    int | Literal["latest", "latest_published"],
+    Field(description="A version number, or latest / latest_published (Parley has no version tags)."),
+]
+
+
+def version_number(version: int | str | None) -> int | None:
+    """An AgentVersionReference as a version number; None means the latest."""
+    return version if isinstance(version, int) else None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateChatRequest(_Body):
+    agent_id: str = Field(min_length=1)
+    agent_version: AgentVersion | None = Field(default=None)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+
+
+class CreateSmsChatRequest(_Body):
+    from_number: E164
+    to_number: E164
+    override_agent_id: str | None = Field(default=None, min_length=1)
+    override_agent_version: AgentVersion | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+
+
+class CreateChatCompletionRequest(_Body):
+    chat_id: str = Field(min_length=1)
+    content: str = Field(min_length=1, max_length=16_000)
+
+
+class ChatCompletionResponse(BaseModel):
+    """The messages the agent produced for this completion (tool calls included), not the user's input."""
+
+    messages: list[dict[str, Any]]
+
+
+class UpdateChatRequest(_Body):
+    metadata: dict[str, Any] | None = None
+    override_dynamic_variables: dict[str, str | None] | None = Field(
+        default=None, description="Merged into the chat's variables; a null value removes that variable.")
+    data_storage_setting: Literal["everything", "everything_except_pii", "basic_attributes_only"] | None = None
+    custom_attributes: dict[str, str | int | float | bool] | None = None
+    agent_paused: bool | None = Field(default=None, description="Parley's: true hands the chat to a human")
+
+
+class EnumFilter(_Body):
+    type: Literal["enum"] = "enum"
+    op: Literal["in"] = "in"
+    value: list[str]
+
+
+class StringFilter(_Body):
+    type: Literal["string"] = "string"
+    op: Literal["eq", "ne", "sw", "ew", "co"]
+    value: str
+
+
+class NumberFilter(_Body):
+    type: Literal["number"] = "number"
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le"]
+    value: float
+
+
+class RangeFilter(_Body):
+    type: Literal["range"] = "range"
+    op: Literal["bt"] = "bt"
+    value: Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class AgentFilter(_Body):
+    agent_id: str
+    version: list[int] = Field(default_factory=list)
+
+
+class ChatFilter(_Body):
+    """The filters Parley implements, ANDed; any other Retell filter is refused by name."""
+
+    agent: list[AgentFilter] | None = None
+    chat_id: StringFilter | None = None
+    chat_status: EnumFilter | None = None
+    chat_type: EnumFilter | None = None
+    start_timestamp: NumberFilter | RangeFilter | None = None
+
+
+class ListChatsRequest(_Body):
+    filter_criteria: ChatFilter | None = None
+    sort_order: Literal["ascending", "descending"] = "descending"
+    limit: int = Field(default=50, ge=1, le=1000)
+    pagination_key: str | None = None
+    include_total: bool = False
+
+
+class ChatListItem(ChatResponse):
+    """A chat without its transcript fields, as Retell's list returns them."""
+
+    transcript: None = None  # type: ignore[assignment]
+    message_with_tool_calls: None = None  # type: ignore[assignment]
+
+
+class ListChatsResponse(BaseModel):
+    items: list[ChatListItem]
+    has_more: bool
+    pagination_key: str | None = None
+    total: int | None = None
+
+
+class PageQuery(_Body):
+    limit: int = Field(default=50, ge=1, le=1000)
+    pagination_key: str | None = None
+    sort_order: Literal["ascending", "descending"] = "descending"
+
+
+class VersionQuery(_Body):
+    version: AgentVersion | None = None
+
+
+class AgentListItem(BaseModel):
+    agent_id: str
+    agent_name: str
+    channel: Literal["chat"] = "chat"
+    is_suspended: bool = False
+    tags: dict[str, Any] = Field(default_factory=dict)
+    user_modified_timestamp: int
+
+
+class AgentListResponse(BaseModel):
+    items: list[AgentListItem]
+    has_more: bool
+    pagination_key: str | None = None
+
+
+class LLMListResponse(BaseModel):
+    items: list[RetellLLM]
+    has_more: bool
+    pagination_key: str | None = None
+
+
+class PhoneNumberListResponse(BaseModel):
+    items: list[PhoneNumber]
+    has_more: bool
+    pagination_key: str | None = None
+
+
+class SendSmsRequest(_Body):
+    """Parley's ``/send-sms``: exactly one of ``content`` (exact text), ``prompt`` (the LLM writes it) or
+    Retell's ``sms_content``."""
+
+    from_number: E164
+    to_number: E164
+    content: str | None = Field(default=None, min_length=1, max_length=1600)
+    prompt: str | None = Field(default=None, min_length=1)
+    sms_content: SmsContent | None = None
+    transcript: str | list[dict[str, Any]] | None = None
+    dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SendSmsRequest:
+        given = [name for name in ("content", "prompt", "sms_content") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of content, prompt or sms_content (got {', '.join(given) or 'none'})")
+        return self
+
+    def exact_text(self) -> str | None:
+        if self.content is not None:
+            return self.content
+        return self.sms_content.predefined if self.sms_content is not None else None
+
+    def instructions(self) -> str | None:
+        return self.prompt or (self.sms_content.prompt if self.sms_content is not None else None)
+
+
+class SentSms(BaseModel):
+    """A message Parley sent: its ids, Twilio's status, its measure, and the chat it was written into."""
+
+    message_id: str
+    chat_id: str
+    message_sid: str | None = None
+    status: str
+    error_code: int | None = None
+    error: str | None = None
+    encoding: str | None = None
+    segments: int | None = None
+    content: str
+    from_number: str
+    to_number: str
+    created_timestamp: int
+
+
+class ToolCallRequest(BaseModel):
+    """The body a Retell voice agent's custom function sends."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    args: dict[str, Any] = Field(default_factory=dict)
+    call: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(BaseModel):
+    result: str
+
+
+class SendChatMessageRequest(_Body):
+    chat_id: str = Field(min_length=1)
+    content: str = Field(min_length=1, max_length=1600)
+    role: Literal["agent", "human"] = "agent"
+
+
+class OptOutItem(BaseModel):
+    from_number: str
+    to_number: str
+    opted_out_at: int
+
+
+class OptOutQuery(_Body):
+    from_number: E164 | None = None
+
+
+class ClearOptOutRequest(_Body):
+    from_number: E164
+    to_number: E164
+    consent: str = Field(min_length=10, description="How the user consented again (kept in the log)")

@@ -1,0 +1,67 @@
+"""Opt-outs per (agent number, user number), and the list of them.
+
+Every sending path checks ``is_opted_out`` right before it sends. The opt-out itself is
+``conv:{A:U}:optout`` (so the inbound script can check it with the conversation's other keys); ``optouts``
+lists them all for operators. Clearing one by hand needs a stated proof of consent, which is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from service.clock import now_ms
+from service.metrics import Metrics
+from service.storage import keys
+from service.storage.keys import Conversation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    agent_number: str
+    user_number: str
+    opted_out_at: int
+
+
+class OptOuts:
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+        self._redis = redis
+        self._metrics = metrics
+
+    async def record(self, conv: Conversation, source: str = "keyword") -> None:
+        self._metrics.optouts.labels(source).inc()
+        when = now_ms()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.optout(conv), when, nx=True)
+            pipe.zadd(keys.optouts(conv.shard), {f"{conv.agent_number} {conv.user_number}": when}, nx=True)
+            await pipe.execute()
+
+    async def clear(self, conv: Conversation) -> bool:
+        """Clear the opt-out; True if there was one."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.optout(conv))
+            pipe.zrem(keys.optouts(conv.shard), f"{conv.agent_number} {conv.user_number}")
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def is_opted_out(self, conv: Conversation) -> bool:
+        return bool(await self._redis.exists(keys.optout(conv)))
+
+    async def all(self, agent_number: str | None = None) -> list[OptOut]:
+        """Every opt-out (of one number, if given), oldest first."""
+        out = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zrange(keys.optouts(shard), 0, -1, withscores=True)
+            partitions: list[Any] = await pipe.execute()
+        for rows in partitions:
+            for member, score in rows:
+                agent, _, user = str(member).partition(" ")
+                if agent_number is None or agent == agent_number:
+                    out.append(OptOut(agent, user, int(score)))
+        return sorted(out, key=lambda o: (o.opted_out_at, o.agent_number, o.user_number))

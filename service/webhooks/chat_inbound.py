@@ -1,0 +1,101 @@
+"""The number's ``chat_inbound`` webhook: before an inbound text starts a new chat, the business decides.
+
+Parley POSTs ``{"event": "chat_inbound", "chat_inbound": {agent_id, agent_version, from_number, to_number,
+message, message_sid}}`` (``message`` and ``message_sid`` are Parley's additions), signed with
+``X-Retell-Signature`` like every event. The 2xx JSON answer's ``chat_inbound`` may ``reject`` the text, or
+set ``override_agent_id`` / ``override_agent_version``, ``dynamic_variables`` and ``metadata`` for the chat.
+It fires once per new chat, not per message. Each attempt waits 10 s; a timeout, a connection error or a
+non-2xx is tried again (``PARLEY_INBOUND_WEBHOOK_ATTEMPTS`` attempts in all, 0.5 s, 1 s, 2 s apart); when
+every attempt fails, or the answer is not the JSON expected, the number's bound agent answers and the chat
+records why in ``inbound_webhook_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.validation import describe
+from service.webhooks.events import SIGNATURE_HEADER, sign
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 10.0
+BACKOFF_S = 0.5
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    reject: bool = False
+    override_agent_id: str | None = None
+    override_agent_version: int | None = Field(default=None, ge=0)
+    dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    chat_inbound: _Answer = Field(default_factory=_Answer)
+
+
+@dataclass
+class Decision:
+    """What the webhook said (or, with ``error``, why the number's own agent answers instead)."""
+
+    reject: bool = False
+    agent_id: str | None = None
+    agent_version: int | None = None
+    dynamic_variables: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+async def ask(
+    http: aiohttp.ClientSession, url: str, *, signing_key: str, payload: dict[str, Any], attempts: int,
+    timeout_s: float = TIMEOUT_S,
+) -> Decision:
+    """Call the webhook; a ``Decision`` always comes back."""
+    body = orjson.dumps({"event": "chat_inbound", "chat_inbound": payload})
+    error = ""
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, signing_key)}
+        try:
+            async with http.post(url, data=body, headers=headers,
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                raw = await response.content.read(64 * 1024)
+                if not 200 <= response.status < 300:
+                    error = f"HTTP {response.status}"
+                    continue
+        except TimeoutError:
+            error = f"no answer within {timeout_s:g} s"
+            continue
+        except aiohttp.ClientError as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+            continue
+        return _decision(raw)
+    log.warning("chat_inbound webhook failed; the number's agent answers", extra={"error": error})
+    return Decision(error=f"chat_inbound webhook failed after {attempts} attempts: {error}")
+
+
+def _decision(raw: bytes) -> Decision:
+    if not raw.strip():
+        return Decision()
+    try:
+        answer = _Envelope.model_validate(orjson.loads(raw)).chat_inbound
+    except orjson.JSONDecodeError:
+        return Decision(error=f"chat_inbound webhook answered with something that is not JSON: {raw[:100]!r}")
+    except ValidationError as exc:
+        return Decision(error="chat_inbound webhook answer: " + "; ".join(describe(exc)))
+    return Decision(reject=answer.reject, agent_id=answer.override_agent_id,
+                    agent_version=answer.override_agent_version, dynamic_variables=answer.dynamic_variables,
+                    metadata=answer.metadata)
