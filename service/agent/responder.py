@@ -16,7 +16,7 @@ import aiohttp
 from service.agent import tools, variables
 from service.agent.llm import LLM
 from service.catalog.store import Agent
-from service.chats.store import Chat, Message, Role
+from service.chats.model import Chat, Message, Role
 from service.errors import LLMError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from service.api.http import ensure_writable, model_response, page_of_ids, read_
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog.store import Versioned
-from service.chats.store import new_id
+from service.chats.model import new_id
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.retell.models import ChatAgent, RetellLLM
 from service.retell.requests import (

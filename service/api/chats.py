@@ -10,8 +10,8 @@ from service.api.http import model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog.store import Agent, pick_agent
+from service.chats.model import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
 from service.chats.query import ChatQuery, Cursor
-from service.chats.store import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
 from service.clock import now_ms
 from service.conversations import dialog, outreach
 from service.conversations.runtime import Runtime
@@ -29,12 +29,9 @@ from service.retell.requests import (
     UpdateChatRequest,
     version_number,
 )
-from service.storage import keys
-from service.storage.keys import Conversation, chat_lock
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_S = 10.0
 TRANSCRIPT_FIELDS = {"transcript", "message_with_tool_calls"}
 
 
@@ -78,10 +75,7 @@ async def create_chat_completion(request: web.Request) -> web.Response:
     chat = await _chat(rt, body.chat_id)
     if chat.chat_type is not ChatType.API:
         raise Conflict(f"chat {chat.chat_id} is an SMS chat: the user texts its number instead")
-    token = await rt.mailbox.locks.wait(chat_lock(chat.chat_id), LOCK_WAIT_S)
-    if token is None:
-        raise Conflict(f"chat {chat.chat_id} is busy with another completion; try again")
-    try:
+    async with rt.chats.locked(chat.chat_id):
         chat = await _chat(rt, body.chat_id)   # re-read under the lock
         if chat.chat_status is not ChatStatus.ONGOING:
             raise Conflict(f"chat {chat.chat_id} has ended")
@@ -94,8 +88,6 @@ async def create_chat_completion(request: web.Request) -> web.Response:
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
         await rt.lifecycle.commit(chat, None, result)
-    finally:
-        await rt.mailbox.locks.release(chat_lock(chat.chat_id), token)
     return model_response(ChatCompletionResponse(messages=[m.to_retell() for m in new]), status=201)
 
 
@@ -104,8 +96,8 @@ async def create_sms_chat(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     body = await read_body(request, CreateSmsChatRequest)
     number = await outreach.sending_number(rt, body.from_number)
-    conv = Conversation(agent_number=body.from_number, user_number=body.to_number)
-    await outreach.check_can_start(rt, number, body.to_number)
+    conv = outreach.conversation(rt, number, body.from_number, body.to_number)
+    await outreach.check_can_start(rt, number, conv)
     if body.override_agent_id:
         agent_id, version = body.override_agent_id, version_number(body.override_agent_version)
     else:
@@ -114,10 +106,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
             raise InvalidRequest(f"override_agent_id: required, since {body.from_number} has no outbound_sms_agents")
         agent_id, version = choice.agent_id, choice.agent_version
     await _agent(rt, agent_id, version, "override_agent_id")
-    token = await rt.mailbox.locks.wait(keys.lock(conv), LOCK_WAIT_S)
-    if token is None:
-        raise Conflict("the conversation is busy with a turn; try again")
-    try:
+    async with rt.queue.hold(conv):
         ongoing = await rt.chats.ongoing(conv)
         if ongoing is not None:
             await rt.lifecycle.commit(ongoing, conv, TurnResult(end=EndReason.REPLACED, end_timestamp=now_ms()))
@@ -133,8 +122,6 @@ async def create_sms_chat(request: web.Request) -> web.Response:
         if failed:
             result.end, result.end_timestamp = EndReason.SEND_FAILED, now_ms()
         await rt.lifecycle.commit(chat, conv, result)
-    finally:
-        await rt.mailbox.hand_back(conv, token)
     outreach.raise_if_failed(failed, after=f" (the first message of chat {chat.chat_id}; the chat was ended)")
     return model_response(await _response(rt, chat))
 

@@ -1,7 +1,8 @@
-"""The REST API (Retell's paths and envelope): bearer auth, errors, health, and the chat routes.
+"""The HTTP edge every route module uses: bearer auth, Retell's error envelope, reading bodies, answering.
 
 Errors are Retell's ``{"status": "error", "message": ...}``. A ``ParleyError`` maps to its status
-here, at the edge; handlers raise, they do not build error bodies.
+here, at the edge; handlers raise, they do not build error bodies. The Twilio webhooks, health checks and
+metrics are open (no bearer key) and bounded in time instead: they wait on Redis only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from service.app_state import API_KEYS, FILES, READY, REDIS
+from service.app_state import API_KEYS, FILES
 from service.errors import (
     Conflict,
     InvalidRequest,
@@ -145,19 +146,3 @@ def page_of_ids(ids: list[str], query: PageQuery) -> tuple[list[str], bool, str 
     page = ordered[:query.limit]
     more = len(ordered) > query.limit
     return page, more, page[-1] if more and page else None
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """The process is up."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Ready to take traffic: Redis answers and the agents are loaded."""
-    checks = {"agents_loaded": request.app[READY].get("agents_loaded", False)}
-    try:
-        checks["redis"] = bool(await request.app[REDIS].ping())
-    except RedisError:
-        checks["redis"] = False
-    status = 200 if all(checks.values()) else 503
-    return web.json_response({"status": "ok" if status == 200 else "unavailable", **checks}, status=status)

@@ -10,10 +10,11 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from service.address import Conversation, split_address
 from service.api.http import json_response, model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
-from service.chats.store import ChatStatus, Message
+from service.chats.model import ChatStatus, Message
 from service.conversations import outreach
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, NotFound, ParleyError
@@ -28,7 +29,6 @@ from service.retell.requests import (
     ToolResult,
 )
 from service.storage import keys
-from service.storage.keys import Conversation
 from service.validation import describe
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ def _sent(chat_id: str, message: Message, from_number: str, to_number: str) -> S
 
 async def _send(rt: Runtime, body: SendSmsRequest) -> SentSms:
     number = await outreach.sending_number(rt, body.from_number)
+    conv = outreach.conversation(rt, number, body.from_number, body.to_number)
     chat, message = await outreach.send_sms(rt, outreach.Request(
-        number=number, to=body.to_number, exact=body.exact_text(), prompt=body.instructions(),
+        number=number, conv=conv, exact=body.exact_text(), prompt=body.instructions(),
         transcript=outreach.transcript_text(body.transcript), variables=body.dynamic_variables,
         metadata=body.metadata))
     return _sent(chat.chat_id, message, body.from_number, body.to_number)
@@ -145,7 +146,8 @@ async def clear_opt_out(request: web.Request) -> web.Response:
     """``POST /clear-opt-out``: an operator clears an opt-out, stating how the user consented again."""
     rt = request.app[RUNTIME]
     body = await read_body(request, ClearOptOutRequest)
-    if not await rt.optouts.clear(Conversation(agent_number=body.from_number, user_number=body.to_number)):
+    channel, to = split_address(body.to_number)
+    if not await rt.optouts.clear(Conversation(split_address(body.from_number)[1], to, channel)):
         raise NotFound(f"{body.to_number} has not opted out of {body.from_number}")
     log.warning("opt-out cleared by an operator", extra={"from": body.from_number, "to": body.to_number,
                                                           "consent": body.consent})

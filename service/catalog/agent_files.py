@@ -24,7 +24,7 @@ AGENT_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass
-class Catalog:
+class Declared:
     """What the files declare, validated: agents by id, numbers by E.164, and the file of each object.
 
     ``files`` maps (kind, id) to the file that declares it, kind being ``agent``, ``retell llm`` or
@@ -47,7 +47,7 @@ def _read(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
+def _load_agent(path: Path, catalog: Declared, problems: list[str]) -> None:
     data = _read(path)
     if not isinstance(data, dict):
         problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
@@ -72,7 +72,7 @@ def _load_agent(path: Path, catalog: Catalog, problems: list[str]) -> None:
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
 
 
-def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
+def _load_numbers(path: Path, catalog: Declared, problems: list[str]) -> None:
     data = _read(path)
     if isinstance(data, dict) and "phone_numbers" in data:
         data = data["phone_numbers"]
@@ -94,7 +94,7 @@ def _load_numbers(path: Path, catalog: Catalog, problems: list[str]) -> None:
         catalog.files[("number", number.phone_number)] = path
 
 
-def _cross_check(catalog: Catalog, settings: Settings, problems: list[str]) -> None:
+def _cross_check(catalog: Declared, settings: Settings, problems: list[str]) -> None:
     tokens = settings.twilio_tokens()
     for e164, number in catalog.numbers.items():
         where = catalog.files[("number", e164)]
@@ -117,12 +117,12 @@ def _cross_check(catalog: Catalog, settings: Settings, problems: list[str]) -> N
             )
 
 
-def load(settings: Settings) -> Catalog:
+def load(settings: Settings) -> Declared:
     """Read and validate every agent and number file; raise ``ConfigError`` listing all problems."""
     directory = settings.agents_dir
     if not directory.is_dir():
         raise ConfigError(f"{directory}: agents directory not found (set PARLEY_AGENTS_DIR)")
-    catalog = Catalog()
+    catalog = Declared()
     problems: list[str] = []
     files = sorted(p for p in directory.iterdir() if p.suffix in AGENT_SUFFIXES and p.is_file())
     for path in files:

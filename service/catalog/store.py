@@ -11,19 +11,17 @@ once; other processes see it within that time.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 from redis.exceptions import WatchError
 
-from service.catalog.agent_files import Catalog
+from service.catalog.agent_files import Declared
+from service.catalog.cache import Parsed, Recent
 from service.clock import now_ms
 from service.errors import NotFound
 from service.retell.models import AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
@@ -37,71 +35,12 @@ def _same(a: BaseModel, b: BaseModel) -> bool:
     return a.model_dump(exclude=_VOLATILE) == b.model_dump(exclude=_VOLATILE)
 
 
-P = TypeVar("P", bound=BaseModel)
 # The latest version of a versioned object: versions are numbered 0..n-1, so it is field n-1.
 _LATEST = """
 local n = redis.call('HLEN', KEYS[1])
 if n == 0 then return false end
 return redis.call('HGET', KEYS[1], tostring(n - 1))
 """
-
-
-class Parsed(Generic[P]):
-    """Parsed objects by their stored JSON: every turn and webhook reads agents and numbers, and parsing
-    the same text again is most of that cost. Keyed by the text itself, so an edit is never served stale."""
-
-    def __init__(self, model: type[P], size: int = 512) -> None:
-        self._model = model
-        self._size = size
-        self._items: OrderedDict[str, P] = OrderedDict()
-
-    def __call__(self, raw: str) -> P:
-        found = self._items.get(raw)
-        if found is None:
-            found = self._items[raw] = self._model.model_validate_json(raw)
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(raw)
-        return found
-
-
-T = TypeVar("T")
-
-
-class Recent(Generic[T]):
-    """Values read in the last ``ttl_ms``, by key (at most ``size``; 0 ms keeps nothing). Callers that miss
-    at the same time share one read."""
-
-    def __init__(self, ttl_ms: int, size: int = 4096) -> None:
-        self._ttl_s = ttl_ms / 1000
-        self._size = size
-        self._items: dict[str, tuple[float, asyncio.Future[T]]] = {}
-
-    async def get(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        if self._ttl_s <= 0:
-            return await load()
-        now = time.monotonic()
-        hit = self._items.get(key)
-        if hit is not None and hit[0] > now and not _failed(hit[1]):
-            return hit[1].result() if hit[1].done() else await asyncio.shield(hit[1])
-        if len(self._items) >= self._size:
-            self._items.clear()
-        future = asyncio.ensure_future(load())
-        self._items[key] = (now + self._ttl_s, future)
-        try:
-            return await asyncio.shield(future)
-        except BaseException:
-            if self._items.get(key, (0.0, None))[1] is future:
-                del self._items[key]   # a failed read is not kept
-            raise
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
-def _failed(future: asyncio.Future[Any]) -> bool:
-    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: str) -> bool:
@@ -192,7 +131,7 @@ class Agent:
     llm: RetellLLM
 
 
-class Store:
+class Catalog:
     """Agents, LLMs and numbers."""
 
     def __init__(self, redis: aioredis.Redis, *, cache_ms: int = 0) -> None:
@@ -204,7 +143,7 @@ class Store:
         self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm",
                                                     cache_ms=cache_ms)
 
-    async def publish(self, files: Catalog) -> None:
+    async def publish(self, files: Declared) -> None:
         """Store what the files declare (a changed file becomes a new version)."""
         for agent in files.agents.values():
             llm = agent.retell_llm

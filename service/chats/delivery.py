@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 import redis.asyncio as aioredis
 
-from service.chats.store import Message
+from service.chats.model import Message
 from service.storage import keys
 
 RANKS = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2, "delivered": 3,

@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 
-from service.catalog.store import Store
-from service.chats.store import Chat, Chats, ChatStatus, Message, TurnResult, new_id
-from service.conversations.queue import Lease
+from service.address import Conversation
+from service.catalog.store import Catalog
+from service.chats.model import Chat, ChatStatus, Message, TurnResult, new_id
+from service.chats.store import Chats, Commit
 from service.errors import NotFound
 from service.retell.models import DEFAULT_EVENTS, ChatAgent
 from service.settings import Settings
-from service.storage.keys import Conversation
+from service.storage.locks import Hold, Release
 from service.webhooks.events import Event
 
 
@@ -36,7 +37,7 @@ def event_body(kind: str, chat: dict[str, Any]) -> str:
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, chats: Chats, catalog: Store) -> None:
+    def __init__(self, settings: Settings, chats: Chats, catalog: Catalog) -> None:
         self._settings = settings
         self._chats = chats
         self._catalog = catalog
@@ -70,16 +71,15 @@ class Lifecycle:
 
     async def commit(
         self, chat: Chat | None, conv: Conversation | None, result: TurnResult, *, always_report: bool = False,
-        agent: ChatAgent | None = None, lease: Lease | None = None,
-    ) -> None:
+        agent: ChatAgent | None = None, hold: Hold | None = None,
+    ) -> Release:
         """Commit a turn; queue ``transcript_updated`` / ``chat_ended`` and the analysis of an ended chat.
         Without a chat (a turn that opened none), only the mailbox is trimmed. ``always_report`` sends
         ``transcript_updated`` even when the agent's ``webhook_events`` leave it out (texts a human must see).
-        ``agent``: the chat's agent version, when the caller has it (saves looking it up). ``lease``: the
-        worker's hold on the conversation (see ``Chats.commit``)."""
+        ``agent``: the chat's agent version, when the caller has it (saves looking it up). ``hold``: the
+        worker's hold on the conversation, which fences the write (see ``Chats.commit``, which answers)."""
         if chat is None:
-            await self._chats.commit(None, conv, result, lease=lease)
-            return
+            return await self._chats.commit(Commit(None, conv, result), hold=hold)
         events: list[Event] = []
         target = self.target(agent) if agent is not None else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
@@ -97,4 +97,4 @@ class Lifecycle:
                 events.append(self.event(target, "transcript_updated", after, messages))
             if wants_end:
                 events.append(self.event(target, "chat_ended", after, messages))
-        await self._chats.commit(chat, conv, result, events=events, analyze=result.end is not None, lease=lease)
+        return await self._chats.commit(Commit(chat, conv, result, events, analyze=result.end is not None), hold=hold)

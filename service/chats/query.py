@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from service.chats.store import Chat
+from service.chats.model import Chat
 from service.errors import InvalidRequest
 from service.retell.requests import ChatFilter, NumberFilter, RangeFilter, StringFilter
 from service.storage import keys

@@ -10,16 +10,16 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from service.address import SMS, Conversation
 from service.agent import variables
 from service.agent.responder import Reply, chat_variables
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent
-from service.chats.store import Chat, ChatType, Direction, Message
+from service.chats.model import Chat, ChatType, Direction, Message
 from service.clock import now_ms
 from service.conversations.runtime import Runtime
 from service.errors import NotFound
 from service.storage import keys
-from service.storage.keys import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ async def open_chat(
     chat = Chat(chat_id=chat_id, agent_id=agent.config.agent_id, version=agent.config.version,
                 llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
                 from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
-                metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error)
+                metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error,
+                channel=conv.channel if conv is not None else SMS)
     await rt.lifecycle.open(chat, agent.config)
     log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_type": chat_type.value})
     return chat, agent

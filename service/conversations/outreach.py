@@ -13,20 +13,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from service.address import Conversation, split_address
 from service.agent import variables
 from service.agent.responder import chat_variables
 from service.catalog.store import Agent, pick_agent
-from service.chats.store import Chat, ChatType, Direction, Message, Role, TurnResult
+from service.chats.model import Chat, ChatType, Direction, Message, Role, TurnResult
 from service.clock import now_ms
 from service.conversations import dialog
 from service.conversations.runtime import Runtime
+from service.conversations.sender import outside_window
 from service.errors import Conflict, InvalidRequest, LimitReached, SendError
 from service.retell.models import PhoneNumber
 from service.sms.limits import check_destination
-from service.storage import keys
-from service.storage.keys import Conversation
 
-LOCK_WAIT_S = 10.0
 WRITE_INSTRUCTIONS = (
     "\n\n## Now\nWrite one SMS to the user, following these instructions. Answer with the text of the SMS "
     "only.\nInstructions: {prompt}"
@@ -36,7 +35,7 @@ WRITE_INSTRUCTIONS = (
 @dataclass(frozen=True, slots=True)
 class Request:
     number: PhoneNumber
-    to: str
+    conv: Conversation
     exact: str | None            # the text as given (variables rendered), or
     prompt: str | None           # instructions for the LLM to write it
     transcript: str | None = None
@@ -53,19 +52,41 @@ def transcript_text(transcript: str | list[dict[str, Any]] | None) -> str | None
 
 
 async def sending_number(rt: Runtime, phone_number: str, field: str = "from_number") -> PhoneNumber:
-    """The number a text Parley starts goes out from; ``InvalidRequest`` when Parley does not know it."""
-    number = await rt.catalog.get_number(phone_number)
+    """The number a text Parley starts goes out from (``phone_number`` may carry a channel prefix);
+    ``InvalidRequest`` when Parley does not know it."""
+    number = await rt.catalog.get_number(split_address(phone_number)[1])
     if number is None:
         raise InvalidRequest(f"{field}: {phone_number} is not a number Parley sends from (import it first)")
     return number
 
 
-async def check_can_start(rt: Runtime, number: PhoneNumber, to: str) -> None:
-    """``InvalidRequest`` when ``to`` opted out of ``number`` or lies outside its allowed countries."""
-    if await rt.optouts.is_opted_out(Conversation(agent_number=number.phone_number, user_number=to)):
+def conversation(rt: Runtime, number: PhoneNumber, from_address: str, to_address: str) -> Conversation:
+    """The conversation between ``number`` (written ``from_address``) and ``to_address``, on the channel their
+    prefix names (none: SMS); ``InvalidRequest`` unless that channel is known, the same on both sides, and one
+    the number is on."""
+    channel, to = split_address(to_address)
+    if split_address(from_address)[0] != channel:
+        raise InvalidRequest(f"to_number: {to_address} is on {channel}, from_number {from_address} is not: "
+                             "write both numbers with the same channel prefix (whatsapp:+1...) or neither")
+    if channel not in rt.channels:
+        raise InvalidRequest(f"to_number: {channel!r} is not a channel Parley knows ({', '.join(rt.channels)})")
+    if channel not in number.channels:
+        raise InvalidRequest(f"from_number: {number.phone_number} is not on {channel} (its channels: "
+                             f"{', '.join(number.channels)}): add {channel} to its channels")
+    return Conversation(number.phone_number, to, channel)
+
+
+async def check_can_start(rt: Runtime, number: PhoneNumber, conv: Conversation) -> None:
+    """``InvalidRequest`` when the user opted out of ``number``, lies outside its allowed countries, or, on a
+    channel with a session window, has not written within it."""
+    to = conv.user_number
+    if await rt.optouts.is_opted_out(conv):
         raise InvalidRequest(f"to_number: {to} opted out of messages from {number.phone_number} "
                              "(replied STOP); they must text START first")
     check_destination(number, to)
+    channel = rt.channels[conv.channel]
+    if channel.session_window_s is not None and not await rt.queue.in_session(conv):
+        raise InvalidRequest("to_number: " + outside_window(channel, conv))
 
 
 async def _chat_for(rt: Runtime, conv: Conversation, req: Request) -> tuple[Chat, Agent]:
@@ -96,13 +117,10 @@ async def _write(rt: Runtime, chat: Chat, agent: Agent, req: Request, context: l
 
 
 async def send_sms(rt: Runtime, req: Request) -> tuple[Chat, Message]:
-    """Send one text to ``req.to`` from ``req.number``, recorded in the pair's chat."""
-    conv = Conversation(agent_number=req.number.phone_number, user_number=req.to)
-    await check_can_start(rt, req.number, req.to)
-    token = await rt.mailbox.locks.wait(keys.lock(conv), LOCK_WAIT_S)
-    if token is None:
-        raise Conflict("the conversation is busy with a turn; try again")
-    try:
+    """Send one text to the user of ``req.conv`` from ``req.number``, recorded in the conversation's chat."""
+    conv = req.conv
+    await check_can_start(rt, req.number, conv)
+    async with rt.queue.hold(conv):
         chat, agent = await _chat_for(rt, conv, req)
         context = [Message(Role.INJECTED, content=f"Transcript of the phone call before this text:\n{req.transcript}",
                            created_timestamp=now_ms())] if req.transcript else []
@@ -111,10 +129,9 @@ async def send_sms(rt: Runtime, req: Request) -> tuple[Chat, Message]:
             raise InvalidRequest("the text to send is empty (content rendered to nothing, or the LLM wrote nothing)")
         sent = await rt.sender.send_text(conv, req.number, text, exact=exact, chat_id=chat.chat_id,
                                          max_segments=agent.config.max_reply_segments)
+        # Unfenced: what was sent is recorded even if a slow LLM let the lock expire meanwhile.
         await rt.lifecycle.commit(chat, conv, TurnResult(
             messages=context + sent, deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms))
-    finally:
-        await rt.mailbox.hand_back(conv, token)
     return chat, _first_or_raise(sent)
 
 
@@ -145,16 +162,14 @@ async def send_chat_message(rt: Runtime, chat: Chat, content: str, *, human: boo
         raise Conflict(f"{conv.agent_number} is no longer a number Parley sends from")
     if await rt.optouts.is_opted_out(conv):
         raise InvalidRequest(f"the user {conv.user_number} opted out of messages from {conv.agent_number}")
-    token = await rt.mailbox.locks.wait(keys.lock(conv), LOCK_WAIT_S)
-    if token is None:
-        raise Conflict("the conversation is busy with a turn; try again")
-    try:
+    channel = rt.channels[conv.channel]
+    if channel.session_window_s is not None and not await rt.queue.in_session(conv):
+        raise InvalidRequest(outside_window(channel, conv))
+    async with rt.queue.hold(conv):
         agent = await dialog.agent_for(rt, chat)
         sent = await rt.sender.send_text(conv, number, content, exact=True, chat_id=chat.chat_id)
         for message in sent:
             message.sender = "human" if human else None
         deadline = None if chat.agent_paused else now_ms() + agent.config.end_chat_after_silence_ms
         await rt.lifecycle.commit(chat, conv, TurnResult(messages=sent, deadline_ms=deadline))
-    finally:
-        await rt.mailbox.hand_back(conv, token)
     return _first_or_raise(sent)

@@ -1,27 +1,58 @@
-"""A conversation's mailbox, its wake-ups and its turn lock (DESIGN.md section 3, steps 3, 5 and 6).
+"""The conversation queue: every mailbox, wake-up and turn-lock operation, behind ``ConversationQueue``.
 
-The webhook appends an inbound item to the conversation's mailbox and adds a wake-up naming the
-conversation to its partition's ``wakeups`` stream, in one script with the ``MessageSid`` dedupe, so an
-acknowledged message always has a wake-up. A worker that takes a wake-up locks the conversation (token +
-TTL), drains the mailbox turn by turn, and releases the lock only when the mailbox is empty, in the same
-script as the turn's commit (``Lease``), so a message that lands while it works is never left without a
-worker. (A text from a user who opted out is dropped by the turn, which reads the opt-out anyway.)
+Keys (built in ``storage.keys``; all of one conversation in its partition ``{S}``)::
+
+    {S}:conv:<id>:mailbox          LIST    the conversation's items not yet answered, in arrival order
+    {S}:conv:<id>:seen:<sid>       STRING  dedupe marker of an inbound message (24 h)
+    {S}:conv:<id>:lock             STRING  the token of whoever holds the conversation (PX lock_ttl_ms)
+    {S}:conv:<id>:session          STRING  when the user last wrote, on channels with a session window
+    {S}:wakeups                    STREAM  one entry per wake-up, naming the conversation; group ``workers``
+
+Invariants, and where each is kept:
+
+1. *An acknowledged message is never lost.* ``put`` deduplicates, appends to the mailbox and adds a wake-up
+   in one script; the webhook answers Twilio only after it.
+2. *One holder at a time.* The lock is ``SET NX PX`` with a random token (``take``, ``hold``); every write
+   under it checks the token first (the commit script in ``chats.store``, ``release``, ``hand_back``),
+   so a holder whose lock expired writes nothing. A worker renews its lock at a third of its TTL (``keep``).
+3. *A wake-up is acknowledged only when its mailbox is empty.* The commit that empties the mailbox also
+   deletes the lock and XACKs the wake-up, in the same script; otherwise the holder keeps both and runs
+   the next turn. A worker that finds the lock taken acknowledges at once (the holder will see the text).
+4. *A crashed worker's conversation is picked up.* Its wake-up stays pending; ``reclaim`` hands it to
+   another worker after ``reclaim_idle_ms``, by when the dead holder's lock (``lock_ttl_ms``) has expired.
+   A holder that is alive keeps its entry's idle time fresh (``keep``).
+5. *Texts that arrive while the API holds a conversation are answered.* ``hold`` hands the lock back
+   through a script that adds a wake-up when the mailbox is not empty.
+
+The chat store's commit script is the one other place that touches these keys: a turn's results and the
+release of its conversation must be one atomic write. It takes the holder's ``Hold`` as its fence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from service.address import Conversation
+from service.clock import now_ms
+from service.conversations.items import Item
+from service.errors import Conflict
 from service.storage import keys
-from service.storage.keys import Conversation
-from service.storage.locks import Locks
+from service.storage.locks import WAIT_S, Hold, Locks, Release, new_token
 
-# KEYS: seen, mailbox, wakeups.  ARGV: item, seen ttl s, cap, mailbox ttl s, conversation id, maxlen.
+log = logging.getLogger(__name__)
+
+BUSY = "the conversation is busy with a turn; try again"
+
+# KEYS: seen, mailbox, wakeups, session (the mailbox again when the channel has no session window).
+# ARGV: item, seen ttl s, cap, mailbox ttl s, conversation id, maxlen, session ttl s ('' none), now ms.
 # Returns an Enqueued value.  A full mailbox forgets the SID again, so a retry can land.
 _ENQUEUE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
@@ -32,11 +63,11 @@ if redis.call('RPUSH', KEYS[2], ARGV[1]) > tonumber(ARGV[3]) then
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'conv', ARGV[5])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[7]) end
 return 1
 """
 
-# KEYS: lock, mailbox, wakeups.  ARGV: token, wake-up entry id ('' none), consumer group.  1 released (and the
-# wake-up acknowledged); 0 kept because the mailbox has work; -1 not ours any more.
+# KEYS: lock, mailbox, wakeups.  ARGV: token, wake-up entry id ('' none), consumer group.  A Release value.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
@@ -66,112 +97,151 @@ class Enqueued(IntEnum):
     MAILBOX_FULL = 2
 
 
-class Release(IntEnum):
-    RELEASED = 1
-    MORE_WORK = 0
-    LOST = -1
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """A stream entry that names a conversation to run; ``reclaimed`` when taken over from a dead worker."""
 
-
-@dataclass(slots=True)
-class Lease:
-    """A worker's hold on a conversation: its lock token and the wake-up it answers. A turn committed under a
-    lease writes only while the lock is still the worker's; when it leaves the mailbox empty, the same script
-    releases the lock and acknowledges the wake-up, and says so in ``outcome``."""
-
+    entry_id: str
     conv: Conversation
-    token: str
-    entry_id: str = ""
-    outcome: Release | None = None
-
-
-class ItemKind(StrEnum):
-    TEXT = "text"          # a user's SMS: goes to the LLM
-    OPT_OUT = "opt_out"    # the user sent STOP: end the ongoing chat
-    INACTIVITY = "inactivity"  # the chat's silence deadline passed: auto-close it
+    reclaimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Media:
-    url: str
-    content_type: str
+class Taken:
+    """What ``take`` and ``peek`` read in their round trip."""
+
+    taken: bool                   # the lock is now the caller's (always True for ``peek``)
+    items: list[Item]             # the whole mailbox
+    values: list[str | None]      # the strings at the ``with_keys`` asked for
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One thing for a conversation's worker to act on, in arrival order."""
+class ConversationQueue:
+    """Mailboxes, wake-ups and turn locks. One per process (``Runtime.queue``)."""
 
-    kind: ItemKind
-    received_ms: int
-    body: str = ""
-    message_sid: str | None = None
-    media: tuple[Media, ...] = ()
-    chat_id: str | None = None       # INACTIVITY: the chat whose deadline passed
-    timer_score: int | None = None   # INACTIVITY: the timer's score when it fired (leased)
-    raw: str = field(default="", compare=False)  # the stored JSON, for trimming
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {"kind": self.kind, "received_ms": self.received_ms}
-        if self.body:
-            data["body"] = self.body
-        if self.message_sid:
-            data["message_sid"] = self.message_sid
-        if self.media:
-            data["media"] = [{"url": m.url, "content_type": m.content_type} for m in self.media]
-        if self.chat_id:
-            data["chat_id"] = self.chat_id
-        if self.timer_score is not None:
-            data["timer_score"] = self.timer_score
-        return orjson.dumps(data).decode()
-
-    @classmethod
-    def from_json(cls, raw: str) -> Item:
-        data = orjson.loads(raw)
-        return cls(
-            kind=ItemKind(data["kind"]),
-            received_ms=int(data["received_ms"]),
-            body=data.get("body", ""),
-            message_sid=data.get("message_sid"),
-            media=tuple(Media(m["url"], m["content_type"]) for m in data.get("media", ())),
-            chat_id=data.get("chat_id"),
-            timer_score=data.get("timer_score"),
-            raw=raw,
-        )
-
-
-class Mailbox:
-    """The Redis operations on conversation mailboxes, wake-ups and locks."""
-
-    def __init__(self, redis: aioredis.Redis, locks: Locks) -> None:
+    def __init__(self, redis: aioredis.Redis, *, lock_ttl_ms: int) -> None:
         self._redis = redis
-        self.locks = locks
+        self._locks = Locks(redis, ttl_ms=lock_ttl_ms)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._release = redis.register_script(_RELEASE)
         self._hand_back = redis.register_script(_HAND_BACK)
+        self.streams = [keys.wakeups(shard) for shard in range(keys.SHARDS)]
 
-    async def put(self, conv: Conversation, item: Item, *, dedupe_id: str) -> Enqueued:
-        """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen."""
+    @property
+    def lock_ttl_ms(self) -> int:
+        return self._locks.ttl_ms
+
+    # The webhooks' side.
+
+    async def put(self, conv: Conversation, item: Item, *, dedupe_id: str, session_ttl_s: int | None = None,
+                  ) -> Enqueued:
+        """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen. ``session_ttl_s``: the user wrote,
+        on a channel with a session window of that length (``in_session``)."""
+        session = keys.session(conv) if session_ttl_s else keys.mailbox(conv)
         result = await self._enqueue(
-            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard)],
+            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard), session],
             args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.id,
-                  keys.WAKEUPS_MAXLEN],
+                  keys.WAKEUPS_MAXLEN, session_ttl_s or "", now_ms()],
         )
         return Enqueued(int(result))
 
-    async def renew(self, conv: Conversation, token: str) -> bool:
-        return await self.locks.renew(keys.lock(conv), token)
+    async def in_session(self, conv: Conversation) -> bool:
+        """True while the user's last message is within its channel's session window."""
+        return bool(await self._redis.exists(keys.session(conv)))
 
-    async def abandon(self, conv: Conversation, token: str) -> None:
-        """Drop the lock without looking at the mailbox (the wake-up stays pending and will be reclaimed)."""
-        await self.locks.release(keys.lock(conv), token)
+    # The workers' side: wake-ups.
 
-    async def hand_back(self, conv: Conversation, token: str) -> None:
-        """Release a lock taken outside a worker, waking a worker if texts arrived meanwhile."""
-        await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
-                              args=[token, conv.id, keys.WAKEUPS_MAXLEN])
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every partition's stream (idempotent)."""
+        for stream in self.streams:
+            try:
+                await self._redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
-    async def release(self, lease: Lease) -> Release:
-        """Release the lock (acknowledging the wake-up) if the mailbox is empty; otherwise keep it (there is
-        another turn to run)."""
-        conv = lease.conv
+    async def read(self, consumer: str, streams: Sequence[str], count: int, *, block_ms: int) -> list[Wakeup]:
+        """New wake-ups from ``streams`` (one ``XREADGROUP``), waiting up to ``block_ms`` for one."""
+        reply: Any = await self._redis.xreadgroup(
+            keys.WORKER_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms)
+        return [Wakeup(entry_id, Conversation.parse(fields["conv"]))
+                for _stream, entries in reply or [] for entry_id, fields in entries]
+
+    async def reclaim(self, consumer: str, stream: str, count: int, *, min_idle_ms: int) -> list[Wakeup]:
+        """Wake-ups of ``stream`` pending longer than ``min_idle_ms`` (their worker died), now ``consumer``'s."""
+        reply: Any = await self._redis.xautoclaim(
+            stream, keys.WORKER_GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
+        claimed: list[tuple[str, dict[str, str]]] = [entry for entry in reply[1] if entry and entry[1]]
+        if claimed:
+            log.info("reclaimed stale wake-ups", extra={"count": len(claimed)})
+        return [Wakeup(entry_id, Conversation.parse(fields["conv"]), reclaimed=True) for entry_id, fields in claimed]
+
+    async def ack(self, conv: Conversation, entry_id: str) -> None:
+        await self._redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
+
+    # The workers' side: the lock and the mailbox.
+
+    async def take(self, conv: Conversation, token: str, *, with_keys: Sequence[str] = ()) -> Taken:
+        """Take the conversation's lock with ``token``, and read its mailbox and ``with_keys`` (strings in the
+        conversation's partition), in one round trip."""
+        return await self._read(conv, token, with_keys)
+
+    async def peek(self, conv: Conversation, *, with_keys: Sequence[str] = ()) -> Taken:
+        """Read the mailbox and ``with_keys`` (the holder, between turns)."""
+        return await self._read(conv, None, with_keys)
+
+    async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str]) -> Taken:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if token is not None:
+                pipe.set(keys.lock(conv), token, nx=True, px=self._locks.ttl_ms)
+            pipe.lrange(keys.mailbox(conv), 0, -1)
+            if with_keys:
+                # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots;
+                # these share the conversation's.
+                pipe.execute_command("MGET", *with_keys)
+            replies = await pipe.execute()
+        taken = bool(replies.pop(0)) if token is not None else True
+        values = list(replies[1]) if with_keys else []
+        return Taken(taken, [Item.from_json(raw) for raw in replies[0]], values)
+
+    async def keep(self, hold: Hold, consumer: str) -> bool:
+        """Renew the holder's lock and keep its wake-up from looking abandoned; False once the lock is lost."""
+        if not await self._locks.renew(keys.lock(hold.conv), hold.token):
+            return False
+        await self._redis.xclaim(keys.wakeups(hold.conv.shard), keys.WORKER_GROUP, consumer, 0, [hold.entry_id],
+                                 justid=True)
+        return True
+
+    async def release(self, hold: Hold) -> Release:
+        """Release the lock (acknowledging the wake-up) if the mailbox is empty; else keep it: another turn is
+        due. For a holder that committed nothing this time."""
+        conv = hold.conv
         return Release(int(await self._release(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
-                                               args=[lease.token, lease.entry_id, keys.WORKER_GROUP])))
+                                               args=[hold.token, hold.entry_id, keys.WORKER_GROUP])))
+
+    async def abandon(self, hold: Hold) -> None:
+        """Drop the lock without looking at the mailbox (the wake-up stays pending and will be reclaimed)."""
+        await self._locks.release(keys.lock(hold.conv), hold.token)
+
+    async def drop(self, conv: Conversation, count: int) -> None:
+        """Remove the first ``count`` items: a turn that could not be run must not block the conversation."""
+        await self._redis.ltrim(keys.mailbox(conv), count, -1)
+
+    # The API's side.
+
+    @asynccontextmanager
+    async def hold(self, conv: Conversation, *, within_s: float = WAIT_S) -> AsyncIterator[Hold]:
+        """Hold ``conv`` for the ``async with`` block, as a turn does, so what the block sends is ordered with
+        the agent's replies; ``Conflict`` when a turn keeps it longer than ``within_s``. On the way out, texts
+        that arrived meanwhile get a wake-up."""
+        token = await self._locks.wait(keys.lock(conv), within_s)
+        if token is None:
+            raise Conflict(BUSY)
+        hold = Hold(conv, token)
+        try:
+            yield hold
+        finally:
+            await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
+                                  args=[token, conv.id, keys.WAKEUPS_MAXLEN])
+
+    def new_token(self) -> str:
+        return new_token()

@@ -1,7 +1,12 @@
-"""Everything a webhook, a turn or a background loop needs, built once per process by ``create_app``."""
+"""Everything a webhook, a turn or a background loop needs, built once per process by ``create_app``.
+
+The channels and the provider's gateway come in from outside (``create_app`` registers them): the
+conversation engine knows them only by their protocols (``conversations.channel``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -10,18 +15,17 @@ import redis.asyncio as aioredis
 from service.agent.analysis import Analyzer
 from service.agent.llm import LLM
 from service.agent.responder import Responder
-from service.catalog.store import Store
-from service.channels.twilio.gateway import TwilioGateway
+from service.catalog.store import Catalog
 from service.chats.delivery import Delivery
 from service.chats.lifecycle import Lifecycle
 from service.chats.store import Chats
-from service.conversations.queue import Mailbox
+from service.conversations.channel import Channel, Gateway
+from service.conversations.queue import ConversationQueue
 from service.conversations.sender import Sender
 from service.metrics import Metrics
 from service.settings import Settings
 from service.sms.limits import DailySegments
 from service.sms.optouts import OptOuts
-from service.storage.locks import Locks
 from service.webhooks.events import Outbox
 
 
@@ -33,8 +37,9 @@ class Runtime:
     llm: LLM
     signing_key: str           # the first API key: signs events and chat_inbound requests
     metrics: Metrics
-    catalog: Store
-    mailbox: Mailbox
+    catalog: Catalog
+    queue: ConversationQueue
+    channels: Mapping[str, Channel]
     chats: Chats
     lifecycle: Lifecycle
     outbox: Outbox
@@ -46,12 +51,13 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, settings: Settings, redis: aioredis.Redis, gateway: TwilioGateway, llm: LLM, http: aiohttp.ClientSession,
-        metrics: Metrics, *, signing_key: str,
+        cls, settings: Settings, redis: aioredis.Redis, *, gateway: Gateway, channels: Mapping[str, Channel], llm: LLM,
+        http: aiohttp.ClientSession, metrics: Metrics, signing_key: str,
     ) -> Runtime:
         optouts = OptOuts(redis, metrics)
-        catalog = Store(redis, cache_ms=settings.catalog_cache_ms)
-        chats = Chats(redis, ttl_s=settings.chat_ttl_s)
+        catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
+        chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms)
+        queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
         lifecycle = Lifecycle(settings, chats, catalog)
         return cls(
             settings=settings,
@@ -61,7 +67,8 @@ class Runtime:
             signing_key=signing_key,
             metrics=metrics,
             catalog=catalog,
-            mailbox=Mailbox(redis, Locks(redis, ttl_ms=settings.lock_ttl_ms)),
+            queue=queue,
+            channels=channels,
             chats=chats,
             lifecycle=lifecycle,
             analyzer=Analyzer(chats, catalog, llm, lifecycle, redis),
@@ -69,6 +76,6 @@ class Runtime:
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
             delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
-            sender=Sender(settings, gateway, optouts, DailySegments(redis), metrics),
+            sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics),
             responder=Responder(llm, http),
         )

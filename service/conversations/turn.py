@@ -1,8 +1,8 @@
-"""One turn of a conversation, run by the worker that holds its lock (DESIGN.md section 3, step 6).
+"""One turn of a conversation, run by the worker that holds its lock.
 
 A turn takes the head of the mailbox: the user's texts that arrived together (one LLM call answers
 them all), or one control item (STOP ended the chat; a silence deadline passed). It ends with one
-commit, made under the worker's lease (``mailbox.Lease``); a crash before it leaves the mailbox untouched,
+commit, made under the worker's hold (``storage.locks.Hold``); a crash before it leaves the mailbox untouched,
 so the next worker runs the turn again. The only window for a duplicate reply is between Twilio
 accepting the reply and that commit. Texts from a user who opted out are dropped here, unanswered.
 """
@@ -12,37 +12,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from service.address import Conversation
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent, pick_agent
-from service.chats.store import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
+from service.chats.model import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
 from service.clock import now_ms
 from service.conversations import dialog
-from service.conversations.queue import Item, ItemKind, Lease
+from service.conversations.items import Item, ItemKind
 from service.conversations.runtime import Runtime
 from service.errors import InvalidRequest, NotFound
 from service.retell.models import E164_RE, PhoneNumber
 from service.sms.limits import check_destination
 from service.storage import keys
-from service.storage.keys import Conversation
+from service.storage.locks import Hold, Release
 from service.webhooks import chat_inbound
 
 log = logging.getLogger(__name__)
-
-MAX_TEXTS_PER_TURN = 20
-
-
-def next_batch(items: list[Item]) -> list[Item]:
-    """The head of the mailbox that forms the next turn: a run of texts, or one control item."""
-    if not items:
-        return []
-    if items[0].kind is not ItemKind.TEXT:
-        return items[:1]
-    batch = []
-    for item in items[:MAX_TEXTS_PER_TURN]:
-        if item.kind is not ItemKind.TEXT:
-            break
-        batch.append(item)
-    return batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,30 +47,24 @@ class Turns:
     async def take(self, conv: Conversation, token: str) -> tuple[list[Item], Context] | None:
         """Take the conversation's lock with ``token`` and ``load``, in the same round trips; None (having
         read for nothing) when another worker holds the lock."""
-        taken, items, ctx = await self._read(conv, token)
-        return (items, ctx) if taken else None
+        taken = await self._rt.queue.take(conv, token, with_keys=self._context_keys(conv))
+        return (taken.items, await self._context(conv, taken.values)) if taken.taken else None
 
     async def load(self, conv: Conversation) -> tuple[list[Item], Context]:
         """The mailbox and the context of its next turn, in two round trips (pipelines of one partition)."""
-        _, items, ctx = await self._read(conv, None)
-        return items, ctx
+        read = await self._rt.queue.peek(conv, with_keys=self._context_keys(conv))
+        return read.items, await self._context(conv, read.values)
 
-    async def _read(self, conv: Conversation, lock_token: str | None) -> tuple[bool, list[Item], Context]:
-        redis = self._rt.redis
-        async with redis.pipeline(transaction=False) as pipe:
-            if lock_token is not None:
-                pipe.set(keys.lock(conv), lock_token, nx=True, px=self._rt.mailbox.locks.ttl_ms)
-            pipe.lrange(keys.mailbox(conv), 0, -1)
-            # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots; these
-            # two share the conversation's.
-            pipe.execute_command("MGET", keys.current_chat(conv), keys.optout(conv))
-            replies = await pipe.execute()
-        taken = bool(replies.pop(0)) if lock_token is not None else True
-        raw_items, (chat_id, opted_out) = replies
+    @staticmethod
+    def _context_keys(conv: Conversation) -> list[str]:
+        return [keys.current_chat(conv), keys.optout(conv)]
+
+    async def _context(self, conv: Conversation, values: list[str | None]) -> Context:
+        chat_id, opted_out = values
         chat, history = (await self._rt.chats.ongoing_with_history(chat_id, self._rt.settings.history_window)
                          if chat_id else (None, []))
         number = await self._rt.catalog.get_number(conv.agent_number)
-        return taken, [Item.from_json(raw) for raw in raw_items], Context(number, chat, history, opted_out is not None)
+        return Context(number, chat, history, opted_out is not None)
 
     async def burst_window_ms(self, ctx: Context) -> int:
         """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
@@ -99,23 +78,23 @@ class Turns:
         except NotFound:
             return 0
 
-    async def run(self, lease: Lease, batch: list[Item], ctx: Context) -> None:
-        """Act on ``batch`` (from ``next_batch``) and commit under ``lease``."""
-        conv = lease.conv
+    async def run(self, hold: Hold, batch: list[Item], ctx: Context) -> Release:
+        """Act on ``batch`` (from ``items.next_batch``) and commit under ``hold``; what the commit did with the
+        conversation's lock."""
+        conv = hold.conv
         consumed = TurnResult(consumed=len(batch))
         kind = batch[0].kind
         if ctx.number is None:
             log.warning("number no longer configured; dropping", extra={"conv": conv.id, "items": len(batch)})
-            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
-        elif kind is ItemKind.OPT_OUT:
-            await self._opt_out(lease, ctx, batch[0])
-        elif kind is ItemKind.INACTIVITY:
-            await self._inactivity(lease, ctx.number, ctx, batch[0])
-        elif ctx.opted_out:
+            return await self._rt.lifecycle.commit(None, conv, consumed, hold=hold)
+        if kind is ItemKind.OPT_OUT:
+            return await self._opt_out(hold, ctx, batch[0])
+        if kind is ItemKind.INACTIVITY:
+            return await self._inactivity(hold, ctx.number, ctx, batch[0])
+        if ctx.opted_out:
             log.info("texts from a user who opted out; not answered", extra={"conv": conv.id, "texts": len(batch)})
-            await self._rt.lifecycle.commit(None, conv, consumed, lease=lease)
-        else:
-            await self._texts(lease, ctx.number, ctx, batch)
+            return await self._rt.lifecycle.commit(None, conv, consumed, hold=hold)
+        return await self._texts(hold, ctx.number, ctx, batch)
 
     async def _open_inbound_chat(
         self, conv: Conversation, number: PhoneNumber, batch: list[Item],
@@ -155,23 +134,22 @@ class Turns:
         return Message(Role.USER, content=item.body, message_sid=item.message_sid, created_timestamp=item.received_ms,
                        media=[{"url": m.url, "content_type": m.content_type} for m in item.media] or None)
 
-    async def _texts(self, lease: Lease, number: PhoneNumber, ctx: Context, batch: list[Item]) -> None:
-        conv, chat = lease.conv, ctx.chat
+    async def _texts(self, hold: Hold, number: PhoneNumber, ctx: Context, batch: list[Item]) -> Release:
+        conv, chat = hold.conv, ctx.chat
         if chat is None:
             opened = await self._open_inbound_chat(conv, number, batch)
             if opened is None:
-                await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)), lease=lease)
-                return
+                return await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)), hold=hold)
             chat, agent = opened
         else:
             agent = await dialog.agent_for(self._rt, chat)
         user = [self._user_message(item) for item in batch]
         if chat.agent_paused:
             # A human has the chat: keep the texts, tell the business (transcript_updated), no LLM.
-            await self._rt.lifecycle.commit(chat, conv, TurnResult(messages=user, consumed=len(batch)),
-                                            always_report=True, lease=lease)
+            released = await self._rt.lifecycle.commit(chat, conv, TurnResult(messages=user, consumed=len(batch)),
+                                                       always_report=True, hold=hold)
             log.info("texts stored for a human", extra={"chat_id": chat.chat_id, "texts": len(batch)})
-            return
+            return released
         by_tool: list[Message] = []
         hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
         reply = await dialog.answer(self._rt, chat, agent, user, sms=hook, history=ctx.history)
@@ -183,9 +161,10 @@ class Turns:
                             deadline_ms=now_ms() + agent.config.end_chat_after_silence_ms)
         if reply.end_chat:
             result.end, result.end_timestamp = EndReason.AGENT_ENDED, now_ms()
-        await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config, lease=lease)
+        released = await self._rt.lifecycle.commit(chat, conv, result, agent=agent.config, hold=hold)
         log.info("turn done", extra={"chat_id": chat.chat_id, "texts": len(batch), "parts": len(sent),
                                      "ended": reply.end_chat, "llm_failed": reply.failed})
+        return released
 
     def _sms_hook(self, conv: Conversation, number: PhoneNumber, chat_id: str, record: list[Message]) -> SmsHook:
         """The send_sms tool's way out: to the chat's user (recorded in the chat), or to another number
@@ -209,7 +188,7 @@ class Turns:
             return failed.error if failed else None
         return send
 
-    async def _opt_out(self, lease: Lease, ctx: Context, item: Item) -> None:
+    async def _opt_out(self, hold: Hold, ctx: Context, item: Item) -> Release:
         chat = ctx.chat
         result = TurnResult(consumed=1)
         if chat is not None:
@@ -218,21 +197,21 @@ class Turns:
                                            created_timestamp=item.received_ms)]
             result.end, result.end_timestamp = EndReason.USER_OPTED_OUT, now_ms()
             log.info("chat ended: user opted out", extra={"chat_id": chat.chat_id})
-        await self._rt.lifecycle.commit(chat, lease.conv, result, lease=lease)
+        return await self._rt.lifecycle.commit(chat, hold.conv, result, hold=hold)
 
-    async def _inactivity(self, lease: Lease, number: PhoneNumber, ctx: Context, item: Item) -> None:
-        conv, chat = lease.conv, ctx.chat
+    async def _inactivity(self, hold: Hold, number: PhoneNumber, ctx: Context, item: Item) -> Release:
+        conv, chat = hold.conv, ctx.chat
         if chat is None or chat.chat_id != item.chat_id or await self._rearmed(chat, item):
-            await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1), lease=lease)
-            return
+            return await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=1), hold=hold)
         agent = (await dialog.agent_for(self._rt, chat)).config
         result = TurnResult(consumed=1, end=EndReason.INACTIVITY)
         if agent.auto_close_message:
             result.messages = await self._rt.sender.send_text(
                 conv, number, agent.auto_close_message, max_segments=agent.max_reply_segments, chat_id=chat.chat_id)
         result.end_timestamp = now_ms()
-        await self._rt.lifecycle.commit(chat, conv, result, lease=lease)
+        released = await self._rt.lifecycle.commit(chat, conv, result, hold=hold)
         log.info("chat ended: inactivity", extra={"chat_id": chat.chat_id})
+        return released
 
     async def _rearmed(self, chat: Chat, item: Item) -> bool:
         """True if a turn re-armed the chat's timer after this deadline fired (the user wrote meanwhile)."""

@@ -1,12 +1,12 @@
-"""Workers: take wake-ups from the partitions' ``wakeups`` streams and run conversations' turns (DESIGN.md section 3).
+"""Workers: take wake-ups from the conversation queue and run conversations' turns.
 
-A wake-up names a conversation. The worker that gets its lock waits out the agent's burst window,
-runs turns until the mailbox is empty, and the commit that empties it also releases the lock and
-acknowledges the wake-up (``mailbox.Lease``). A worker that finds the lock taken acknowledges at once:
-the holder will see the message. A wake-up whose worker died stays pending and is reclaimed
-(``XAUTOCLAIM``) after ``reclaim_idle_ms``; the holder keeps its own entry fresh (``XCLAIM`` resets the
-idle time) while it works. A *reclaimed* wake-up whose lock is taken stays pending (the holder may be the
-worker that died) and comes back once that lock has expired.
+A wake-up names a conversation. The worker that gets its lock waits out the agent's burst window, runs
+turns until the mailbox is empty, and the commit that empties it also releases the lock and acknowledges
+the wake-up. A worker that finds the lock taken acknowledges at once: the holder will see the message. A
+wake-up whose worker died stays pending and is reclaimed after ``reclaim_idle_ms``; the holder keeps its
+own entry fresh while it works. A *reclaimed* wake-up whose lock is taken stays pending (the holder may be
+the worker that died) and comes back once that lock has expired. ``conversations.queue`` holds the Redis
+side of all this and its invariants; this module decides what runs when.
 
 Reading: one ``XREADGROUP`` over every partition's stream on a single Redis; on Redis Cluster, where a
 command may only touch one hash slot, one reader per partition. At most ``PARLEY_WORKERS`` conversations
@@ -23,26 +23,26 @@ import secrets
 import socket
 import time
 from collections import deque
-from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.address import Conversation
 from service.clock import now_ms
-from service.conversations.queue import Item, Lease, Release
+from service.conversations.items import MAX_TEXTS_PER_TURN, Item, next_batch
+from service.conversations.queue import Wakeup
 from service.conversations.runtime import Runtime
-from service.conversations.turn import Context, Turns, next_batch
+from service.conversations.turn import Context, Turns
 from service.errors import ParleyError
-from service.storage import keys
-from service.storage.keys import Conversation
+from service.storage.locks import Hold, Release
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 1_000
 MAX_BURST_WINDOW_MS = 60_000   # the largest burst_window_ms an agent may set
 MAX_READ = 100
-STREAMS = [keys.wakeups(shard) for shard in range(keys.SHARDS)]
 
 
 def consumer_name() -> str:
@@ -54,32 +54,26 @@ class WorkerPool:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        self._queue = rt.queue
         self._turns = Turns(rt)
         self._name = consumer_name()
         self._active: set[asyncio.Task[None]] = set()
         # Wake-ups read but not started yet: readers read concurrently (one per stream on a cluster), and a read
         # over several streams may return up to its count from each, so a read can bring more than there is room
         # for. At most PARLEY_WORKERS conversations run; the rest wait here, still pending in their streams.
-        self._backlog: deque[tuple[str, Conversation, bool]] = deque()
+        self._backlog: deque[Wakeup] = deque()
         self._turning: set[str] = set()     # conversations inside a turn right now
         self._room = asyncio.Event()
         self._share = MAX_READ
 
-    async def ensure_groups(self) -> None:
-        for stream in STREAMS:
-            try:
-                await self._rt.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
     async def run(self) -> None:
         """Read and dispatch until cancelled."""
-        await self.ensure_groups()
-        groups = [[s] for s in STREAMS] if self._rt.settings.redis_cluster else [STREAMS]
+        await self._queue.ensure_groups()
+        streams = self._queue.streams
+        groups = [[s] for s in streams] if self._rt.settings.redis_cluster else [streams]
         # Each reader (and the reclaimer) asks for at most a fair share of the free slots.
         self._share = max(1, self._rt.settings.workers // (len(groups) + 1))
-        readers = [asyncio.create_task(self._read_loop(streams)) for streams in groups]
+        readers = [asyncio.create_task(self._read_loop(group)) for group in groups]
         readers.append(asyncio.create_task(self._reclaim_loop()))
         try:
             await asyncio.gather(*readers)
@@ -102,7 +96,7 @@ class WorkerPool:
 
     async def _reclaim_loop(self) -> None:
         while True:
-            for stream in STREAMS:
+            for stream in self._queue.streams:
                 await self._poll([stream], reclaim=True)
             await asyncio.sleep(self._rt.settings.reclaim_idle_ms / 2000)
 
@@ -112,7 +106,11 @@ class WorkerPool:
             raise asyncio.CancelledError
         count = await self._wait_for_room()
         try:
-            entries = await (self._reclaim(streams[0], count) if reclaim else self._read(streams, count))
+            if reclaim:
+                wakeups = await self._queue.reclaim(self._name, streams[0], count,
+                                                    min_idle_ms=self._rt.settings.reclaim_idle_ms)
+            else:
+                wakeups = await self._queue.read(self._name, streams, count, block_ms=READ_BLOCK_MS)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("redis unavailable; retrying", extra={"error": str(exc)})
             await asyncio.sleep(1.0)
@@ -121,32 +119,16 @@ class WorkerPool:
             if "NOGROUP" not in str(exc):
                 raise
             log.warning("a wake-up stream is gone (Redis lost its data?); recreating it")
-            await self.ensure_groups()
+            await self._queue.ensure_groups()
             return
-        self._backlog.extend((entry_id, Conversation.parse(fields["conv"]), reclaim) for entry_id, fields in entries)
+        self._backlog.extend(wakeups)
         self._start()
-
-    async def _read(self, streams: list[str], count: int) -> list[tuple[str, dict[str, str]]]:
-        reply: Any = await self._rt.redis.xreadgroup(
-            keys.WORKER_GROUP, self._name, {stream: ">" for stream in streams}, count=count, block=READ_BLOCK_MS
-        )
-        return [entry for _stream, entries in reply or [] for entry in entries]
-
-    async def _reclaim(self, stream: str, count: int) -> list[tuple[str, dict[str, str]]]:
-        reply: Any = await self._rt.redis.xautoclaim(
-            stream, keys.WORKER_GROUP, self._name, min_idle_time=self._rt.settings.reclaim_idle_ms,
-            start_id="0-0", count=count,
-        )
-        claimed: list[tuple[str, dict[str, str]]] = reply[1]
-        if claimed:
-            log.info("reclaimed stale wake-ups", extra={"count": len(claimed)})
-        return [entry for entry in claimed if entry and entry[1]]
 
     def _start(self) -> None:
         """Start backlogged wake-ups while fewer than ``settings.workers`` conversations run."""
         while self._backlog and len(self._active) < self._rt.settings.workers:
-            entry_id, conv, reclaimed = self._backlog.popleft()
-            task = asyncio.create_task(self._handle(entry_id, conv, reclaimed), name=f"conv {conv.id}")
+            wakeup = self._backlog.popleft()
+            task = asyncio.create_task(self._handle(wakeup), name=f"conv {wakeup.conv.id}")
             self._active.add(task)
             task.add_done_callback(self._done)
 
@@ -158,56 +140,56 @@ class WorkerPool:
         self._start()
         self._room.set()
 
-    async def _handle(self, entry_id: str, conv: Conversation, reclaimed: bool) -> None:
-        token = secrets.token_hex(16)
+    async def _handle(self, wakeup: Wakeup) -> None:
+        conv = wakeup.conv
+        token = self._queue.new_token()
         first = await self._turns.take(conv, token)   # the lock, and what the first turn needs
-        if first is None and reclaimed:
+        if first is None and wakeup.reclaimed:
             # The lock may belong to the worker that died holding this very wake-up: keep it pending; it comes
             # back after reclaim_idle_ms, by when a dead holder's lock (lock_ttl_ms) has expired.
             return
         if first is None:   # the holder will see the message
-            await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
+            await self._queue.ack(conv, wakeup.entry_id)
             return
-        lease = Lease(conv, token, entry_id)
-        renewer = asyncio.create_task(self._keep_alive(lease))
+        hold = Hold(conv, token, wakeup.entry_id)
+        renewer = asyncio.create_task(self._keep_alive(hold))
         try:
-            await self._drain(lease, first)
+            outcome = await self._drain(hold, first)
         except asyncio.CancelledError:
-            await self._rt.mailbox.abandon(conv, token)
+            await self._queue.abandon(hold)
             raise
         finally:
             renewer.cancel()
-        if lease.outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
-            await self._rt.redis.xack(keys.wakeups(conv.shard), keys.WORKER_GROUP, entry_id)
+        if outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
+            await self._queue.ack(conv, wakeup.entry_id)
 
-    async def _drain(self, lease: Lease, loaded: tuple[list[Item], Context] | None) -> None:
+    async def _drain(self, hold: Hold, loaded: tuple[list[Item], Context] | None) -> Release:
         """Run turns until a commit (or a release) finds the mailbox empty and lets go of the conversation."""
         while True:
-            lease.outcome = None
-            items, ctx = await self._wait_for_burst(lease.conv, loaded)
+            items, ctx = await self._wait_for_burst(hold.conv, loaded)
             loaded = None
             batch = next_batch(items)
-            if batch:
-                await self._run_turn(lease, batch, ctx)
-            if lease.outcome is None:   # nothing was committed under the lease: release it here
-                lease.outcome = await self._rt.mailbox.release(lease)
-            if lease.outcome is not Release.MORE_WORK:
-                return
+            outcome = await self._run_turn(hold, batch, ctx) if batch else None
+            if outcome is None:   # nothing was committed under the hold: release it here
+                outcome = await self._queue.release(hold)
+            if outcome is not Release.MORE_WORK:
+                return outcome
 
-    async def _run_turn(self, lease: Lease, batch: list[Item], ctx: Context) -> None:
-        conv = lease.conv
+    async def _run_turn(self, hold: Hold, batch: list[Item], ctx: Context) -> Release | None:
+        """Run one turn; what its commit did with the lock (None when it failed and committed nothing)."""
+        conv = hold.conv
         started = time.perf_counter()
         outcome = "ok"
         self._turning.add(conv.id)
         try:
-            await self._turns.run(lease, batch, ctx)
+            return await self._turns.run(hold, batch, ctx)
         except (ParleyError, ValueError, KeyError, TypeError) as exc:
             # A turn that cannot be run (bad stored data, a missing agent) must not block the
             # conversation forever: record why, drop the batch, go on with the next one.
             outcome = "failed"
             log.exception("turn failed; dropping its messages", extra={"conv": conv.id, "error": str(exc)})
-            await self._rt.redis.ltrim(keys.mailbox(conv), len(batch), -1)
-            lease.outcome = None
+            await self._queue.drop(conv, len(batch))
+            return None
         finally:
             self._turning.discard(conv.id)
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()
@@ -221,24 +203,22 @@ class WorkerPool:
         while True:
             items, ctx = loaded or await self._turns.load(conv)
             loaded = None
-            if not items or len(items) >= 20 or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
+            if not items or len(items) >= MAX_TEXTS_PER_TURN or now_ms() - items[-1].received_ms >= MAX_BURST_WINDOW_MS:
                 return items, ctx
             wait_ms = items[-1].received_ms + await self._turns.burst_window_ms(ctx) - now_ms()
             if wait_ms <= 0:
                 return items, ctx
             await asyncio.sleep(wait_ms / 1000)   # then read both again: the chat may have changed meanwhile
 
-    async def _keep_alive(self, lease: Lease) -> None:
-        conv = lease.conv
-        interval = self._rt.mailbox.locks.ttl_ms / 3000
+    async def _keep_alive(self, hold: Hold) -> None:
+        conv = hold.conv
+        interval = self._queue.lock_ttl_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            if not await self._rt.mailbox.renew(conv, lease.token):
+            if not await self._queue.keep(hold, self._name):
                 if conv.id in self._turning:   # not merely released a moment ago: a turn outlived its lock
                     log.warning("lost the conversation lock mid-turn", extra={"conv": conv.id})
                 return
-            await self._rt.redis.xclaim(keys.wakeups(conv.shard), keys.WORKER_GROUP, self._name, 0,
-                                        [lease.entry_id], justid=True)
 
     async def drain(self, timeout_s: float) -> None:
         """Let running conversations finish for ``timeout_s``, then cancel what is left."""
@@ -251,10 +231,4 @@ class WorkerPool:
                             extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=5)
 
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, re-cancelling: redis-py on Python 3.11 can swallow a cancel."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
 

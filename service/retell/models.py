@@ -13,7 +13,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.settings import TWILIO_SID_PATTERN
+
 E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+# A number on a channel, as the API and Twilio write it: E.164, or ``<channel>:<E.164>`` (``service.address``).
+ADDRESS_RE = re.compile(r"^(?:[a-z]+:)?\+[1-9]\d{1,14}$")
+ChannelName = Literal["sms", "whatsapp"]   # the channels ``service.channels`` registers
 TOOL_NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
 
 RETELL_MIN_SILENCE_MS = 120_000
@@ -28,6 +33,16 @@ def _e164(value: str) -> str:
 
 
 E164 = Annotated[str, AfterValidator(_e164)]
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if not ADDRESS_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an E.164 number like +14155550123 (or whatsapp:+14155550123)")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
 
 
 class _Model(BaseModel):
@@ -239,8 +254,10 @@ class PhoneNumber(_Model):
     inbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
     outbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
     inbound_sms_webhook_url: str | None = None
-    twilio_account_sid: str | None = Field(default=None, pattern=r"^AC[0-9a-fA-F]{32}$")
+    twilio_account_sid: str | None = Field(default=None, pattern=TWILIO_SID_PATTERN)
     help_message: str | None = None
+    # Parley's: the channels the number answers on and may start conversations on (Twilio's SMS and WhatsApp).
+    channels: list[ChannelName] = Field(default_factory=lambda: list[ChannelName](["sms"]), min_length=1)
     daily_segment_limit: int | None = Field(default=None, ge=1)
     allowed_outbound_country_list: list[str] | None = None
 
@@ -264,6 +281,13 @@ class PhoneNumber(_Model):
                 if agent_id and not data.get(weighted):
                     data[weighted] = [{"agent_id": agent_id, "weight": 1}]
         return data
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each channel once: {value}")
+        return value
 
     @model_validator(mode="after")
     def _check_weights(self) -> PhoneNumber:
@@ -304,6 +328,7 @@ class ChatResponse(BaseModel):
     analysis_error: str | None = None
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
+    channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
 
 
 class ErrorBody(BaseModel):

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.retell.models import E164, ChatResponse, PhoneNumber, RetellLLM, SmsContent
+from service.retell.models import E164, Address, ChatResponse, PhoneNumber, RetellLLM, SmsContent
 
 AgentVersion = Annotated[
     int | Literal["latest", "latest_published"],
@@ -34,8 +34,8 @@ class CreateChatRequest(_Body):
 
 
 class CreateSmsChatRequest(_Body):
-    from_number: E164
-    to_number: E164
+    from_number: Address
+    to_number: Address
     override_agent_id: str | None = Field(default=None, min_length=1)
     override_agent_version: AgentVersion | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -164,8 +164,8 @@ class SendSmsRequest(_Body):
     """Parley's ``/send-sms``: exactly one of ``content`` (exact text), ``prompt`` (the LLM writes it) or
     Retell's ``sms_content``."""
 
-    from_number: E164
-    to_number: E164
+    from_number: Address
+    to_number: Address
     content: str | None = Field(default=None, min_length=1, max_length=1600)
     prompt: str | None = Field(default=None, min_length=1)
     sms_content: SmsContent | None = None
@@ -237,6 +237,6 @@ class OptOutQuery(_Body):
 
 
 class ClearOptOutRequest(_Body):
-    from_number: E164
-    to_number: E164
+    from_number: Address
+    to_number: Address
     consent: str = Field(min_length=10, description="How the user consented again (kept in the log)")

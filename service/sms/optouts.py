@@ -1,8 +1,9 @@
-"""Opt-outs per (agent number, user number), and the list of them.
+"""Opt-outs per conversation (agent number, user number, channel), and the list of them.
 
 Every sending path checks ``is_opted_out`` right before it sends. The opt-out itself is
-``conv:{A:U}:optout`` (so the inbound script can check it with the conversation's other keys); ``optouts``
-lists them all for operators. Clearing one by hand needs a stated proof of consent, which is logged.
+``conv:<id>:optout`` (so a turn reads it with the conversation's other keys); ``optouts`` lists them all
+for operators, each side written as an address (``whatsapp:+1...`` off SMS). Clearing one by hand needs a
+stated proof of consent, which is logged.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.address import Conversation, address, split_address
 from service.clock import now_ms
 from service.metrics import Metrics
 from service.storage import keys
-from service.storage.keys import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ class OptOut:
     agent_number: str
     user_number: str
     opted_out_at: int
+
+
+def _member(conv: Conversation) -> str:
+    return f"{address(conv.channel, conv.agent_number)} {address(conv.channel, conv.user_number)}"
 
 
 class OptOuts:
@@ -38,14 +43,14 @@ class OptOuts:
         when = now_ms()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.optout(conv), when, nx=True)
-            pipe.zadd(keys.optouts(conv.shard), {f"{conv.agent_number} {conv.user_number}": when}, nx=True)
+            pipe.zadd(keys.optouts(conv.shard), {_member(conv): when}, nx=True)
             await pipe.execute()
 
     async def clear(self, conv: Conversation) -> bool:
         """Clear the opt-out; True if there was one."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.optout(conv))
-            pipe.zrem(keys.optouts(conv.shard), f"{conv.agent_number} {conv.user_number}")
+            pipe.zrem(keys.optouts(conv.shard), _member(conv))
             deleted, _ = await pipe.execute()
         return bool(deleted)
 
@@ -62,6 +67,6 @@ class OptOuts:
         for rows in partitions:
             for member, score in rows:
                 agent, _, user = str(member).partition(" ")
-                if agent_number is None or agent == agent_number:
+                if agent_number is None or split_address(agent)[1] == agent_number:
                     out.append(OptOut(agent, user, int(score)))
         return sorted(out, key=lambda o: (o.opted_out_at, o.agent_number, o.user_number))

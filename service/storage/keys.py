@@ -3,8 +3,10 @@
 All keys start with ``parley:``. Parley's data is split into ``SHARDS`` partitions; every key of a
 partition carries the hash tag ``{<n>}`` (``parley:{7}:...``), so a partition lives in one hash slot and
 each script or MULTI touches one slot: Redis Cluster serves it unchanged. A conversation (an agent number
-and a user number) belongs to partition ``crc32("<A>:<U>") % SHARDS``; a chat to ``crc32(<chat id>) %
-SHARDS``, and an SMS chat's id is drawn so that it lands in its conversation's partition (``new_chat_id``).
+and a user number on a channel; its id ``<id>`` is ``A:U`` on SMS, ``<channel>:A:U`` otherwise, see
+``service.address``) belongs to partition ``crc32(<id>) % SHARDS``; a chat to ``crc32(<chat id>) %
+SHARDS``, and a conversation's chat id is drawn so that it lands in its conversation's partition
+(``new_chat_id``).
 Each partition has its own wake-up stream, timer set, outbox queue, analysis queue, chat index and
 opt-out list; workers and schedulers go through all of them. Agents, LLMs and numbers share the tag
 ``{catalog}``. ``SHARDS`` is fixed: changing it would strand the data already written.
@@ -12,18 +14,20 @@ opt-out list; workers and schedulers go through all of them. Agents, LLMs and nu
 ==============================================  ======  =======================================================
 key (``{S}``: the partition)                    type    bound
 ==============================================  ======  =======================================================
-{S}:conv:A:U:mailbox                            LIST    inbound items not yet answered; at most MAILBOX_CAP, TTL
+{S}:conv:<id>:mailbox                            LIST    inbound items not yet answered; at most MAILBOX_CAP, TTL
                                                         MAILBOX_TTL_S, refreshed on every push
-{S}:conv:A:U:lock                               STRING  the turn lock's owner token; PX lock_ttl_ms, renewed
+{S}:conv:<id>:lock                               STRING  the turn lock's owner token; PX lock_ttl_ms, renewed
                                                         while a worker runs the turn
-{S}:conv:A:U:seen:<MessageSid>                  STRING  dedupe marker; TTL SEEN_TTL_S (24 h)
-{S}:conv:A:U:chat                               STRING  id of the pair's ongoing chat; TTL chat_ttl_s
-{S}:conv:A:U:rejected                           LIST    texts the chat_inbound webhook rejected; at most
+{S}:conv:<id>:seen:<MessageSid>                  STRING  dedupe marker; TTL SEEN_TTL_S (24 h)
+{S}:conv:<id>:chat                               STRING  id of the pair's ongoing chat; TTL chat_ttl_s
+{S}:conv:<id>:rejected                           LIST    texts the chat_inbound webhook rejected; at most
                                                         REJECTED_CAP, TTL chat_ttl_s
-{S}:conv:A:U:optout                             STRING  ms timestamp of the user's opt-out; no TTL on purpose:
+{S}:conv:<id>:session                           STRING  when the user last wrote (ms), on a channel with a session
+                                                        window (WhatsApp: 24 h); TTL the window
+{S}:conv:<id>:optout                             STRING  ms timestamp of the user's opt-out; no TTL on purpose:
                                                         a compliance record, one small key per opted-out user
 {S}:chat:C                                      HASH    the chat's fields (status, agent, numbers...); TTL
-                                                        chat_ttl_s, refreshed on activity (see chats.py)
+                                                        chat_ttl_s, refreshed on activity (see chats/store.py)
 {S}:chat:C:messages                             LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
                                                         TTL chat_ttl_s
 {S}:chat:C:delivery                             HASH    Twilio SID -> latest delivery status JSON of the chat's
@@ -59,12 +63,13 @@ idempotency:<key>                               STRING  a send-sms result for it
 from __future__ import annotations
 
 import secrets
-import zlib
-from dataclasses import dataclass
+
+from service.address import SHARDS as SHARDS  # re-exported: the partitions are part of the key schema
+from service.address import Conversation as Conversation  # re-exported: keys are built from it
+from service.address import shard_of as shard_of
 
 PREFIX = "parley:"
 WORKER_GROUP = "workers"
-SHARDS = 16
 
 MAILBOX_CAP = 200
 MAILBOX_TTL_S = 86_400
@@ -75,35 +80,8 @@ WAKEUPS_MAXLEN = 100_000
 IDEMPOTENCY_TTL_S = 86_400
 
 
-def shard_of(name: str) -> int:
-    """The partition of a conversation id or a chat id."""
-    return zlib.crc32(name.encode()) % SHARDS
-
-
 def _in(shard: int) -> str:
     return f"{PREFIX}{{{shard}}}:"
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """One agent number talking with one user number: the unit of ordering and locking."""
-
-    agent_number: str
-    user_number: str
-
-    @property
-    def id(self) -> str:
-        return self.agent_number + ":" + self.user_number
-
-    @property
-    def shard(self) -> int:
-        return shard_of(self.id)
-
-    @classmethod
-    def parse(cls, conv_id: str) -> Conversation:
-        """Inverse of ``id`` (as stored in a wake-up entry)."""
-        agent, _, user = conv_id.partition(":")
-        return cls(agent, user)
 
 
 def new_chat_id(shard: int | None = None) -> str:
@@ -136,6 +114,10 @@ def current_chat(conv: Conversation) -> str:
 
 def rejected(conv: Conversation) -> str:
     return _conv(conv) + ":rejected"
+
+
+def session(conv: Conversation) -> str:
+    return _conv(conv) + ":session"
 
 
 def optout(conv: Conversation) -> str:

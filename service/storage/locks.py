@@ -1,12 +1,25 @@
-"""Token locks in Redis (``SET NX PX`` + compare-and-delete): conversations' turn locks and chats' locks."""
+"""Token locks in Redis (``SET NX PX`` + compare-and-delete), and a conversation's lock as a write fence.
+
+``Locks`` takes, waits for, renews and releases a lock by key: the conversation queue's turn locks and an
+API chat's completion lock. ``Hold`` is a conversation lock someone holds: the chat store's commit script
+writes under it only while the lock is still the holder's (fencing), and says what it did with the lock
+(``Release``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import IntEnum
 
 import redis.asyncio as aioredis
+
+from service.address import Conversation
+from service.errors import Conflict
 
 # KEYS: lock.  ARGV: token, ttl ms.  1 if still ours (and extended), 0 otherwise.
 _RENEW = """
@@ -21,6 +34,29 @@ return 0
 """
 
 POLL_S = 0.05
+WAIT_S = 10.0   # how long an API request waits for a lock before answering 409
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A conversation's lock, held with ``token``; ``entry_id`` is the wake-up a worker answers ("" when the
+    API or outreach holds it)."""
+
+    conv: Conversation
+    token: str
+    entry_id: str = ""
+
+
+class Release(IntEnum):
+    """What a fenced write (or a release) did with the conversation's lock."""
+
+    RELEASED = 1      # the mailbox was empty: the lock is gone and the wake-up acknowledged
+    MORE_WORK = 0     # the mailbox has more: the holder keeps the lock for the next turn
+    LOST = -1         # the lock was no longer the holder's: nothing was written
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
 
 
 class Locks:
@@ -30,9 +66,9 @@ class Locks:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    async def acquire(self, key: str) -> str | None:
+    async def acquire(self, key: str, token: str | None = None) -> str | None:
         """Take the lock now; its token, or None when someone holds it."""
-        token = secrets.token_hex(16)
+        token = token or new_token()
         return token if await self._redis.set(key, token, nx=True, px=self.ttl_ms) else None
 
     async def wait(self, key: str, within_s: float) -> str | None:
@@ -43,6 +79,18 @@ class Locks:
                 return None
             await asyncio.sleep(POLL_S)
         return token
+
+    @asynccontextmanager
+    async def held(self, key: str, *, busy: str, within_s: float = WAIT_S) -> AsyncIterator[str]:
+        """Hold the lock for the ``async with`` block (its token), waiting up to ``within_s``; ``Conflict(busy)``
+        when it stays taken."""
+        token = await self.wait(key, within_s)
+        if token is None:
+            raise Conflict(busy)
+        try:
+            yield token
+        finally:
+            await self.release(key, token)
 
     async def renew(self, key: str, token: str) -> bool:
         return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))

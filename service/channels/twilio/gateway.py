@@ -11,7 +11,6 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,9 +19,10 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from service.conversations.channel import Sent
 from service.errors import RecipientUnsubscribed, SendError
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import TWILIO_API_BASE_URL, Settings
 
 UNSUBSCRIBED = 21610
 ATTEMPTS = 3
@@ -31,7 +31,6 @@ BACKOFF_S = 0.5
 
 def _retryable(status: int | None) -> bool:
     return status == 429 or (status is not None and status >= 500)
-DEFAULT_BASE_URL = "https://api.twilio.com"
 
 
 class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -63,19 +62,13 @@ class _HttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    sid: str
-    status: str
-
-
 class TwilioGateway:
     """Sends SMS through the account that owns the sending number."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._metrics = metrics
         base = settings.twilio_api_base_url.rstrip("/")
-        self._http = _HttpClient(None if base == DEFAULT_BASE_URL else base, settings.twilio_timeout_s)
+        self._http = _HttpClient(None if base == TWILIO_API_BASE_URL else base, settings.twilio_timeout_s)
         # A non-empty environment mapping keeps the client from reading TWILIO_REGION/EDGE from os.environ.
         self._clients = {
             sid: Client(sid, token.get_secret_value(), http_client=self._http, environment={"_": ""})

@@ -1,8 +1,10 @@
-"""``POST /twilio/sms``: Twilio's inbound message webhook (DESIGN.md section 3, steps 1 to 5).
+"""``POST /twilio/sms``: Twilio's inbound message webhook, for SMS and WhatsApp alike.
 
-Verify the signature with the auth token of the account that owns ``To``, route to the number, drop a
-repeated ``MessageSid``, handle carrier keywords, then append to the mailbox with a wake-up and answer
-empty TwiML. Nothing here waits on the LLM or on Twilio: the answer takes milliseconds.
+Verify the signature with the auth token of the account that owns ``To``, route to the number and the
+channel (``whatsapp:+1...`` is WhatsApp; the number must list it in ``channels``), drop a repeated
+``MessageSid``, handle carrier keywords, then append to the conversation's mailbox with a wake-up
+(``conversations.queue``) and answer empty TwiML. Nothing here waits on the LLM or on Twilio: the answer
+takes milliseconds. On a channel with a session window, the same write notes that the user wrote.
 """
 
 from __future__ import annotations
@@ -10,51 +12,22 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
-from twilio.twiml.messaging_response import MessagingResponse
+from multidict import MultiDictProxy
 
+from service.address import Conversation, split_address
 from service.app_state import RUNTIME
-from service.channels.twilio.signature import is_valid
+from service.channels.twilio.form import fail, read_form, twiml, verify
 from service.clock import now_ms
-from service.conversations.queue import Enqueued, Item, ItemKind, Media
-from service.conversations.runtime import Runtime
+from service.conversations.items import Item, ItemKind, Media
+from service.conversations.queue import Enqueued
 from service.logs import redact
-from service.retell.models import E164_RE, PhoneNumber
+from service.retell.models import E164_RE
 from service.sms import keywords
 from service.sms.keywords import Keyword
-from service.storage.keys import Conversation
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_MEDIA = 10
-EMPTY_TWIML = str(MessagingResponse()).encode()
-TWIML = "text/xml"
-
-
-def twiml(text: str | None = None) -> web.Response:
-    if text is None:
-        return web.Response(body=EMPTY_TWIML, content_type=TWIML)
-    response = MessagingResponse()
-    response.message(text)
-    return web.Response(text=str(response), content_type=TWIML)
-
-
-def fail(status: int, message: str) -> web.Response:
-    """A plain-text error: Twilio's debugger shows it."""
-    return web.Response(status=status, text=message + "\n", content_type="text/plain")
-
-
-async def read_form(request: web.Request) -> MultiDictProxy[str] | web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return fail(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
-    if request.content_type != "application/x-www-form-urlencoded":
-        return fail(400, f"expected an application/x-www-form-urlencoded body, got {request.content_type!r}")
-    try:
-        form = await request.post()
-    except ValueError as exc:
-        return fail(400, f"malformed form body: {exc}")
-    return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))
 
 
 def _media(form: MultiDictProxy[str]) -> tuple[Media, ...]:
@@ -68,17 +41,6 @@ def _media(form: MultiDictProxy[str]) -> tuple[Media, ...]:
     )
 
 
-async def verify(request: web.Request, rt: Runtime, form: MultiDictProxy[str], number: PhoneNumber | None) -> bool:
-    tokens = rt.settings.twilio_tokens()
-    account = (number.twilio_account_sid if number else None) or rt.settings.twilio_account_sid
-    if number is None and form.get("AccountSid") in tokens:
-        account = form["AccountSid"]
-    token = tokens.get(account) if account else None
-    if token is None:
-        return False
-    return is_valid(request, form, token=token.get_secret_value(), public_url=rt.settings.public_url)
-
-
 async def twilio_sms(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     form = await read_form(request)
@@ -87,13 +49,19 @@ async def twilio_sms(request: web.Request) -> web.Response:
     to, sender, sid = form.get("To", ""), form.get("From", ""), form.get("MessageSid") or form.get("SmsSid", "")
     if not to or not sender or not sid:
         return fail(400, "missing To, From or MessageSid: expected Twilio's inbound message form")
-    number = await rt.catalog.get_number(to) if E164_RE.fullmatch(to) else None
+    channel, agent_number = split_address(to)
+    user_channel, user_number = split_address(sender)
+    number = await rt.catalog.get_number(agent_number) if E164_RE.fullmatch(agent_number) else None
     if not await verify(request, rt, form, number):
         log.warning("twilio signature rejected", extra={"to": redact(to), "message_sid": sid})
         return fail(403, "invalid X-Twilio-Signature")
     if number is None:
-        return fail(404, f"{to} is not a number Parley answers on: add it to phone-numbers.yaml")
-    conv = Conversation(agent_number=to, user_number=sender)
+        return fail(404, f"{agent_number} is not a number Parley answers on: add it to phone-numbers.yaml")
+    if channel not in number.channels or channel not in rt.channels or user_channel != channel:
+        return fail(404, f"{agent_number} does not answer on {channel} (its channels: {', '.join(number.channels)}): "
+                         "add it to the number's channels")
+    conv = Conversation(agent_number, user_number, channel)
+    session_ttl_s = rt.channels[channel].session_window_s
     body = form.get("Body", "")
     keyword = keywords.classify(body, form.get("OptOutType"))
     if keyword is Keyword.HELP:
@@ -107,10 +75,9 @@ async def twilio_sms(request: web.Request) -> web.Response:
     if keyword is Keyword.OPT_OUT:
         await rt.optouts.record(conv)
         item = Item(ItemKind.OPT_OUT, received_ms=now_ms(), body=body, message_sid=sid)
-        result = await rt.mailbox.put(conv, item, dedupe_id=sid)
     else:
         item = Item(ItemKind.TEXT, received_ms=now_ms(), body=body, message_sid=sid, media=_media(form))
-        result = await rt.mailbox.put(conv, item, dedupe_id=sid)
+    result = await rt.queue.put(conv, item, dedupe_id=sid, session_ttl_s=session_ttl_s)
     log.info("sms received", extra={"conv": redact(conv.id), "message_sid": sid, "result": result.name.lower()})
     if result is Enqueued.MAILBOX_FULL:
         return fail(503, "this conversation has too many unanswered messages; try again later")

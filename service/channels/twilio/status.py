@@ -1,7 +1,7 @@
 """``POST /twilio/status``: Twilio's delivery-status callbacks, signature-checked, applied in order of rank.
 
 Twilio sends no callback for the status the create call returned, may send them out of order, and may add
-parameters: the signature covers the whole form, and ``delivery.py`` never lets a status move back. The
+parameters: the signature covers the whole form, and ``chats.delivery`` never lets a status move back. The
 callback URL Parley gives Twilio names the message's chat (``?chat_id=``); the signature covers it too.
 """
 
@@ -11,13 +11,13 @@ import logging
 
 from aiohttp import web
 
+from service.address import Conversation, split_address
 from service.app_state import RUNTIME
+from service.channels.twilio.form import fail, read_form, verify
 from service.channels.twilio.gateway import UNSUBSCRIBED
-from service.channels.twilio.messages import fail, read_form, verify
 from service.clock import now_ms
-from service.conversations.queue import Item, ItemKind
+from service.conversations.items import Item, ItemKind
 from service.logs import redact
-from service.storage.keys import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ async def twilio_status(request: web.Request) -> web.Response:
     if isinstance(form, web.Response):
         return form
     sender, to = form.get("From", ""), form.get("To", "")
-    number = await rt.catalog.get_number(sender) if sender else None
+    channel, agent_number = split_address(sender)
+    number = await rt.catalog.get_number(agent_number) if agent_number else None
     if not await verify(request, rt, form, number):
         return fail(403, "invalid X-Twilio-Signature")
     sid, status = form.get("MessageSid") or form.get("SmsSid") or "", form.get("MessageStatus", "")
@@ -41,7 +42,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     log.info("sms status", extra={"message_sid": sid, "status": status, "error_code": code, "moved": moved,
                                   "to": redact(to)})
     if code == UNSUBSCRIBED and number is not None and to:
-        conv = Conversation(agent_number=sender, user_number=to)
+        conv = Conversation(agent_number, split_address(to)[1], channel)
         await rt.optouts.record(conv, source="status_21610")
-        await rt.mailbox.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}")
+        await rt.queue.put(conv, Item(ItemKind.OPT_OUT, received_ms=now_ms()), dedupe_id=f"status:{sid}")
     return web.Response(status=204)

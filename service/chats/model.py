@@ -1,0 +1,207 @@
+"""A chat, its messages and a turn's results: the shapes every part of Parley passes around.
+
+A chat is Retell's chat object: its own fields (``Chat``, stored as a Redis hash) and its messages
+(``Message``, Retell's ``message_with_tool_calls`` entries, stored as a capped list). ``TurnResult`` is
+what one turn writes back (``chats.store.Chats.commit``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any, cast
+
+import orjson
+
+from service.address import SMS, Conversation, address
+from service.retell.models import ChannelName, ChatAnalysis, ChatResponse
+
+
+class ChatStatus(StrEnum):
+    ONGOING = "ongoing"
+    ENDED = "ended"
+    ERROR = "error"
+
+
+class ChatType(StrEnum):
+    API = "api_chat"
+    SMS = "sms_chat"
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class Role(StrEnum):
+    AGENT = "agent"
+    USER = "user"
+    TOOL_CALL_INVOCATION = "tool_call_invocation"
+    TOOL_CALL_RESULT = "tool_call_result"
+    INJECTED = "injected"      # context given to the agent, said by nobody (a voice call's transcript)
+
+
+class EndReason(StrEnum):
+    """Why a chat ended (the chat object's ``disconnection_reason``)."""
+
+    AGENT_ENDED = "agent_hangup"
+    USER_OPTED_OUT = "user_opted_out"
+    INACTIVITY = "inactivity"
+    API = "api_ended"
+    REPLACED = "replaced_by_new_chat"
+    SEND_FAILED = "sms_send_failed"
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class Message:
+    """One entry of ``message_with_tool_calls``; SMS messages also carry Twilio's SID and their measure."""
+
+    role: Role
+    content: str = ""
+    message_id: str = field(default_factory=lambda: new_id("msg_"))
+    created_timestamp: int = 0
+    tool_call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    successful: bool | None = None
+    message_sid: str | None = None
+    encoding: str | None = None
+    segments: int | None = None
+    status: str | None = None
+    error_code: int | None = None
+    error: str | None = None           # why a send failed, in words
+    sender: str | None = None          # "human" when a person wrote an agent message (takeover)
+    media: list[dict[str, str]] | None = None
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_retell()).decode()
+
+    def to_retell(self) -> dict[str, Any]:
+        return {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
+
+    @classmethod
+    def from_json(cls, raw: str) -> Message:
+        data = orjson.loads(raw)
+        data["role"] = Role(data["role"])
+        return cls(**data)
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+
+
+@dataclass(slots=True)
+class Chat:
+    """A chat's own fields (its messages live in a separate list)."""
+
+    chat_id: str
+    agent_id: str
+    version: int
+    chat_type: ChatType
+    start_timestamp: int
+    chat_status: ChatStatus = ChatStatus.ONGOING
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: Direction | None = None
+    end_timestamp: int | None = None
+    disconnection_reason: str | None = None
+    llm_version: int | None = None        # the Retell LLM version the chat started with
+    analysis: dict[str, Any] | None = None   # chat_analysis, once the post-chat analysis ran
+    analysis_error: str | None = None        # why the last analysis failed
+    inbound_webhook_error: str | None = None # why the chat_inbound webhook was not followed
+    agent_paused: bool = False               # a human has taken over: texts are stored, the LLM is not called
+    touched_ms: int | None = None            # when the chat's TTLs were last refreshed
+    dynamic_variables: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """The conversation of an SMS chat (its channel, the agent's number and the user's)."""
+        if self.chat_type is not ChatType.SMS or not self.from_number or not self.to_number:
+            return None
+        if self.direction is Direction.INBOUND:
+            return Conversation(self.to_number, self.from_number, self.channel)
+        return Conversation(self.from_number, self.to_number, self.channel)
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in asdict(self).items():
+            if value is None:
+                continue
+            out[name] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+        if self.analysis is None:
+            out.pop("analysis", None)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Chat:
+        def opt_int(name: str) -> int | None:
+            return int(data[name]) if name in data else None
+
+        return cls(
+            chat_id=data["chat_id"],
+            agent_id=data["agent_id"],
+            version=int(data["version"]),
+            chat_type=ChatType(data["chat_type"]),
+            start_timestamp=int(data["start_timestamp"]),
+            chat_status=ChatStatus(data["chat_status"]),
+            from_number=data.get("from_number"),
+            to_number=data.get("to_number"),
+            direction=Direction(data["direction"]) if "direction" in data else None,
+            end_timestamp=opt_int("end_timestamp"),
+            disconnection_reason=data.get("disconnection_reason"),
+            llm_version=opt_int("llm_version"),
+            analysis=orjson.loads(data["analysis"]) if "analysis" in data else None,
+            analysis_error=data.get("analysis_error"),
+            inbound_webhook_error=data.get("inbound_webhook_error"),
+            agent_paused=data.get("agent_paused") == "True",
+            touched_ms=opt_int("touched_ms"),
+            dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
+            metadata=orjson.loads(data.get("metadata", "{}")),
+            channel=data.get("channel", SMS),
+        )
+
+    def to_response(self, messages: list[Message]) -> ChatResponse:
+        """Retell's chat object, with Parley's additive fields."""
+        lines = [f"{'Agent' if m.role is Role.AGENT else 'User'}: {m.content}"
+                 for m in messages if m.role in (Role.AGENT, Role.USER)]
+        return ChatResponse(
+            chat_id=self.chat_id,
+            agent_id=self.agent_id,
+            version=self.version,
+            chat_status=self.chat_status.value,
+            chat_type=self.chat_type.value,
+            from_number=address(self.channel, self.from_number) if self.from_number else None,
+            to_number=address(self.channel, self.to_number) if self.to_number else None,
+            direction=self.direction.value if self.direction else None,
+            start_timestamp=self.start_timestamp,
+            end_timestamp=self.end_timestamp,
+            disconnection_reason=self.disconnection_reason,
+            transcript="".join(line + "\n" for line in lines),
+            message_with_tool_calls=[m.to_retell() for m in messages],
+            retell_llm_dynamic_variables=self.dynamic_variables,
+            metadata=self.metadata,
+            chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
+            analysis_error=self.analysis_error,
+            inbound_webhook_error=self.inbound_webhook_error,
+            agent_paused=self.agent_paused if self.chat_type is ChatType.SMS else None,
+            channel=cast(ChannelName, self.channel) if self.chat_type is ChatType.SMS else None,
+        )
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """What a turn writes back in one transaction."""
+
+    messages: list[Message] = field(default_factory=list)
+    consumed: int = 0                     # mailbox items handled, trimmed from its head
+    deadline_ms: int | None = None        # the chat's next silence deadline (None: leave the timer as is)
+    end: EndReason | None = None          # end the chat with this reason
+    end_timestamp: int | None = None
+
+
