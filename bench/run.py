@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def wakeup_streams() -> list[str]:
     """Parley's wake-up streams: one (``keys.WAKEUPS``) or, sharded, ``keys.wakeups(shard)`` for each shard."""
     if hasattr(keys, "wakeups"):
         return [keys.wakeups(shard) for shard in range(keys.SHARDS)]
-    return [keys.WAKEUPS]
+    return [vars(keys)["WAKEUPS"]]    # only a Parley from before the sharding has it
 
 
 def user_number(n: int) -> str:
@@ -730,7 +730,7 @@ async def phase_profile(driver: Driver, plan: Plan, out_dir: Path) -> dict[str, 
 def verdicts(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     ack, turns, slow, count = (results.get(k, {}) for k in ("ack", "turns", "slow", "count"))
     reply_limit_ms = plan.slow_llm_s * 1000 + plan.burst_window_ms + 250
-    rows = [
+    rows: list[tuple[str, Any, Callable[[Any], bool]]] = [
         ("ack_p99_ms", ack.get("ack_p99_ms"), lambda v: v < 20),
         ("turns_ratio", turns.get("ratio"), lambda v: v >= 0.5),
         ("slow_all_answered", slow.get("all_answered"), lambda v: v is True),
@@ -822,10 +822,11 @@ async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None
         whole = CpuMeter(setup.procs)
         whole.start()
         started = time.perf_counter()
-        steps = [("ack", lambda: phase_ack(driver, plan)), ("turns", lambda: phase_turns(driver, plan)),
-                 ("profile", lambda: phase_profile(driver, plan, profile or Path("."))),
-                 ("count", lambda: phase_count(driver, plan, redis)),
-                 ("slow", lambda: phase_slow(driver, plan, cpu, profile))]
+        steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
+            ("ack", lambda: phase_ack(driver, plan)), ("turns", lambda: phase_turns(driver, plan)),
+            ("profile", lambda: phase_profile(driver, plan, profile or Path("."))),
+            ("count", lambda: phase_count(driver, plan, redis)),
+            ("slow", lambda: phase_slow(driver, plan, cpu, profile))]
         for name, step in steps:
             if name not in phases and not (name == "profile" and profile and "turns" in phases):
                 continue

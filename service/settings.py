@@ -1,6 +1,6 @@
 """Settings: the one reader of the environment.
 
-Every variable Parley reads is a field here (DESIGN.md section 7). Units are in the names. Secrets are
+Every variable Parley reads is a field here (the README lists them). Units are in the names. Secrets are
 ``SecretStr`` and never logged. Pass a ``Settings`` into ``create_app``; nothing reads ``os.environ``
 anywhere else.
 """

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import pytest
@@ -149,7 +149,7 @@ class Parley:
         """The conversation's latest chat, through the API."""
         from service.storage import keys
 
-        chat_id = await self.redis.get(keys.current_chat(keys.Conversation(to, user)))
+        chat_id = cast(str | None, await self.redis.get(keys.current_chat(keys.Conversation(to, user))))  # decoded
         if chat_id is None:
             raise AssertionError("no ongoing chat")
         response = await self.api("GET", f"/get-chat/{chat_id}")

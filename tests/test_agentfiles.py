@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from service.catalog import agent_files
 from service.errors import ConfigError
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def settings_for(directory: Path) -> Settings:
-    return Settings(agents_dir=directory, twilio_account_sid=ACCOUNT_SID, twilio_auth_token="t")
+    return Settings(agents_dir=directory, twilio_account_sid=ACCOUNT_SID, twilio_auth_token=SecretStr("t"))
 
 
 def write(directory: Path, files: dict[str, Any]) -> Path:
@@ -39,6 +40,7 @@ NUMBERS = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "f
 def test_the_example_agents_load() -> None:
     catalog = agent_files.load(settings_for(REPO / "agents"))
     agent = catalog.agents["receptionist"]
+    assert agent.retell_llm is not None
     assert agent.retell_llm.general_tools and isinstance(agent.retell_llm.general_tools[0], EndChatTool)
     assert isinstance(agent.retell_llm.general_tools[1], CustomTool)
     assert list(catalog.numbers) == ["+15035550100"]
@@ -50,6 +52,7 @@ def test_defaults_and_agent_id_from_the_file_name(tmp_path: Path) -> None:
     agent = agent_files.load(settings_for(directory)).agents["frontdesk"]
     assert agent.end_chat_after_silence_ms == 3_600_000 and agent.burst_window_ms == 1_500
     assert agent.max_reply_segments == 3 and agent.timezone == "America/Los_Angeles"
+    assert agent.retell_llm is not None
     assert agent.retell_llm.begin_message is None
 
 

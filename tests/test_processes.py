@@ -134,8 +134,8 @@ async def test_three_processes_answer_a_burst_once_per_text_in_order(
             answered = sum(r.count("|") + 1 for u in users for r in fake_twilio.to(u))
     await asyncio.sleep(0.5)
     for user in users:
-        answered = " | ".join(fake_twilio.to(user)).split(" | ")
-        assert answered == [f"{user[-4:]}-{r}" for r in range(3)], f"{user}: {fake_twilio.to(user)}"
+        replies = " | ".join(fake_twilio.to(user)).split(" | ")
+        assert replies == [f"{user[-4:]}-{r}" for r in range(3)], f"{user}: {fake_twilio.to(user)}"
 
 
 async def test_sigkill_mid_turn_is_finished_by_another_process(

@@ -1,4 +1,4 @@
-"""Post-chat analysis (DESIGN.md section 5): after a chat ends, any way, an LLM call with a JSON-schema
+"""Post-chat analysis: after a chat ends, any way, an LLM call with a JSON-schema
 answer fills ``chat_analysis``; then ``chat_analyzed`` is queued, always, also when the analysis failed
 (the chat then carries ``analysis_error``).
 

@@ -25,7 +25,9 @@ MAX_RESPONSE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ToolResult:
+class ToolOutcome:
+    """What running a tool gave: the text the LLM reads, whether it worked, and whether the chat should end."""
+
     content: str
     successful: bool
     end_chat: bool = False
@@ -54,41 +56,41 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
 async def run(
     llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: Callable[[], dict[str, Any]],
     values: dict[str, str], sms: SmsHook | None,
-) -> ToolResult:
+) -> ToolOutcome:
     """Run the tool the LLM called."""
     tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
     if isinstance(tool, EndChatTool):
-        return ToolResult("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
+        return ToolOutcome("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
     if not isinstance(tool, CustomTool | SendSmsTool):
-        return ToolResult(f"There is no tool named {name!r}.", False)
+        return ToolOutcome(f"There is no tool named {name!r}.", False)
     try:
         args = orjson.loads(arguments or "{}")
     except orjson.JSONDecodeError:
-        return ToolResult("The arguments were not valid JSON.", False)
+        return ToolOutcome("The arguments were not valid JSON.", False)
     if not isinstance(args, dict):
-        return ToolResult("The arguments must be a JSON object.", False)
+        return ToolOutcome("The arguments must be a JSON object.", False)
     if isinstance(tool, SendSmsTool):
         return await _send_sms(tool, args, values=values, sms=sms)
     return await _call(tool, args, http=http, chat=chat())
 
 
 async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str, str],
-                    sms: SmsHook | None) -> ToolResult:
+                    sms: SmsHook | None) -> ToolOutcome:
     """Retell's results: "Sent successfully" or "Failed to send" (with why)."""
     text = tool.sms_content.predefined
     text = render(text, values) if text is not None else str(args.get("content") or "")
     to = render(tool.to_number, values) if tool.to_number else None
     if sms is None:
-        return ToolResult("Failed to send: this chat has no phone number.", False)
+        return ToolOutcome("Failed to send: this chat has no phone number.", False)
     if not text.strip():
-        return ToolResult("Failed to send: the message is empty.", False)
+        return ToolOutcome("Failed to send: the message is empty.", False)
     error = await sms(to, text)
-    return ToolResult("Sent successfully" if error is None else f"Failed to send: {error}", error is None)
+    return ToolOutcome("Sent successfully" if error is None else f"Failed to send: {error}", error is None)
 
 
 async def _call(
     tool: CustomTool, args: dict[str, Any], *, http: aiohttp.ClientSession, chat: dict[str, Any],
-) -> ToolResult:
+) -> ToolOutcome:
     body = {**args} if tool.args_at_root else {"name": tool.name, "args": args, "chat": chat}
     if tool.args_at_root:
         body.setdefault("chat", chat)
@@ -102,9 +104,9 @@ async def _call(
             raw = await response.content.read(MAX_RESPONSE_BYTES)
             text = raw.decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
             if response.status >= 400:
-                return ToolResult(f"The tool failed with HTTP {response.status}: {text}", False)
-            return ToolResult(text, True)
+                return ToolOutcome(f"The tool failed with HTTP {response.status}: {text}", False)
+            return ToolOutcome(text, True)
     except TimeoutError:
-        return ToolResult(f"The tool did not answer within {tool.timeout_ms} ms.", False)
+        return ToolOutcome(f"The tool did not answer within {tool.timeout_ms} ms.", False)
     except aiohttp.ClientError as exc:
-        return ToolResult(f"The tool could not be reached: {exc.__class__.__name__}", False)
+        return ToolOutcome(f"The tool could not be reached: {exc.__class__.__name__}", False)

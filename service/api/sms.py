@@ -3,10 +3,9 @@ and the opt-out list."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -28,13 +27,11 @@ from service.retell.requests import (
     ToolCallRequest,
     ToolResult,
 )
-from service.storage import keys
+from service.storage.idempotency import Idempotency
 from service.validation import describe
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_WAIT_S = 15.0
-PENDING = "pending"
 
 
 def _sent(chat_id: str, message: Message, from_number: str, to_number: str) -> SentSms:
@@ -56,22 +53,11 @@ async def _send(rt: Runtime, body: SendSmsRequest) -> SentSms:
 
 async def _once(rt: Runtime, key: str, body: SendSmsRequest) -> web.Response:
     """Run the send at most once per ``Idempotency-Key``; a repeat gets the first answer back."""
-    slot = keys.idempotency(key)
-    if await rt.redis.set(slot, PENDING, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
-        try:
-            status, data = 200, (await _send(rt, body)).model_dump(mode="json", exclude_none=True)
-        except ParleyError:
-            await rt.redis.delete(slot)      # a refused send may be tried again with the same key
-            raise
-        await rt.redis.set(slot, orjson.dumps([status, data]), ex=keys.IDEMPOTENCY_TTL_S)
-        return json_response(data, status)
-    async with asyncio.timeout(IDEMPOTENCY_WAIT_S):
-        # The first request may be running in another process: Redis is the only place to watch.
-        while (stored := await rt.redis.get(slot)) == PENDING:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    if stored is None:
-        raise Conflict(f"the first request with Idempotency-Key {key!r} failed; send it again")
-    status, data = orjson.loads(stored)
+    async def send() -> list[Any]:
+        return [200, (await _send(rt, body)).model_dump(mode="json", exclude_none=True)]
+
+    # A refused send (a ParleyError: nothing went out) may be tried again with the same key.
+    status, data = await Idempotency(rt.redis).once(key, send, forget_on=(ParleyError,))
     return json_response(data, status)
 
 

@@ -1,4 +1,4 @@
-"""A chat's lifecycle, with its events: opening a chat, committing a turn, ending it (DESIGN.md section 5).
+"""A chat's lifecycle, with its events: opening a chat, committing a turn, ending it (see docs/architecture.md).
 
 Every chat is opened and every turn is committed here, so ``chat_started``, ``transcript_updated`` and
 ``chat_ended`` are queued in the same transaction as the change they report, whichever way the chat

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from service.address import Conversation
+from service.address import Conversation, split_address
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent, pick_agent
 from service.chats.model import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
@@ -167,13 +167,18 @@ class Turns:
         return released
 
     def _sms_hook(self, conv: Conversation, number: PhoneNumber, chat_id: str, record: list[Message]) -> SmsHook:
-        """The send_sms tool's way out: to the chat's user (recorded in the chat), or to another number
-        (checked like any text Parley starts)."""
+        """The send_sms tool's way out: to the chat's user (recorded in the chat, on the chat's channel), or to
+        another number (by SMS unless written ``whatsapp:+1...``; checked like any text Parley starts)."""
         async def send(to: str | None, text: str) -> str | None:
-            target = Conversation(conv.agent_number, to or conv.user_number)
+            target = conv
+            if to and to != conv.user_number:
+                channel, user = split_address(to)
+                target = Conversation(conv.agent_number, user, channel)
             if not E164_RE.fullmatch(target.user_number):
                 return f"{target.user_number!r} is not an E.164 number"
             if target != conv:
+                if target.channel not in number.channels:
+                    return f"{number.phone_number} does not send on {target.channel}"
                 try:
                     check_destination(number, target.user_number)
                 except InvalidRequest as exc:

@@ -1,4 +1,4 @@
-"""Carrier keywords, handled before the LLM (DESIGN.md section 3, step 4).
+"""Carrier keywords, handled before the LLM (docs/architecture.md, "The path of one text", step 4).
 
 A keyword counts only when it is the whole message (case-insensitive, surrounding whitespace and
 punctuation ignored), as Twilio matches them. Twilio's Advanced Opt-Out adds ``OptOutType`` for the

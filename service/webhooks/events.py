@@ -1,4 +1,4 @@
-"""Signed lifecycle events, delivered from a durable Redis outbox (DESIGN.md section 5).
+"""Signed lifecycle events, delivered from a durable Redis outbox (see docs/architecture.md).
 
 An event is queued in the same transaction as the change it reports (``queue``): its body is fixed then,
 so every retry sends the same bytes. Each chat's events wait in its outbox and go out in order; its

@@ -1,0 +1,184 @@
+"""The conversation queue's invariants (``service/conversations/queue.py``), driven on a real Redis: the
+typed commit and its fence, holds taken by the API, the hand-back that wakes a worker, lock renewal."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.address import Conversation, address, split_address
+from service.chats.model import Chat, ChatType, Direction, Message, Role, TurnResult
+from service.chats.store import Chats, Commit
+from service.clock import now_ms
+from service.conversations.items import Item, ItemKind, next_batch
+from service.conversations.queue import BUSY, ConversationQueue, Enqueued
+from service.errors import Conflict
+from service.storage import keys
+from service.storage.locks import Hold, Release
+
+CONV = Conversation("+15035550100", "+14155550123")
+CONSUMER = "test-consumer"
+
+
+def text(body: str) -> Item:
+    return Item(ItemKind.TEXT, received_ms=now_ms(), body=body, message_sid="SM" + body)
+
+
+@pytest.fixture
+async def queue(redis: aioredis.Redis) -> ConversationQueue:
+    q = ConversationQueue(redis, lock_ttl_ms=5_000)
+    await q.ensure_groups()
+    return q
+
+
+@pytest.fixture
+def chats(redis: aioredis.Redis) -> Chats:
+    return Chats(redis, ttl_s=3_600, lock_ttl_ms=5_000)
+
+
+async def taken_by_worker(queue: ConversationQueue, conv: Conversation = CONV) -> Hold:
+    """Read the wake-up as a worker would and take the conversation's lock."""
+    [wakeup] = await queue.read(CONSUMER, [keys.wakeups(conv.shard)], 10, block_ms=100)
+    assert wakeup.conv == conv
+    token = queue.new_token()
+    assert (await queue.take(conv, token)).taken
+    return Hold(conv, token, wakeup.entry_id)
+
+
+async def pending(redis: aioredis.Redis, conv: Conversation = CONV) -> int:
+    return int((await redis.xpending(keys.wakeups(conv.shard), keys.WORKER_GROUP))["pending"])
+
+
+def test_conversation_ids_round_trip_and_keep_sms_keys_unchanged() -> None:
+    whatsapp = Conversation(CONV.agent_number, CONV.user_number, "whatsapp")
+    assert CONV.id == "+15035550100:+14155550123"   # the key layout from before channels
+    assert whatsapp.id == "whatsapp:+15035550100:+14155550123"
+    assert Conversation.parse(CONV.id) == CONV
+    assert Conversation.parse(whatsapp.id) == whatsapp
+    assert keys.mailbox(CONV) != keys.mailbox(whatsapp)
+    assert split_address(address("whatsapp", "+14155550123")) == ("whatsapp", "+14155550123")
+    assert split_address("+14155550123") == ("sms", "+14155550123")
+
+
+def test_a_turn_takes_a_run_of_texts_or_one_control_item() -> None:
+    stop = Item(ItemKind.OPT_OUT, received_ms=1)
+    assert next_batch([text("a"), text("b"), stop, text("c")]) == [text("a"), text("b")]
+    assert next_batch([stop, text("c")]) == [stop]
+    assert len(next_batch([text(str(i)) for i in range(25)])) == 20
+    assert next_batch([]) == []
+
+
+async def test_put_dedupes_and_wakes_once(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    assert await queue.put(CONV, text("hi"), dedupe_id="SM1") is Enqueued.ACCEPTED
+    assert await queue.put(CONV, text("hi"), dedupe_id="SM1") is Enqueued.DUPLICATE
+    assert await redis.llen(keys.mailbox(CONV)) == 1
+    assert await redis.xlen(keys.wakeups(CONV.shard)) == 1
+
+
+async def test_a_session_window_is_noted_only_when_asked(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    await queue.put(CONV, text("sms"), dedupe_id="SM1")
+    assert not await queue.in_session(CONV)
+    await queue.put(CONV, text("wa"), dedupe_id="SM2", session_ttl_s=86_400)
+    assert await queue.in_session(CONV)
+    assert 86_000 < await redis.ttl(keys.session(CONV)) <= 86_400
+
+
+async def test_a_commit_that_empties_the_mailbox_releases_and_acks(
+    queue: ConversationQueue, chats: Chats, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    assert await pending(redis) == 1
+    outcome = await chats.commit(Commit(None, CONV, TurnResult(consumed=1)), hold=hold)
+    assert outcome is Release.RELEASED
+    assert await redis.exists(keys.lock(CONV), keys.mailbox(CONV)) == 0
+    assert await pending(redis) == 0
+
+
+async def test_a_commit_that_leaves_work_keeps_the_lock(
+    queue: ConversationQueue, chats: Chats, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("one"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await queue.put(CONV, text("two"), dedupe_id="SM2")    # arrives during the turn
+    outcome = await chats.commit(Commit(None, CONV, TurnResult(consumed=1)), hold=hold)
+    assert outcome is Release.MORE_WORK
+    assert await redis.get(keys.lock(CONV)) == hold.token
+    assert [Item.from_json(str(raw)).body for raw in await redis.lrange(keys.mailbox(CONV), 0, -1)] == ["two"]
+    assert await pending(redis) == 1   # the wake-up it answers stays unacknowledged while work is left
+    assert await redis.xlen(keys.wakeups(CONV.shard)) == 2
+
+
+async def test_a_holder_that_lost_its_lock_writes_nothing(
+    queue: ConversationQueue, chats: Chats, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await redis.set(keys.lock(CONV), "someone-else")      # the lock expired and another worker took it
+    chat = Chat(chat_id=keys.new_chat_id(CONV.shard), agent_id="a", version=0, chat_type=ChatType.SMS,
+                start_timestamp=now_ms(), from_number=CONV.user_number, to_number=CONV.agent_number,
+                direction=Direction.INBOUND)
+    await chats.create(chat)
+    result = TurnResult(messages=[Message(Role.AGENT, content="late reply")], consumed=1)
+    assert await chats.commit(Commit(chat, CONV, result), hold=hold) is Release.LOST
+    assert await chats.messages(chat.chat_id) == []
+    assert await redis.llen(keys.mailbox(CONV)) == 1
+    assert not await queue.keep(hold, CONSUMER)
+
+
+async def test_release_keeps_a_lock_with_work_and_frees_an_empty_one(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    assert await queue.release(hold) is Release.MORE_WORK
+    await queue.drop(CONV, 1)
+    assert await queue.release(hold) is Release.RELEASED
+    assert await pending(redis) == 0
+    assert await queue.release(hold) is Release.LOST
+
+
+async def test_a_hold_waits_for_the_turn_then_says_busy(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    await redis.set(keys.lock(CONV), "a-worker", px=5_000)
+    with pytest.raises(Conflict, match=BUSY):
+        async with queue.hold(CONV, within_s=0.2):
+            pass
+    assert await redis.get(keys.lock(CONV)) == "a-worker"
+
+
+async def test_texts_that_arrive_during_a_hold_get_a_wakeup(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    async with queue.hold(CONV) as hold:
+        assert await redis.get(keys.lock(CONV)) == hold.token
+        await queue.put(CONV, text("meanwhile"), dedupe_id="SM1")
+        await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)   # a worker saw the lock taken
+    assert not await redis.exists(keys.lock(CONV))
+    woken = await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)
+    assert [w.conv for w in woken] == [CONV]
+
+
+async def test_a_hold_with_nothing_new_adds_no_wakeup(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    async with queue.hold(CONV):
+        pass
+    assert not await redis.exists(keys.lock(CONV))
+    assert await redis.xlen(keys.wakeups(CONV.shard)) == 0
+
+
+async def test_keep_renews_the_lock_and_the_wakeup(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await redis.pexpire(keys.lock(CONV), 500)
+    await asyncio.sleep(0.05)
+    assert await queue.keep(hold, CONSUMER)
+    assert await redis.pttl(keys.lock(CONV)) > 4_000
+    reclaimed = await queue.reclaim("another", keys.wakeups(CONV.shard), 10, min_idle_ms=1_000)
+    assert reclaimed == []   # kept fresh: not mistaken for a dead worker's
+
+
+async def test_a_dead_workers_wakeup_is_reclaimed(queue: ConversationQueue) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    await taken_by_worker(queue)
+    await asyncio.sleep(0.05)
+    [wakeup] = await queue.reclaim("another", keys.wakeups(CONV.shard), 10, min_idle_ms=10)
+    assert wakeup.conv == CONV and wakeup.reclaimed
