@@ -1,7 +1,7 @@
 """What the official clients cost: ``.venv/bin/python -m bench.clients [--calls N] [--repeats R] [--out FILE]``.
 
 With the bench's fake OpenAI and fake Twilio in processes of their own, this process's CPU time per sequential
-call (``time.process_time``) for: ``service.llm.LLM.complete`` (the ``openai`` client) and a plain aiohttp POST
+call (``time.process_time``) for: ``service.agent.llm.LLM.complete`` (the ``openai`` client) and a plain aiohttp POST
 of the same JSON; ``TwilioGateway.send`` (the ``twilio`` client) and a plain aiohttp form POST of the same
 fields. Each measurement: 200 warm-up calls, then ``--calls``; interleaved for ``--repeats`` rounds; medians.
 See ``bench/README.md``.

@@ -162,7 +162,7 @@ def main() -> None:
     app.cleanup_ctx.append(resources)
     app.router.add_post("/twilio/sms", webhook)
     app.router.add_get("/readyz", readyz)
-    # The same event loop as Parley's (``service.cli.new_event_loop``): the floor differs only in what it does.
+    # The same event loop as Parley's (``service.cli.commands.new_event_loop``): the floor differs only in what it does.
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=new_event_loop())
 
 

@@ -1,4 +1,4 @@
-"""``POST /twilio/sms``: signature, routing, dedupe, body checks (DESIGN.md section 3, steps 1 to 5)."""
+"""``POST /twilio/sms``: signature, routing, dedupe, body checks (docs/architecture.md, steps 1 to 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inactivity auto-close, and a worker that dies mid-turn (DESIGN.md section 3, step 7; section 5)."""
+"""Inactivity auto-close, and a worker that dies mid-turn (docs/architecture.md)."""
 
 from __future__ import annotations
 

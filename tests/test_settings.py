@@ -1,4 +1,4 @@
-"""Settings come from the environment, as DESIGN.md section 7 lists them; logs redact numbers and keep secrets out."""
+"""Settings come from the environment, as the README lists them; logs redact numbers and keep secrets out."""
 
 from __future__ import annotations
 

@@ -1,15 +1,16 @@
 """The agent's side of a turn: the prompt, the history window, and the LLM tool loop.
 
-It returns the reply text and the tool messages to record; it sends nothing (``sender`` does).
+It returns the reply text and the tool messages to record; it sends nothing (``conversations.sender`` does).
 When the LLM fails after its client's retries, the reply is the agent's ``fallback_message``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -23,10 +24,14 @@ log = logging.getLogger(__name__)
 
 MAX_TOOL_ROUNDS = 5
 
-SMS_INSTRUCTIONS = (
-    "\n\n## Channel\nYou are texting with the user by SMS. Reply in plain text: no markdown, no bullet "
-    "lists, no emoji unless the user uses them. Keep each reply short, at most about {chars} characters."
-)
+
+
+class Medium(Protocol):
+    """What the prompt says about the channel a chat is on (a ``conversations.channel.Channel`` is one)."""
+
+    def instructions(self, max_segments: int) -> str:
+        """The prompt's closing section on how to write for this channel."""
+        ...
 
 
 @dataclass(slots=True)
@@ -48,9 +53,9 @@ def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
     return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, system)
 
 
-def system_prompt(agent: Agent, values: dict[str, str], now: datetime) -> str:
+def system_prompt(agent: Agent, values: dict[str, str], now: datetime, medium: Medium) -> str:
     prompt = variables.render(agent.llm.general_prompt, values, now=now)
-    return prompt + SMS_INSTRUCTIONS.format(chars=153 * agent.config.max_reply_segments)
+    return prompt + medium.instructions(agent.config.max_reply_segments)
 
 
 def window(history: list[Message]) -> list[Message]:
@@ -102,9 +107,10 @@ def to_openai(history: list[Message], *, images: bool) -> list[dict[str, Any]]:
 class Responder:
     """Runs the LLM tool loop for one turn."""
 
-    def __init__(self, llm: LLM, http: aiohttp.ClientSession) -> None:
+    def __init__(self, llm: LLM, http: aiohttp.ClientSession, media: Mapping[str, Medium]) -> None:
         self._llm = llm
         self._http = http
+        self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
 
     async def respond(
         self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
@@ -113,7 +119,8 @@ class Responder:
         """The agent's reply to ``history`` (which ends with the new user messages)."""
         now = now or datetime.now(UTC)
         values = chat_variables(agent, chat, now)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(agent, values, now)}]
+        prompt = system_prompt(agent, values, now, self._media[chat.channel])
+        messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
         definitions = tools.definitions(agent.llm)

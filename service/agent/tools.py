@@ -2,7 +2,8 @@
 
 ``end_call``/``end_chat`` ends the chat after the reply. ``custom`` POSTs Retell's custom-function body
 ``{"name", "args", "chat"}`` to the tool's URL (``args_at_root`` sends the arguments at the top level)
-and gives the LLM the response text. Every failure is a tool result the LLM can read, never a crash.
+and gives the LLM the response text. ``send_sms`` texts the chat's user (or another number) through the
+turn's ``SmsHook``. Every failure is a tool result the LLM can read, never a crash.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Routes as data, and the OpenAPI 3.1 document generated from the same pydantic models the handlers use.
 
-Each route module lists its ``Route``s; ``create_app`` registers them and ``GET /openapi.json`` serves
-``document(routes)``. A route's ``body``, ``query`` and ``response`` models are the ones its handler
-validates with, so the document cannot drift from the code.
+Each route module lists its ``Route``s; ``api.routes`` gathers them, ``create_app`` registers them and
+``GET /openapi.json`` serves ``document(routes)``. A route's ``body``, ``query`` and ``response`` models are
+the ones its handler validates with, so the document cannot drift from the code.
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.address import Conversation, split_address
+from service.address import Conversation, address, split_address
 from service.api.http import json_response, model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.chats.model import ChatStatus, Message
 from service.conversations import outreach
 from service.conversations.runtime import Runtime
-from service.errors import Conflict, NotFound, ParleyError
+from service.errors import Conflict, InvalidRequest, NotFound, ParleyError
 from service.retell.requests import (
     ClearOptOutRequest,
     OptOutItem,
@@ -117,7 +117,8 @@ async def send_chat_message(request: web.Request) -> web.Response:
     message = await outreach.send_chat_message(rt, chat, body.content, human=body.role == "human")
     conv = chat.conversation
     assert conv is not None   # send_chat_message refused any other chat
-    return model_response(_sent(chat.chat_id, message, conv.agent_number, conv.user_number))
+    return model_response(_sent(chat.chat_id, message, address(conv.channel, conv.agent_number),
+                                address(conv.channel, conv.user_number)))
 
 
 async def list_opt_outs(request: web.Request) -> web.Response:
@@ -132,8 +133,11 @@ async def clear_opt_out(request: web.Request) -> web.Response:
     """``POST /clear-opt-out``: an operator clears an opt-out, stating how the user consented again."""
     rt = request.app[RUNTIME]
     body = await read_body(request, ClearOptOutRequest)
-    channel, to = split_address(body.to_number)
-    if not await rt.optouts.clear(Conversation(split_address(body.from_number)[1], to, channel)):
+    (channel, to), (from_channel, from_number) = split_address(body.to_number), split_address(body.from_number)
+    if from_channel != channel:
+        raise InvalidRequest(f"to_number: {body.to_number} is on {channel}, from_number {body.from_number} is not: "
+                             "write both numbers with the same channel prefix (whatsapp:+1...) or neither")
+    if not await rt.optouts.clear(Conversation(from_number, to, channel)):
         raise NotFound(f"{body.to_number} has not opted out of {body.from_number}")
     log.warning("opt-out cleared by an operator", extra={"from": body.from_number, "to": body.to_number,
                                                           "consent": body.consent})

@@ -1,0 +1,1 @@
+"""Agents, Retell LLMs and phone numbers: read from ``agents/`` (``agent_files``), kept in Redis (``store``)."""

@@ -4,8 +4,8 @@ A channel is registered here by name; its rules are a ``conversations.channel.Ch
 both (``channels.twilio``: the inbound webhook, the status callback, signatures and the REST gateway),
 telling them apart by the address prefix (``whatsapp:+1...``; ``service.address``). A new channel is a
 module (or folder) here, an entry in ``CHANNELS`` and its name in the numbers' ``channels`` field
-(``retell.models.ChannelName``); a new provider is a folder like ``twilio/`` with its webhook routes
-(``ROUTES``, which ``create_app`` serves) and its gateway.
+(``retell.models.ChannelName``); a new provider is a folder like ``twilio/`` with its webhook handlers
+(listed in ``api.routes``) and its gateway.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ from service.sms import segments
 
 log = logging.getLogger(__name__)
 
+INSTRUCTIONS = (
+    "\n\n## Channel\nYou are texting with the user by SMS. Reply in plain text: no markdown, no bullet "
+    "lists, no emoji unless the user uses them. Keep each reply short, at most about {chars} characters."
+)
+
 
 def bounded(text: str, limit: int = segments.MAX_BODY_CHARS) -> str:
     """``text`` cut to ``limit`` characters, at the last sentence end when there is one."""
@@ -38,6 +43,9 @@ class SmsChannel:
         if exact:
             return [text]
         return segments.split(bounded(segments.sanitize(text)), max_segments)
+
+    def instructions(self, max_segments: int) -> str:
+        return INSTRUCTIONS.format(chars=segments.GSM_SEGMENT_CHARS * max_segments)
 
     def measure(self, part: str) -> segments.Measure:
         return segments.measure(part)

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 
 from service.address import address
 from service.channels.sms import bounded
-from service.sms.segments import MAX_BODY_CHARS, Measure
+from service.sms.segments import GSM_SEGMENT_CHARS, MAX_BODY_CHARS, Measure
 
 SESSION_WINDOW_S = 24 * 3600
+INSTRUCTIONS = (
+    "\n\n## Channel\nYou are chatting with the user on WhatsApp. Reply in plain text: no markdown headings, "
+    "tables or links in brackets. Keep each reply short, at most about {chars} characters."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,9 @@ class WhatsAppChannel:
 
     def parts(self, text: str, *, exact: bool, max_segments: int) -> list[str]:
         return [text if exact else bounded(text.strip(), MAX_BODY_CHARS)]
+
+    def instructions(self, max_segments: int) -> str:
+        return INSTRUCTIONS.format(chars=min(MAX_BODY_CHARS, GSM_SEGMENT_CHARS * max_segments))
 
     def measure(self, part: str) -> Measure | None:
         return None

@@ -2,9 +2,9 @@
 
 ``queued < sending < sent < delivered``; ``undelivered`` and ``failed`` are terminal. A callback that
 arrives late or out of order never moves a message back (Twilio does not promise order). The latest
-status and error code of each message live in ``chat:{C}:delivery`` (SID -> JSON) and are laid over the
-chat's messages when it is read. Error 21610 (the recipient replied STOP) records the opt-out and ends the
-chat, through the conversation's mailbox so it is ordered with its turns.
+status and error code of each message live in ``{S}:chat:<id>:delivery`` (SID -> JSON) and are laid over
+the chat's messages when it is read. Error 21610 (the recipient replied STOP) records the opt-out and ends
+the chat (``channels.twilio.status``), through the conversation's mailbox so it is ordered with its turns.
 """
 
 from __future__ import annotations

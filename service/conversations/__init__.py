@@ -1,0 +1,1 @@
+"""The conversation engine: the queue (mailbox, wake-ups, locks), workers, turns, outreach, inactivity, sending."""

@@ -54,6 +54,10 @@ class Channel(Protocol):
         is (bounded by the channel's message size)."""
         ...
 
+    def instructions(self, max_segments: int) -> str:
+        """What the agent's prompt says about writing for this channel, within ``max_segments``."""
+        ...
+
     def measure(self, part: str) -> Measure | None:
         """Encoding and segments of one message; None on channels without segments."""
         ...

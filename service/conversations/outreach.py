@@ -1,10 +1,10 @@
 """Texts Parley starts outside a turn: ``/send-sms`` (a backend or a voice agent mid-call) and a human's
 message into a chat (``/send-chat-message``).
 
-The text is written into the pair's ongoing SMS chat, or opens one with the number's inbound agent, so
-when the person texts back the agent knows what was sent and why (a call's transcript is kept in the chat
-as an ``injected`` message the agent reads). Both take the conversation's lock, like a turn, so they are
-ordered with the agent's replies; texts that arrive meanwhile are answered after.
+The text is written into the pair's ongoing SMS chat, or opens one with the number's inbound agent (else
+an outbound one), so when the person texts back the agent knows what was sent and why (a call's transcript
+is kept in the chat as an ``injected`` message the agent reads). Both take the conversation's lock, like a
+turn, so they are ordered with the agent's replies; texts that arrive meanwhile are answered after.
 """
 
 from __future__ import annotations

@@ -144,6 +144,10 @@ class ConversationQueue:
         )
         return Enqueued(int(result))
 
+    async def note_session(self, conv: Conversation, session_ttl_s: int) -> None:
+        """The user wrote something that takes no turn (HELP, START): their session window opens all the same."""
+        await self._redis.set(keys.session(conv), now_ms(), ex=session_ttl_s)
+
     async def in_session(self, conv: Conversation) -> bool:
         """True while the user's last message is within its channel's session window."""
         return bool(await self._redis.exists(keys.session(conv)))

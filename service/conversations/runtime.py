@@ -77,5 +77,5 @@ class Runtime:
             optouts=optouts,
             delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
             sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics),
-            responder=Responder(llm, http),
+            responder=Responder(llm, http, channels),
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from service.address import Conversation, split_address
+from service.address import SMS, Conversation, split_address
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent, pick_agent
 from service.chats.model import Chat, ChatType, Direction, EndReason, Message, Role, TurnResult
@@ -110,7 +110,8 @@ class Turns:
                 attempts=self._rt.settings.inbound_webhook_attempts, payload={
                     "agent_id": agent_id, "agent_version": version, "from_number": conv.user_number,
                     "to_number": conv.agent_number, "message": "\n".join(i.body for i in batch),
-                    "message_sid": batch[0].message_sid})
+                    "message_sid": batch[0].message_sid,
+                    **({"channel": conv.channel} if conv.channel != SMS else {})})
             if decision.reject:
                 await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
                 log.info("chat_inbound webhook rejected the text", extra={"conv": conv.id})

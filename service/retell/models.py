@@ -25,24 +25,18 @@ RETELL_MIN_SILENCE_MS = 120_000
 RETELL_MAX_SILENCE_MS = 259_200_000
 
 
-def _e164(value: str) -> str:
-    value = value.strip()
-    if not E164_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an E.164 number like +14155550123")
-    return value
+def _matching(pattern: re.Pattern[str], expected: str) -> AfterValidator:
+    """A validator that strips a string and accepts it when it matches ``pattern``."""
+    def check(value: str) -> str:
+        value = value.strip()
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {expected}")
+        return value
+    return AfterValidator(check)
 
 
-E164 = Annotated[str, AfterValidator(_e164)]
-
-
-def _address(value: str) -> str:
-    value = value.strip()
-    if not ADDRESS_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an E.164 number like +14155550123 (or whatsapp:+14155550123)")
-    return value
-
-
-Address = Annotated[str, AfterValidator(_address)]
+E164 = Annotated[str, _matching(E164_RE, "an E.164 number like +14155550123")]
+Address = Annotated[str, _matching(ADDRESS_RE, "an E.164 number like +14155550123 (or whatsapp:+14155550123)")]
 
 
 class _Model(BaseModel):

@@ -1,6 +1,6 @@
 """Retell's request and list bodies for the REST API (pydantic), validated by the handlers and documented in
 ``/openapi.json``. Unknown fields are refused with a 422 that names them, except on objects Retell itself
-extends often (agents, LLMs, numbers), whose models live in ``retell.py``.
+extends often (agents, LLMs, numbers), whose models live in ``retell.models``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ _GSM_EXTENSION = frozenset("\f^{}\\[~]|€")
 _GSM = _GSM_BASIC | _GSM_EXTENSION
 
 _GSM_SINGLE, _GSM_MULTI = 160, 153
+GSM_SEGMENT_CHARS = _GSM_MULTI   # what one segment of a long GSM-7 text holds
 _UCS2_SINGLE, _UCS2_MULTI = 70, 67
 
 

@@ -1,0 +1,1 @@
+"""Redis: the connection, every key (``keys``), token locks, due sets, idempotency. Only here are keys built."""

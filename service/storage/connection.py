@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # No per-command socket timeout: on Python 3.11 redis-py implements it with ``asyncio.wait_for``, a task per
 # read, which cost about a tenth of a turn's CPU. A dead server or network is found by TCP instead (keepalive
 # probes on idle connections, TCP_USER_TIMEOUT on unacknowledged writes: about 10 s), a stuck turn loses its
-# lock to another worker, and the Twilio webhooks bound their own wait (``api.WEBHOOK_TIMEOUT_S``).
+# lock to another worker, and the Twilio webhooks bound their own wait (``api.http.WEBHOOK_TIMEOUT_S``).
 SOCKET_TIMEOUT_S = None
 KEEPALIVE = {
     getattr(socket, name): value
@@ -55,7 +55,7 @@ def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> 
     """A client with a bounded pool, a connect timeout and TCP keepalive (see ``SOCKET_TIMEOUT_S``).
 
     With ``cluster``, a ``RedisCluster`` client (its pool bound is per node). It is typed as ``Redis``
-    because Parley uses only commands both clients have, on keys of one hash slot at a time (``keys.py``);
+    because Parley uses only commands both clients have, on keys of one hash slot at a time (``storage.keys``);
     the test suite runs against a real cluster to hold that true."""
     options: dict[str, Any] = {
         "decode_responses": True, "max_connections": max_connections, "socket_timeout": SOCKET_TIMEOUT_S,

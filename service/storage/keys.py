@@ -22,7 +22,7 @@ key (``{S}``: the partition)                    type    bound
 {S}:conv:<id>:chat                               STRING  id of the pair's ongoing chat; TTL chat_ttl_s
 {S}:conv:<id>:rejected                           LIST    texts the chat_inbound webhook rejected; at most
                                                         REJECTED_CAP, TTL chat_ttl_s
-{S}:conv:<id>:session                           STRING  when the user last wrote (ms), on a channel with a session
+{S}:conv:<id>:session                            STRING  when the user last wrote (ms), on a channel with a session
                                                         window (WhatsApp: 24 h); TTL the window
 {S}:conv:<id>:optout                             STRING  ms timestamp of the user's opt-out; no TTL on purpose:
                                                         a compliance record, one small key per opted-out user
@@ -46,7 +46,7 @@ key (``{S}``: the partition)                    type    bound
 {S}:analysis:due                                ZSET    chat id -> when its post-chat analysis is due (ms)
 {S}:chats                                       ZSET    chat id -> start timestamp, for listing; members older
                                                         than chat_ttl_s are trimmed whenever a chat is created
-{S}:optouts                                     ZSET    "<agent number> <user number>" -> opt-out time (ms); one
+{S}:optouts                                     ZSET    "<agent address> <user address>" -> opt-out time (ms); one
                                                         member per opted-out pair (no TTL on purpose)
 {catalog}:agent:<id>                            HASH    version number -> agent JSON; one field per version
 {catalog}:agents                                SET     ids of known agents

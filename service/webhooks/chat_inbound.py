@@ -1,13 +1,14 @@
 """The number's ``chat_inbound`` webhook: before an inbound text starts a new chat, the business decides.
 
 Parley POSTs ``{"event": "chat_inbound", "chat_inbound": {agent_id, agent_version, from_number, to_number,
-message, message_sid}}`` (``message`` and ``message_sid`` are Parley's additions), signed with
-``X-Retell-Signature`` like every event. The 2xx JSON answer's ``chat_inbound`` may ``reject`` the text, or
-set ``override_agent_id`` / ``override_agent_version``, ``dynamic_variables`` and ``metadata`` for the chat.
-It fires once per new chat, not per message. Each attempt waits 10 s; a timeout, a connection error or a
-non-2xx is tried again (``PARLEY_INBOUND_WEBHOOK_ATTEMPTS`` attempts in all, 0.5 s, 1 s, 2 s apart); when
-every attempt fails, or the answer is not the JSON expected, the number's bound agent answers and the chat
-records why in ``inbound_webhook_error``.
+message, message_sid}}`` (``message`` and ``message_sid`` are Parley's additions; off SMS, ``channel`` names
+the channel too, ``"whatsapp"``), signed with ``X-Retell-Signature`` like every event. The 2xx JSON
+answer's ``chat_inbound`` may ``reject`` the text, or set ``override_agent_id`` / ``override_agent_version``,
+``dynamic_variables`` and ``metadata`` for the chat. It fires once per new chat, not per message. Each
+attempt waits 10 s; a timeout, a connection error or a non-2xx is tried again
+(``PARLEY_INBOUND_WEBHOOK_ATTEMPTS`` attempts in all, 0.5 s, 1 s, 2 s apart); when every attempt fails, or
+the answer is not the JSON expected, the number's bound agent answers and the chat records why in
+``inbound_webhook_error``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Twilio, the provider behind SMS and WhatsApp: its two webhooks, their signatures, and the REST gateway."""

@@ -1,9 +1,9 @@
 """``POST /twilio/sms``: Twilio's inbound message webhook, for SMS and WhatsApp alike.
 
 Verify the signature with the auth token of the account that owns ``To``, route to the number and the
-channel (``whatsapp:+1...`` is WhatsApp; the number must list it in ``channels``), drop a repeated
-``MessageSid``, handle carrier keywords, then append to the conversation's mailbox with a wake-up
-(``conversations.queue``) and answer empty TwiML. Nothing here waits on the LLM or on Twilio: the answer
+channel (``whatsapp:+1...`` is WhatsApp; the number must list it in ``channels``), handle carrier keywords,
+then drop a repeated ``MessageSid`` and append to the conversation's mailbox with a wake-up, in one script
+(``conversations.queue``), and answer empty TwiML. Nothing here waits on the LLM or on Twilio: the answer
 takes milliseconds. On a channel with a session window, the same write notes that the user wrote.
 """
 
@@ -20,8 +20,9 @@ from service.channels.twilio.form import fail, read_form, twiml, verify
 from service.clock import now_ms
 from service.conversations.items import Item, ItemKind, Media
 from service.conversations.queue import Enqueued
+from service.conversations.runtime import Runtime
 from service.logs import redact
-from service.retell.models import E164_RE
+from service.retell.models import E164_RE, PhoneNumber
 from service.sms import keywords
 from service.sms.keywords import Keyword
 
@@ -41,29 +42,45 @@ def _media(form: MultiDictProxy[str]) -> tuple[Media, ...]:
     )
 
 
+async def _route(
+    request: web.Request, rt: Runtime, form: MultiDictProxy[str],
+) -> tuple[Conversation, PhoneNumber] | web.Response:
+    """Verify the signature and find the conversation the form is for: its number and channel, or the error
+    to answer with (403 forged, 404 not a number or channel Parley answers on, 400 a malformed form)."""
+    to, sender = form.get("To", ""), form.get("From", "")
+    channel, agent_number = split_address(to)
+    user_channel, user_number = split_address(sender)
+    number = await rt.catalog.get_number(agent_number) if E164_RE.fullmatch(agent_number) else None
+    if not await verify(request, rt, form, number):
+        log.warning("twilio signature rejected", extra={"to": redact(to), "message_sid": form.get("MessageSid")})
+        return fail(403, "invalid X-Twilio-Signature")
+    if number is None:
+        return fail(404, f"{agent_number} is not a number Parley answers on: add it to phone-numbers.yaml")
+    if user_channel != channel:
+        return fail(400, f"From {sender} and To {to} are on different channels: expected the same prefix on both")
+    if channel not in number.channels or channel not in rt.channels:
+        return fail(404, f"{agent_number} does not answer on {channel} (its channels: {', '.join(number.channels)}): "
+                         "add it to the number's channels")
+    return Conversation(agent_number, user_number, channel), number
+
+
 async def twilio_sms(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     form = await read_form(request)
     if isinstance(form, web.Response):
         return form
-    to, sender, sid = form.get("To", ""), form.get("From", ""), form.get("MessageSid") or form.get("SmsSid", "")
-    if not to or not sender or not sid:
+    sid = form.get("MessageSid") or form.get("SmsSid", "")
+    if not form.get("To") or not form.get("From") or not sid:
         return fail(400, "missing To, From or MessageSid: expected Twilio's inbound message form")
-    channel, agent_number = split_address(to)
-    user_channel, user_number = split_address(sender)
-    number = await rt.catalog.get_number(agent_number) if E164_RE.fullmatch(agent_number) else None
-    if not await verify(request, rt, form, number):
-        log.warning("twilio signature rejected", extra={"to": redact(to), "message_sid": sid})
-        return fail(403, "invalid X-Twilio-Signature")
-    if number is None:
-        return fail(404, f"{agent_number} is not a number Parley answers on: add it to phone-numbers.yaml")
-    if channel not in number.channels or channel not in rt.channels or user_channel != channel:
-        return fail(404, f"{agent_number} does not answer on {channel} (its channels: {', '.join(number.channels)}): "
-                         "add it to the number's channels")
-    conv = Conversation(agent_number, user_number, channel)
-    session_ttl_s = rt.channels[channel].session_window_s
+    routed = await _route(request, rt, form)
+    if isinstance(routed, web.Response):
+        return routed
+    conv, number = routed
+    session_ttl_s = rt.channels[conv.channel].session_window_s
     body = form.get("Body", "")
     keyword = keywords.classify(body, form.get("OptOutType"))
+    if keyword in (Keyword.HELP, Keyword.OPT_IN) and session_ttl_s:
+        await rt.queue.note_session(conv, session_ttl_s)   # any message from the user opens the window
     if keyword is Keyword.HELP:
         # help_message "" leaves HELP to Twilio's own keyword replies (Advanced Opt-Out).
         if number.help_message == "" or await rt.optouts.is_opted_out(conv):
