@@ -134,7 +134,7 @@ async def test_release_keeps_a_lock_with_work_and_frees_an_empty_one(
     await queue.put(CONV, text("hi"), dedupe_id="SM1")
     hold = await taken_by_worker(queue)
     assert await queue.release(hold) is Release.MORE_WORK
-    await queue.drop(CONV, 1)
+    await redis.ltrim(keys.mailbox(CONV), 1, -1)   # the turn's commit would have consumed it
     assert await queue.release(hold) is Release.RELEASED
     assert await pending(redis) == 0
     assert await queue.release(hold) is Release.LOST

@@ -226,23 +226,21 @@ class ConversationQueue:
         """Drop the lock without looking at the mailbox (the wake-up stays pending and will be reclaimed)."""
         await self._locks.release(keys.lock(hold.conv), hold.token)
 
-    async def drop(self, conv: Conversation, count: int) -> None:
-        """Remove the first ``count`` items: a turn that could not be run must not block the conversation."""
-        await self._redis.ltrim(keys.mailbox(conv), count, -1)
-
     # The API's side.
 
     @asynccontextmanager
     async def hold(self, conv: Conversation, *, within_s: float = WAIT_S) -> AsyncIterator[Hold]:
         """Hold ``conv`` for the ``async with`` block, as a turn does, so what the block sends is ordered with
-        the agent's replies; ``Conflict`` when a turn keeps it longer than ``within_s``. On the way out, texts
-        that arrived meanwhile get a wake-up."""
+        the agent's replies; ``Conflict`` when a turn keeps it longer than ``within_s``. The lock is renewed
+        while the block runs (a slow LLM writing the text keeps it). On the way out, texts that arrived
+        meanwhile get a wake-up."""
         token = await self._locks.wait(keys.lock(conv), within_s)
         if token is None:
             raise Conflict(BUSY)
         hold = Hold(conv, token)
         try:
-            yield hold
+            async with self._locks.kept(keys.lock(conv), token):
+                yield hold
         finally:
             await self._hand_back(keys=[keys.lock(conv), keys.mailbox(conv), keys.wakeups(conv.shard)],
                                   args=[token, conv.id, keys.WAKEUPS_MAXLEN])

@@ -21,13 +21,15 @@ from service.conversations import dialog
 from service.conversations.items import Item, ItemKind
 from service.conversations.runtime import Runtime
 from service.errors import InvalidRequest, NotFound
-from service.retell.models import E164_RE, PhoneNumber
+from service.retell.models import E164_RE, ChatAgent, PhoneNumber
 from service.sms.limits import check_destination
 from service.storage import keys
 from service.storage.locks import Hold, Release
 from service.webhooks import chat_inbound
 
 log = logging.getLogger(__name__)
+
+DEFAULT_FALLBACK: str = ChatAgent.model_fields["fallback_message"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,14 @@ class Context:
     chat: Chat | None          # the ongoing chat
     history: list[Message]     # the chat's last ``history_window`` messages
     opted_out: bool
+
+
+def _answering_agent(ctx: Context) -> str | None:
+    """The agent that answers the next turn: the chat's, or the number's first inbound agent for a new chat."""
+    number, chat = ctx.number, ctx.chat
+    if chat is not None:
+        return chat.agent_id
+    return number.inbound_sms_agents[0].agent_id if number and number.inbound_sms_agents else None
 
 
 class Turns:
@@ -66,11 +76,40 @@ class Turns:
         number = await self._rt.catalog.get_number(conv.agent_number)
         return Context(number, chat, history, opted_out is not None)
 
+    async def fallback(self, hold: Hold, batch: list[Item], ctx: Context) -> Release:
+        """After a turn failed for good: answer its texts with the agent's ``fallback_message`` (recorded in the
+        ongoing chat, reported to the business), so none is dropped unanswered. A control item that kept
+        failing (STOP's chat end, a silence deadline) is consumed: the opt-out itself was recorded at the
+        webhook, and a timer fires again when re-armed."""
+        conv, chat = hold.conv, ctx.chat
+        consumed = TurnResult(consumed=len(batch))
+        if batch[0].kind is not ItemKind.TEXT or ctx.number is None or ctx.opted_out:
+            log.error("control item failed for good; consumed", extra={"conv": conv.id, "kind": batch[0].kind})
+            return await self._rt.lifecycle.commit(None, conv, consumed, hold=hold)
+        text = await self._fallback_text(ctx)
+        sent = await self._rt.sender.send_text(conv, ctx.number, text, exact=True,
+                                               chat_id=chat.chat_id if chat else None)
+        log.error("turn failed for good; answered with the fallback message",
+                  extra={"conv": conv.id, "texts": len(batch), "sent": len(sent)})
+        if chat is None:
+            return await self._rt.lifecycle.commit(None, conv, consumed, hold=hold)
+        result = TurnResult(messages=[self._user_message(i) for i in batch] + sent, consumed=len(batch))
+        return await self._rt.lifecycle.commit(chat, conv, result, always_report=True, hold=hold)
+
+    async def _fallback_text(self, ctx: Context) -> str:
+        """The fallback message of the agent that answers (the chat's, else the number's first inbound agent),
+        or the default one when that agent cannot be read."""
+        agent_id = _answering_agent(ctx)
+        try:
+            if agent_id is not None:
+                return (await self._rt.catalog.agents.get(agent_id)).fallback_message
+        except NotFound:
+            pass
+        return DEFAULT_FALLBACK
+
     async def burst_window_ms(self, ctx: Context) -> int:
         """The burst window of the agent that will answer (the number's first inbound agent for a new chat)."""
-        number, chat = ctx.number, ctx.chat
-        agent_id = chat.agent_id if chat else (number.inbound_sms_agents[0].agent_id
-                                               if number and number.inbound_sms_agents else None)
+        agent_id, chat = _answering_agent(ctx), ctx.chat
         if agent_id is None:
             return 0
         try:

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 READ_BLOCK_MS = 1_000
 MAX_BURST_WINDOW_MS = 60_000   # the largest burst_window_ms an agent may set
 MAX_READ = 100
+TURN_ATTEMPTS = 3              # a turn that raises is run this many times before its texts get the fallback
+TURN_RETRY_S = 0.5             # after the n-th failure, wait n times this
+# What a turn may raise that running it again (or answering with the fallback) can get past; anything else
+# (Redis unreachable, a bug) leaves the wake-up pending, to be reclaimed and run again.
+TURN_FAILURES = (ParleyError, ValueError, KeyError, TypeError)
 
 
 def consumer_name() -> str:
@@ -170,26 +175,32 @@ class WorkerPool:
             loaded = None
             batch = next_batch(items)
             outcome = await self._run_turn(hold, batch, ctx) if batch else None
-            if outcome is None:   # nothing was committed under the hold: release it here
+            if outcome is None:   # an empty mailbox: release the hold here
                 outcome = await self._queue.release(hold)
             if outcome is not Release.MORE_WORK:
                 return outcome
 
-    async def _run_turn(self, hold: Hold, batch: list[Item], ctx: Context) -> Release | None:
-        """Run one turn; what its commit did with the lock (None when it failed and committed nothing)."""
+    async def _run_turn(self, hold: Hold, batch: list[Item], ctx: Context) -> Release:
+        """Run one turn; what its commit did with the lock. A turn that raises (bad stored data, a missing
+        agent or LLM version) is tried ``TURN_ATTEMPTS`` times, then its texts are answered with the agent's
+        fallback message (``Turns.fallback``): a text is never dropped unanswered, and the conversation is not
+        blocked."""
         conv = hold.conv
         started = time.perf_counter()
         outcome = "ok"
         self._turning.add(conv.id)
         try:
-            return await self._turns.run(hold, batch, ctx)
-        except (ParleyError, ValueError, KeyError, TypeError) as exc:
-            # A turn that cannot be run (bad stored data, a missing agent) must not block the
-            # conversation forever: record why, drop the batch, go on with the next one.
-            outcome = "failed"
-            log.exception("turn failed; dropping its messages", extra={"conv": conv.id, "error": str(exc)})
-            await self._queue.drop(conv, len(batch))
-            return None
+            for attempt in range(1, TURN_ATTEMPTS + 1):
+                try:
+                    return await self._turns.run(hold, batch, ctx)
+                except TURN_FAILURES as exc:
+                    log.exception("turn failed", extra={"conv": conv.id, "attempt": attempt, "error": str(exc)})
+                if attempt < TURN_ATTEMPTS:
+                    await asyncio.sleep(TURN_RETRY_S * attempt)
+                    items, ctx = await self._turns.load(conv)   # read again: what failed may have been fixed
+                    batch = next_batch(items) or batch
+            outcome = "fallback"
+            return await self._turns.fallback(hold, batch, ctx)
         finally:
             self._turning.discard(conv.id)
             self._rt.metrics.turns.labels(batch[0].kind.value, outcome).inc()

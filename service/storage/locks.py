@@ -9,6 +9,7 @@ writes under it only while the lock is still the holder's (fencing), and says wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 
 from service.address import Conversation
 from service.errors import Conflict
+from service.tasks import stop_task
 
 # KEYS: lock.  ARGV: token, ttl ms.  1 if still ours (and extended), 0 otherwise.
 _RENEW = """
@@ -32,6 +34,8 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 WAIT_S = 10.0   # how long an API request waits for a lock before answering 409
@@ -82,15 +86,33 @@ class Locks:
 
     @asynccontextmanager
     async def held(self, key: str, *, busy: str, within_s: float = WAIT_S) -> AsyncIterator[str]:
-        """Hold the lock for the ``async with`` block (its token), waiting up to ``within_s``; ``Conflict(busy)``
-        when it stays taken."""
+        """Hold the lock for the ``async with`` block (its token), waiting up to ``within_s``, renewed while the
+        block runs; ``Conflict(busy)`` when it stays taken."""
         token = await self.wait(key, within_s)
         if token is None:
             raise Conflict(busy)
         try:
-            yield token
+            async with self.kept(key, token):
+                yield token
         finally:
             await self.release(key, token)
+
+    @asynccontextmanager
+    async def kept(self, key: str, token: str) -> AsyncIterator[None]:
+        """Renew the lock every third of its TTL while the block runs: a request that waits on a slow LLM keeps
+        what it holds. (A lock lost anyway, to a stalled process, is logged; fenced writes then write nothing.)"""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.ttl_ms / 3000)
+                if not await self.renew(key, token):
+                    log.warning("a held lock was lost before its holder let go", extra={"lock": key})
+                    return
+
+        renewer = asyncio.create_task(renew(), name=f"renew {key}")
+        try:
+            yield
+        finally:
+            await stop_task(renewer)
 
     async def renew(self, key: str, token: str) -> bool:
         return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
