@@ -1,35 +1,37 @@
 """``create_app(settings)``: the one composition root. Commands and tests both build Parley here.
 
 Each resource is one cleanup context, started in order and stopped in reverse: Redis (or the embedded
-Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, an HTTP session for
-tools) and the ``Runtime`` built on them, with the channels registered in ``service.channels``, then the
-workers and the background loops (inactivity, events, analysis), which therefore stop first. The routes
-are listed in ``api.routes``.
+Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, and the outbound
+policy's HTTP session for tools, events and chat_inbound) and the ``Runtime`` built on them, with the
+channels registered in ``service.channels``, then the workers and the background loops (inactivity,
+events, analysis, resends), which therefore stop first. The routes are listed in ``api.routes``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import sys
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from service.agent.llm import LLM
+from service.api.auth import key_roles
+from service.api.encoding import encoding_middleware
 from service.api.http import api_middleware
 from service.api.routes import routes
-from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, RUNTIME, SETTINGS
+from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, ROUTE_SCOPES, RUNTIME, SETTINGS, SIGNING_KEY
 from service.catalog import agent_files
 from service.catalog.store import Catalog
 from service.channels import CHANNELS
 from service.channels.twilio.gateway import TwilioGateway
 from service.conversations.inactivity import Inactivity
+from service.conversations.resend import Resender
 from service.conversations.runtime import Runtime
 from service.conversations.worker import WorkerPool
 from service.metrics import Metrics, middleware
+from service.outbound import OutboundPolicy
 from service.settings import Settings
 from service.storage.connection import open_redis
 from service.tasks import every, stop_task
@@ -48,12 +50,13 @@ def create_app(
     files = agent_files.load(settings)  # fail fast, before anything starts
     for warning in files.warnings:
         log.warning(warning)
-    metrics = Metrics()
-    app = web.Application(middlewares=[middleware(metrics), api_middleware], client_max_size=CLIENT_MAX_SIZE)
+    metrics = Metrics(gauges_cache_ms=settings.metrics_cache_ms)
+    app = web.Application(middlewares=[middleware(metrics), encoding_middleware, api_middleware],
+                          client_max_size=CLIENT_MAX_SIZE)
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app[READY] = {}
-    app[API_KEYS] = [key.get_secret_value() for key in settings.api_keys] or ["key_" + secrets.token_hex(24)]
+    app[API_KEYS], app[SIGNING_KEY] = key_roles(settings, split=not (web_routes and workers))
     app[FILES] = files
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -67,16 +70,19 @@ def create_app(
     app.cleanup_ctx.append(_clients_ctx)
     if workers:
         app.cleanup_ctx.append(_workers_ctx)
-    if web_routes and not settings.api_keys:
+    if web_routes and not settings.api_key_roles():
         app.on_startup.append(_print_api_key)
-    for route in routes(web_routes=web_routes):
+    served = routes(web_routes=web_routes)
+    for route in served:
         app.router.add_route(route.method, route.path, route.handler)
+    app[ROUTE_SCOPES] = {(route.method, route.path): route.scope for route in served if not route.public}
     return app
 
 
 async def _print_api_key(app: web.Application) -> None:
-    key = app[API_KEYS][0]
-    print(f"PARLEY_API_KEY is not set; this run's API key is: {key}", file=sys.stderr, flush=True)
+    key = app[SIGNING_KEY]   # the one key made up for this run: admin, and it signs
+    print(f"PARLEY_API_KEY is not set (nor PARLEY_API_KEYS): an admin key that also signs events was made up for "
+          f"this run; this run's API key is: {key}", file=sys.stderr, flush=True)
 
 
 async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,9 +90,10 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     gateway = TwilioGateway(settings, metrics)  # needs the running loop
     llm = LLM(settings, metrics)
-    async with aiohttp.ClientSession() as http:
+    # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
+    async with OutboundPolicy.from_settings(settings).session() as http:
         app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm, http=http,
-                                     metrics=metrics, signing_key=app[API_KEYS][0])
+                                     metrics=metrics, signing_key=app[SIGNING_KEY])
         try:
             yield
         finally:
@@ -104,6 +111,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(interval, Inactivity(rt).tick, "inactivity"), name="parley-inactivity"),
         asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
         asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
+        asyncio.create_task(every(interval, Resender(rt).tick, "resends"), name="parley-resends"),
     ]
     yield
     for task in reversed(loops):

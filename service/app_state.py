@@ -8,12 +8,14 @@ from aiohttp import web
 from service.catalog.agent_files import Declared
 from service.conversations.runtime import Runtime
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Role, Scope, Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 RUNTIME = web.AppKey("runtime", Runtime)
-API_KEYS = web.AppKey("api_keys", list[str])
+API_KEYS = web.AppKey("api_keys", dict[str, Role])                       # each API key's role
+ROUTE_SCOPES = web.AppKey("route_scopes", dict[tuple[str, str], Scope])  # (method, path): what a key needs
+SIGNING_KEY = web.AppKey("signing_key", str)   # the webhook key: signs what Parley sends (Runtime.signing_key)
 READY = web.AppKey("ready", dict[str, bool])
 METRICS = web.AppKey("metrics", Metrics)
 FILES = web.AppKey("files", Declared)   # what agents/ declares: read-only through the API

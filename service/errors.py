@@ -5,14 +5,17 @@
     ParleyError
     ├── ConfigError            an agent or number file, or a setting, is invalid (names file, field, expectation)
     ├── MalformedRequest       a request body is not the JSON object expected (HTTP 400)
+    ├── RequestTimeout         the client did not send its body within PARLEY_BODY_TIMEOUT_S (HTTP 408)
     ├── NotFound               an id the caller named does not exist (HTTP 404)
     ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
     ├── InvalidRequest         a request body failed validation (HTTP 422)
     ├── OptedOut               the user has opted out of this number; nothing may be sent
     ├── LimitReached           the number's daily segment limit would be passed (HTTP 429)
     ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
-    │   └── RecipientUnsubscribed   Twilio error 21610: record the opt-out
+    │   ├── RecipientUnsubscribed   Twilio error 21610: record the opt-out
+    │   └── SendDeferred     Twilio created nothing and may take it later (429, 5xx, refused connection)
     ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
+    ├── OutboundRefused        the outbound policy refused a URL a user's request would reach (service.outbound)
     └── StoreUnavailable       Redis/Valkey cannot be reached (from redis.ConnectionError/TimeoutError)
 """
 
@@ -29,6 +32,10 @@ class ConfigError(ParleyError):
 
 class MalformedRequest(ParleyError):
     """A request body could not be parsed at all."""
+
+
+class RequestTimeout(ParleyError):
+    """The client did not send its request body in time: the client is slow, nothing in Parley failed."""
 
 
 class NotFound(ParleyError):
@@ -64,8 +71,24 @@ class RecipientUnsubscribed(SendError):
     """Twilio error 21610: the recipient replied STOP to this number."""
 
 
+class SendDeferred(SendError):
+    """Twilio created nothing and the same request may succeed later: HTTP 429 (too many concurrent requests),
+    a 5xx, or a connection that was refused before the request left. ``retry_after_s``: Twilio's
+    ``Retry-After``, when it sent one. (A timeout is a plain ``SendError``: the message may exist.)"""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.retry_after_s = retry_after_s
+
+
 class LLMError(ParleyError):
     """The LLM did not answer usefully, after the client's own retries."""
+
+
+class OutboundRefused(ParleyError):
+    """The outbound policy refused a request made on a user's behalf: the message says what, why, and which
+    setting (``PARLEY_OUTBOUND_ALLOW``) would allow it."""
 
 
 class StoreUnavailable(ParleyError):

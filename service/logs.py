@@ -46,12 +46,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure(level: str) -> None:
-    """Send JSON lines to stderr at ``level``; quiet the access log and chatty libraries."""
+def configure(level: str, *, twilio_level: str = "WARNING") -> None:
+    """Send JSON lines to stderr at ``level``; quiet the access log and chatty libraries.
+
+    The twilio library logs each request and response in about ten INFO lines, with URLs and headers: most of
+    what a busy process would log. Its whole tree (``twilio.http_client``, ``twilio.async_http_client``...)
+    logs at ``twilio_level`` (``PARLEY_TWILIO_LOG_LEVEL``), WARNING unless asked.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("aiohttp.access", "httpx", "httpx2", "openai", "twilio.http_client"):
+    for name in ("aiohttp.access", "httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("twilio").setLevel(twilio_level.upper())

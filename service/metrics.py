@@ -1,12 +1,14 @@
 """Prometheus metrics (``GET /metrics``), one registry per app so tests and processes never share one.
 
 Counters and histograms are updated where things happen (the HTTP middleware, turns, the LLM and Twilio
-adapters, the outbox, opt-outs); gauges that describe Redis (queue depth and age, active chats) are read
-when Prometheus scrapes.
+adapters, the outbox, opt-outs); gauges that describe Redis (queue depth, lag and age, active chats) are read
+when Prometheus scrapes, at most once per ``gauges_cache_ms`` (``PARLEY_METRICS_CACHE_MS``) and in one
+pipeline: a scrape is an open route, and scrapes must not add to the load of the Redis the webhooks wait on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +24,11 @@ LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, gauges_cache_ms: int = 5_000) -> None:
+        self._gauges_cache_s = gauges_cache_ms / 1000
+        self._gauges_read_at: float | None = None   # time.monotonic() of the last read of the Redis gauges
+        self._gauges_lock = asyncio.Lock()           # one read at a time; scrapes that wait share its result
+        self.gauge_reads = 0                         # reads of the Redis gauges (tests count them)
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("parley_http_requests_total", "HTTP requests", ["route", "status"], registry=r)
@@ -45,28 +51,47 @@ class Metrics:
         self.active_chats = Gauge("parley_active_sms_chats", "Ongoing SMS chats (with a silence timer)", registry=r)
 
     async def scrape(self, redis: aioredis.Redis) -> bytes:
-        """The text exposition, after reading the Redis-side gauges."""
+        """The text exposition, with the Redis-side gauges read if they are older than the cache window."""
+        if not self._gauges_fresh():
+            async with self._gauges_lock:
+                if not self._gauges_fresh():   # else another scrape read them while this one waited
+                    await self._read_gauges(redis)
+        return bytes(generate_latest(self.registry))
+
+    def _gauges_fresh(self) -> bool:
+        read_at = self._gauges_read_at
+        return read_at is not None and time.monotonic() - read_at < self._gauges_cache_s
+
+    async def _read_gauges(self, redis: aioredis.Redis) -> None:
+        """Every partition's pending summary, group lag and timer count, in one pipeline (one round trip on a
+        single server; one per master on a cluster)."""
+        self.gauge_reads += 1
         try:
-            pending, oldest, lag = 0, None, 0
-            for shard in range(keys.SHARDS):
-                stream = keys.wakeups(shard)
-                summary = await redis.xpending(stream, keys.WORKER_GROUP)
-                pending += summary["pending"]
-                first = summary.get("min")
-                if first and (oldest is None or _ms(first) < _ms(oldest)):
-                    oldest = first
-                groups = await redis.xinfo_groups(stream)
-                lag += next((g.get("lag") or 0 for g in groups if g["name"] == keys.WORKER_GROUP), 0)
-            self.queue_depth.set(pending)
-            self.queue_age.set(max(time.time() - _ms(oldest) / 1000, 0.0) if oldest else 0.0)
-            self.queue_lag.set(lag)
             async with redis.pipeline(transaction=False) as pipe:
                 for shard in range(keys.SHARDS):
+                    stream = keys.wakeups(shard)
+                    pipe.xpending(stream, keys.WORKER_GROUP)
+                    pipe.xinfo_groups(stream)
                     pipe.zcard(keys.timers(shard))
-                self.active_chats.set(sum(await pipe.execute()))
+                replies = await pipe.execute()
         except RedisError:
-            pass   # the counters still answer; /readyz says Redis is down
-        return bytes(generate_latest(self.registry))
+            # The counters still answer; /readyz says Redis is down. A failed read counts as a read, so that a
+            # Redis in trouble is not asked again by every scrape.
+            self._gauges_read_at = time.monotonic()
+            return
+        pending, oldest, lag, active = 0, None, 0, 0
+        for summary, groups, timers in zip(replies[0::3], replies[1::3], replies[2::3], strict=True):
+            pending += summary["pending"]
+            first = summary.get("min")
+            if first and (oldest is None or _ms(first) < _ms(oldest)):
+                oldest = first
+            lag += next((g.get("lag") or 0 for g in groups if g["name"] == keys.WORKER_GROUP), 0)
+            active += timers
+        self.queue_depth.set(pending)
+        self.queue_age.set(max(time.time() - _ms(oldest) / 1000, 0.0) if oldest else 0.0)
+        self.queue_lag.set(lag)
+        self.active_chats.set(active)
+        self._gauges_read_at = time.monotonic()
 
 
 def _ms(entry_id: object) -> int:

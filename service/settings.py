@@ -7,15 +7,80 @@ anywhere else.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TWILIO_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"   # a Twilio account SID
 TWILIO_API_BASE_URL = "https://api.twilio.com"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# What an API key may do (``service/api/auth.py`` says which routes each role reaches): admin ⊃ write ⊃ read.
+# The webhook key signs what Parley sends (events, chat_inbound requests) and calls no route.
+Role = Literal["admin", "write", "read", "webhook"]
+ROLES: tuple[Role, ...] = ("admin", "write", "read", "webhook")
+Scope = Literal["read", "write", "admin"]   # what a route needs (``service/api/openapi.py: Route.scope``)
+
+
+class ScopedKey(BaseModel):
+    """One API key and its role."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: SecretStr
+    role: Role
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept (so a key given twice is an error, not the last one)."""
+
+
+def _key_roles(text: str) -> list[dict[str, Any]]:
+    """``PARLEY_API_KEYS``' JSON object, checked; errors number the keys and never show them."""
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'not valid JSON ({exc.msg}, character {exc.pos}): write {{"<key>": "<role>", ...}}, '
+                         f"roles {', '.join(ROLES)}") from None
+    if not isinstance(data, _Pairs):
+        raise ValueError(f'expected a JSON object {{"<key>": "<role>", ...}}, got {type(data).__name__}')
+    seen: set[str] = set()
+    for n, (key, role) in enumerate(data, 1):
+        if role not in ROLES:
+            raise ValueError(f"key #{n} has the role {role!r}; a role is one of {', '.join(ROLES)}")
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"key #{n} is empty or contains whitespace")
+        if key in seen:
+            raise ValueError(f"key #{n} is given twice (a key has one role)")
+        seen.add(key)
+    if sum(role == "webhook" for _, role in data) > 1:
+        raise ValueError('more than one key has the role "webhook"; exactly one key signs what Parley sends')
+    return [{"key": key, "role": role} for key, role in data]
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")   # dot-separated DNS labels
+
+
+def _allow_entry(entry: str) -> str:
+    """One ``PARLEY_OUTBOUND_ALLOW`` entry, normalised: a network (``10.0.0.0/8``, ``::1/128``) or a host name."""
+    text = entry.strip().lower().removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        pass
+    name = text.rstrip(".")
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{entry!r} is neither a network (CIDR, like 10.1.0.0/16 or 127.0.0.1) nor a host name "
+                         "(like hooks.internal)")
+    return name
 
 
 def _env(*names: str) -> AliasChoices:
@@ -25,7 +90,9 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Parley's configuration, read from the environment (or passed in by tests)."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, populate_by_name=True)
+    # hide_input_in_errors: a validation error must not print the raw values (API keys, tokens) it was given.
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
     # REDIS_URL names one node of a Redis Cluster (the client finds the others).
@@ -33,14 +100,57 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./var"), validation_alias=_env("PARLEY_DATA_DIR", "data_dir"))
     host: str = Field(default="127.0.0.1", validation_alias=_env("PARLEY_HOST", "host"))
     port: int = Field(default=8080, ge=0, le=65535, validation_alias=_env("PARLEY_PORT", "port"))
+    # The HTTP server's bounds (``service/cli/serving.py``). A request's body must arrive within body_timeout_s
+    # of its head (408 otherwise): a slow client is not blamed on Redis, and holds no handler for long.
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, validation_alias=_env("PARLEY_BODY_TIMEOUT_S", "body_timeout_s")
+    )
+    # An idle connection is closed after keepalive_timeout_s, and a client must send each request's head within
+    # it (aiohttp counts both on one timer). Behind a proxy that reuses connections, set it above the proxy's
+    # own idle timeout, so the proxy never sends on a connection Parley is closing.
+    keepalive_timeout_s: float = Field(
+        default=15.0, gt=0, le=3_600, validation_alias=_env("PARLEY_KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s")
+    )
+    # Connections open at once, per process; a new one beyond this is closed at once. Each holds a file
+    # descriptor, and Redis, Twilio and the LLM need theirs.
+    max_connections: int = Field(
+        default=1_000, ge=1, le=1_000_000, validation_alias=_env("PARLEY_MAX_CONNECTIONS", "max_connections")
+    )
+    # Connections the kernel queues before Parley accepts them (listen(2)'s backlog).
+    listen_backlog: int = Field(
+        default=128, ge=1, le=65_535, validation_alias=_env("PARLEY_LISTEN_BACKLOG", "listen_backlog")
+    )
     public_url: str | None = Field(default=None, validation_alias=_env("PARLEY_PUBLIC_URL", "public_url"))
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("PARLEY_API_KEY", "api_keys")
     )
+    # Keys with roles, as a JSON object: PARLEY_API_KEYS='{"<key>": "admin|write|read|webhook", ...}'. They add
+    # to PARLEY_API_KEY's (admin) keys: see ``api_key_roles`` and ``webhook_key``.
+    scoped_api_keys: Annotated[list[ScopedKey], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("PARLEY_API_KEYS", "scoped_api_keys")
+    )
+    # When set, GET /metrics needs ``Authorization: Bearer <token>``.
+    metrics_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("PARLEY_METRICS_TOKEN", "metrics_token")
+    )
+    # How long the Redis-side gauges of /metrics (queue depth, lag and age, active chats) are reused.
+    metrics_cache_ms: int = Field(
+        default=5_000, ge=0, le=300_000, validation_alias=_env("PARLEY_METRICS_CACHE_MS", "metrics_cache_ms")
+    )
     agents_dir: Path = Field(default=Path("./agents"), validation_alias=_env("PARLEY_AGENTS_DIR", "agents_dir"))
     webhook_url: str | None = Field(default=None, validation_alias=_env("PARLEY_WEBHOOK_URL", "webhook_url"))
+    # What the outbound policy (``service.outbound``) lets Parley call on a user's behalf although it would refuse
+    # it (loopback, private, link-local...): comma-separated CIDRs (10.1.0.0/16, 127.0.0.1) and host names
+    # (hooks.internal: allowed whatever it resolves to).
+    outbound_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("PARLEY_OUTBOUND_ALLOW", "outbound_allow")
+    )
     workers: int = Field(default=512, ge=1, le=100_000, validation_alias=_env("PARLEY_WORKERS", "workers"))
     log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL", "log_level"))
+    # The twilio library logs every request and response (URLs, headers) at INFO: quiet unless asked.
+    twilio_log_level: str = Field(
+        default="WARNING", validation_alias=_env("PARLEY_TWILIO_LOG_LEVEL", "twilio_log_level")
+    )
 
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
@@ -74,6 +184,20 @@ class Settings(BaseSettings):
     )
     twilio_timeout_s: float = Field(
         default=10.0, gt=0, validation_alias=_env("PARLEY_TWILIO_TIMEOUT_S", "twilio_timeout_s")
+    )
+    # Create-message requests in flight at once per Twilio account, per process (N processes: N times this).
+    # Twilio answers 429 (20429) above the account's REST concurrency; 100 is the figure usually quoted for it.
+    twilio_max_concurrency: int = Field(
+        default=100, ge=1, le=10_000, validation_alias=_env("PARLEY_TWILIO_MAX_CONCURRENCY", "twilio_max_concurrency")
+    )
+    # A send Twilio refused for now (429, 5xx, refused connection) waits in the conversation's outgoing queue and
+    # is tried again, first after about this long, doubling (or after Twilio's Retry-After), for at most
+    # send_retry_for_s after it was written; then it fails for good.
+    send_retry_base_ms: int = Field(
+        default=1_000, ge=10, le=60_000, validation_alias=_env("PARLEY_SEND_RETRY_BASE_MS", "send_retry_base_ms")
+    )
+    send_retry_for_s: int = Field(
+        default=600, ge=1, le=43_200, validation_alias=_env("PARLEY_SEND_RETRY_FOR_S", "send_retry_for_s")
     )
 
     # Conversation machinery. Defaults suit production; tests shorten them.
@@ -119,6 +243,67 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        return [_allow_entry(entry) for entry in value]
+
+    @field_validator("scoped_api_keys", mode="before")
+    @classmethod
+    def _parse_scoped_keys(cls, value: object) -> object:
+        if isinstance(value, dict):   # from code: {"key": "role"}
+            value = json.dumps(value)
+        if isinstance(value, str):
+            return _key_roles(value)
+        return value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("twilio_log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level: one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _one_role_per_key(self) -> Settings:
+        admin = {key.get_secret_value() for key in self.api_keys}
+        for n, scoped in enumerate(self.scoped_api_keys, 1):
+            if scoped.role != "admin" and scoped.key.get_secret_value() in admin:
+                raise ValueError(f"key #{n} of PARLEY_API_KEYS (role {scoped.role!r}) is also in PARLEY_API_KEY, "
+                                 "whose keys are admin keys: a key has one role, remove it from one of them")
+        if self.scoped_api_keys and self.webhook_key() is None:
+            raise ValueError('PARLEY_API_KEYS has no key with the role "webhook": add one (it signs events and '
+                             "chat_inbound requests; your receivers verify with it), or set PARLEY_API_KEY, "
+                             "whose first key then signs")
+        return self
+
+    def api_key_roles(self) -> list[ScopedKey]:
+        """Every API key with its role: ``PARLEY_API_KEY``'s keys are admin keys (as they always were), then
+        ``PARLEY_API_KEYS``' keys with theirs."""
+        keys = [ScopedKey(key=key, role="admin") for key in self.api_keys]
+        given = {key.key.get_secret_value() for key in keys}
+        return keys + [key for key in self.scoped_api_keys if key.key.get_secret_value() not in given]
+
+    def webhook_key(self) -> SecretStr | None:
+        """The key that signs what Parley sends: ``PARLEY_API_KEYS``' key with the role ``webhook``, else
+        ``PARLEY_API_KEY``'s first key (so receivers that verify with it keep working), else none."""
+        scoped = next((key.key for key in self.scoped_api_keys if key.role == "webhook"), None)
+        if scoped is not None:
+            return scoped
+        return self.api_keys[0] if self.api_keys else None
 
     @field_validator("twilio_accounts")
     @classmethod

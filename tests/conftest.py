@@ -42,6 +42,7 @@ PUBLIC_URL = "https://parley.example.com"
 AGENT_NUMBER = "+15035550100"
 OTHER_NUMBER = "+15035550199"
 USER = "+14155550123"
+TEST_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]
 
 
 async def pending_wakeups(redis: aioredis.Redis) -> int:
@@ -185,6 +186,13 @@ class Parley:
 MakeParley = Callable[..., Awaitable[Parley]]
 
 
+async def api_json(parley: Parley, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+    """The JSON answer of an API call that must answer ``status`` (None for a 204)."""
+    response = await parley.api(method, path, **kwargs)
+    assert response.status == status, await response.text()
+    return await response.json() if status != 204 else None
+
+
 @pytest.fixture
 async def fake_twilio() -> AsyncIterator[FakeTwilio]:
     fake = FakeTwilio(accounts={ACCOUNT_SID: AUTH_TOKEN, OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN})
@@ -221,7 +229,11 @@ def build_settings(
         "twilio_accounts": {OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN}, "twilio_api_base_url": twilio.url,
         "openai_api_key": "sk-test", "openai_base_url": llm.url, "llm_max_retries": 0, "llm_timeout_s": 5,
         "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50, "drain_timeout_s": 2,
+        "send_retry_base_ms": 100,   # a send Twilio refused for now is tried again soon
         "redis_cluster": is_cluster(redis_url),
+        # The fake receivers and tool servers listen on 127.0.0.1, which the outbound policy refuses by default;
+        # a test of the policy itself passes outbound_allow=[] (or its own list).
+        "outbound_allow": TEST_OUTBOUND_ALLOW,
     }
     values.update(overrides)
     return Settings(**values)

@@ -22,9 +22,10 @@ async def test_any_of_several_keys_is_accepted(make_parley: MakeParley) -> None:
 
 async def test_unknown_chat_is_404_in_retells_envelope(make_parley: MakeParley) -> None:
     parley = await make_parley()
-    response = await parley.api("GET", "/get-chat/chat_missing")
+    missing = "chat_" + "0" * 32
+    response = await parley.api("GET", f"/get-chat/{missing}")
     assert response.status == 404
-    assert await response.json() == {"status": "error", "message": "chat 'chat_missing' not found"}
+    assert await response.json() == {"status": "error", "message": f"chat '{missing}' not found"}
 
 
 async def test_unknown_route_is_404_in_the_envelope(make_parley: MakeParley) -> None:

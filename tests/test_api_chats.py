@@ -7,16 +7,12 @@ from typing import Any
 
 from service.storage import keys
 
-from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, agent_file
+from .conftest import AGENT_NUMBER, USER, MakeParley, agent_file
+from .conftest import api_json as ok
 
 OUTBOUND = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}],
              "outbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
 
-
-async def ok(parley: Parley, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
-    response = await parley.api(method, path, **kwargs)
-    assert response.status == status, await response.text()
-    return await response.json() if status != 204 else None
 
 
 async def test_an_edit_never_changes_a_chat_in_flight(make_parley: MakeParley) -> None:

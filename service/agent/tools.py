@@ -2,21 +2,29 @@
 
 ``end_call``/``end_chat`` ends the chat after the reply. ``custom`` POSTs Retell's custom-function body
 ``{"name", "args", "chat"}`` to the tool's URL (``args_at_root`` sends the arguments at the top level)
-and gives the LLM the response text. ``send_sms`` texts the chat's user (or another number) through the
-turn's ``SmsHook``. Every failure is a tool result the LLM can read, never a crash.
+and gives the LLM the response text. Its URL (``{{variables}}`` rendered) goes through the outbound policy
+(``service.outbound.fetch``): a URL the policy refuses is a result saying so. ``send_sms`` texts the chat's
+user (or another number) through the turn's ``SmsHook``. Every failure is a tool result the LLM can read,
+never a crash.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from service.agent.variables import render
+from service.errors import OutboundRefused
+from service.outbound import fetch
 from service.retell.models import CustomTool, EndChatTool, RetellLLM, SendSmsTool
+
+log = logging.getLogger(__name__)
 
 # Sends ``text`` to ``to`` (None: the chat's user); returns why it failed, or None when sent.
 SmsHook = Callable[[str | None, str], Awaitable[str | None]]
@@ -72,7 +80,13 @@ async def run(
         return ToolOutcome("The arguments must be a JSON object.", False)
     if isinstance(tool, SendSmsTool):
         return await _send_sms(tool, args, values=values, sms=sms)
-    return await _call(tool, args, http=http, chat=chat())
+    try:
+        return await _call(tool, args, http=http, chat=chat(), values=values)
+    except Exception as exc:   # not CancelledError (a BaseException): a shutdown still stops the turn
+        # An HTTP tool must not break the turn: whatever else went wrong (a header aiohttp refuses, a bug) is a
+        # result the LLM reads. The details go to the log, not to the LLM.
+        log.exception("tool failed unexpectedly", extra={"tool": name})
+        return ToolOutcome(f"The tool failed: {exc.__class__.__name__}", False)
 
 
 async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str, str],
@@ -91,23 +105,28 @@ async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str
 
 async def _call(
     tool: CustomTool, args: dict[str, Any], *, http: aiohttp.ClientSession, chat: dict[str, Any],
+    values: dict[str, str],
 ) -> ToolOutcome:
     body = {**args} if tool.args_at_root else {"name": tool.name, "args": args, "chat": chat}
     if tool.args_at_root:
         body.setdefault("chat", chat)
-    timeout = aiohttp.ClientTimeout(total=tool.timeout_ms / 1000)
     payload = orjson.dumps(body)
     headers = {"Content-Type": "application/json", **tool.headers}
+    # The URL may hold {{variables}}; the policy judges it as rendered (in fetch, and again after DNS). Values
+    # are percent-encoded, so a variable fills a path segment or a query value: it cannot add a host, a "/..",
+    # a "?" or an "@".
+    url = render(tool.url, {name: quote(value, safe="") for name, value in values.items()})
     try:
-        async with http.request(
-            tool.method, tool.url, params=tool.query_params or None, data=payload, headers=headers, timeout=timeout,
-        ) as response:
-            raw = await response.content.read(MAX_RESPONSE_BYTES)
-            text = raw.decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
-            if response.status >= 400:
-                return ToolOutcome(f"The tool failed with HTTP {response.status}: {text}", False)
-            return ToolOutcome(text, True)
+        answer = await fetch(http, tool.method, url, params=tool.query_params or None, data=payload, headers=headers,
+                             timeout_s=tool.timeout_ms / 1000, max_bytes=MAX_RESPONSE_BYTES)
+    except OutboundRefused as exc:
+        log.warning("tool url refused", extra={"tool": tool.name, "error": str(exc)})
+        return ToolOutcome(f"The tool's URL is not allowed: {exc}", False)
     except TimeoutError:
         return ToolOutcome(f"The tool did not answer within {tool.timeout_ms} ms.", False)
     except aiohttp.ClientError as exc:
         return ToolOutcome(f"The tool could not be reached: {exc.__class__.__name__}", False)
+    text = answer.body.decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
+    if answer.status >= 400:
+        return ToolOutcome(f"The tool failed with HTTP {answer.status}: {text}", False)
+    return ToolOutcome(text, True)

@@ -1,4 +1,8 @@
-"""Retell's chat-agent and Retell-LLM routes. Every update makes a new version; file objects are read-only."""
+"""Retell's chat-agent and Retell-LLM routes. Every update makes a new version; file objects are read-only.
+
+A URL Parley would call (an agent's ``webhook_url``, a custom tool's ``url``) that the outbound policy refuses,
+and a tool header that cannot be sent, are a 422 (``catalog.targets``).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,15 @@ from typing import Any
 
 from aiohttp import web
 
+from service.api import id_forms
 from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
 from service.api.openapi import Route
 from service.app_state import RUNTIME
+from service.catalog import targets
 from service.catalog.store import Versioned
 from service.chats.model import new_id
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.outbound import OutboundPolicy
 from service.retell.models import ChatAgent, RetellLLM
 from service.retell.requests import (
     AgentListItem,
@@ -41,45 +48,65 @@ async def _llm_exists(request: web.Request, agent: ChatAgent) -> None:
                              + (f" version {engine.version}" if engine.version is not None else "")) from None
 
 
-def _agent_body(data: dict[str, Any], agent_id: str) -> ChatAgent:
+def _policy(request: web.Request) -> OutboundPolicy:
+    return OutboundPolicy.from_settings(request.app[RUNTIME].settings)
+
+
+def _refuse(problems: list[str]) -> None:
+    """A 422 naming each URL the outbound policy refuses and each header that cannot be sent."""
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+
+
+def _agent_body(data: dict[str, Any], agent_id: str, policy: OutboundPolicy) -> ChatAgent:
     if "retell_llm" in data:
         raise InvalidRequest("retell_llm: not accepted here; create the LLM with /create-retell-llm and name it "
                              "in response_engine")
     clean = {k: v for k, v in data.items() if k not in READ_ONLY}
-    return validated(ChatAgent, {**clean, "agent_id": agent_id})
+    agent = validated(ChatAgent, {**clean, "agent_id": agent_id})
+    _refuse(targets.agent_problems(agent, policy))
+    return agent
+
+
+def _given_id(value: Any, prefix: str) -> Any:
+    """The id a create body gives, or a new one when it gives none (or ""). Anything but a string (null too) is
+    left for the body's check to refuse (422), never made into a string."""
+    return new_id(prefix) if value == "" else value
 
 
 async def create_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     data = await read_object(request)
-    agent_id = str(data.pop("agent_id", "") or new_id("agent_"))
-    if await rt.catalog.agents.exists(agent_id):
+    agent_id = _given_id(data.pop("agent_id", ""), "agent_")
+    # A malformed id is not looked up: the body check below refuses it, saying why.
+    if id_forms.is_object_id(agent_id) and await rt.catalog.agents.exists(agent_id):
         raise Conflict(f"agent {agent_id!r} already exists")
-    agent = _agent_body(data, agent_id)
+    agent = _agent_body(data, agent_id, _policy(request))
     await _llm_exists(request, agent)
     return model_response(await rt.catalog.agents.put(agent), status=201)
 
 
 async def get_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    return model_response(await rt.catalog.agents.get(request.match_info["agent_id"], _version(request)))
+    agent_id = id_forms.agent_id(request.match_info["agent_id"])
+    return model_response(await rt.catalog.agents.get(agent_id, _version(request)))
 
 
 async def update_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    agent_id = request.match_info["agent_id"]
+    agent_id = id_forms.agent_id(request.match_info["agent_id"])
     current = await rt.catalog.agents.get(agent_id)
     ensure_writable(request, "agent", agent_id)
     data = await read_object(request)
     data.pop("agent_id", None)
-    agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id)
+    agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id, _policy(request))
     await _llm_exists(request, agent)
     return model_response(await rt.catalog.agents.put(agent))
 
 
 async def delete_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    agent_id = request.match_info["agent_id"]
+    agent_id = id_forms.agent_id(request.match_info["agent_id"])
     await rt.catalog.agents.get(agent_id)
     ensure_writable(request, "agent", agent_id)
     users = [n.phone_number for n in await rt.catalog.numbers()
@@ -92,7 +119,7 @@ async def delete_chat_agent(request: web.Request) -> web.Response:
 
 async def get_chat_agent_versions(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    versions = await rt.catalog.agents.versions(request.match_info["agent_id"])
+    versions = await rt.catalog.agents.versions(id_forms.agent_id(request.match_info["agent_id"]))
     if not versions:
         raise NotFound(f"agent {request.match_info['agent_id']!r} not found")
     return model_response(list(versions))
@@ -116,38 +143,42 @@ async def list_agents_v2(request: web.Request) -> web.Response:
     return model_response(AgentListResponse(items=items, has_more=more, pagination_key=key))
 
 
-def _llm_body(data: dict[str, Any], llm_id: str) -> RetellLLM:
+def _llm_body(data: dict[str, Any], llm_id: str, policy: OutboundPolicy) -> RetellLLM:
     clean = {k: v for k, v in data.items() if k not in READ_ONLY}
-    return validated(RetellLLM, {**clean, "llm_id": llm_id})
+    llm = validated(RetellLLM, {**clean, "llm_id": llm_id})
+    _refuse(targets.llm_problems(llm, policy))
+    return llm
 
 
 async def create_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     data = await read_object(request)
-    llm_id = str(data.pop("llm_id", "") or new_id("llm_"))
-    if await rt.catalog.llms.exists(llm_id):
+    llm_id = _given_id(data.pop("llm_id", ""), "llm_")
+    if id_forms.is_object_id(llm_id) and await rt.catalog.llms.exists(llm_id):   # as in create_chat_agent
         raise Conflict(f"retell llm {llm_id!r} already exists")
-    return model_response(await rt.catalog.llms.put(_llm_body(data, llm_id)), status=201)
+    return model_response(await rt.catalog.llms.put(_llm_body(data, llm_id, _policy(request))), status=201)
 
 
 async def get_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    return model_response(await rt.catalog.llms.get(request.match_info["llm_id"], _version(request)))
+    llm_id = id_forms.llm_id(request.match_info["llm_id"])
+    return model_response(await rt.catalog.llms.get(llm_id, _version(request)))
 
 
 async def update_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    llm_id = request.match_info["llm_id"]
+    llm_id = id_forms.llm_id(request.match_info["llm_id"])
     current = await rt.catalog.llms.get(llm_id)
     ensure_writable(request, "retell llm", llm_id)
     data = await read_object(request)
     data.pop("llm_id", None)
-    return model_response(await rt.catalog.llms.put(_llm_body({**current.model_dump(), **data}, llm_id)))
+    llm = _llm_body({**current.model_dump(), **data}, llm_id, _policy(request))
+    return model_response(await rt.catalog.llms.put(llm))
 
 
 async def delete_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    llm_id = request.match_info["llm_id"]
+    llm_id = id_forms.llm_id(request.match_info["llm_id"])
     await rt.catalog.llms.get(llm_id)
     ensure_writable(request, "retell llm", llm_id)
     users = [a.agent_id for a in await _latest_all(rt.catalog.agents)
@@ -172,29 +203,29 @@ async def list_retell_llms_v2(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/create-chat-agent", create_chat_agent, "Create a chat agent", body=ChatAgent,
-          response=ChatAgent, status=201, tag="chat agents"),
+          response=ChatAgent, status=201, tag="chat agents", scope="admin", errors=(409,)),
     Route("GET", "/get-chat-agent/{agent_id}", get_chat_agent, "Get a chat agent (latest, or ?version=)",
-          query=VersionQuery, response=ChatAgent, tag="chat agents"),
+          query=VersionQuery, response=ChatAgent, tag="chat agents", scope="read"),
     Route("PATCH", "/update-chat-agent/{agent_id}", update_chat_agent, "Update a chat agent (a new version)",
-          body=ChatAgent, response=ChatAgent, tag="chat agents"),
+          body=ChatAgent, response=ChatAgent, tag="chat agents", scope="admin", errors=(409,)),
     Route("DELETE", "/delete-chat-agent/{agent_id}", delete_chat_agent, "Delete a chat agent", status=204,
-          tag="chat agents"),
+          tag="chat agents", scope="admin", errors=(409,)),
     Route("GET", "/get-chat-agent-versions/{agent_id}", get_chat_agent_versions, "All versions of a chat agent",
-          response=ChatAgent, many=True, tag="chat agents"),
+          response=ChatAgent, many=True, tag="chat agents", scope="read"),
     Route("GET", "/list-chat-agents", list_chat_agents, "List chat agents (latest versions)", response=ChatAgent,
-          many=True, tag="chat agents"),
+          many=True, tag="chat agents", scope="read"),
     Route("POST", "/v2/list-agents", list_agents_v2, "List agents, paginated", query=PageQuery,
-          response=AgentListResponse, tag="chat agents"),
+          response=AgentListResponse, tag="chat agents", scope="read"),
     Route("POST", "/create-retell-llm", create_retell_llm, "Create a Retell LLM", body=RetellLLM,
-          response=RetellLLM, status=201, tag="retell llms"),
+          response=RetellLLM, status=201, tag="retell llms", scope="admin", errors=(409,)),
     Route("GET", "/get-retell-llm/{llm_id}", get_retell_llm, "Get a Retell LLM (latest, or ?version=)",
-          query=VersionQuery, response=RetellLLM, tag="retell llms"),
+          query=VersionQuery, response=RetellLLM, tag="retell llms", scope="read"),
     Route("PATCH", "/update-retell-llm/{llm_id}", update_retell_llm, "Update a Retell LLM (a new version)",
-          body=RetellLLM, response=RetellLLM, tag="retell llms"),
+          body=RetellLLM, response=RetellLLM, tag="retell llms", scope="admin", errors=(409,)),
     Route("DELETE", "/delete-retell-llm/{llm_id}", delete_retell_llm, "Delete a Retell LLM", status=204,
-          tag="retell llms"),
+          tag="retell llms", scope="admin", errors=(409,)),
     Route("GET", "/list-retell-llms", list_retell_llms, "List Retell LLMs (latest versions)", response=RetellLLM,
-          many=True, tag="retell llms"),
+          many=True, tag="retell llms", scope="read"),
     Route("GET", "/v2/list-retell-llms", list_retell_llms_v2, "List Retell LLMs, paginated", query=PageQuery,
-          response=LLMListResponse, tag="retell llms"),
+          response=LLMListResponse, tag="retell llms", scope="read"),
 ]

@@ -6,6 +6,7 @@ import logging
 
 from aiohttp import web
 
+from service.api import id_forms
 from service.api.http import model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
@@ -36,7 +37,7 @@ TRANSCRIPT_FIELDS = {"transcript", "message_with_tool_calls"}
 
 
 async def _chat(rt: Runtime, chat_id: str) -> Chat:
-    chat = await rt.chats.get(chat_id)
+    chat = await rt.chats.get(id_forms.chat_id(chat_id))
     if chat is None:
         raise NotFound(f"chat {chat_id!r} not found")
     return chat
@@ -49,7 +50,7 @@ async def _response(rt: Runtime, chat: Chat) -> ChatResponse:
 
 async def _agent(rt: Runtime, agent_id: str, version: int | None, field: str) -> Agent:
     try:
-        return await rt.catalog.resolve(agent_id, version)
+        return await rt.catalog.resolve(id_forms.agent_id(agent_id), version)
     except NotFound as exc:
         raise InvalidRequest(f"{field}: {exc}") from None
 
@@ -137,9 +138,11 @@ async def list_chats(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     body = await read_body(request, ListChatsRequest)
     cursor = Cursor.decode(body.pagination_key) if body.pagination_key else None
-    page = await ChatQuery(rt.redis).page(body.filter_criteria, descending=body.sort_order == "descending",
-                                          limit=body.limit, cursor=cursor, count_total=body.include_total)
-    items = [ChatListItem.model_validate(c.to_response([]).model_dump(exclude=TRANSCRIPT_FIELDS))
+    query = ChatQuery(rt.redis, ttl_s=rt.chats.ttl_s)
+    page = await query.page(body.filter_criteria, descending=body.sort_order == "descending", limit=body.limit,
+                            cursor=cursor, count_total=body.include_total)
+    # to_response validated each chat already: build the items from its fields, not through a second validation.
+    items = [ChatListItem.model_construct(**{**dict(c.to_response([])), **dict.fromkeys(TRANSCRIPT_FIELDS)})
              for c in page.chats]
     return model_response(ListChatsResponse(items=items, has_more=page.has_more,
                                             pagination_key=page.cursor.encode() if page.cursor else None,
@@ -154,8 +157,8 @@ async def list_chat_legacy(request: web.Request) -> web.Response:
     if query.pagination_key:
         chat = await _chat(rt, query.pagination_key)
         cursor = Cursor(chat.start_timestamp, chat.chat_id)
-    page = await ChatQuery(rt.redis).page(None, descending=query.sort_order == "descending", limit=query.limit,
-                                          cursor=cursor)
+    page = await ChatQuery(rt.redis, ttl_s=rt.chats.ttl_s).page(
+        None, descending=query.sort_order == "descending", limit=query.limit, cursor=cursor)
     return model_response([await _response(rt, c) for c in page.chats])
 
 
@@ -215,17 +218,18 @@ ROUTES = [
     Route("POST", "/create-chat", create_chat, "Create an API chat (no SMS)", body=CreateChatRequest,
           response=ChatResponse, status=201),
     Route("POST", "/create-chat-completion", create_chat_completion, "Send a user message to an API chat",
-          body=CreateChatCompletionRequest, response=ChatCompletionResponse, status=201),
+          body=CreateChatCompletionRequest, response=ChatCompletionResponse, status=201, errors=(404, 409)),
     Route("POST", "/create-sms-chat", create_sms_chat, "Start an outbound SMS chat", body=CreateSmsChatRequest,
-          response=ChatResponse),
-    Route("GET", "/get-chat/{chat_id}", get_chat, "Get a chat", response=ChatResponse),
-    Route("POST", "/v3/list-chats", list_chats, "List chats", body=ListChatsRequest, response=ListChatsResponse),
+          response=ChatResponse, errors=(429, 502)),
+    Route("GET", "/get-chat/{chat_id}", get_chat, "Get a chat", response=ChatResponse, scope="read"),
+    Route("POST", "/v3/list-chats", list_chats, "List chats", body=ListChatsRequest, response=ListChatsResponse,
+          scope="read"),
     Route("GET", "/list-chat", list_chat_legacy, "List chats (legacy)", query=PageQuery, response=ChatResponse,
-          many=True),
+          many=True, scope="read", errors=(404,)),
     Route("PATCH", "/update-chat/{chat_id}", update_chat, "Update a chat's metadata and variables",
-          body=UpdateChatRequest, response=ChatResponse),
-    Route("PATCH", "/end-chat/{chat_id}", end_chat, "End a chat", status=204),
-    Route("DELETE", "/delete-chat/{chat_id}", delete_chat, "Delete a chat", status=204),
+          body=UpdateChatRequest, response=ChatResponse, errors=(409,)),
+    Route("PATCH", "/end-chat/{chat_id}", end_chat, "End a chat", status=204, errors=(409,)),
+    Route("DELETE", "/delete-chat/{chat_id}", delete_chat, "Delete a chat", status=204, scope="admin"),
     Route("PUT", "/rerun-chat-analysis/{chat_id}", rerun_chat_analysis, "Analyse an ended chat again",
-          response=ChatResponse),
+          response=ChatResponse, errors=(409,)),
 ]

@@ -8,7 +8,6 @@ metrics are open (no bearer key) and bounded in time instead: they wait on Redis
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -18,7 +17,10 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from service.app_state import API_KEYS, FILES
+from service.api.auth import refusal
+from service.api.bodies import parse_object, read_bytes
+from service.app_state import FILES
+from service.channels.twilio.form import WEBHOOK_TIMEOUT_S
 from service.errors import (
     Conflict,
     InvalidRequest,
@@ -26,10 +28,12 @@ from service.errors import (
     MalformedRequest,
     NotFound,
     ParleyError,
+    RequestTimeout,
     SendError,
     StoreUnavailable,
 )
 from service.retell.requests import PageQuery
+from service.storage.outages import is_outage
 from service.validation import describe
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,17 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
 
-# Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope.
+# Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope. (/metrics may ask
+# for PARLEY_METRICS_TOKEN: service/api/health.py.)
 OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
-# How long those may wait (on Redis: nothing else) before answering 503. Well under Twilio's 15 s.
-WEBHOOK_TIMEOUT_S = 5.0
+# How long those may wait (on Redis: nothing else) before answering 503: WEBHOOK_TIMEOUT_S, from when their
+# body is in. The Twilio webhooks read their form first and then bound themselves (``twilio.form.webhook``);
+# the others read no body and are bounded here.
+SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
-    MalformedRequest: 400, NotFound: 404, Conflict: 409, InvalidRequest: 422, LimitReached: 429, SendError: 502,
-    StoreUnavailable: 503,
+    MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
+    LimitReached: 429, SendError: 502, StoreUnavailable: 503,
 }
 
 
@@ -59,24 +66,19 @@ def model_response(model: BaseModel | Sequence[BaseModel], status: int = 200) ->
     return json_response(model.model_dump(mode="json", exclude_none=True), status)
 
 
-def validated(model: type[B], data: object) -> B:
-    """``data`` as ``model``, or ``InvalidRequest`` naming each field and what was expected."""
+def validated(model: type[B], data: object, *, strict: bool = True) -> B:
+    """``data`` as ``model``, or ``InvalidRequest`` naming each field and what was expected. ``strict``: a JSON
+    body's values have the types its schema says (no ``0`` for ``false``, no ``"5"`` for ``5``)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise InvalidRequest("; ".join(describe(exc))) from None
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
-    """The JSON body, which must be an object (400 otherwise); an empty body is ``{}``."""
-    raw = await request.read()
-    try:
-        data = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest(f"expected a JSON object, got {type(data).__name__}")
-    return data
+    """The JSON body, which must be an object (400 otherwise) nested at most 64 levels (422); an empty body is
+    ``{}``. A body that does not arrive within ``PARLEY_BODY_TIMEOUT_S`` is a 408 (``api.bodies``)."""
+    return parse_object(await read_bytes(request))
 
 
 async def read_body(request: web.Request, model: type[B]) -> B:
@@ -85,49 +87,60 @@ async def read_body(request: web.Request, model: type[B]) -> B:
 
 
 def read_query(request: web.Request, model: type[B]) -> B:
-    return validated(model, dict(request.query))
+    return validated(model, dict(request.query), strict=False)   # a query's values are all strings
 
 
 def error(status: int, message: str) -> web.Response:
     return json_response({"status": "error", "message": message}, status=status)
 
 
-def _authorized(request: web.Request) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        return False
-    given = key.strip().encode()
-    # Compare against every key, in constant time, without stopping at the first match.
-    matches = [hmac.compare_digest(given, k.encode()) for k in request.app[API_KEYS]]
-    return any(matches)
-
-
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer auth and Retell's error envelope for the API; open routes pass through untouched."""
     if request.path.startswith(OPEN_PREFIXES):
-        try:
-            async with asyncio.timeout(WEBHOOK_TIMEOUT_S):   # they wait on Redis only
-                return await handler(request)
-        except (RedisError, TimeoutError) as exc:
-            # Twilio sees a quick 503 (and calls the number's fallback URL, or retries per #rc/#rp).
-            log.warning("redis unavailable", extra={"path": request.path, "error": repr(exc)})
-            return web.Response(status=503, text="storage unavailable; try again\n", content_type="text/plain")
-    if not _authorized(request):
-        return error(401, "missing or invalid API key: send 'Authorization: Bearer <PARLEY_API_KEY>'")
+        return await _open(request, handler)
+    refused = refusal(request)   # the key's role against the route's scope: 401 or 403
+    if refused is not None:
+        return error(*refused)
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: "))
+        response = error(exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: "))
+        if "Allow" in exc.headers:   # a 405 says which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except ParleyError as exc:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
         return error(status, str(exc))
     except RedisError as exc:
-        log.warning("redis unavailable", extra={"path": request.path, "error": str(exc)})
-        return error(503, "storage is unavailable; try again shortly")
+        return error(*_redis_failed(request, exc))
+
+
+async def _open(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An open route: it waits on Redis only, for at most ``WEBHOOK_TIMEOUT_S`` once its body is in, and a Redis
+    outage is a quick 503 in plain text (Twilio then calls the number's fallback URL, or retries per #rc/#rp)."""
+    try:
+        if request.path.startswith(SELF_BOUNDED_PREFIXES):
+            return await handler(request)
+        async with asyncio.timeout(WEBHOOK_TIMEOUT_S):
+            return await handler(request)
+    except (RedisError, TimeoutError) as exc:
+        status, message = _redis_failed(request, exc if isinstance(exc, RedisError) else None)
+        return web.Response(status=status, text=message + "\n", content_type="text/plain")
+
+
+def _redis_failed(request: web.Request, exc: RedisError | None) -> tuple[int, str]:
+    """The answer to a Redis error (``None``: Redis did not answer in time): 503 for an outage, 500, logged as an
+    error naming it, for a command Redis refused (``storage.outages``)."""
+    # Named with its message: redis-py's repr() of an error leaves the message out.
+    what = "timed out" if exc is None else f"{type(exc).__name__}: {exc}"
+    if exc is None or is_outage(exc):
+        log.warning("redis unavailable", extra={"path": request.path, "error": what})
+        return 503, "storage is unavailable; try again shortly"
+    log.error("redis refused a command: a bug", extra={"path": request.path, "error": what}, exc_info=exc)
+    return 500, f"internal error: storage refused the request ({type(exc).__name__}); it is logged"
 
 
 def ensure_writable(request: web.Request, kind: str, object_id: str) -> None:

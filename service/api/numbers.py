@@ -6,11 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from service.api import id_forms
 from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
 from service.api.openapi import Route
 from service.app_state import RUNTIME
+from service.catalog import targets
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.outbound import OutboundPolicy
 from service.retell.models import PhoneNumber
 from service.retell.requests import PageQuery, PhoneNumberListResponse
 
@@ -18,7 +21,11 @@ READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
 
 
 async def _check(rt: Runtime, number: PhoneNumber) -> None:
-    """Every agent it names exists, and Parley holds the auth token of its Twilio account."""
+    """Every agent it names exists, Parley holds the auth token of its Twilio account, and its chat_inbound
+    webhook is a URL the outbound policy allows (checked without DNS: the resolver judges it at run time)."""
+    problems = targets.number_problems(number, OutboundPolicy.from_settings(rt.settings))
+    if problems:
+        raise InvalidRequest("; ".join(problems))
     for field in ("inbound_sms_agents", "outbound_sms_agents"):
         for index, ref in enumerate(getattr(number, field)):
             if not await rt.catalog.agents.exists(ref.agent_id):
@@ -32,7 +39,7 @@ async def _check(rt: Runtime, number: PhoneNumber) -> None:
 
 
 async def _number(rt: Runtime, phone_number: str) -> PhoneNumber:
-    number = await rt.catalog.get_number(phone_number)
+    number = await rt.catalog.get_number(id_forms.phone_number(phone_number))
     if number is None:
         raise NotFound(f"phone number {phone_number!r} not found")
     return number
@@ -94,15 +101,15 @@ async def list_phone_numbers_v2(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/import-phone-number", import_phone_number, "Import a Twilio number", body=PhoneNumber,
-          response=PhoneNumber, status=201, tag="phone numbers"),
+          response=PhoneNumber, status=201, tag="phone numbers", scope="admin", errors=(409,)),
     Route("GET", "/get-phone-number/{phone_number}", get_phone_number, "Get a phone number", response=PhoneNumber,
-          tag="phone numbers"),
+          tag="phone numbers", scope="read"),
     Route("PATCH", "/update-phone-number/{phone_number}", update_phone_number, "Update a phone number",
-          body=PhoneNumber, response=PhoneNumber, tag="phone numbers"),
+          body=PhoneNumber, response=PhoneNumber, tag="phone numbers", scope="admin", errors=(409,)),
     Route("DELETE", "/delete-phone-number/{phone_number}", delete_phone_number, "Delete a phone number",
-          status=204, tag="phone numbers"),
+          status=204, tag="phone numbers", scope="admin", errors=(409,)),
     Route("GET", "/list-phone-numbers", list_phone_numbers, "List phone numbers", response=PhoneNumber, many=True,
-          tag="phone numbers"),
+          tag="phone numbers", scope="read"),
     Route("GET", "/v2/list-phone-numbers", list_phone_numbers_v2, "List phone numbers, paginated",
-          query=PageQuery, response=PhoneNumberListResponse, tag="phone numbers"),
+          query=PageQuery, response=PhoneNumberListResponse, tag="phone numbers", scope="read"),
 ]

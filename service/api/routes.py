@@ -12,14 +12,15 @@ from aiohttp import web
 from service.api import agents, chats, health, numbers, sms
 from service.api.http import json_response
 from service.api.openapi import Route, document
+from service.channels.twilio.form import InboundForm, StatusForm
 from service.channels.twilio.messages import twilio_sms
 from service.channels.twilio.status import twilio_status
 
 TWILIO = [
     Route("POST", "/twilio/sms", twilio_sms, "Twilio's inbound message webhook, SMS and WhatsApp (form, signed)",
-          public=True, tag="twilio"),
+          public=True, tag="twilio", form=InboundForm, errors=(403, 404, 503)),
     Route("POST", "/twilio/status", twilio_status, "Twilio's status callback (form, signed)",
-          status=204, public=True, tag="twilio"),
+          status=204, public=True, tag="twilio", form=StatusForm, errors=(403, 503)),
 ]
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from service.address import Conversation, address, split_address
+from service.api import id_forms
 from service.api.http import json_response, model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
@@ -109,7 +110,7 @@ async def send_chat_message(request: web.Request) -> web.Response:
     """``POST /send-chat-message``: an exact text into an ongoing SMS chat (a person, or the backend)."""
     rt = request.app[RUNTIME]
     body = await read_body(request, SendChatMessageRequest)
-    chat = await rt.chats.get(body.chat_id)
+    chat = await rt.chats.get(id_forms.chat_id(body.chat_id))
     if chat is None:
         raise NotFound(f"chat {body.chat_id!r} not found")
     if chat.chat_status is not ChatStatus.ONGOING:
@@ -146,13 +147,13 @@ async def clear_opt_out(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/send-sms", send_sms, "Send an SMS (exact, or written by the LLM) into the pair's chat",
-          body=SendSmsRequest, response=SentSms, tag="sms"),
+          body=SendSmsRequest, response=SentSms, tag="sms", errors=(409, 429, 502)),
     Route("POST", "/tools/send-sms", tool_send_sms, "Retell custom-function adapter: text the caller",
           body=ToolCallRequest, response=ToolResult, tag="sms"),
     Route("POST", "/send-chat-message", send_chat_message, "Send an exact text into an ongoing SMS chat",
-          body=SendChatMessageRequest, response=SentSms, tag="sms"),
+          body=SendChatMessageRequest, response=SentSms, tag="sms", errors=(404, 409, 429, 502)),
     Route("GET", "/list-opt-outs", list_opt_outs, "List opt-outs", query=OptOutQuery, response=OptOutItem,
-          many=True, tag="sms"),
+          many=True, tag="sms", scope="read"),
     Route("POST", "/clear-opt-out", clear_opt_out, "Clear an opt-out, with proof of consent",
-          body=ClearOptOutRequest, status=204, tag="sms"),
+          body=ClearOptOutRequest, status=204, tag="sms", scope="admin", errors=(404,)),
 ]

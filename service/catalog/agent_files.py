@@ -1,7 +1,9 @@
 """Reading ``agents/``: one chat agent per ``*.yaml``/``*.json`` file, numbers in ``phone-numbers.yaml``.
 
 ``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
-``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it.
+``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it. The
+URLs Parley will call and a tool's headers are checked against the outbound policy (``catalog.targets``),
+and so is ``PARLEY_WEBHOOK_URL``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from service.errors import ConfigError
+from service.catalog import targets
+from service.errors import ConfigError, OutboundRefused
+from service.outbound import OutboundPolicy
 from service.retell.models import ChatAgent, PhoneNumber
 from service.settings import Settings
 from service.validation import describe
@@ -47,7 +51,7 @@ def _read(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def _load_agent(path: Path, catalog: Declared, problems: list[str]) -> None:
+def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: OutboundPolicy) -> None:
     data = _read(path)
     if not isinstance(data, dict):
         problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
@@ -66,13 +70,14 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str]) -> None:
         problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "
                         f"{catalog.declared_in('agent', agent.agent_id)}")
         return
+    problems.extend(f"{path}: {line}" for line in targets.agent_problems(agent, policy))
     catalog.agents[agent.agent_id] = agent
     catalog.files[("agent", agent.agent_id)] = path
     catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
 
 
-def _load_numbers(path: Path, catalog: Declared, problems: list[str]) -> None:
+def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: OutboundPolicy) -> None:
     data = _read(path)
     if isinstance(data, dict) and "phone_numbers" in data:
         data = data["phone_numbers"]
@@ -90,6 +95,7 @@ def _load_numbers(path: Path, catalog: Declared, problems: list[str]) -> None:
         if number.phone_number in catalog.numbers:
             problems.append(f"{path}: [{index}]: {number.phone_number} is listed twice")
             continue
+        problems.extend(f"{path}: {line}" for line in targets.number_problems(number, policy, prefix=f"[{index}]."))
         catalog.numbers[number.phone_number] = number
         catalog.files[("number", number.phone_number)] = path
 
@@ -122,15 +128,21 @@ def load(settings: Settings) -> Declared:
     directory = settings.agents_dir
     if not directory.is_dir():
         raise ConfigError(f"{directory}: agents directory not found (set PARLEY_AGENTS_DIR)")
+    policy = OutboundPolicy.from_settings(settings)
+    try:
+        if settings.webhook_url:
+            policy.check_url(settings.webhook_url)
+    except OutboundRefused as exc:
+        raise ConfigError(f"PARLEY_WEBHOOK_URL: {exc}") from None
     catalog = Declared()
     problems: list[str] = []
     files = sorted(p for p in directory.iterdir() if p.suffix in AGENT_SUFFIXES and p.is_file())
     for path in files:
         try:
             if path.stem in NUMBERS_FILE_STEMS:
-                _load_numbers(path, catalog, problems)
+                _load_numbers(path, catalog, problems, policy)
             else:
-                _load_agent(path, catalog, problems)
+                _load_agent(path, catalog, problems, policy)
         except (yaml.YAMLError, orjson.JSONDecodeError, UnicodeDecodeError) as exc:
             problems.append(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
     _cross_check(catalog, settings, problems)

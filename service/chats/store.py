@@ -1,11 +1,11 @@
 """Chats in Redis, in Retell's shape: the chat's fields in a hash, its messages in a capped list.
 
 A turn's results (new messages, the consumed mailbox items, the silence deadline, the end of the chat, the
-events that report them) are written by one script (``Chats.commit``), so a crash leaves all of it or none
-of it. A worker's commit is fenced by its conversation lock (``storage.locks.Hold``) and, when it empties
-the mailbox, also releases the lock and acknowledges the wake-up (``conversations.queue`` says why). All
-the keys it touches are in the chat's partition, which is its conversation's (``keys.new_chat_id``), so it
-runs on Redis Cluster unchanged.
+events that report them, the messages that wait for Twilio in the conversation's outgoing queue) are written by
+one script (``Chats.commit``), so a crash leaves all of it or none of it. A worker's commit is fenced by its
+conversation lock (``storage.locks.Hold``) and, when it empties the mailbox, also releases the lock and
+acknowledges the wake-up (``conversations.queue`` says why). All the keys it touches are in the chat's
+partition, which is its conversation's (``keys.new_chat_id``), so it runs on Redis Cluster unchanged.
 
 TTLs: a chat's keys live ``chat_ttl_s`` after its last activity, give or take 1/24 of it: a commit refreshes
 them only when the last refresh (``touched_ms``) is older than that, which keeps EXPIREs off most turns.
@@ -22,6 +22,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from service.address import Conversation
+from service.chats.delivery import RETRYING, outgoing_entry
 from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult
 from service.clock import now_ms
 from service.storage import keys
@@ -40,15 +41,28 @@ class Chats:
 
     async def create(self, chat: Chat, *, events: Sequence[Event] = ()) -> None:
         """Store a new chat (and queue ``events``); an SMS chat also becomes its conversation's ongoing chat."""
-        index = keys.chats(keys.shard_of(chat.chat_id))
+        shard = keys.shard_of(chat.chat_id)
+        # The listing's indexes (chats/query.py): every chat, the agent's, the type's, and the ongoing chats.
+        # Each is trimmed to chat_ttl_s by start time here; the others may stop getting chats, so a TTL bounds
+        # them too (when it strikes, every member started more than chat_ttl_s ago).
+        indexes = [keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
+                   keys.chats_by_type(shard, chat.chat_type.value)]
+        if chat.chat_status is ChatStatus.ONGOING:
+            indexes.append(keys.chats_ongoing(shard))
         chat.touched_ms = chat.start_timestamp
         async with self._redis.pipeline(transaction=True) as pipe:
             for event in events:
                 queue(pipe, event, self.ttl_s)
             pipe.hset(keys.chat(chat.chat_id), mapping=cast(Any, chat.to_hash()))
             pipe.expire(keys.chat(chat.chat_id), self.ttl_s)
-            pipe.zadd(index, {chat.chat_id: chat.start_timestamp})
-            pipe.zremrangebyscore(index, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
+            for index in indexes:
+                pipe.zadd(index, {chat.chat_id: chat.start_timestamp})
+                pipe.zremrangebyscore(index, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
+            for index in indexes[1:]:
+                pipe.expire(index, self.ttl_s)
+            # Chats from this one on are indexed here, so the listing indexes only older ones (a release's).
+            pipe.set(keys.chats_indexed(shard), chat.start_timestamp, nx=True)
+            pipe.expire(keys.chats_indexed(shard), self.ttl_s)
             conv = chat.conversation
             if conv is not None:
                 pipe.set(keys.current_chat(conv), chat.chat_id, ex=self.ttl_s)
@@ -120,11 +134,13 @@ class Chats:
         return None if score is None else int(score)
 
     async def delete(self, chat: Chat) -> None:
-        """Remove the chat, its messages, its timer and its place in the index."""
+        """Remove the chat, its messages, its timer and its place in the indexes."""
         shard = keys.shard_of(chat.chat_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.chat(chat.chat_id), keys.chat_messages(chat.chat_id))
-            pipe.zrem(keys.chats(shard), chat.chat_id)
+            for index in (keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
+                          keys.chats_by_type(shard, chat.chat_type.value), keys.chats_ongoing(shard)):
+                pipe.zrem(index, chat.chat_id)
             pipe.zrem(keys.timers(shard), chat.chat_id)
             conv = chat.conversation
             if conv is not None:
@@ -181,6 +197,11 @@ class Chats:
                 "refresh": refresh,
                 "analyze": commit.analyze,
                 "deadline": str(result.deadline_ms) if result.deadline_ms is not None and not ending else "",
+                # Messages Twilio refused for now wait in the conversation's outgoing queue, from this same write.
+                "waiting": [outgoing_entry(chat.chat_id, m) for m in result.messages
+                            if m.status == RETRYING] if conv is not None else [],
+                "conv_id": conv.id if conv is not None else "",
+                "waiting_ttl": keys.OUTGOING_TTL_S,
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -198,6 +219,10 @@ class Chats:
                 keys.analysis_due(shard),
                 keys.outbox(chat_id) if chat is not None else anchor,
                 keys.outbox_due(shard),
+                keys.outgoing(conv) if conv is not None else anchor,
+                keys.outgoing_due(shard),
+                keys.chats_ongoing(shard),
+                keys.deferred(conv) if conv is not None else anchor,
             ],
             args=[orjson.dumps(plan)],
         )
@@ -218,11 +243,13 @@ class Commit:
 
 
 # KEYS: 1 lock, 2 mailbox, 3 wakeups, 4 chat, 5 messages, 6 timers, 7 conversation's chat pointer, 8 analysis due,
-# 9 outbox, 10 outbox due (all in one partition; unused ones repeat another key of it).
+# 9 outbox, 10 outbox due, 11 the conversation's outgoing queue, 12 outgoing due, 13 the ongoing chats' index,
+# 14 the conversation's deferred-send marker (all in one partition; unused ones repeat another key of it).
 # ARGV[1]: the plan, JSON: token ('' unfenced), entry (the wake-up's id, '' none), group (the consumer group),
 # conv (there is a conversation), consumed (mailbox items the turn handled), now (ms), ttl (s), cap (messages
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
-# deadline (the silence deadline in ms, '' leave it) and, when ending, end (the fields that end it).
+# deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
+# for Twilio), conv_id, waiting_ttl (s) and, when ending, end (the fields that end it).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
 _COMMIT = """
@@ -245,6 +272,7 @@ if p.chat then
     redis.call('HSET', KEYS[4], 'chat_status', e.chat_status, 'end_timestamp', e.end_timestamp,
                'disconnection_reason', e.disconnection_reason)
     redis.call('ZREM', KEYS[6], chat_id)
+    redis.call('ZREM', KEYS[13], chat_id)
     if p.conv and redis.call('GET', KEYS[7]) == chat_id then redis.call('DEL', KEYS[7]) end
   else
     if p.deadline ~= '' then redis.call('ZADD', KEYS[6], p.deadline, chat_id) end
@@ -256,6 +284,12 @@ if p.chat then
     redis.call('ZADD', KEYS[10], 'NX', p.now, chat_id)
   end
   if p.analyze then redis.call('ZADD', KEYS[8], p.now, chat_id) end
+  if #p.waiting > 0 then
+    redis.call('RPUSH', KEYS[11], unpack(p.waiting))
+    redis.call('EXPIRE', KEYS[11], p.waiting_ttl)
+    redis.call('ZADD', KEYS[12], 'NX', p.now, p.conv_id)
+    redis.call('DEL', KEYS[14])
+  end
 end
 if not p.conv then return 1 end
 -- Does the mailbox hold items after the consumed ones?  Trim those, or drop the emptied mailbox (with the lock).

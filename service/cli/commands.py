@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import sys
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from service import logs
 from service.app import create_app
 from service.catalog import agent_files
-from service.cli import terminal_chat
+from service.cli import serving, terminal_chat
 from service.errors import ConfigError
 from service.settings import Settings
 
@@ -22,12 +20,13 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
+        # A check across settings (PARLEY_API_KEY with PARLEY_API_KEYS) has no field: its message names them.
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
 
 
 def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, twilio_level=settings.twilio_log_level)
     try:
         app = create_app(settings, web_routes=web_routes, workers=workers)
     except ConfigError as exc:
@@ -36,8 +35,7 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
     # garbage collector's full passes, which otherwise walk it all and stall the event loop.
     gc.collect()
     gc.freeze()
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, loop=new_event_loop(),
-                shutdown_timeout=settings.drain_timeout_s, print=lambda line: print(line, file=sys.stderr))
+    serving.run(app, settings, new_event_loop())   # web.run_app, with the connection bounds of Settings
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -20,12 +20,14 @@ from service.chats.delivery import Delivery
 from service.chats.lifecycle import Lifecycle
 from service.chats.store import Chats
 from service.conversations.channel import Channel, Gateway
+from service.conversations.outgoing import Outgoing
 from service.conversations.queue import ConversationQueue
 from service.conversations.sender import Sender
 from service.metrics import Metrics
 from service.settings import Settings
 from service.sms.limits import DailySegments
 from service.sms.optouts import OptOuts
+from service.sms.pacing import Pacing
 from service.webhooks.events import Outbox
 
 
@@ -35,7 +37,7 @@ class Runtime:
     redis: aioredis.Redis
     http: aiohttp.ClientSession
     llm: LLM
-    signing_key: str           # the first API key: signs events and chat_inbound requests
+    signing_key: str           # the webhook key (Settings.webhook_key): signs what Parley sends (events, chat_inbound)
     metrics: Metrics
     catalog: Catalog
     queue: ConversationQueue
@@ -47,6 +49,7 @@ class Runtime:
     optouts: OptOuts
     delivery: Delivery
     sender: Sender
+    outgoing: Outgoing         # messages waiting for Twilio (conversations.outgoing)
     responder: Responder
 
     @classmethod
@@ -58,6 +61,7 @@ class Runtime:
         catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
         chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms)
         queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
+        outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog)
         return cls(
             settings=settings,
@@ -76,6 +80,8 @@ class Runtime:
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
             delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
-            sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics),
+            sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
+                          Pacing(redis)),
+            outgoing=outgoing,
             responder=Responder(llm, http, channels),
         )

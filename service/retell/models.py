@@ -11,18 +11,26 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from service.settings import TWILIO_SID_PATTERN
 
-E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+# ASCII digits: in Python ``\d`` matches every script's digits, which Twilio would refuse.
+E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
 # A number on a channel, as the API and Twilio write it: E.164, or ``<channel>:<E.164>`` (``service.address``).
-ADDRESS_RE = re.compile(r"^(?:[a-z]+:)?\+[1-9]\d{1,14}$")
+ADDRESS_RE = re.compile(r"^(?:[a-z]+:)?\+[1-9][0-9]{1,14}$")
 ChannelName = Literal["sms", "whatsapp"]   # the channels ``service.channels`` registers
 TOOL_NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
+# An agent's or a Retell LLM's id (given, or drawn by the API). Ids are parts of Redis keys: nothing else is one.
+OBJECT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
 RETELL_MIN_SILENCE_MS = 120_000
 RETELL_MAX_SILENCE_MS = 259_200_000
+
+
+def _documented(pattern: re.Pattern[str]) -> WithJsonSchema:
+    """``pattern`` in the JSON schema (``/openapi.json``), with the whitespace ``_matching`` strips around it."""
+    return WithJsonSchema({"type": "string", "pattern": "^\\s*" + pattern.pattern.strip("^$") + "\\s*$"})
 
 
 def _matching(pattern: re.Pattern[str], expected: str) -> AfterValidator:
@@ -35,8 +43,13 @@ def _matching(pattern: re.Pattern[str], expected: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-E164 = Annotated[str, _matching(E164_RE, "an E.164 number like +14155550123")]
-Address = Annotated[str, _matching(ADDRESS_RE, "an E.164 number like +14155550123 (or whatsapp:+14155550123)")]
+# Fields Parley sets (versions, timestamps): a client may send them back as it got them, and the API drops them
+# (``READ_ONLY`` in api/agents.py, api/numbers.py). So a request's schema takes any value there; answers keep the type.
+IGNORED_IN_REQUESTS = WithJsonSchema({"description": "Set by Parley: ignored in a request"}, mode="validation")
+
+E164 = Annotated[str, _matching(E164_RE, "an E.164 number like +14155550123"), _documented(E164_RE)]
+Address = Annotated[str, _matching(ADDRESS_RE, "an E.164 number like +14155550123 (or whatsapp:+14155550123)"),
+                    _documented(ADDRESS_RE)]
 
 
 class _Model(BaseModel):
@@ -115,9 +128,9 @@ class RetellLLM(_Model):
     """The response engine: prompt, first message, model, tools. Every update makes a new version."""
 
     llm_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
-    version: int = Field(default=0, ge=0)
-    is_published: bool = False
-    last_modification_timestamp: int = 0
+    version: Annotated[int, IGNORED_IN_REQUESTS] = Field(default=0, ge=0)
+    is_published: Annotated[bool, IGNORED_IN_REQUESTS] = False
+    last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
     model: str = "gpt-4.1"
     model_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     general_prompt: str = ""
@@ -164,7 +177,7 @@ class ResponseEngine(_Model):
     """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
 
     type: Literal["retell-llm"] = "retell-llm"
-    llm_id: str
+    llm_id: str = Field(pattern=OBJECT_ID_PATTERN)
     version: int | None = Field(default=None, ge=0)
 
 
@@ -175,10 +188,11 @@ class ChatAgent(_Model):
     the API the agent names one in ``response_engine``.
     """
 
-    agent_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
-    version: int = Field(default=0, ge=0)
-    is_published: bool = False
-    last_modification_timestamp: int = 0
+    # Empty only until it is given one: from the file's name, or made up by /create-chat-agent.
+    agent_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
+    version: Annotated[int, IGNORED_IN_REQUESTS] = Field(default=0, ge=0)
+    is_published: Annotated[bool, IGNORED_IN_REQUESTS] = False
+    last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
     channel: Literal["chat"] = "chat"
     agent_name: str | None = None
     response_engine: ResponseEngine | None = None
@@ -227,7 +241,7 @@ class ChatAgent(_Model):
 
 
 class AgentWeight(_Model):
-    agent_id: str
+    agent_id: str = Field(pattern=OBJECT_ID_PATTERN)
     weight: float = Field(default=1.0, gt=0, le=1)
     agent_version: int | None = Field(default=None, ge=0)
 
@@ -242,8 +256,8 @@ class PhoneNumber(_Model):
     """A Twilio number Parley answers on, in Retell's phone-number shape plus Parley's fields."""
 
     phone_number: E164
-    phone_number_type: Literal["custom"] = "custom"
-    last_modification_timestamp: int = 0
+    phone_number_type: Annotated[Literal["custom"], IGNORED_IN_REQUESTS] = "custom"
+    last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
     nickname: str | None = None
     inbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
     outbound_sms_agents: list[AgentWeight] = Field(default_factory=list)
@@ -253,6 +267,8 @@ class PhoneNumber(_Model):
     # Parley's: the channels the number answers on and may start conversations on (Twilio's SMS and WhatsApp).
     channels: list[ChannelName] = Field(default_factory=lambda: list[ChannelName](["sms"]), min_length=1)
     daily_segment_limit: int | None = Field(default=None, ge=1)
+    # Parley's: send at most this many segments a second from the number, across processes (off when unset).
+    segments_per_second: float | None = Field(default=None, gt=0, le=1_000)
     allowed_outbound_country_list: list[str] | None = None
 
     @field_validator("allowed_outbound_country_list")

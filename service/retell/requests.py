@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.retell.models import E164, Address, ChatResponse, PhoneNumber, RetellLLM, SmsContent
+from service.retell.models import (
+    E164,
+    OBJECT_ID_PATTERN,
+    Address,
+    ChatResponse,
+    PhoneNumber,
+    RetellLLM,
+    SmsContent,
+)
 
 AgentVersion = Annotated[
     int | Literal["latest", "latest_published"],
@@ -87,7 +95,7 @@ class RangeFilter(_Body):
 
 
 class AgentFilter(_Body):
-    agent_id: str
+    agent_id: str = Field(pattern=OBJECT_ID_PATTERN)   # the filter reads an index keyed by it
     version: list[int] = Field(default_factory=list)
 
 
@@ -163,6 +171,11 @@ class PhoneNumberListResponse(BaseModel):
 class SendSmsRequest(_Body):
     """Parley's ``/send-sms``: exactly one of ``content`` (exact text), ``prompt`` (the LLM writes it) or
     Retell's ``sms_content``."""
+
+    # The rule ``_one_source`` checks, stated in the schema too: exactly one of them is given, and not null.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in ("content", "prompt", "sms_content")]})
 
     from_number: Address
     to_number: Address

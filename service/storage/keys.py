@@ -26,12 +26,21 @@ key (``{S}``: the partition)                    type    bound
                                                         window (WhatsApp: 24 h); TTL the window
 {S}:conv:<id>:optout                             STRING  ms timestamp of the user's opt-out; no TTL on purpose:
                                                         a compliance record, one small key per opted-out user
+{S}:conv:<id>:outgoing                           LIST    messages waiting to be sent, in order (Twilio refused them
+                                                        for now, or an earlier one waits); at most OUTGOING_CAP
+                                                        plus one reply's parts, TTL OUTGOING_TTL_S refreshed on
+                                                        every push (see conversations/outgoing.py)
+{S}:conv:<id>:deferred                           STRING  a send was deferred and its turn's commit has not queued
+                                                        it yet: later messages wait behind it; TTL DEFERRED_TTL_S,
+                                                        deleted by that commit
 {S}:chat:C                                      HASH    the chat's fields (status, agent, numbers...); TTL
                                                         chat_ttl_s, refreshed on activity (see chats/store.py)
 {S}:chat:C:messages                             LIST    the chat's messages (JSON); at most CHAT_MESSAGES_CAP,
                                                         TTL chat_ttl_s
 {S}:chat:C:delivery                             HASH    Twilio SID -> latest delivery status JSON of the chat's
-                                                        sent messages; TTL chat_ttl_s
+                                                        sent messages, and message id -> the SID and status a
+                                                        retried send got (or why it failed for good); one field
+                                                        per message, TTL chat_ttl_s
 {S}:chat:C:lock                                 STRING  an API chat's completion lock; PX lock_ttl_ms
 {S}:outbox:C                                    LIST    chat C's lifecycle events not yet delivered, in order;
                                                         TTL chat_ttl_s
@@ -46,8 +55,22 @@ key (``{S}``: the partition)                    type    bound
 {S}:analysis:due                                ZSET    chat id -> when its post-chat analysis is due (ms)
 {S}:chats                                       ZSET    chat id -> start timestamp, for listing; members older
                                                         than chat_ttl_s are trimmed whenever a chat is created
+{S}:chats:agent:<agent id>                      ZSET    chat id -> start timestamp, the agent's chats (a listing's
+                                                        agent filter); trimmed like {S}:chats when one of them is
+                                                        created, TTL chat_ttl_s refreshed then
+{S}:chats:type:<chat type>                      ZSET    chat id -> start timestamp, chats of that type
+                                                        (api_chat, sms_chat); trimmed and TTL as the agent's
+{S}:chats:ongoing                               ZSET    chat id -> start timestamp, one member per ongoing chat
+                                                        (removed by the commit that ends it); trimmed and TTL
+                                                        as the agent's
+{S}:chats:indexed                               STRING  the start time of the first chat created into the three
+                                                        indexes above (set NX), or 0 once older chats were
+                                                        indexed (chats/query.py); TTL chat_ttl_s, refreshed on
+                                                        every chat created
 {S}:optouts                                     ZSET    "<agent address> <user address>" -> opt-out time (ms); one
                                                         member per opted-out pair (no TTL on purpose)
+{S}:outgoing:due                                ZSET    conversation id -> when its waiting messages are next tried
+                                                        (ms); one member per conversation with messages waiting
 {catalog}:agent:<id>                            HASH    version number -> agent JSON; one field per version
 {catalog}:agents                                SET     ids of known agents
 {catalog}:llm:<id>                              HASH    version number -> Retell LLM JSON; one field per version
@@ -57,11 +80,14 @@ key (``{S}``: the partition)                    type    bound
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
                                                         TTL 2 days
 idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
+pace:<E.164>                                    STRING  when the paced number's next message may go (ms); TTL until
+                                                        then + 1 s (sms/pacing.py)
 ==============================================  ======  =======================================================
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from service.address import SHARDS as SHARDS  # re-exported: the partitions are part of the key schema
@@ -78,10 +104,23 @@ CHAT_MESSAGES_CAP = 2_000
 REJECTED_CAP = 100
 WAKEUPS_MAXLEN = 100_000
 IDEMPOTENCY_TTL_S = 86_400
+OUTGOING_CAP = 100          # messages waiting for Twilio in one conversation before more fail at once
+OUTGOING_TTL_S = 86_400     # a bound, not a policy: waiting messages fail after send_retry_for_s (<= 12 h)
+DEFERRED_TTL_S = 300        # outlives a turn; a crashed turn's marker only makes the next messages queue
 
 
 def _in(shard: int) -> str:
     return f"{PREFIX}{{{shard}}}:"
+
+
+# Every chat id, API and SMS alike, as ``new_chat_id`` draws it. An id from outside that does not match names no
+# chat, and must not reach a key: ``chat_x:messages`` would address another key of the schema.
+CHAT_ID_RE = re.compile(r"chat_[0-9a-f]{32}")
+
+
+def is_chat_id(value: str) -> bool:
+    """True when ``value`` has the form of a chat id (whether or not that chat exists)."""
+    return CHAT_ID_RE.fullmatch(value) is not None
 
 
 def new_chat_id(shard: int | None = None) -> str:
@@ -168,8 +207,36 @@ def chats(shard: int) -> str:
     return _in(shard) + "chats"
 
 
+def chats_by_agent(shard: int, agent_id: str) -> str:
+    return _in(shard) + "chats:agent:" + agent_id
+
+
+def chats_by_type(shard: int, chat_type: str) -> str:
+    return _in(shard) + "chats:type:" + chat_type
+
+
+def chats_ongoing(shard: int) -> str:
+    return _in(shard) + "chats:ongoing"
+
+
+def chats_indexed(shard: int) -> str:
+    return _in(shard) + "chats:indexed"
+
+
 def optouts(shard: int) -> str:
     return _in(shard) + "optouts"
+
+
+def outgoing(conv: Conversation) -> str:
+    return _conv(conv) + ":outgoing"
+
+
+def deferred(conv: Conversation) -> str:
+    return _conv(conv) + ":deferred"
+
+
+def outgoing_due(shard: int) -> str:
+    return _in(shard) + "outgoing:due"
 
 
 CATALOG = PREFIX + "{catalog}:"
@@ -196,3 +263,7 @@ def segments(phone_number: str, day: str) -> str:
 
 def idempotency(key: str) -> str:
     return f"{PREFIX}idempotency:{key}"
+
+
+def pace(phone_number: str) -> str:
+    return f"{PREFIX}pace:{phone_number}"

@@ -8,7 +8,8 @@ answer's ``chat_inbound`` may ``reject`` the text, or set ``override_agent_id`` 
 attempt waits 10 s; a timeout, a connection error or a non-2xx is tried again
 (``PARLEY_INBOUND_WEBHOOK_ATTEMPTS`` attempts in all, 0.5 s, 1 s, 2 s apart); when every attempt fails, or
 the answer is not the JSON expected, the number's bound agent answers and the chat records why in
-``inbound_webhook_error``.
+``inbound_webhook_error`` (never the answer's own bytes: its readers need not see what a URL answered). The
+request goes through the outbound policy (``service.outbound.fetch``); a URL it refuses is not tried again.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.validation import describe
+from service.errors import OutboundRefused
+from service.outbound import Fetched, fetch
 from service.webhooks.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 BACKOFF_S = 0.5
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class _Answer(BaseModel):
@@ -71,32 +74,44 @@ async def ask(
             await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, signing_key)}
         try:
-            async with http.post(url, data=body, headers=headers,
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                raw = await response.content.read(64 * 1024)
-                if not 200 <= response.status < 300:
-                    error = f"HTTP {response.status}"
-                    continue
+            answer = await fetch(http, "POST", url, data=body, headers=headers, timeout_s=timeout_s,
+                                 max_bytes=MAX_ANSWER_BYTES)
+        except OutboundRefused as exc:
+            # Final: the policy will not change its mind on a retry.
+            log.warning("chat_inbound webhook refused; the number's agent answers", extra={"error": str(exc)})
+            return Decision(error=f"chat_inbound webhook not called: {exc}")
         except TimeoutError:
             error = f"no answer within {timeout_s:g} s"
             continue
         except aiohttp.ClientError as exc:
             error = f"{exc.__class__.__name__}: {exc}"
             continue
-        return _decision(raw)
+        if not 200 <= answer.status < 300:
+            error = f"HTTP {answer.status}"
+            continue
+        return _decision(answer)
     log.warning("chat_inbound webhook failed; the number's agent answers", extra={"error": error})
     return Decision(error=f"chat_inbound webhook failed after {attempts} attempts: {error}")
 
 
-def _decision(raw: bytes) -> Decision:
+def _decision(answer: Fetched) -> Decision:
+    # What the webhook answered never goes into the error: the chat's readers need not see its bytes.
+    if answer.truncated:
+        return Decision(error=f"chat_inbound webhook answered with more than {MAX_ANSWER_BYTES} bytes")
+    raw = answer.body
     if not raw.strip():
         return Decision()
     try:
-        answer = _Envelope.model_validate(orjson.loads(raw)).chat_inbound
+        answer_data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return Decision(error=f"chat_inbound webhook answered with something that is not JSON: {raw[:100]!r}")
-    except ValidationError as exc:
-        return Decision(error="chat_inbound webhook answer: " + "; ".join(describe(exc)))
-    return Decision(reject=answer.reject, agent_id=answer.override_agent_id,
-                    agent_version=answer.override_agent_version, dynamic_variables=answer.dynamic_variables,
-                    metadata=answer.metadata)
+        return Decision(error=f"chat_inbound webhook answered with something that is not JSON "
+                              f"({answer.content_type or 'no content type'}, {len(raw)} bytes)")
+    try:
+        decided = _Envelope.model_validate(answer_data).chat_inbound
+    except ValidationError as exc:   # the fields and what was expected, without the values given
+        problems = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
+                    for e in exc.errors(include_url=False, include_context=False, include_input=False)]
+        return Decision(error="chat_inbound webhook answer: " + "; ".join(problems))
+    return Decision(reject=decided.reject, agent_id=decided.override_agent_id,
+                    agent_version=decided.override_agent_version, dynamic_variables=decided.dynamic_variables,
+                    metadata=decided.metadata)

@@ -6,12 +6,12 @@ partition's ``outbox:due`` says when each chat's next delivery is due. A deliver
 (``X-Retell-Signature: v=<ms>,d=<hex HMAC-SHA256(key, body + ms)>``, so ``Retell.verify`` accepts it) and
 carries a stable ``X-Parley-Event-Id`` so receivers can drop repeats.
 
-Retry policy: a timeout, a connection error, a 5xx, a 408 or a 429 is retried with exponential backoff
-(``PARLEY_EVENT_RETRY_BASE_MS`` doubling, at most 10 minutes apart) up to ``PARLEY_EVENT_MAX_ATTEMPTS``
-attempts; any other 4xx is not retried. An event that fails for good is moved to ``outbox:failed`` (of
-its partition) with
-its last error, and the chat's next event goes out. Delivery is at least once: a process that dies
-between a 2xx and removing the event sends it again.
+Every delivery goes through the outbound policy (``service.outbound.fetch``): a URL it refuses fails at once,
+for good. Retry policy: a timeout, a connection error, a 5xx, a 408 or a 429 is retried with exponential
+backoff (``PARLEY_EVENT_RETRY_BASE_MS`` doubling, at most 10 minutes apart) up to
+``PARLEY_EVENT_MAX_ATTEMPTS`` attempts; any other 4xx is not retried. An event that fails for good is moved
+to ``outbox:failed`` (of its partition) with its last error, and the chat's next event goes out. Delivery is
+at least once: a process that dies between a 2xx and removing the event sends it again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from service.clock import now_ms
+from service.errors import OutboundRefused
 from service.metrics import Metrics
+from service.outbound import fetch
 from service.storage import keys
 from service.storage.dueset import DueSet
 
@@ -38,6 +40,7 @@ MAX_BACKOFF_MS = 600_000
 FAILED_CAP = 1_000
 SIGNATURE_HEADER = "X-Retell-Signature"
 EVENT_ID_HEADER = "X-Parley-Event-Id"
+ERROR_BODY_BYTES = 300   # of a failed delivery's answer, kept with its error for whoever reads outbox:failed
 
 # KEYS: outbox list, due set.  ARGV: chat id, leased score, now.  After a delivery run: if events remain
 # (one may have been queued meanwhile), make the chat due now; else drop it unless re-scheduled.
@@ -144,14 +147,15 @@ class Outbox:
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, self._key),
                    EVENT_ID_HEADER: event.event_id, "User-Agent": "Parley"}
         try:
-            async with self._http.post(event.url, data=body, headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=event.timeout_ms / 1000)) as response:
-                if 200 <= response.status < 300:
-                    return None, False
-                text = (await response.content.read(300)).decode(errors="replace")
-                retry = response.status >= 500 or response.status in (408, 429)
-                return f"HTTP {response.status}: {text}", retry
+            answer = await fetch(self._http, "POST", event.url, data=body, headers=headers,
+                                 timeout_s=event.timeout_ms / 1000, max_bytes=ERROR_BODY_BYTES)
+        except OutboundRefused as exc:
+            return str(exc), False   # the policy will not change its mind on a retry
         except TimeoutError:
             return f"no answer within {event.timeout_ms} ms", True
         except aiohttp.ClientError as exc:
             return f"{exc.__class__.__name__}: {exc}", True
+        if 200 <= answer.status < 300:
+            return None, False
+        retry = answer.status >= 500 or answer.status in (408, 429)
+        return f"HTTP {answer.status}: {answer.body.decode(errors='replace')}", retry

@@ -3,7 +3,9 @@
 It checks HTTP Basic auth against the accounts it knows, records every message, and has triggers:
 ``errors[to] = (http_status, twilio_code)`` makes sends to that number fail the way Twilio fails them
 (21610 for an unsubscribed recipient), ``fail_next`` makes the next creates fail once each (a 429, a
-503), and ``delay_s`` slows every answer.
+503), ``throttle`` answers 429 (20429) with a ``Retry-After`` header to the next creates or until ``release``,
+and ``delay_s`` slows every answer. ``creates`` lists every create request (accepted or not) and
+``max_in_flight`` is the most it ever had in flight at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -33,6 +37,14 @@ class FakeTwilio:
     errors: dict[str, tuple[int, int]] = field(default_factory=dict)
     fail_next: list[tuple[int, int]] = field(default_factory=list)   # the next creates fail like this, once each
     delay_s: float = 0.0
+    throttled: int = 0                            # creates still to answer 429 (-1: until ``release``)
+    throttle_after: int = 0                       # creates still to accept before throttling starts
+    retry_after: str | None = None                # the Retry-After header of those 429s
+    in_flight: int = 0
+    max_in_flight: int = 0
+    refused: int = 0                              # creates answered with an error
+    # The latest creates (accepted or not), as (monotonic time, To, Body); bounded for the benchmark's long runs.
+    creates: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     requested: asyncio.Event = field(default_factory=asyncio.Event)   # a create call has started
     url: str = ""
@@ -54,12 +66,42 @@ class FakeTwilio:
         if not self._authorized(request, account):
             return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
         self.requested.set()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, account)
+        finally:
+            self.in_flight -= 1
+
+    def throttle(self, creates: int = -1, *, retry_after: str | None = "1", after: int = 0) -> None:
+        """Answer the next ``creates`` creates (-1: every one until ``release``) with 429 / 20429, as Twilio
+        answers too many concurrent requests, with ``Retry-After: retry_after`` (None: no header); ``after``:
+        accept that many creates first."""
+        self.throttled, self.retry_after, self.throttle_after = creates, retry_after, after
+
+    def release(self) -> None:
+        """Stop throttling."""
+        self.throttled = 0
+
+    async def _answer(self, request: web.Request, account: str) -> web.Response:
         form = await request.post()
         to, body = str(form["To"]), str(form.get("Body", ""))
+        self.creates.append((time.monotonic(), to, body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.throttle_after:
+            self.throttle_after -= 1
+        elif self.throttled:
+            if self.throttled > 0:
+                self.throttled -= 1
+            self.refused += 1
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+            return web.json_response({"code": 20429, "message": "Too Many Requests", "status": 429,
+                                      "more_info": "https://www.twilio.com/docs/errors/20429"}, status=429,
+                                     headers=headers)
         if to in self.errors or self.fail_next:
             status, code = self.errors[to] if to in self.errors else self.fail_next.pop(0)
+            self.refused += 1
             return web.json_response({"code": code, "message": f"error {code}", "status": status,
                                       "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
         sid = "SM" + secrets.token_hex(16)

@@ -16,7 +16,7 @@ from multidict import MultiDictProxy
 
 from service.address import Conversation, split_address
 from service.app_state import RUNTIME
-from service.channels.twilio.form import fail, read_form, twiml, verify
+from service.channels.twilio.form import fail, twiml, verify, webhook
 from service.clock import now_ms
 from service.conversations.items import Item, ItemKind, Media
 from service.conversations.queue import Enqueued
@@ -64,11 +64,9 @@ async def _route(
     return Conversation(agent_number, user_number, channel), number
 
 
-async def twilio_sms(request: web.Request) -> web.Response:
+@webhook
+async def twilio_sms(request: web.Request, form: MultiDictProxy[str]) -> web.Response:
     rt = request.app[RUNTIME]
-    form = await read_form(request)
-    if isinstance(form, web.Response):
-        return form
     sid = form.get("MessageSid") or form.get("SmsSid", "")
     if not form.get("To") or not form.get("From") or not sid:
         return fail(400, "missing To, From or MessageSid: expected Twilio's inbound message form")

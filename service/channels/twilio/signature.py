@@ -28,7 +28,8 @@ def is_valid(
 ) -> bool:
     """True when the request carries a valid signature over the whole form."""
     signature = request.headers.get(SIGNATURE_HEADER)
-    if not signature:
+    # A signature is base64: anything else (bytes that are not even UTF-8) is no signature, not an error.
+    if not signature or not signature.isascii():
         return False
     algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
     validator = RequestValidator(token)
