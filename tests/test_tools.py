@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from .conftest import USER, MakeParley, agent_file
 from .fakes.openai import Call, Completion
+from .test_events import retell_verify
 
 
 @pytest.fixture
@@ -131,3 +132,24 @@ async def test_a_model_that_loops_on_tools_is_cut_off(make_parley: MakeParley, t
     sent = await parley.twilio.wait_for(1)
     assert sent[0].body == "Let me get back to you."
     assert len(received) == 5 and len(parley.llm.requests) == 6
+
+
+async def test_a_tool_request_is_signed_with_the_webhook_key(make_parley: MakeParley) -> None:
+    received: list[tuple[str, str]] = []
+
+    async def book(request: web.Request) -> web.Response:
+        received.append(((await request.read()).decode(), request.headers.get("X-Retell-Signature", "")))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/book", book)
+    async with TestServer(app) as server:
+        url = str(server.make_url("/book"))
+        parley = await make_parley(agent=agent_file(retell_llm={"general_tools": [tool("book_visit", url)]}),
+                                   api_keys=[], scoped_api_keys={"admin-key": "admin", "hook-key": "webhook"})
+        parley.llm.respond = call_then_answer("book_visit", '{"day": "Friday"}')
+        await parley.text("book me friday")
+        await parley.twilio.wait_for(1)
+    [(body, signature)] = received
+    assert retell_verify(body, "hook-key", signature), "retell-sdk rejects it"
+    assert not retell_verify(body, "admin-key", signature)

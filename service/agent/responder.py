@@ -107,9 +107,11 @@ def to_openai(history: list[Message], *, images: bool) -> list[dict[str, Any]]:
 class Responder:
     """Runs the LLM tool loop for one turn."""
 
-    def __init__(self, llm: LLM, http: aiohttp.ClientSession, media: Mapping[str, Medium]) -> None:
+    def __init__(self, llm: LLM, http: aiohttp.ClientSession, media: Mapping[str, Medium],
+                 *, signing_key: str | None = None) -> None:
         self._llm = llm
         self._http = http
+        self._signing_key = signing_key   # the webhook key: signs custom-tool requests as Retell does
         self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
 
     async def respond(
@@ -145,7 +147,7 @@ class Responder:
                 for c in completion.tool_calls]})
             for call in completion.tool_calls:
                 result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
-                                         chat=chat_payload, values=values, sms=sms)
+                                         chat=chat_payload, values=values, sms=sms, signing_key=self._signing_key)
                 reply.end_chat = reply.end_chat or result.end_chat
                 reply.messages += [
                     Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,

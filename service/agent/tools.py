@@ -23,6 +23,7 @@ from service.agent.variables import render
 from service.errors import OutboundRefused
 from service.outbound import fetch
 from service.retell.models import CustomTool, EndChatTool, RetellLLM, SendSmsTool
+from service.webhooks.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
 
 async def run(
     llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: Callable[[], dict[str, Any]],
-    values: dict[str, str], sms: SmsHook | None,
+    values: dict[str, str], sms: SmsHook | None, signing_key: str | None = None,
 ) -> ToolOutcome:
     """Run the tool the LLM called."""
     tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
@@ -81,7 +82,7 @@ async def run(
     if isinstance(tool, SendSmsTool):
         return await _send_sms(tool, args, values=values, sms=sms)
     try:
-        return await _call(tool, args, http=http, chat=chat(), values=values)
+        return await _call(tool, args, http=http, chat=chat(), values=values, signing_key=signing_key)
     except Exception as exc:   # not CancelledError (a BaseException): a shutdown still stops the turn
         # An HTTP tool must not break the turn: whatever else went wrong (a header aiohttp refuses, a bug) is a
         # result the LLM reads. The details go to the log, not to the LLM.
@@ -105,13 +106,15 @@ async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str
 
 async def _call(
     tool: CustomTool, args: dict[str, Any], *, http: aiohttp.ClientSession, chat: dict[str, Any],
-    values: dict[str, str],
+    values: dict[str, str], signing_key: str | None = None,
 ) -> ToolOutcome:
     body = {**args} if tool.args_at_root else {"name": tool.name, "args": args, "chat": chat}
     if tool.args_at_root:
         body.setdefault("chat", chat)
     payload = orjson.dumps(body)
     headers = {"Content-Type": "application/json", **tool.headers}
+    if signing_key:   # Retell signs its custom-function requests: the receiver checks them with retell-sdk's verify
+        headers[SIGNATURE_HEADER] = sign(payload, signing_key)
     # The URL may hold {{variables}}; the policy judges it as rendered (in fetch, and again after DNS). Values
     # are percent-encoded, so a variable fills a path segment or a query value: it cannot add a host, a "/..",
     # a "?" or an "@".
