@@ -70,6 +70,27 @@ async def test_redis_outage_503_then_recovery_without_losing_acknowledged_texts(
     await redis.aclose()
 
 
+async def test_a_turn_cut_off_by_an_outage_is_run_again_soon_after_redis_is_back(
+    make_parley: MakeParley, restartable_redis: ValkeyServer,
+) -> None:
+    # Redis goes away while the turn waits on the LLM: its commit fails and its lock (kept on disk, 30 s) would
+    # hold the conversation until it expires. The worker gives the lock back as soon as Redis is back.
+    url, port = restartable_redis.connection_url, restartable_redis.port
+    parley = await make_parley(redis_url=url)
+    parley.llm.delay_s = 1.0
+    assert (await parley.text("hello")).status == 200
+    await parley.llm.called.wait()
+    await asyncio.to_thread(restartable_redis.stop)
+    await asyncio.sleep(1.5)                      # the LLM answers; the turn cannot go on without Redis
+    await asyncio.to_thread(restartable_redis.__init__, port=port, data_dir=restartable_redis.data_dir, persist=True,
+                            appendonly="yes", appendfsync="always")
+    await asyncio.to_thread(restartable_redis.start)
+    parley.llm.delay_s = 0
+    # The turn runs again within seconds, not after the lock's 30 s.
+    sent = await parley.twilio.wait_for(1, within_s=8)
+    assert sent[0].body == "You said: hello"
+
+
 async def test_a_stuck_redis_gets_twilio_a_503_within_the_webhook_timeout(
     make_parley: MakeParley, restartable_redis: ValkeyServer, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -48,6 +48,7 @@ TURN_RETRY_S = 0.5             # after the n-th failure, wait n times this
 # What a turn may raise that running it again (or answering with the fallback) can get past; anything else
 # (Redis unreachable, a bug) leaves the wake-up pending, to be reclaimed and run again.
 TURN_FAILURES = (ParleyError, ValueError, KeyError, TypeError)
+OUTAGE_RETRY_S = 0.25          # how often a turn cut off by a Redis outage tries to give its lock back
 
 
 def consumer_name() -> str:
@@ -163,10 +164,25 @@ class WorkerPool:
         except asyncio.CancelledError:
             await self._queue.abandon(hold)
             raise
+        except (RedisConnectionError, RedisTimeoutError):
+            renewer.cancel()
+            await self._give_back_after_outage(hold)
+            raise
         finally:
             renewer.cancel()
         if outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
             await self._queue.ack(conv, wakeup.entry_id)
+
+    async def _give_back_after_outage(self, hold: Hold) -> None:
+        """Redis went away mid-turn: give the lock back as soon as Redis is back (within the lock's TTL), so the
+        pending wake-up is reclaimed and the turn run again in a second or two rather than after lock_ttl_ms."""
+        deadline = time.monotonic() + self._queue.lock_ttl_ms / 1000
+        while time.monotonic() < deadline:
+            try:
+                await self._queue.abandon(hold)
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(OUTAGE_RETRY_S)
 
     async def _drain(self, hold: Hold, loaded: tuple[list[Item], Context] | None) -> Release:
         """Run turns until a commit (or a release) finds the mailbox empty and lets go of the conversation."""
