@@ -91,9 +91,10 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = TwilioGateway(settings, metrics)  # needs the running loop
     llm = LLM(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
-    async with OutboundPolicy.from_settings(settings).session() as http:
+    outbound = OutboundPolicy.from_settings(settings)
+    async with outbound.session() as http:
         app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm, http=http,
-                                     metrics=metrics, signing_key=app[SIGNING_KEY])
+                                     outbound=outbound, metrics=metrics, signing_key=app[SIGNING_KEY])
         try:
             yield
         finally:

@@ -49,7 +49,7 @@ async def _llm_exists(request: web.Request, agent: ChatAgent) -> None:
 
 
 def _policy(request: web.Request) -> OutboundPolicy:
-    return OutboundPolicy.from_settings(request.app[RUNTIME].settings)
+    return request.app[RUNTIME].outbound
 
 
 def _refuse(problems: list[str]) -> None:

@@ -13,7 +13,6 @@ from service.app_state import RUNTIME
 from service.catalog import targets
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
-from service.outbound import OutboundPolicy
 from service.retell.models import PhoneNumber
 from service.retell.requests import PageQuery, PhoneNumberListResponse
 
@@ -23,7 +22,7 @@ READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
 async def _check(rt: Runtime, number: PhoneNumber) -> None:
     """Every agent it names exists, Parley holds the auth token of its Twilio account, and its chat_inbound
     webhook is a URL the outbound policy allows (checked without DNS: the resolver judges it at run time)."""
-    problems = targets.number_problems(number, OutboundPolicy.from_settings(rt.settings))
+    problems = targets.number_problems(number, rt.outbound)
     if problems:
         raise InvalidRequest("; ".join(problems))
     for field in ("inbound_sms_agents", "outbound_sms_agents"):

@@ -24,6 +24,7 @@ from service.conversations.outgoing import Outgoing
 from service.conversations.queue import ConversationQueue
 from service.conversations.sender import Sender
 from service.metrics import Metrics
+from service.outbound import OutboundPolicy
 from service.settings import Settings
 from service.sms.limits import DailySegments
 from service.sms.optouts import OptOuts
@@ -35,7 +36,8 @@ from service.webhooks.events import Outbox
 class Runtime:
     settings: Settings
     redis: aioredis.Redis
-    http: aiohttp.ClientSession
+    http: aiohttp.ClientSession    # built from ``outbound``: every request made for a user
+    outbound: OutboundPolicy       # also checks static URLs when the API creates agents, LLMs and numbers
     llm: LLM
     signing_key: str           # the webhook key (Settings.webhook_key): signs what Parley sends (events, chat_inbound)
     metrics: Metrics
@@ -55,7 +57,7 @@ class Runtime:
     @classmethod
     def build(
         cls, settings: Settings, redis: aioredis.Redis, *, gateway: Gateway, channels: Mapping[str, Channel], llm: LLM,
-        http: aiohttp.ClientSession, metrics: Metrics, signing_key: str,
+        http: aiohttp.ClientSession, outbound: OutboundPolicy, metrics: Metrics, signing_key: str,
     ) -> Runtime:
         optouts = OptOuts(redis, metrics)
         catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
@@ -67,6 +69,7 @@ class Runtime:
             settings=settings,
             redis=redis,
             http=http,
+            outbound=outbound,
             llm=llm,
             signing_key=signing_key,
             metrics=metrics,
