@@ -375,6 +375,25 @@ def test_characters_without_lookalike_are_left_alone(text: str) -> None:
     assert sanitize(text) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A joiner is kept only between two non-GSM characters: the one right before it and the one right after.
+        pytest.param("ж\u200dab", "жab", id="non-gsm-then-gsm-word"),
+        pytest.param("ж\u200da", "жa", id="non-gsm-then-gsm"),
+        pytest.param("ab\u200cж", "abж", id="gsm-word-then-non-gsm"),
+        pytest.param("ж\u200d", "ж", id="joiner-at-the-end"),
+        pytest.param("\u200dж", "ж", id="joiner-at-the-start"),
+        pytest.param("ж\u200dжa", "ж\u200dжa", id="kept-between-non-gsm"),
+        pytest.param("aж\u200dж", "aж\u200dж", id="kept-after-a-gsm-word"),
+        pytest.param("ж\u200d\u200cж", "ж\u200d\u200cж", id="run-of-joiners-kept"),
+        pytest.param("ж\u200d\u200ca", "жa", id="run-of-joiners-removed"),
+    ],
+)
+def test_joiners_between_gsm_and_non_gsm(text: str, expected: str) -> None:
+    assert sanitize(text) == expected
+
+
 def test_sanitize_keeps_ucs2_when_needed() -> None:
     clean = sanitize("It’s done 😀")
     assert clean == "It's done 😀"
@@ -460,7 +479,7 @@ def assert_valid_split(text: str, parts: list[str], max_segments: int) -> list[i
 
 def test_split_rejects_non_positive_budget() -> None:
     for bad in (0, -1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^max_segments must be >= 1, got {bad}$"):
             split("hello", bad)
 
 

@@ -60,7 +60,8 @@ class OptOuts:
     async def all(self, agent_number: str | None = None) -> list[OptOut]:
         """Every opt-out (of one number, if given), oldest first."""
         out = []
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # No transaction: the partitions are in different cluster slots. (transaction=None is falsy like False.)
+        async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (None: equivalent)
             for shard in range(keys.SHARDS):
                 pipe.zrange(keys.optouts(shard), 0, -1, withscores=True)
             partitions: list[Any] = await pipe.execute()

@@ -163,16 +163,28 @@ def split(text: str, max_segments: int) -> list[str]:
         end = _farthest_fit(text, start, sentence_ends, max_segments)
         if end is None:  # the next sentence alone is too long: split it at words
             end = _farthest_fit(text, start, word_ends, max_segments)
-        if end is None:  # the next word alone is too long: split it hard (one code point always fits)
-            end = _farthest_fit(text, start, range(start + 1, len(text) + 1), max_segments) or start + 1
+        if end is None:  # the next word alone is too long: split it hard
+            end = _hard_cut(text, start, max_segments)
         parts.append(text[start:end])
         gap = _GAP.match(text, end)
         start = gap.end() if gap else end
     return parts
 
 
+def _hard_cut(text: str, start: int, max_segments: int) -> int:
+    """The farthest cut of ``text[start:]`` between code points that fits: never None, as one code point always
+    fits (at most 2 units, and ``max_segments >= 1``)."""
+    # Equivalent mutants: _farthest_fit skips every cut <= start, and a cut past the end is the same slice as
+    # len(text), which the word search already found too long.
+    cuts = range(start + 1, len(text) + 1)  # pragma: no mutate (equivalent: see the line above)
+    end = _farthest_fit(text, start, cuts, max_segments)
+    assert end is not None   # one code point always fits
+    return end
+
+
 def _fits(part: str, max_segments: int) -> bool:
-    chars = len(part.encode("utf-16-le", "surrogatepass")) // 2
+    # UTF-16 is always an even number of bytes, so / and // give the same count.
+    chars = len(part.encode("utf-16-le", "surrogatepass")) // 2  # pragma: no mutate (equivalent: / and //)
     return chars <= MAX_BODY_CHARS and measure(part).segments <= max_segments
 
 
