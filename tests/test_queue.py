@@ -4,9 +4,11 @@ typed commit and its fence, holds taken by the API, the hand-back that wakes a w
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from service.address import Conversation, address, split_address
 from service.chats.model import Chat, ChatType, Direction, Message, Role, TurnResult
@@ -182,3 +184,152 @@ async def test_a_dead_workers_wakeup_is_reclaimed(queue: ConversationQueue) -> N
     await asyncio.sleep(0.05)
     [wakeup] = await queue.reclaim("another", keys.wakeups(CONV.shard), 10, min_idle_ms=10)
     assert wakeup.conv == CONV and wakeup.reclaimed
+
+
+async def test_wakeups_written_before_the_group_existed_are_delivered(redis: aioredis.Redis) -> None:
+    queue = ConversationQueue(redis, lock_ttl_ms=5_000)
+    await queue.put(CONV, text("early"), dedupe_id="SM1")     # the webhook ran before any worker started
+    await queue.ensure_groups()
+    await queue.ensure_groups()                                # idempotent
+    [wakeup] = await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)
+    assert wakeup.conv == CONV and not wakeup.reclaimed
+    assert len(queue.streams) == keys.SHARDS
+    for stream in queue.streams:    # every partition's stream has the group, made with the stream
+        assert [g["name"] for g in await redis.xinfo_groups(stream)] == [keys.WORKER_GROUP]
+
+
+async def test_ensure_groups_lets_other_errors_through(redis: aioredis.Redis) -> None:
+    queue = ConversationQueue(redis, lock_ttl_ms=5_000)
+    await redis.set(keys.wakeups(0), "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await queue.ensure_groups()
+
+
+async def test_read_takes_at_most_count_new_wakeups(queue: ConversationQueue) -> None:
+    stream = keys.wakeups(CONV.shard)
+    for i in range(3):
+        await queue.put(CONV, text(str(i)), dedupe_id=f"SM{i}")
+    first = await queue.read(CONSUMER, [stream], 2, block_ms=100)
+    rest = await queue.read(CONSUMER, [stream], 2, block_ms=100)
+    assert (len(first), len(rest)) == (2, 1)
+    assert all(w.conv == CONV and not w.reclaimed for w in first + rest)
+    assert len({w.entry_id for w in first + rest}) == 3
+    assert await queue.read(CONSUMER, [stream], 2, block_ms=10) == []   # read once: the next read is empty
+
+
+async def test_read_waits_up_to_block_ms_for_a_wakeup(queue: ConversationQueue) -> None:
+    stream = keys.wakeups(CONV.shard)
+    started = time.monotonic()
+    assert await queue.read(CONSUMER, [stream], 10, block_ms=300) == []
+    assert time.monotonic() - started >= 0.25
+    waiting = asyncio.create_task(queue.read(CONSUMER, [stream], 10, block_ms=5_000))
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    async with asyncio.timeout(5):
+        [wakeup] = await waiting
+    assert wakeup.conv == CONV
+
+
+async def test_reclaim_takes_at_most_count_with_their_entry_ids(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    stream = keys.wakeups(CONV.shard)
+    for i in range(3):
+        await queue.put(CONV, text(str(i)), dedupe_id=f"SM{i}")
+    read = await queue.read("dead", [stream], 10, block_ms=100)
+    assert len(read) == 3
+    await asyncio.sleep(0.02)   # longer than the min_idle_ms below
+    first = await queue.reclaim("alive", stream, 2, min_idle_ms=10)
+    assert [w.entry_id for w in first] == [w.entry_id for w in read[:2]]
+    assert all(w.reclaimed and w.conv == CONV for w in first)
+    owners = {entry["message_id"]: entry["consumer"]
+              for entry in await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)}
+    assert owners == {read[0].entry_id: "alive", read[1].entry_id: "alive", read[2].entry_id: "dead"}
+
+
+async def test_reclaim_skips_a_wakeup_deleted_meanwhile(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    stream = keys.wakeups(CONV.shard)
+    await queue.put(CONV, text("a"), dedupe_id="SM1")
+    await queue.put(CONV, text("b"), dedupe_id="SM2")
+    gone, kept = await queue.read("dead", [stream], 10, block_ms=100)
+    await redis.xdel(stream, gone.entry_id)     # trimmed by MAXLEN, say
+    await asyncio.sleep(0.02)
+    reclaimed = await queue.reclaim("alive", stream, 10, min_idle_ms=10)
+    assert [w.entry_id for w in reclaimed] == [kept.entry_id]
+
+
+async def test_keep_is_not_a_delivery_and_keeps_nothing_once_lost(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    stream = keys.wakeups(CONV.shard)
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await asyncio.sleep(0.3)
+    assert await queue.keep(hold, CONSUMER)
+    [entry] = await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)
+    assert entry["times_delivered"] == 1     # a renewal: reclaim still counts only real deliveries
+    assert int(entry["time_since_delivered"]) < 300   # refreshed
+    await redis.set(keys.lock(CONV), "someone-else")
+    await asyncio.sleep(0.3)
+    assert not await queue.keep(hold, CONSUMER)
+    [entry] = await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)
+    assert int(entry["time_since_delivered"]) >= 300   # not refreshed
+    assert await redis.get(keys.lock(CONV)) == "someone-else"
+
+
+async def test_ack_acknowledges_just_that_wakeup(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    await queue.put(CONV, text("a"), dedupe_id="SM1")
+    await queue.put(CONV, text("b"), dedupe_id="SM2")
+    first, second = await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)
+    await queue.ack(CONV, first.entry_id)
+    pending_ids = [e["message_id"] for e in
+                   await redis.xpending_range(keys.wakeups(CONV.shard), keys.WORKER_GROUP, "-", "+", 10)]
+    assert pending_ids == [second.entry_id]
+    assert await redis.llen(keys.mailbox(CONV)) == 2   # acknowledging touches no text
+
+
+async def test_abandon_drops_the_lock_and_leaves_the_wakeup_for_reclaim(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await queue.abandon(hold)
+    assert not await redis.exists(keys.lock(CONV))
+    assert await redis.llen(keys.mailbox(CONV)) == 1
+    assert await pending(redis) == 1
+    await asyncio.sleep(0.02)
+    [wakeup] = await queue.reclaim("another", keys.wakeups(CONV.shard), 10, min_idle_ms=10)
+    assert wakeup.entry_id == hold.entry_id
+    assert (await queue.take(CONV, queue.new_token())).taken   # the next worker can take it at once
+
+
+async def test_abandon_leaves_a_lock_that_is_no_longer_the_holders(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await redis.set(keys.lock(CONV), "someone-else")
+    await queue.abandon(hold)
+    assert await redis.get(keys.lock(CONV)) == "someone-else"
+
+
+async def test_release_writes_nothing_once_the_lock_is_lost(queue: ConversationQueue, redis: aioredis.Redis) -> None:
+    await queue.put(CONV, text("hi"), dedupe_id="SM1")
+    hold = await taken_by_worker(queue)
+    await redis.ltrim(keys.mailbox(CONV), 1, -1)
+    await redis.set(keys.lock(CONV), "someone-else")
+    assert await queue.release(hold) is Release.LOST
+    assert await redis.get(keys.lock(CONV)) == "someone-else"
+    assert await pending(redis) == 1
+
+
+async def test_a_hold_that_raises_still_hands_back_and_wakes_a_worker(
+    queue: ConversationQueue, redis: aioredis.Redis,
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with queue.hold(CONV):
+            await queue.put(CONV, text("meanwhile"), dedupe_id="SM1")
+            await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)
+            raise RuntimeError("the API's send failed")
+    assert not await redis.exists(keys.lock(CONV))
+    woken = await queue.read(CONSUMER, [keys.wakeups(CONV.shard)], 10, block_ms=100)
+    assert [w.conv for w in woken] == [CONV]

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 BUSY = "the conversation is busy with a turn; try again"
 
-# KEYS: seen, mailbox, wakeups, session (the mailbox again when the channel has no session window).
+# KEYS: seen, mailbox, wakeups, session (left alone when the channel has no session window).
 # ARGV: item, seen ttl s, cap, mailbox ttl s, conversation id, maxlen, session ttl s ('' none), now ms.
 # Returns an Enqueued value.  A full mailbox forgets the SID again, so a retry can land.
 _ENQUEUE = """
@@ -136,9 +136,8 @@ class ConversationQueue:
                   ) -> Enqueued:
         """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen. ``session_ttl_s``: the user wrote,
         on a channel with a session window of that length (``in_session``)."""
-        session = keys.session(conv) if session_ttl_s else keys.mailbox(conv)
         result = await self._enqueue(
-            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard), session],
+            keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard), keys.session(conv)],
             args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.id,
                   keys.WAKEUPS_MAXLEN, session_ttl_s or "", now_ms()],
         )
@@ -172,9 +171,11 @@ class ConversationQueue:
 
     async def reclaim(self, consumer: str, stream: str, count: int, *, min_idle_ms: int) -> list[Wakeup]:
         """Wake-ups of ``stream`` pending longer than ``min_idle_ms`` (their worker died), now ``consumer``'s."""
+        # From the stream's start (xautoclaim's start_id "0-0"). An entry deleted meanwhile comes back as
+        # (None, None) from Redis 6.2; later versions list those apart, in reply[2].
         reply: Any = await self._redis.xautoclaim(
-            stream, keys.WORKER_GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
-        claimed: list[tuple[str, dict[str, str]]] = [entry for entry in reply[1] if entry and entry[1]]
+            stream, keys.WORKER_GROUP, consumer, min_idle_time=min_idle_ms, count=count)
+        claimed: list[tuple[str, dict[str, str]]] = [entry for entry in reply[1] if entry[1]]
         if claimed:
             log.info("reclaimed stale wake-ups", extra={"count": len(claimed)})
         return [Wakeup(entry_id, Conversation.parse(fields["conv"]), reclaimed=True) for entry_id, fields in claimed]
@@ -194,14 +195,15 @@ class ConversationQueue:
         return await self._read(conv, None, with_keys)
 
     async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str]) -> Taken:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # A transaction would only wrap these reads of one slot in MULTI/EXEC: nothing a caller can see.
+        async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (MULTI changes nothing)
             if token is not None:
                 pipe.set(keys.lock(conv), token, nx=True, px=self._locks.ttl_ms)
             pipe.lrange(keys.mailbox(conv), 0, -1)
             if with_keys:
                 # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots;
                 # these share the conversation's.
-                pipe.execute_command("MGET", *with_keys)
+                pipe.execute_command("MGET", *with_keys)  # pragma: no mutate (commands are case-insensitive)
             replies = await pipe.execute()
         taken = bool(replies.pop(0)) if token is not None else True
         values = list(replies[1]) if with_keys else []
@@ -211,8 +213,9 @@ class ConversationQueue:
         """Renew the holder's lock and keep its wake-up from looking abandoned; False once the lock is lost."""
         if not await self._locks.renew(keys.lock(hold.conv), hold.token):
             return False
-        await self._redis.xclaim(keys.wakeups(hold.conv.shard), keys.WORKER_GROUP, consumer, 0, [hold.entry_id],
-                                 justid=True)
+        await self._redis.xclaim(keys.wakeups(hold.conv.shard), keys.WORKER_GROUP, consumer,
+                                 0,  # pragma: no mutate (1 ms: keep runs every lock_ttl/3, the entry is always idler)
+                                 [hold.entry_id], justid=True)   # JUSTID: a renewal is not a delivery
         return True
 
     async def release(self, hold: Hold) -> Release:
