@@ -26,6 +26,22 @@ def goodbye_after_end_tool(body: dict[str, Any]) -> Completion:
     return Completion(content="Hello!")
 
 
+async def settled(parley: Parley, within_s: float = 10.0) -> None:
+    """Wait until every chat's analysis has run and every outbox is delivered: no event is still to come (the
+    analysis stores its result and queues chat_analyzed before it leaves analysis:due)."""
+    async def busy() -> bool:
+        for shard in range(keys.SHARDS):
+            if await parley.redis.zcard(keys.analysis_due(shard)) or await parley.redis.zcard(keys.outbox_due(shard)):
+                return True
+        return False
+
+    async with asyncio.timeout(within_s):
+        while True:
+            if not await busy():
+                return
+            await asyncio.sleep(0.02)
+
+
 async def converse_and_end(parley: Parley) -> None:
     parley.llm.respond = goodbye_after_end_tool
     await parley.text("hi")
@@ -56,7 +72,7 @@ async def test_transcript_updates_and_event_filters(make_parley: MakeParley, rec
                                                 webhook_events=["transcript_updated", "chat_ended"]))
     await converse_and_end(parley)
     await receiver.wait_for(3)
-    await asyncio.sleep(0.3)
+    await settled(parley)   # analysed, every outbox empty: nothing more is coming
     assert receiver.events() == ["transcript_updated", "transcript_updated", "chat_ended"]
     first = receiver.bodies()[0]["chat"]
     assert [m["content"] for m in first["message_with_tool_calls"]] == ["hi", "Hello!"]
@@ -88,7 +104,7 @@ async def test_a_4xx_is_not_retried_and_a_dead_endpoint_gives_up(
                                event_max_attempts=3)
     await converse_and_end(parley)
     await receiver.wait_for(5)
-    await asyncio.sleep(0.3)
+    await settled(parley)
     assert receiver.events() == ["chat_started", "chat_ended", "chat_ended", "chat_ended", "chat_analyzed"]
     failed = [json.loads(raw) for s in range(keys.SHARDS)
               for raw in await parley.redis.lrange(keys.outbox_failed(s), 0, -1)]
@@ -183,7 +199,7 @@ async def test_analysis_fields_are_typed_as_declared(make_parley: MakeParley) ->
     assert custom["properties"]["outcome"]["enum"] == ["booked", "declined", None]
     assert custom["properties"]["party_size"]["type"] == ["number", "null"]
     assert "User: bye" in request["messages"][1]["content"]
-    await asyncio.sleep(0.2)
+    await settled(parley)   # the analysis is stored before the chat leaves analysis:due
     [chat_id] = await parley.chat_ids()
     chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
     assert chat["chat_analysis"]["custom_analysis_data"] == {

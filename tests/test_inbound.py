@@ -34,11 +34,23 @@ async def test_forged_signature_is_403_and_stores_nothing(make_parley: MakeParle
     assert sum([await parley.redis.xlen(keys.wakeups(s)) for s in range(keys.SHARDS)]) == 0
 
 
-async def test_missing_signature_is_403(make_parley: MakeParley) -> None:
+async def test_missing_signature_is_403_and_stores_nothing(make_parley: MakeParley) -> None:
     parley = await make_parley()
-    form = {"MessageSid": "SM1", "From": USER, "To": AGENT_NUMBER, "Body": "hi"}
+    form = {"MessageSid": "SM" + "7" * 32, "AccountSid": ACCOUNT_SID, "From": USER, "To": AGENT_NUMBER,
+            "Body": "unsigned"}
     response = await parley.client.post("/twilio/sms", data=form)
     assert response.status == 403
+    assert "X-Twilio-Signature" in await response.text()
+    assert await stored_keys(parley.redis) == [], "no mailbox, no dedupe marker, no chat pointer"
+    assert sum([await parley.redis.xlen(keys.wakeups(s)) for s in range(keys.SHARDS)]) == 0, "no wake-up"
+    # A signed text after it is answered: by then the unsigned one would have been too, had it been stored.
+    assert (await parley.text("signed")).status == 200
+    sent = await parley.twilio.wait_for(1)
+    await parley.idle()
+    assert [m.body for m in sent] == ["You said: signed"] and parley.llm.user_texts() == ["signed"]
+    assert len(await parley.chat_ids()) == 1
+    chat = await parley.chat_of()
+    assert [m["content"] for m in chat["message_with_tool_calls"]] == ["signed", "You said: signed"]
 
 
 async def test_signature_uses_public_url_not_the_internal_one(make_parley: MakeParley) -> None:

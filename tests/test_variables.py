@@ -1,8 +1,8 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import pytest
 
-from service.agent.variables import merge, render, system_variables
+from service.agent.variables import _format_time, merge, render, system_variables
 
 # 2024-03-28 23:46:04 PDT (Los Angeles) == 2024-03-29 02:46:04 EDT (New York)
 NOW_DST = datetime(2024, 3, 29, 6, 46, 4, tzinfo=UTC)
@@ -130,9 +130,43 @@ def test_explicit_variable_beats_dynamic_time_name() -> None:
     assert render("{{current_time_UTC}}", variables, now=NOW_DST) == "fixed"
 
 
+class NoOffset(tzinfo):
+    """A tzinfo that knows no offset: a datetime carrying it is still naive (Python's definition)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+class Nameless(tzinfo):
+    """UTC+2 with no abbreviation."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=2)
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+
 def test_render_rejects_naive_now() -> None:
-    with pytest.raises(ValueError, match="aware"):
+    with pytest.raises(ValueError, match=r"^now must be a timezone-aware datetime$"):
         render("{{x}}", {}, now=datetime(2024, 1, 1))
+    with pytest.raises(ValueError, match=r"^now must be a timezone-aware datetime$"):
+        render("{{x}}", {}, now=datetime(2024, 1, 1, tzinfo=NoOffset()))
+    assert render("{{x}}", {}, now=datetime(2024, 1, 1, tzinfo=Nameless())) == "{{x}}"
+
+
+def test_a_zone_without_an_abbreviation_leaves_no_trailing_space() -> None:
+    assert _format_time(datetime(2024, 3, 28, 23, 46, 4, tzinfo=Nameless())) == (
+        "Thursday, March 28, 2024 at 11:46:04 PM")
 
 
 # --- merge ------------------------------------------------------------------------------------------------
@@ -217,8 +251,10 @@ def test_system_variables_unknown_timezone(timezone: str) -> None:
 
 
 def test_system_variables_rejects_naive_now() -> None:
-    with pytest.raises(ValueError, match="aware"):
+    with pytest.raises(ValueError, match=r"^now must be a timezone-aware datetime$"):
         _system(datetime(2024, 1, 1), "UTC")
+    with pytest.raises(ValueError, match=r"^now must be a timezone-aware datetime$"):
+        _system(datetime(2024, 1, 1, tzinfo=NoOffset()), "UTC")
 
 
 def test_system_variables_render_together() -> None:

@@ -144,11 +144,15 @@ class Outbox:
     async def _post(self, event: Event) -> tuple[str | None, bool]:
         """Send once: (None, _) on success, else (what went wrong, whether to retry)."""
         body = event.body.encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, self._key),
-                   EVENT_ID_HEADER: event.event_id, "User-Agent": "Parley"}
+        headers = {
+            "Content-Type": "application/json",  # pragma: no mutate (header names ignore case)
+            "User-Agent": "Parley",  # pragma: no mutate (header names ignore case)
+            SIGNATURE_HEADER: sign(body, self._key), EVENT_ID_HEADER: event.event_id,
+        }
+        timeout_s = event.timeout_ms / 1000  # pragma: no mutate (/ 1001: 0.1 % longer, which no test can time)
         try:
-            answer = await fetch(self._http, "POST", event.url, data=body, headers=headers,
-                                 timeout_s=event.timeout_ms / 1000, max_bytes=ERROR_BODY_BYTES)
+            answer = await fetch(self._http, "POST", event.url, data=body, headers=headers, timeout_s=timeout_s,
+                                 max_bytes=ERROR_BODY_BYTES)
         except OutboundRefused as exc:
             return str(exc), False   # the policy will not change its mind on a retry
         except TimeoutError:
@@ -156,6 +160,6 @@ class Outbox:
         except aiohttp.ClientError as exc:
             return f"{exc.__class__.__name__}: {exc}", True
         if 200 <= answer.status < 300:
-            return None, False
+            return None, False  # pragma: no mutate (the retry flag is not read when there is no error)
         retry = answer.status >= 500 or answer.status in (408, 429)
         return f"HTTP {answer.status}: {answer.body.decode(errors='replace')}", retry

@@ -30,6 +30,7 @@ FORM = "application/x-www-form-urlencoded"
 WEBHOOK_TIMEOUT_S = 5.0
 EMPTY_TWIML = str(MessagingResponse()).encode()
 TWIML = "text/xml"
+DEFAULT_CHARSET = "utf-8"  # pragma: no mutate (codec names ignore case: "UTF-8" is the same codec)
 
 
 class InboundForm(BaseModel):
@@ -71,7 +72,7 @@ def twiml(text: str | None = None) -> web.Response:
 
 def fail(status: int, message: str) -> web.Response:
     """A plain-text error: Twilio's debugger shows it."""
-    return web.Response(status=status, text=message + "\n", content_type="text/plain")
+    return web.Response(status=status, text=message + "\n")   # text/plain, aiohttp's default for text
 
 
 async def read_form(request: web.Request, *, timeout_s: float) -> MultiDictProxy[str] | web.Response:
@@ -90,7 +91,7 @@ async def read_form(request: web.Request, *, timeout_s: float) -> MultiDictProxy
         return fail(400, f"malformed body: {exc}")
     if len(raw) > MAX_BODY_BYTES:   # a chunked body (or a Content-Length that lied) said nothing up front
         return fail(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
-    charset = request.charset or "utf-8"
+    charset = request.charset or DEFAULT_CHARSET
     try:
         pairs = parse_qsl(raw.decode(charset).rstrip(), keep_blank_values=True, encoding=charset, errors="strict",
                           max_num_fields=MAX_FIELDS)
@@ -102,7 +103,7 @@ async def read_form(request: web.Request, *, timeout_s: float) -> MultiDictProxy
 async def _read_at_most(stream: StreamReader, limit: int) -> bytes:
     """The first ``limit`` bytes of ``stream`` (all of it when it is shorter): never more."""
     body = bytearray()
-    while len(body) < limit:
+    while len(body) < limit:  # pragma: no mutate (<=: the extra read(0) answers b"" and ends the loop)
         chunk = await stream.read(limit - len(body))
         if not chunk:
             break
@@ -134,7 +135,6 @@ async def verify(request: web.Request, rt: Runtime, form: MultiDictProxy[str], n
     account = (number.twilio_account_sid if number else None) or rt.settings.twilio_account_sid
     if number is None and form.get("AccountSid") in tokens:
         account = form["AccountSid"]
-    token = tokens.get(account) if account else None
-    if token is None:
+    if not account or (token := tokens.get(account)) is None:
         return False
     return is_valid(request, form, token=token.get_secret_value(), public_url=rt.settings.public_url)

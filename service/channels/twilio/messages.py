@@ -33,7 +33,7 @@ MAX_MEDIA = 10
 
 def _media(form: MultiDictProxy[str]) -> tuple[Media, ...]:
     try:
-        count = min(int(form.get("NumMedia", "0") or 0), MAX_MEDIA)
+        count = min(int(form.get("NumMedia") or 0), MAX_MEDIA)
     except ValueError:
         count = 0
     return tuple(
@@ -47,7 +47,7 @@ async def _route(
 ) -> tuple[Conversation, PhoneNumber] | web.Response:
     """Verify the signature and find the conversation the form is for: its number and channel, or the error
     to answer with (403 forged, 404 not a number or channel Parley answers on, 400 a malformed form)."""
-    to, sender = form.get("To", ""), form.get("From", "")
+    to, sender = form["To"], form["From"]   # twilio_sms checked both
     channel, agent_number = split_address(to)
     user_channel, user_number = split_address(sender)
     number = await rt.catalog.get_number(agent_number) if E164_RE.fullmatch(agent_number) else None
