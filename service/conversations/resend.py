@@ -22,7 +22,7 @@ import asyncio
 import logging
 
 from service.address import Conversation
-from service.chats.delivery import RETRYING, failed_state, sent_state
+from service.chats.delivery import failed_state, sent_state
 from service.clock import now_ms
 from service.conversations.outgoing import Failure, Outgoing, Waiting, retry_delay_ms
 from service.conversations.runtime import Runtime
@@ -50,7 +50,7 @@ class Resender:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
         self._outgoing: Outgoing = rt.outgoing
-        self._idle_poll_at = 0
+        self._idle_poll_at = 0  # pragma: no mutate (0 or 1: any clock reading is past both)
 
     async def tick(self) -> int:
         """Try every conversation whose waiting messages are due; how many were taken. Redis is asked when a
@@ -61,7 +61,7 @@ class Resender:
             return 0
         due = await self._outgoing.due.pop(now, batch=BATCH)
         # After finding work, look again at once (more may be due); after finding none, rest.
-        self._idle_poll_at = now + IDLE_POLL_MS if not due else 0
+        self._idle_poll_at = now + IDLE_POLL_MS if not due else 0  # pragma: no mutate (else 1: as 0, see __init__)
         await asyncio.gather(*(self._run(Conversation.parse(member), leased) for member, _, leased in due))
         return len(due)
 
@@ -108,13 +108,13 @@ class Resender:
         """Send the head ``entry``; True when it went and the next one may follow."""
         message = entry.message
         deferred = await self._rt.sender.resend(hold.conv, number, message, entry.chat_id)
-        if message.status == RETRYING:
-            delay = retry_delay_ms(entry.attempts + 1, self._rt.settings.send_retry_base_ms,
-                                   deferred.retry_after_s if deferred else None)
+        if deferred is not None:   # refused for now: the message is still RETRYING
+            delay = retry_delay_ms(entry.attempts + 1, self._rt.settings.send_retry_base_ms, deferred.retry_after_s)
             await self._outgoing.later(hold, entry, min(now_ms() + delay, deadline), message.error)
             return False
         if message.status == "failed":
-            await self._fail(hold, rest, BEHIND_FAILED, first=(message.error or "not sent", message.error_code))
+            why = message.error or "not sent"  # pragma: no mutate (a failed send always says why: this is for the type)
+            await self._fail(hold, rest, BEHIND_FAILED, first=(why, message.error_code))
             return False
         log.info("waiting message sent", extra={"conv": hold.conv.id, "message_sid": message.message_sid,
                                                 "attempts": entry.attempts + 1})
