@@ -92,14 +92,15 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     llm = LLM(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
     outbound = OutboundPolicy.from_settings(settings)
-    async with outbound.session() as http:
-        app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm, http=http,
-                                     outbound=outbound, metrics=metrics, signing_key=app[SIGNING_KEY])
-        try:
+    try:   # the clients are closed whatever happens, a Runtime that fails to build included
+        async with outbound.session() as http:
+            app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm,
+                                         http=http, outbound=outbound, metrics=metrics,
+                                         signing_key=app[SIGNING_KEY])
             yield
-        finally:
-            await llm.close()
-            await gateway.close()
+    finally:
+        await llm.close()
+        await gateway.close()
 
 
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
