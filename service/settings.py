@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         default=2, ge=0, le=10, validation_alias=_env("PARLEY_LLM_MAX_RETRIES", "llm_max_retries")
     )
 
+    # Retell's model names (``gpt-4.1``, ``claude-4.5-sonnet``, ``gemini-3.0-flash``...) as the LLM server at
+    # OPENAI_BASE_URL knows them, as JSON: PARLEY_LLM_MODELS='{"claude-4.5-sonnet": "anthropic/claude-sonnet-4.5",
+    # "*": "llama3.1"}'; "*" stands for every name not listed. A name found nowhere is sent as it is.
+    llm_models: dict[str, str] = Field(
+        default_factory=dict, validation_alias=_env("PARLEY_LLM_MODELS", "llm_models")
+    )
     llm_breaker_failures: int = Field(
         default=5, ge=1, validation_alias=_env("PARLEY_LLM_BREAKER_FAILURES", "llm_breaker_failures")
     )

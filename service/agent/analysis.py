@@ -112,7 +112,7 @@ class Analyzer:
         transcript = chat.to_response(messages).transcript or "(no messages)"
         try:
             completion = await self._llm.complete(
-                model=agent.post_chat_analysis_model, temperature=0.0, tools=[],
+                model=agent.post_chat_analysis_model, names=agent.llm_models, temperature=0.0, tools=[],
                 messages=[{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcript}],
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "chat_analysis", "strict": True, "schema": schema(agent)}},

@@ -132,8 +132,9 @@ class Responder:
         for round_ in range(MAX_TOOL_ROUNDS + 1):
             try:
                 completion = await self._llm.complete(
-                    model=agent.llm.model, temperature=agent.llm.model_temperature,
-                    messages=messages, tools=definitions, allow_tools=round_ < MAX_TOOL_ROUNDS,
+                    model=agent.llm.primary_model, backup=agent.llm.backup_model, names=agent.config.llm_models,
+                    temperature=agent.llm.temperature, messages=messages, tools=definitions,
+                    allow_tools=round_ < MAX_TOOL_ROUNDS,
                 )
             except LLMError as exc:
                 log.warning("llm failed, sending the fallback", extra={"chat_id": chat.chat_id, "error": str(exc)})

@@ -172,6 +172,10 @@ async def update_retell_llm(request: web.Request) -> web.Response:
     ensure_writable(request, "retell llm", llm_id)
     data = await read_object(request)
     data.pop("llm_id", None)
+    given = data.get("model_config")
+    if isinstance(given, dict) and current.models is not None:
+        # Retell's rule: each key of model_config given replaces the current one; the others are kept.
+        data["model_config"] = {**current.models.model_dump(mode="json"), **given}
     llm = _llm_body({**current.model_dump(), **data}, llm_id, _policy(request))
     return model_response(await rt.catalog.llms.put(llm))
 

@@ -124,8 +124,46 @@ class UnsupportedTool(_Model):
 Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | UnsupportedTool, Field(discriminator="type")]
 
 
+class ModelRef(_Model):
+    """A model in Retell's ``model_config``: its name as Retell writes it (``gpt-4.1``, ``claude-4.5-sonnet``...),
+    which ``PARLEY_LLM_MODELS`` or the agent's ``llm_models`` may map to a name the LLM server knows."""
+
+    model: str = Field(min_length=1, max_length=200)
+    tier: Literal["standard", "fast", "ultrafast"] | None = None   # a Retell capacity tier: reported, not used
+
+
+class BackupModelRef(ModelRef):
+    kick_in_timeout_ms: int | None = Field(default=None, ge=0)   # Retell's hedging delay: reported, not used
+
+
+class ModelConfig(_Model):
+    """Retell's ``model_config``: the model that answers (``primary``), the one that answers when it fails
+    (``backup``), and the temperature. Only the ``cascading`` type (a text LLM) can run a chat."""
+
+    type: Literal["cascading"] = "cascading"
+    primary: ModelRef | None = None
+    backup: BackupModelRef | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_models_only(cls, value: Any) -> Any:
+        if value == "s2s":
+            raise ValueError("'s2s' is a speech-to-speech model for voice calls and cannot answer a chat; "
+                             "use 'cascading' with a text model as primary")
+        return "cascading" if value is None else value
+
+
 class RetellLLM(_Model):
-    """The response engine: prompt, first message, model, tools. Every update makes a new version."""
+    """The response engine: prompt, first message, model, tools. Every update makes a new version.
+
+    The model is ``model_config`` (``primary``, ``backup``, ``temperature``) when set, else the deprecated
+    ``model`` and ``model_temperature``, as Retell reads them.
+    """
+
+    # ``model_config`` is pydantic's own attribute, so the field has another name, read and written as Retell's.
+    model_config = ConfigDict(extra="allow", frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
 
     llm_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
     version: Annotated[int, IGNORED_IN_REQUESTS] = Field(default=0, ge=0)
@@ -133,14 +171,42 @@ class RetellLLM(_Model):
     last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
     model: str = "gpt-4.1"
     model_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    models: ModelConfig | None = Field(default=None, alias="model_config")
     general_prompt: str = ""
     begin_message: str | None = None
     general_tools: list[Tool] = Field(default_factory=list)
     default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def primary_model(self) -> str:
+        """The model that answers: ``model_config.primary``, else ``model``."""
+        return self.models.primary.model if self.models is not None and self.models.primary else self.model
+
+    @property
+    def backup_model(self) -> str | None:
+        """The model that answers when the primary fails (errors, time-outs, its breaker open), if any."""
+        return self.models.backup.model if self.models is not None and self.models.backup else None
+
+    @property
+    def temperature(self) -> float:
+        """``model_config.temperature`` (0 when it is left out) once there is a ``model_config``: Retell then
+        ignores ``model_temperature``."""
+        if self.models is not None:
+            return self.models.temperature if self.models.temperature is not None else 0.0
+        return self.model_temperature
+
     def warnings(self) -> list[str]:
-        return [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
-                for tool in self.general_tools if isinstance(tool, UnsupportedTool)]
+        out = [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
+               for tool in self.general_tools if isinstance(tool, UnsupportedTool)]
+        if self.models is not None:
+            for name, ref in (("primary", self.models.primary), ("backup", self.models.backup)):
+                if ref is not None and ref.tier is not None:
+                    out.append(f"model_config.{name}.tier {ref.tier!r} is a Retell capacity tier; Parley calls "
+                               f"the configured LLM server the same way whatever the tier")
+            if self.models.backup is not None and self.models.backup.kick_in_timeout_ms is not None:
+                out.append("model_config.backup.kick_in_timeout_ms is not used: the backup model answers when the "
+                           "primary fails, not after a delay")
+        return out
 
     @field_validator("general_tools")
     @classmethod
@@ -211,6 +277,8 @@ class ChatAgent(_Model):
     max_reply_segments: int = Field(default=3, ge=1, le=10)
     fallback_message: str = "Sorry, I can't answer right now. Please try again in a few minutes."
     model_accepts_images: bool = False
+    # This agent's model names as the LLM server knows them ("*": every other name); before PARLEY_LLM_MODELS.
+    llm_models: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _has_an_llm(self) -> ChatAgent:
