@@ -43,14 +43,15 @@ class Reply:
 
 
 def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
-    """Agent defaults < the chat's variables < system variables (Retell's layering)."""
+    """Agent defaults < the chat's variables < what its tools collected < system variables (Retell's layering)."""
     conv = chat.conversation
     system = variables.system_variables(
         now=now, timezone=agent.config.timezone, chat_id=chat.chat_id,
         user_number=conv.user_number if conv else None, agent_number=conv.agent_number if conv else None,
         direction=chat.direction.value if chat.direction else None,
     )
-    return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, system)
+    return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, chat.collected_variables,
+                           system)
 
 
 def system_prompt(agent: Agent, values: dict[str, str], now: datetime, medium: Medium) -> str:
@@ -150,6 +151,9 @@ class Responder:
                 result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
                                          chat=chat_payload, values=values, sms=sms, signing_key=self._signing_key)
                 reply.end_chat = reply.end_chat or result.end_chat
+                if result.variables:   # the chat keeps them (its commit writes them) and later tools see them
+                    chat.collected_variables.update(result.variables)
+                    values = chat_variables(agent, chat, now)
                 reply.messages += [
                     Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,
                             arguments=call.arguments, created_timestamp=_ms(now)),

@@ -1,18 +1,22 @@
 """The agent's tools: their OpenAI definitions, and running them.
 
-``end_call``/``end_chat`` ends the chat after the reply. ``custom`` POSTs Retell's custom-function body
-``{"name", "args", "chat"}`` to the tool's URL (``args_at_root`` sends the arguments at the top level)
-and gives the LLM the response text. Its URL (``{{variables}}`` rendered) goes through the outbound policy
-(``service.outbound.fetch``): a URL the policy refuses is a result saying so. ``send_sms`` texts the chat's
-user (or another number) through the turn's ``SmsHook``. Every failure is a tool result the LLM can read,
-never a crash.
+``end_call``/``end_chat`` ends the chat after the reply. ``custom`` sends Retell's custom-function body
+``{"name", "args", "chat"}`` to the tool's URL (``args_at_root`` sends the arguments at the top level), signed
+as Retell signs it, and gives the LLM the response text (up to 15,000 characters, as Retell); its
+``response_variables`` pick values out of the JSON response. Its URL, headers and query parameters have their
+``{{variables}}`` rendered; the URL goes through the outbound policy (``service.outbound.fetch``): a URL the
+policy refuses is a result saying so. ``send_sms`` texts the chat's user (or ``sms_destination``'s number)
+through the turn's ``SmsHook``. ``extract_dynamic_variable`` takes the values the model gives for the declared
+variables. Values a tool yields (``ToolOutcome.variables``) become the chat's collected dynamic variables.
+Every failure is a tool result the LLM can read, never a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -21,8 +25,15 @@ import orjson
 
 from service.agent.variables import render
 from service.errors import OutboundRefused
-from service.outbound import fetch
-from service.retell.models import CustomTool, EndChatTool, RetellLLM, SendSmsTool
+from service.outbound import fetch, header_problem
+from service.retell.models import (
+    CustomTool,
+    EndChatTool,
+    ExtractDynamicVariableTool,
+    ExtractedVariable,
+    RetellLLM,
+    SendSmsTool,
+)
 from service.webhooks.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -30,7 +41,7 @@ log = logging.getLogger(__name__)
 # Sends ``text`` to ``to`` (None: the chat's user); returns why it failed, or None when sent.
 SmsHook = Callable[[str | None, str], Awaitable[str | None]]
 
-MAX_RESULT_CHARS = 4_000
+MAX_RESULT_CHARS = 15_000   # Retell's limit on what a custom function's result gives the model
 MAX_RESPONSE_BYTES = 256 * 1024
 
 
@@ -41,6 +52,7 @@ class ToolOutcome:
     content: str
     successful: bool
     end_chat: bool = False
+    variables: dict[str, str] = field(default_factory=dict)   # dynamic variables the tool yielded
 
 
 def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
@@ -56,6 +68,9 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
             if tool.sms_content.type == "inferred":
                 params = {"type": "object", "required": ["content"], "properties": {"content": {
                     "type": "string", "description": f"The text message to send. {tool.sms_content.prompt}"}}}
+        elif isinstance(tool, ExtractDynamicVariableTool):
+            params = {"type": "object", "properties": {v.name: _schema(v) for v in tool.variables},
+                      "required": [v.name for v in tool.variables if v.required]}
         else:
             continue
         out.append({"type": "function",
@@ -71,7 +86,7 @@ async def run(
     tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
     if isinstance(tool, EndChatTool):
         return ToolOutcome("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
-    if not isinstance(tool, CustomTool | SendSmsTool):
+    if not isinstance(tool, CustomTool | SendSmsTool | ExtractDynamicVariableTool):
         return ToolOutcome(f"There is no tool named {name!r}.", False)
     try:
         args = orjson.loads(arguments or "{}")
@@ -81,6 +96,8 @@ async def run(
         return ToolOutcome("The arguments must be a JSON object.", False)
     if isinstance(tool, SendSmsTool):
         return await _send_sms(tool, args, values=values, sms=sms)
+    if isinstance(tool, ExtractDynamicVariableTool):
+        return _extract(tool, args)
     try:
         return await _call(tool, args, http=http, chat=chat(), values=values, signing_key=signing_key)
     except Exception as exc:   # not CancelledError (a BaseException): a shutdown still stops the turn
@@ -95,7 +112,7 @@ async def _send_sms(tool: SendSmsTool, args: dict[str, Any], *, values: dict[str
     """Retell's results: "Sent successfully" or "Failed to send" (with why)."""
     text = tool.sms_content.predefined
     text = render(text, values) if text is not None else str(args.get("content") or "")
-    to = render(tool.to_number, values) if tool.to_number else None
+    to = render(tool.recipient, values).strip() if tool.recipient else None
     if sms is None:
         return ToolOutcome("Failed to send: this chat has no phone number.", False)
     if not text.strip():
@@ -112,7 +129,12 @@ async def _call(
     if tool.args_at_root:
         body.setdefault("chat", chat)
     payload = orjson.dumps(body)
-    headers = {"Content-Type": "application/json", **tool.headers}
+    headers = {"Content-Type": "application/json"}
+    for name, template in tool.headers.items():
+        headers[name] = value = render(template, values)
+        if (problem := header_problem(name, value)) is not None:
+            return ToolOutcome(f"The tool's header {name} could not be sent: {problem}.", False)
+    query = {name: render(template, values) for name, template in tool.query_params.items()}
     if signing_key:   # Retell signs its custom-function requests: the receiver checks them with retell-sdk's verify
         headers[SIGNATURE_HEADER] = sign(payload, signing_key)
     # The URL may hold {{variables}}; the policy judges it as rendered (in fetch, and again after DNS). Values
@@ -120,7 +142,7 @@ async def _call(
     # a "?" or an "@".
     url = render(tool.url, {name: quote(value, safe="") for name, value in values.items()})
     try:
-        answer = await fetch(http, tool.method, url, params=tool.query_params or None, data=payload, headers=headers,
+        answer = await fetch(http, tool.method, url, params=query or None, data=payload, headers=headers,
                              timeout_s=tool.timeout_ms / 1000, max_bytes=MAX_RESPONSE_BYTES)
     except OutboundRefused as exc:
         log.warning("tool url refused", extra={"tool": tool.name, "error": str(exc)})
@@ -129,7 +151,87 @@ async def _call(
         return ToolOutcome(f"The tool did not answer within {tool.timeout_ms} ms.", False)
     except aiohttp.ClientError as exc:
         return ToolOutcome(f"The tool could not be reached: {exc.__class__.__name__}", False)
-    text = answer.body.decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
+    text = answer.body.decode("utf-8", errors="replace")
     if answer.status >= 400:
-        return ToolOutcome(f"The tool failed with HTTP {answer.status}: {text}", False)
-    return ToolOutcome(text, True)
+        return ToolOutcome(f"The tool failed with HTTP {answer.status}: {text[:MAX_RESULT_CHARS]}", False)
+    return ToolOutcome(text[:MAX_RESULT_CHARS], True, variables=_response_variables(tool, answer.body))
+
+
+_STEP = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def pick(document: Any, path: str) -> Any:
+    """The value at ``path`` (``data.user.name``, ``items[0].id``, ``$.a.b``) in a JSON document; KeyError if
+    there is none."""
+    found = document
+    for index, key in _STEP.findall(path.removeprefix("$").removeprefix(".")):
+        if index:
+            if not isinstance(found, list) or int(index) >= len(found):
+                raise KeyError(path)
+            found = found[int(index)]
+        elif isinstance(found, dict) and key in found:
+            found = found[key]
+        else:
+            raise KeyError(path)
+    return found
+
+
+def _as_variable(value: Any) -> str:
+    """A JSON value as a dynamic variable (variables are strings): strings as they are, others as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _response_variables(tool: CustomTool, body: bytes) -> dict[str, str]:
+    """``response_variables`` picked out of a JSON response; a path the response lacks sets nothing."""
+    if not tool.response_variables:
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        log.warning("tool response is not JSON; its response_variables are not set", extra={"tool": tool.name})
+        return {}
+    found = {}
+    for name, path in tool.response_variables.items():
+        try:
+            found[name] = _as_variable(pick(document, path))
+        except KeyError:
+            log.info("tool response has no value at a response_variables path",
+                     extra={"tool": tool.name, "variable": name, "path": path})
+    return found
+
+
+def _schema(variable: ExtractedVariable) -> dict[str, Any]:
+    description = variable.description
+    if variable.examples:
+        description += " Examples: " + "; ".join(variable.examples)
+    if variable.type == "enum":
+        return {"type": "string", "enum": variable.choices, "description": description}
+    return {"type": variable.type, "description": description}
+
+
+def _extract(tool: ExtractDynamicVariableTool, args: dict[str, Any]) -> ToolOutcome:
+    """The declared variables the model filled in, each checked against its type; the result says which
+    were recorded and which were not."""
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for variable in tool.variables:
+        if variable.name not in args or args[variable.name] is None:
+            if variable.required:
+                problems.append(f"{variable.name} is required")
+            continue
+        value = args[variable.name]
+        if variable.type == "boolean" and isinstance(value, bool):
+            found[variable.name] = "true" if value else "false"
+        elif variable.type == "number" and isinstance(value, int | float) and not isinstance(value, bool):
+            whole = isinstance(value, float) and value.is_integer()
+            found[variable.name] = str(int(value)) if whole else str(value)
+        elif variable.type in ("enum", "string") and isinstance(value, str) and (
+                variable.type == "string" or value in variable.choices):
+            found[variable.name] = value
+        else:
+            expected = f"one of {', '.join(variable.choices)}" if variable.type == "enum" else f"a {variable.type}"
+            problems.append(f"{variable.name} must be {expected}, not {orjson.dumps(value).decode()}")
+    summary = ", ".join(f"{name}={value}" for name, value in found.items()) or "nothing"
+    if problems:
+        return ToolOutcome(f"Recorded {summary}. Not recorded: {'; '.join(problems)}.", False, variables=found)
+    return ToolOutcome(f"Recorded {summary}.", True, variables=found)

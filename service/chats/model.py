@@ -116,6 +116,7 @@ class Chat:
     agent_paused: bool = False               # a human has taken over: texts are stored, the LLM is not called
     touched_ms: int | None = None            # when the chat's TTLs were last refreshed
     dynamic_variables: dict[str, str] = field(default_factory=dict)
+    collected_variables: dict[str, str] = field(default_factory=dict)   # set by tools during the chat
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
 
@@ -162,6 +163,7 @@ class Chat:
             agent_paused=data.get("agent_paused") == "True",
             touched_ms=opt_int("touched_ms"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
+            collected_variables=orjson.loads(data.get("collected_variables", "{}")),
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
         )
@@ -185,6 +187,7 @@ class Chat:
             transcript="".join(line + "\n" for line in lines),
             message_with_tool_calls=[m.to_retell() for m in messages],
             retell_llm_dynamic_variables=self.dynamic_variables,
+            collected_dynamic_variables=self.collected_variables,
             metadata=self.metadata,
             chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
             analysis_error=self.analysis_error,

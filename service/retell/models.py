@@ -23,6 +23,8 @@ ChannelName = Literal["sms", "whatsapp"]   # the channels ``service.channels`` r
 TOOL_NAME_RE = r"^[a-zA-Z0-9_-]{1,64}$"
 # An agent's or a Retell LLM's id (given, or drawn by the API). Ids are parts of Redis keys: nothing else is one.
 OBJECT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+# A dynamic variable's name, as ``{{name}}`` writes it.
+VARIABLE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 RETELL_MIN_SILENCE_MS = 120_000
 RETELL_MAX_SILENCE_MS = 259_200_000
@@ -64,8 +66,14 @@ class EndChatTool(_Model):
     description: str = "End the conversation when the user is done or asks to stop."
 
 
+# A JSON path into a tool's response, as Retell's ``response_variables`` write them: ``data.user.name``,
+# ``items[0].id``, optionally starting with ``$.``.
+JSON_PATH_RE = re.compile(r"^(?:\$\.?)?(?:[^.\[\]]+|\[\d+\])(?:\.[^.\[\]]+|\[\d+\])*$")
+
+
 class CustomTool(_Model):
-    """An HTTP function: Parley POSTs ``{"name", "args", "chat"}`` to ``url``; the response is the result."""
+    """An HTTP function: Parley sends ``{"name", "args", "chat"}`` to ``url`` (``args_at_root``: the arguments
+    at the top level); the response is the result, and ``response_variables`` pick values out of it."""
 
     type: Literal["custom"]
     name: str = Field(pattern=TOOL_NAME_RE)
@@ -77,15 +85,44 @@ class CustomTool(_Model):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     args_at_root: bool = False
     timeout_ms: int = Field(default=120_000, ge=1_000, le=600_000)
+    # Variable name -> JSON path in the response; the values become the chat's dynamic variables.
+    response_variables: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str] = Field(
+        default_factory=dict)
+
+    @field_validator("response_variables")
+    @classmethod
+    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not JSON_PATH_RE.fullmatch(path.strip()):
+                raise ValueError(f"{name}: {path!r} is not a JSON path like data.user.name or items[0].id")
+        return {name: path.strip() for name, path in value.items()}
+
+
+# The text Parley sends for Retell's ``info_collection`` template (Retell does not publish its wording).
+INFO_COLLECTION_TEXT = "Hi! To help you, we need a few details. Please reply to this message with them."
 
 
 class SmsContent(_Model):
-    """Retell's ``sms_content``: a predefined text (``text``, or the older ``content``), or an inferred one."""
+    """Retell's ``sms_content``: a predefined text (``text``, or the older ``content``), an inferred one (the
+    model writes it, guided by ``prompt``), or a ``template``. ``type`` may be left out, as the SDK allows:
+    it is then read from the fields given."""
 
-    type: Literal["predefined", "inferred"]
+    type: Literal["predefined", "inferred", "template"]
     text: str | None = None
     content: str | None = None
     prompt: str | None = None
+    template: Literal["info_collection"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") is None:
+            kind = ("template" if data.get("template") else "predefined" if data.get("text") or data.get("content")
+                    else "inferred" if data.get("prompt") else None)
+            if kind is None:
+                raise ValueError("sms_content needs text (predefined), a prompt (inferred) or a template")
+            return {**data, "type": kind}
+        return data
 
     @model_validator(mode="after")
     def _complete(self) -> SmsContent:
@@ -93,22 +130,86 @@ class SmsContent(_Model):
             raise ValueError("a predefined sms_content needs text")
         if self.type == "inferred" and not self.prompt:
             raise ValueError("an inferred sms_content needs a prompt")
+        if self.type == "template" and not self.template:
+            raise ValueError("a template sms_content needs template: info_collection")
         return self
 
     @property
     def predefined(self) -> str | None:
+        """The text to send as it is (``{{variables}}`` still to render); None when the model writes it."""
+        if self.type == "template":
+            return INFO_COLLECTION_TEXT
         return (self.text or self.content) if self.type == "predefined" else None
 
 
+class SmsDestination(_Model):
+    """Who a ``send_sms`` tool texts: the chat's user (``customer_number``), or ``phone_number`` (which may hold
+    ``{{variables}}``)."""
+
+    type: Literal["customer_number", "phone_number"]
+    phone_number: str | None = None
+    ignore_e164_validation: bool = False
+
+    @model_validator(mode="after")
+    def _has_a_number(self) -> SmsDestination:
+        number = (self.phone_number or "").strip()
+        if self.type == "phone_number" and not number:
+            raise ValueError("a phone_number destination needs phone_number")
+        if number and "{{" not in number and not self.ignore_e164_validation and not E164_RE.fullmatch(number):
+            raise ValueError(f"phone_number {number!r} is not an E.164 number like +14155550123")
+        return self
+
+
+class SmsSender(_Model):
+    type: Literal["current_number", "retell_long_code"]
+
+
 class SendSmsTool(_Model):
-    """Retell's ``send_sms`` tool: sends a separate text during the chat. ``to_number`` (Parley's) may name
-    another recipient, e.g. ``{{manager_number}}``; by default it is the chat's user."""
+    """Retell's ``send_sms`` tool: sends a separate text during the chat, to ``sms_destination`` (by default
+    the chat's user) from the chat's number. Parley's older ``to_number`` is read as a ``phone_number``
+    destination."""
 
     type: Literal["send_sms"]
     name: str = Field(default="send_sms", pattern=TOOL_NAME_RE)
     description: str = "Send the user a text message."
     sms_content: SmsContent
+    sms_destination: SmsDestination | None = None
+    sms_sender: SmsSender | None = None
     to_number: str | None = None
+
+    @property
+    def recipient(self) -> str | None:
+        """The number to text (``{{variables}}`` still to render); None: the chat's user."""
+        if self.sms_destination is not None:
+            return self.sms_destination.phone_number if self.sms_destination.type == "phone_number" else None
+        return self.to_number
+
+
+class ExtractedVariable(_Model):
+    """One variable an ``extract_dynamic_variable`` tool asks the model for."""
+
+    type: Literal["string", "enum", "boolean", "number"]
+    name: str = Field(pattern=VARIABLE_NAME_PATTERN)
+    description: str = ""
+    choices: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _enum_has_choices(self) -> ExtractedVariable:
+        if self.type == "enum" and not self.choices:
+            raise ValueError(f"{self.name}: an enum needs choices")
+        return self
+
+
+class ExtractDynamicVariableTool(_Model):
+    """Retell's ``extract_dynamic_variable``: the model fills ``variables`` from the conversation; they become
+    the chat's dynamic variables."""
+
+    type: Literal["extract_dynamic_variable"]
+    name: str = Field(pattern=TOOL_NAME_RE)
+    description: str = "Record what the user said."
+    variables: list[ExtractedVariable] = Field(min_length=1)
 
 
 class UnsupportedTool(_Model):
@@ -116,12 +217,13 @@ class UnsupportedTool(_Model):
 
     type: Literal[
         "transfer_call", "check_availability_cal", "book_appointment_cal", "agent_swap", "press_digit",
-        "code", "extract_dynamic_variable", "bridge_transfer", "cancel_transfer", "mcp",
+        "code", "bridge_transfer", "cancel_transfer", "mcp",
     ]
     name: str = ""
 
 
-Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | UnsupportedTool, Field(discriminator="type")]
+Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | UnsupportedTool,
+                 Field(discriminator="type")]
 
 
 class ModelRef(_Model):
@@ -198,6 +300,9 @@ class RetellLLM(_Model):
     def warnings(self) -> list[str]:
         out = [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
                for tool in self.general_tools if isinstance(tool, UnsupportedTool)]
+        out += [f"tool {tool.name}: sms_sender retell_long_code is Retell's shared number; Parley sends from the "
+                f"chat's number" for tool in self.general_tools
+                if isinstance(tool, SendSmsTool) and tool.sms_sender and tool.sms_sender.type == "retell_long_code"]
         if self.models is not None:
             for name, ref in (("primary", self.models.primary), ("backup", self.models.backup)):
                 if ref is not None and ref.tier is not None:
