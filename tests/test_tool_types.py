@@ -172,7 +172,7 @@ def test_send_sms_content_must_say_what_to_send() -> None:
         RetellLLM.model_validate({"general_tools": [sms(sms_content={})]})
     with pytest.raises(ValidationError, match="a phone_number destination needs phone_number"):
         RetellLLM.model_validate({"general_tools": [sms(sms_destination={"type": "phone_number"})]})
-    with pytest.raises(ValidationError, match="'555-0100' is not an E.164 number"):
+    with pytest.raises(ValidationError, match=r"'555-0100' is not an E\.164 number"):
         RetellLLM.model_validate({"general_tools": [sms(sms_destination={"type": "phone_number",
                                                                          "phone_number": "555-0100"})]})
     RetellLLM.model_validate({"general_tools": [sms(sms_destination={   # as Retell allows

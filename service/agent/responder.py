@@ -19,6 +19,7 @@ from service.agent.llm import LLM
 from service.catalog.store import Agent
 from service.chats.model import Chat, Message, Role
 from service.errors import LLMError
+from service.retell.models import State
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,28 @@ class Reply:
 
 
 def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
-    """Agent defaults < the chat's variables < what its tools collected < system variables (Retell's layering)."""
+    """Agent defaults < the chat's variables < what its tools collected < system variables (Retell's layering).
+    A multi-state agent's system variables include ``current_agent_state`` and ``previous_agent_state``."""
     conv = chat.conversation
     system = variables.system_variables(
         now=now, timezone=agent.config.timezone, chat_id=chat.chat_id,
         user_number=conv.user_number if conv else None, agent_number=conv.agent_number if conv else None,
         direction=chat.direction.value if chat.direction else None,
     )
+    if (state := agent.llm.state(chat.current_state)) is not None:
+        system["current_agent_state"] = state.name
+        if chat.previous_state is not None:
+            system["previous_agent_state"] = chat.previous_state
     return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, chat.collected_variables,
                            system)
 
 
-def system_prompt(agent: Agent, values: dict[str, str], now: datetime, medium: Medium) -> str:
+def system_prompt(agent: Agent, values: dict[str, str], now: datetime, medium: Medium,
+                  state: State | None = None) -> str:
+    """The general prompt, then the current state's (a multi-state agent), then how to write for ``medium``."""
     prompt = variables.render(agent.llm.general_prompt, values, now=now)
+    if state is not None and state.state_prompt:
+        prompt += "\n\n" + variables.render(state.state_prompt, values, now=now)
     return prompt + medium.instructions(agent.config.max_reply_segments)
 
 
@@ -100,9 +110,9 @@ def to_openai(history: list[Message], *, images: bool) -> list[dict[str, Any]]:
                 out[-1]["tool_calls"].append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        else:
+        elif m.role is Role.TOOL_CALL_RESULT:
             out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
-    return out
+    return out   # a state_transition entry is the agent's own bookkeeping: the model does not see it
 
 
 class Responder:
@@ -121,12 +131,18 @@ class Responder:
     ) -> Reply:
         """The agent's reply to ``history`` (which ends with the new user messages)."""
         now = now or datetime.now(UTC)
+        medium = self._media[chat.channel]
+        state = agent.llm.state(chat.current_state)
+        if state is not None and chat.current_state not in (None, state.name):
+            log.warning("the chat's state is not one of its agent's; starting over", extra={
+                "chat_id": chat.chat_id, "state": chat.current_state})
         values = chat_variables(agent, chat, now)
-        prompt = system_prompt(agent, values, now, self._media[chat.channel])
+        prompt = system_prompt(agent, values, now, medium, state)
         messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
-        definitions = tools.definitions(agent.llm)
+        available = tools.offered(agent.llm, state)
+        definitions = tools.definitions(available)
         def chat_payload() -> dict[str, Any]:   # built only if a custom tool is called
             return chat.to_response(history).model_dump(mode="json")
 
@@ -147,20 +163,38 @@ class Responder:
             messages.append({"role": "assistant", "content": completion.content or None, "tool_calls": [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for c in completion.tool_calls]})
+            moved = False
             for call in completion.tool_calls:
-                result = await tools.run(agent.llm, call.name, call.arguments, http=self._http,
+                result = await tools.run(available, call.name, call.arguments, http=self._http,
                                          chat=chat_payload, values=values, sms=sms, signing_key=self._signing_key)
+                if result.new_state is not None and moved:
+                    result = tools.ToolOutcome(f"Not moved: the agent already moved to {chat.current_state} in this "
+                                               f"step; move one state at a time.", False)
                 reply.end_chat = reply.end_chat or result.end_chat
                 if result.variables:   # the chat keeps them (its commit writes them) and later tools see them
                     chat.collected_variables.update(result.variables)
                     values = chat_variables(agent, chat, now)
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+                if result.new_state is not None:
+                    # Retell records a transition as its own entry, not as a tool call.
+                    former = state.name if state is not None else None
+                    chat.previous_state, chat.current_state = former, result.new_state
+                    reply.messages.append(Message(Role.STATE_TRANSITION, former_state_name=former,
+                                                  new_state_name=result.new_state, created_timestamp=_ms(now)))
+                    moved = True
+                    continue
                 reply.messages += [
                     Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,
                             arguments=call.arguments, created_timestamp=_ms(now)),
                     Message(Role.TOOL_CALL_RESULT, content=result.content, tool_call_id=call.id,
                             successful=result.successful, created_timestamp=_ms(now)),
                 ]
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+            if moved:   # the rest of the turn runs in the new state: its prompt and its tools
+                state = agent.llm.state(chat.current_state)
+                values = chat_variables(agent, chat, now)
+                messages[0] = {"role": "system", "content": system_prompt(agent, values, now, medium, state)}
+                available = tools.offered(agent.llm, state)
+                definitions = tools.definitions(available)
             if reply.end_chat and completion.content.strip():
                 reply.text = completion.content.strip()
                 return reply

@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
 import aiohttp
@@ -33,6 +33,9 @@ from service.retell.models import (
     ExtractedVariable,
     RetellLLM,
     SendSmsTool,
+    State,
+    StateEdge,
+    UnsupportedTool,
 )
 from service.webhooks.events import SIGNATURE_HEADER, sign
 
@@ -53,12 +56,41 @@ class ToolOutcome:
     successful: bool
     end_chat: bool = False
     variables: dict[str, str] = field(default_factory=dict)   # dynamic variables the tool yielded
+    new_state: str | None = None   # a transition: the state the agent moves to
 
 
-def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state's edge, offered to the model as the tool ``transition_to_{destination_state_name}``."""
+
+    edge: StateEdge
+
+    @property
+    def name(self) -> str:
+        return self.edge.tool_name
+
+
+# Everything the model may be offered: Retell's tool types and the transitions of multi-state agents.
+Offered: TypeAlias = EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | UnsupportedTool | Transition
+
+
+def offered(llm: RetellLLM, state: State | None) -> list[Offered]:
+    """What the model may call in ``state``: the general tools, the state's own, and one transition per edge."""
+    if state is None:
+        return list(llm.general_tools)
+    return [*llm.general_tools, *state.tools, *(Transition(edge) for edge in state.edges)]
+
+
+def definitions(tools: list[Offered]) -> list[dict[str, Any]]:
     """The tools in OpenAI's function-calling format (unsupported Retell types are left out)."""
     out: list[dict[str, Any]] = []
-    for tool in llm.general_tools:
+    for tool in tools:
+        if isinstance(tool, Transition):
+            edge = tool.edge
+            out.append({"type": "function", "function": {
+                "name": tool.name, "description": edge.description or f"Move to {edge.destination_state_name}.",
+                "parameters": edge.parameters or {"type": "object", "properties": {}}}})
+            continue
         if isinstance(tool, EndChatTool):
             params: dict[str, Any] = {"type": "object", "properties": {}}
         elif isinstance(tool, CustomTool):
@@ -79,14 +111,14 @@ def definitions(llm: RetellLLM) -> list[dict[str, Any]]:
 
 
 async def run(
-    llm: RetellLLM, name: str, arguments: str, *, http: aiohttp.ClientSession, chat: Callable[[], dict[str, Any]],
-    values: dict[str, str], sms: SmsHook | None, signing_key: str | None = None,
+    tools: list[Offered], name: str, arguments: str, *, http: aiohttp.ClientSession,
+    chat: Callable[[], dict[str, Any]], values: dict[str, str], sms: SmsHook | None, signing_key: str | None = None,
 ) -> ToolOutcome:
-    """Run the tool the LLM called."""
-    tool = next((t for t in llm.general_tools if getattr(t, "name", None) == name), None)
+    """Run the tool the LLM called (one of ``tools``, what ``offered`` gave)."""
+    tool = next((t for t in tools if getattr(t, "name", None) == name), None)
     if isinstance(tool, EndChatTool):
         return ToolOutcome("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
-    if not isinstance(tool, CustomTool | SendSmsTool | ExtractDynamicVariableTool):
+    if not isinstance(tool, CustomTool | SendSmsTool | ExtractDynamicVariableTool | Transition):
         return ToolOutcome(f"There is no tool named {name!r}.", False)
     try:
         args = orjson.loads(arguments or "{}")
@@ -98,6 +130,10 @@ async def run(
         return await _send_sms(tool, args, values=values, sms=sms)
     if isinstance(tool, ExtractDynamicVariableTool):
         return _extract(tool, args)
+    if isinstance(tool, Transition):
+        destination = tool.edge.destination_state_name
+        return ToolOutcome(f"Moved to the state {destination}.", True, new_state=destination,
+                           variables={key: _as_variable(value) for key, value in args.items() if value is not None})
     try:
         return await _call(tool, args, http=http, chat=chat(), values=values, signing_key=signing_key)
     except Exception as exc:   # not CancelledError (a BaseException): a shutdown still stops the turn

@@ -40,6 +40,7 @@ class Role(StrEnum):
     TOOL_CALL_INVOCATION = "tool_call_invocation"
     TOOL_CALL_RESULT = "tool_call_result"
     INJECTED = "injected"      # context given to the agent, said by nobody (a voice call's transcript)
+    STATE_TRANSITION = "state_transition"   # a multi-state agent moved (former_state_name -> new_state_name)
 
 
 class EndReason(StrEnum):
@@ -77,6 +78,8 @@ class Message:
     error: str | None = None           # why a send failed, in words
     sender: str | None = None          # "human" when a person wrote an agent message (takeover)
     media: list[dict[str, str]] | None = None
+    former_state_name: str | None = None
+    new_state_name: str | None = None
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_retell()).decode()
@@ -117,6 +120,8 @@ class Chat:
     touched_ms: int | None = None            # when the chat's TTLs were last refreshed
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     collected_variables: dict[str, str] = field(default_factory=dict)   # set by tools during the chat
+    current_state: str | None = None       # a multi-state agent's state (None: its starting state)
+    previous_state: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
 
@@ -164,9 +169,21 @@ class Chat:
             touched_ms=opt_int("touched_ms"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             collected_variables=orjson.loads(data.get("collected_variables", "{}")),
+            current_state=data.get("current_state"),
+            previous_state=data.get("previous_state"),
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
         )
+
+    def turn_fields(self) -> dict[str, str]:
+        """The fields a turn may change besides its messages and ending, as stored (``Chats.commit``)."""
+        out = {"collected_variables": orjson.dumps(self.collected_variables).decode()} \
+            if self.collected_variables else {}
+        if self.current_state is not None:
+            out["current_state"] = self.current_state
+        if self.previous_state is not None:
+            out["previous_state"] = self.previous_state
+        return out
 
     def to_response(self, messages: list[Message]) -> ChatResponse:
         """Retell's chat object, with Parley's additive fields."""

@@ -202,8 +202,8 @@ class Chats:
                             if m.status == RETRYING] if conv is not None else [],
                 "conv_id": conv.id if conv is not None else "",
                 "waiting_ttl": keys.OUTGOING_TTL_S,
-                # Dynamic variables the chat's tools collected (written whole; turns of a chat never overlap).
-                "collected": orjson.dumps(chat.collected_variables).decode() if chat.collected_variables else "",
+                # What tools collected, the agent's state (written whole; turns of a chat never overlap).
+                "fields": chat.turn_fields(),
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -251,7 +251,7 @@ class Commit:
 # conv (there is a conversation), consumed (mailbox items the turn handled), now (ms), ttl (s), cap (messages
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
 # deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
-# for Twilio), conv_id, waiting_ttl (s), collected (the chat's collected variables as JSON, '' none) and, when
+# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state) and, when
 # ending, end (the fields that end it).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
@@ -265,7 +265,7 @@ if p.chat then
     if n == #p.messages then redis.call('EXPIRE', KEYS[5], p.ttl) end
     if n > p.cap then redis.call('LTRIM', KEYS[5], -p.cap, -1) end
   end
-  if p.collected ~= '' then redis.call('HSET', KEYS[4], 'collected_variables', p.collected) end
+  for name, value in pairs(p.fields) do redis.call('HSET', KEYS[4], name, value) end
   if p.refresh then
     redis.call('EXPIRE', KEYS[4], p.ttl)
     redis.call('EXPIRE', KEYS[5], p.ttl)

@@ -226,6 +226,31 @@ Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariable
                  Field(discriminator="type")]
 
 
+STATE_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class StateEdge(_Model):
+    """A way out of a state: the model moves by calling ``transition_to_{destination_state_name}``, whose
+    arguments (``parameters``) become dynamic variables of the later states."""
+
+    destination_state_name: str = Field(pattern=STATE_NAME_PATTERN)
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+
+    @property
+    def tool_name(self) -> str:
+        return f"transition_to_{self.destination_state_name}"
+
+
+class State(_Model):
+    """One state of a multi-state Retell LLM: its prompt (after the general prompt), tools and edges."""
+
+    name: str = Field(pattern=STATE_NAME_PATTERN)
+    state_prompt: str = ""
+    edges: list[StateEdge] = Field(default_factory=list)
+    tools: list[Tool] = Field(default_factory=list)
+
+
 class ModelRef(_Model):
     """A model in Retell's ``model_config``: its name as Retell writes it (``gpt-4.1``, ``claude-4.5-sonnet``...),
     which ``PARLEY_LLM_MODELS`` or the agent's ``llm_models`` may map to a name the LLM server knows."""
@@ -277,6 +302,8 @@ class RetellLLM(_Model):
     general_prompt: str = ""
     begin_message: str | None = None
     general_tools: list[Tool] = Field(default_factory=list)
+    states: list[State] = Field(default_factory=list)
+    starting_state: str | None = None
     default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -298,10 +325,11 @@ class RetellLLM(_Model):
         return self.model_temperature
 
     def warnings(self) -> list[str]:
+        every = [*self.general_tools, *(tool for state in self.states for tool in state.tools)]
         out = [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
-               for tool in self.general_tools if isinstance(tool, UnsupportedTool)]
+               for tool in every if isinstance(tool, UnsupportedTool)]
         out += [f"tool {tool.name}: sms_sender retell_long_code is Retell's shared number; Parley sends from the "
-                f"chat's number" for tool in self.general_tools
+                f"chat's number" for tool in every
                 if isinstance(tool, SendSmsTool) and tool.sms_sender and tool.sms_sender.type == "retell_long_code"]
         if self.models is not None:
             for name, ref in (("primary", self.models.primary), ("backup", self.models.backup)):
@@ -321,6 +349,36 @@ class RetellLLM(_Model):
         if dupes:
             raise ValueError(f"tool names must be unique; repeated: {', '.join(dupes)}")
         return tools
+
+    @model_validator(mode="after")
+    def _states_hold_together(self) -> RetellLLM:
+        """Retell's rules: unique state names, a starting state among them, edges to states that exist, and
+        tool names unique among everything the model sees in a state (general tools, the state's, its edges')."""
+        names = [state.name for state in self.states]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"states: names must be unique; repeated: {', '.join(repeated)}")
+        if self.states and self.starting_state is None:
+            raise ValueError(f"starting_state: required when there are states (one of {', '.join(names)})")
+        if self.starting_state is not None and self.starting_state not in names:
+            raise ValueError(f"starting_state: no state named {self.starting_state!r} "
+                             f"(states: {', '.join(names) or 'none'})")
+        general = [t.name for t in self.general_tools if not isinstance(t, UnsupportedTool)]
+        for index, state in enumerate(self.states):
+            for number, edge in enumerate(state.edges):
+                if edge.destination_state_name not in names:
+                    raise ValueError(f"states.{index}.edges.{number}.destination_state_name: no state named "
+                                     f"{edge.destination_state_name!r} (states: {', '.join(names)})")
+            seen = general + [t.name for t in state.tools if not isinstance(t, UnsupportedTool)] + [
+                edge.tool_name for edge in state.edges]
+            if repeated := sorted({n for n in seen if seen.count(n) > 1}):
+                raise ValueError(f"states.{index} ({state.name}): tool names must be unique among the general "
+                                 f"tools, the state's tools and its transitions; repeated: {', '.join(repeated)}")
+        return self
+
+    def state(self, name: str | None) -> State | None:
+        """The state called ``name``, else the starting one (None without states)."""
+        by_name = {state.name: state for state in self.states}
+        return by_name.get(name or "") or by_name.get(self.starting_state or "")
 
 
 EventKind = Literal["chat_started", "chat_ended", "chat_analyzed", "transcript_updated"]
