@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.catalog import agent_files
 from service.retell.models import RetellLLM
+from service.retell.unsupported import unsupported
 
 from .conftest import (
     DEFAULT_NUMBERS,
@@ -155,13 +156,13 @@ def test_a_speech_to_speech_model_cannot_run_a_chat(
 def test_what_parley_does_not_use_is_said() -> None:
     llm = RetellLLM.model_validate({"model_config": {
         "primary": {"model": "gpt-5", "tier": "fast"}, "backup": {"model": "gpt-4.1", "kick_in_timeout_ms": 800}}})
-    assert llm.warnings() == [
-        "model_config.primary.tier 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
+    assert unsupported(llm) == [
+        "model_config.primary: tier 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
         "same way whatever the tier",
-        "model_config.backup.kick_in_timeout_ms is not used: the backup model answers when the primary fails, not "
+        "model_config.backup: kick_in_timeout_ms is not used: the backup model answers when the primary fails, not "
         "after a delay",
     ]
-    assert RetellLLM.model_validate({"model_config": {"primary": {"model": "gpt-5"}}}).warnings() == []
+    assert unsupported(RetellLLM.model_validate({"model_config": {"primary": {"model": "gpt-5"}}})) == []
 
 
 def test_model_config_keeps_retells_name_both_ways() -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from service.agent.tools import MAX_RESULT_CHARS, pick
 from service.retell.models import INFO_COLLECTION_TEXT, RetellLLM
+from service.retell.unsupported import unsupported
 
 from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, agent_file
 from .fakes.openai import Call, Completion
@@ -178,8 +179,8 @@ def test_send_sms_content_must_say_what_to_send() -> None:
     RetellLLM.model_validate({"general_tools": [sms(sms_destination={   # as Retell allows
         "type": "phone_number", "phone_number": "555-0100", "ignore_e164_validation": True})]})
     long_code = RetellLLM.model_validate({"general_tools": [sms(sms_sender={"type": "retell_long_code"})]})
-    assert long_code.warnings() == ["tool text_it: sms_sender retell_long_code is Retell's shared number; Parley "
-                                    "sends from the chat's number"]
+    assert unsupported(long_code) == ["general_tools.0 (text_it): sms_sender retell_long_code is Retell's shared "
+                                      "number; Parley sends from the chat's number"]
     llm = RetellLLM.model_validate({"general_tools": [sms(sms_content={"prompt": "Write the address."})]})
     assert llm.general_tools[0].sms_content.type == "inferred"   # type: ignore[union-attr]
 

@@ -11,7 +11,15 @@ from typing import Any
 from aiohttp import web
 
 from service.api import id_forms
-from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
+from service.api.http import (
+    ensure_writable,
+    json_response,
+    model_response,
+    page_of_ids,
+    read_object,
+    read_query,
+    validated,
+)
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog import targets
@@ -28,6 +36,7 @@ from service.retell.requests import (
     VersionQuery,
     version_number,
 )
+from service.retell.unsupported import unsupported
 
 READ_ONLY = {"version", "is_published", "last_modification_timestamp"}
 
@@ -68,6 +77,13 @@ def _agent_body(data: dict[str, Any], agent_id: str, policy: OutboundPolicy) -> 
     return agent
 
 
+def _reported(model: ChatAgent | RetellLLM, status: int = 200) -> web.Response:
+    """A created or updated agent or Retell LLM, with Parley's additive ``unsupported``: the fields it holds that
+    Parley stores but does not act on (``service.retell.unsupported``), so nothing is ignored silently."""
+    return json_response({**model.model_dump(mode="json", exclude_none=True), "unsupported": unsupported(model)},
+                         status)
+
+
 def _given_id(value: Any, prefix: str) -> Any:
     """The id a create body gives, or a new one when it gives none (or ""). Anything but a string (null too) is
     left for the body's check to refuse (422), never made into a string."""
@@ -83,7 +99,7 @@ async def create_chat_agent(request: web.Request) -> web.Response:
         raise Conflict(f"agent {agent_id!r} already exists")
     agent = _agent_body(data, agent_id, _policy(request))
     await _llm_exists(request, agent)
-    return model_response(await rt.catalog.agents.put(agent), status=201)
+    return _reported(await rt.catalog.agents.put(agent), status=201)
 
 
 async def get_chat_agent(request: web.Request) -> web.Response:
@@ -101,7 +117,7 @@ async def update_chat_agent(request: web.Request) -> web.Response:
     data.pop("agent_id", None)
     agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id, _policy(request))
     await _llm_exists(request, agent)
-    return model_response(await rt.catalog.agents.put(agent))
+    return _reported(await rt.catalog.agents.put(agent))
 
 
 async def delete_chat_agent(request: web.Request) -> web.Response:
@@ -156,7 +172,7 @@ async def create_retell_llm(request: web.Request) -> web.Response:
     llm_id = _given_id(data.pop("llm_id", ""), "llm_")
     if id_forms.is_object_id(llm_id) and await rt.catalog.llms.exists(llm_id):   # as in create_chat_agent
         raise Conflict(f"retell llm {llm_id!r} already exists")
-    return model_response(await rt.catalog.llms.put(_llm_body(data, llm_id, _policy(request))), status=201)
+    return _reported(await rt.catalog.llms.put(_llm_body(data, llm_id, _policy(request))), status=201)
 
 
 async def get_retell_llm(request: web.Request) -> web.Response:
@@ -177,7 +193,7 @@ async def update_retell_llm(request: web.Request) -> web.Response:
         # Retell's rule: each key of model_config given replaces the current one; the others are kept.
         data["model_config"] = {**current.models.model_dump(mode="json"), **given}
     llm = _llm_body({**current.model_dump(), **data}, llm_id, _policy(request))
-    return model_response(await rt.catalog.llms.put(llm))
+    return _reported(await rt.catalog.llms.put(llm))
 
 
 async def delete_retell_llm(request: web.Request) -> web.Response:

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from service.api import id_forms
-from service.api.http import model_response, read_body, read_query
+from service.api.http import UNSUPPORTED_HEADER, model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog.store import Agent, pick_agent
@@ -124,7 +124,10 @@ async def create_sms_chat(request: web.Request) -> web.Response:
             result.end, result.end_timestamp = EndReason.SEND_FAILED, now_ms()
         await rt.lifecycle.commit(chat, conv, result)
     outreach.raise_if_failed(failed, after=f" (the first message of chat {chat.chat_id}; the chat was ended)")
-    return model_response(await _response(rt, chat))
+    response = model_response(await _response(rt, chat))
+    if body.honor_internal_dnc is False:   # accepted, as Retell's SDK may send it, but said not obeyed
+        response.headers[UNSUPPORTED_HEADER] = "honor_internal_dnc=false: opted-out numbers are always refused"
+    return response
 
 
 async def get_chat(request: web.Request) -> web.Response:

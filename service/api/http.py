@@ -59,6 +59,10 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.json_bytes_response(data, dumps=orjson.dumps, status=status)
 
 
+# Names what a request asked for that Parley accepted but does not do (nothing is ignored silently).
+UNSUPPORTED_HEADER = "X-Parley-Unsupported"
+
+
 def model_response(model: BaseModel | Sequence[BaseModel], status: int = 200) -> web.Response:
     """A pydantic object (or a list of them) as JSON, without the fields that are unset or None."""
     if not isinstance(model, BaseModel):

@@ -3,7 +3,8 @@
 ``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
 ``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it. The
 URLs Parley will call and a tool's headers are checked against the outbound policy (``catalog.targets``),
-and so is ``PARLEY_WEBHOOK_URL``.
+and so is ``PARLEY_WEBHOOK_URL``. What a file holds that Parley does not act on (``retell.unsupported``) is
+collected per agent in ``Declared.unsupported``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from service.catalog import targets
 from service.errors import ConfigError, OutboundRefused
 from service.outbound import OutboundPolicy
 from service.retell.models import ChatAgent, PhoneNumber
+from service.retell.unsupported import unsupported
 from service.settings import Settings
 from service.validation import describe
 
@@ -39,6 +41,8 @@ class Declared:
     numbers: dict[str, PhoneNumber] = field(default_factory=dict)
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # By "<file>: agent <id>": the fields it (and its inline Retell LLM) holds that Parley does not act on.
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
 
     def declared_in(self, kind: str, object_id: str) -> Path | None:
         return self.files.get((kind, object_id))
@@ -75,6 +79,8 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     catalog.files[("agent", agent.agent_id)] = path
     catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
+    if not_acted_on := unsupported(agent):
+        catalog.unsupported[f"{path}: agent {agent.agent_id}"] = not_acted_on
 
 
 def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: OutboundPolicy) -> None:

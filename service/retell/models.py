@@ -324,22 +324,6 @@ class RetellLLM(_Model):
             return self.models.temperature if self.models.temperature is not None else 0.0
         return self.model_temperature
 
-    def warnings(self) -> list[str]:
-        every = [*self.general_tools, *(tool for state in self.states for tool in state.tools)]
-        out = [f"tool {tool.name or '?'} of type {tool.type!r} is not supported yet; the LLM won't see it"
-               for tool in every if isinstance(tool, UnsupportedTool)]
-        out += [f"tool {tool.name}: sms_sender retell_long_code is Retell's shared number; Parley sends from the "
-                f"chat's number" for tool in every
-                if isinstance(tool, SendSmsTool) and tool.sms_sender and tool.sms_sender.type == "retell_long_code"]
-        if self.models is not None:
-            for name, ref in (("primary", self.models.primary), ("backup", self.models.backup)):
-                if ref is not None and ref.tier is not None:
-                    out.append(f"model_config.{name}.tier {ref.tier!r} is a Retell capacity tier; Parley calls "
-                               f"the configured LLM server the same way whatever the tier")
-            if self.models.backup is not None and self.models.backup.kick_in_timeout_ms is not None:
-                out.append("model_config.backup.kick_in_timeout_ms is not used: the backup model answers when the "
-                           "primary fails, not after a delay")
-        return out
 
     @field_validator("general_tools")
     @classmethod
@@ -466,8 +450,6 @@ class ChatAgent(_Model):
                 f"end_chat_after_silence_ms={self.end_chat_after_silence_ms} is below Retell's minimum of "
                 f"{RETELL_MIN_SILENCE_MS} ms (fine for demos and tests)"
             )
-        if self.retell_llm is not None:
-            out += self.retell_llm.warnings()
         return out
 
 

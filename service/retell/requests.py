@@ -48,6 +48,9 @@ class CreateSmsChatRequest(_Body):
     override_agent_version: AgentVersion | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    honor_internal_dnc: bool | None = Field(default=None, description=(
+        "Retell's. Parley always refuses a number that opted out (STOP) of the sending number; false is "
+        "answered with an X-Parley-Unsupported header, not obeyed"))
 
 
 class CreateChatCompletionRequest(_Body):
