@@ -369,21 +369,34 @@ EventKind = Literal["chat_started", "chat_ended", "chat_analyzed", "transcript_u
 DEFAULT_EVENTS: tuple[EventKind, ...] = ("chat_started", "chat_ended", "chat_analyzed")
 
 
+ANALYSIS_PRESETS = ("chat_summary", "chat_successful", "user_sentiment")
+
+
 class AnalysisField(_Model):
-    """One item of ``post_chat_analysis_data``: what the post-chat analysis extracts."""
+    """One item of ``post_chat_analysis_data``: a field the post-chat analysis extracts (string, enum, boolean,
+    number), or a ``system-presets`` item that rewords one of Retell's own three fields or makes it optional."""
 
     type: Literal["string", "enum", "boolean", "number", "system-presets"]
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = ""
-    required: bool = False
+    # Custom fields: optional unless true (a required one the model cannot fill marks the chat unsuccessful).
+    # Presets: required unless false, as in Retell.
+    required: bool | None = None
+    conditional_prompt: str | None = None   # when to fill the field (ignored when it is required)
     choices: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _enum_has_choices(self) -> AnalysisField:
+    def _complete(self) -> AnalysisField:
         if self.type == "enum" and not self.choices:
             raise ValueError(f"{self.name}: an enum needs choices")
+        if self.type == "system-presets" and self.name not in ANALYSIS_PRESETS:
+            raise ValueError(f"{self.name}: a system-presets item names one of {', '.join(ANALYSIS_PRESETS)}")
         return self
+
+    @property
+    def is_required(self) -> bool:
+        return self.required is not False if self.type == "system-presets" else self.required is True
 
 
 class ResponseEngine(_Model):
@@ -418,7 +431,7 @@ class ChatAgent(_Model):
     webhook_events: list[EventKind] | None = None
     webhook_timeout_ms: int = Field(default=10_000, ge=1_000, le=60_000)
     post_chat_analysis_data: list[AnalysisField] = Field(default_factory=list)
-    post_chat_analysis_model: str = "gpt-4.1"
+    post_chat_analysis_model: str = "gpt-5.6-terra"   # Retell's default
     # Parley's own fields.
     burst_window_ms: int = Field(default=1_500, ge=0, le=60_000)
     max_reply_segments: int = Field(default=3, ge=1, le=10)
