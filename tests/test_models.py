@@ -157,9 +157,9 @@ def test_what_parley_does_not_use_is_said() -> None:
     llm = RetellLLM.model_validate({"model_config": {
         "primary": {"model": "gpt-5", "tier": "fast"}, "backup": {"model": "gpt-4.1", "kick_in_timeout_ms": 800}}})
     assert unsupported(llm) == [
-        "model_config.primary: tier 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
+        "model_config.primary.tier: 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
         "same way whatever the tier",
-        "model_config.backup: kick_in_timeout_ms is not used: the backup model answers when the primary fails, not "
+        "model_config.backup.kick_in_timeout_ms: not used: the backup model answers when the primary fails, not "
         "after a delay",
     ]
     assert unsupported(RetellLLM.model_validate({"model_config": {"primary": {"model": "gpt-5"}}})) == []

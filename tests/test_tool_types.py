@@ -179,7 +179,7 @@ def test_send_sms_content_must_say_what_to_send() -> None:
     RetellLLM.model_validate({"general_tools": [sms(sms_destination={   # as Retell allows
         "type": "phone_number", "phone_number": "555-0100", "ignore_e164_validation": True})]})
     long_code = RetellLLM.model_validate({"general_tools": [sms(sms_sender={"type": "retell_long_code"})]})
-    assert unsupported(long_code) == ["general_tools.0 (text_it): sms_sender retell_long_code is Retell's shared "
+    assert unsupported(long_code) == ["general_tools.0 (text_it).sms_sender: retell_long_code is Retell's shared "
                                       "number; Parley sends from the chat's number"]
     llm = RetellLLM.model_validate({"general_tools": [sms(sms_content={"prompt": "Write the address."})]})
     assert llm.general_tools[0].sms_content.type == "inferred"   # type: ignore[union-attr]

@@ -39,7 +39,7 @@ def test_every_field_not_acted_on_is_named() -> None:
         f"model_high_priority: {NOT_USED}",
         f"tool_call_strict_mode: {NOT_USED}",
         f"knowledge_base_ids: {NOT_USED}",
-        "model_config.primary: tier 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
+        "model_config.primary.tier: 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
         "same way whatever the tier",
         f"general_tools.0 (end_chat).speak_during_execution: {NOT_USED}",
         "general_tools.1 (compute): a code tool does not run in a chat: the model is not offered it",
@@ -120,3 +120,27 @@ async def test_honor_internal_dnc_is_accepted_and_said_when_not_obeyed(
     response = await parley.api("POST", "/create-sms-chat", json=body)
     assert response.status == 200, await response.text()
     assert response.headers.get("X-Parley-Unsupported") == header
+
+
+def test_parley_check_names_a_conversation_flow_agent_it_cannot_run(tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(yaml.safe_dump({
+        "agent_name": "Flow", "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}}))
+    (tmp_path / "phone-numbers.yaml").write_text("[]")
+    done = run_check(tmp_path)
+    assert done.returncode != 0
+    assert ("flow.yaml: response_engine.type 'conversation-flow': conversation-flow agents (Retell's node graphs) "
+            "do not run in Parley yet; only Retell LLM agents (an inline retell_llm) run") in done.stderr
+
+
+async def test_the_api_refuses_an_engine_it_cannot_run_saying_why(make_parley: MakeParley) -> None:
+    parley = await make_parley()
+    refused = await parley.api("POST", "/create-chat-agent", json={
+        "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}})
+    assert refused.status == 422
+    assert "'conversation-flow': conversation-flow agents (Retell's node graphs) do not run in Parley yet" in (
+        await refused.json())["message"]
+
+
+def test_a_language_other_than_the_default_is_named() -> None:
+    assert unsupported(ChatAgent.model_validate(agent_file(language="es-ES"))) == [
+        "language: 'es-ES' is not passed to the model: say in the prompt which language to write in"]

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from service.catalog import targets
 from service.errors import ConfigError, OutboundRefused
 from service.outbound import OutboundPolicy
-from service.retell.models import ChatAgent, PhoneNumber
+from service.retell.models import ENGINES_NOT_RUN, ChatAgent, PhoneNumber
 from service.retell.unsupported import unsupported
 from service.settings import Settings
 from service.validation import describe
@@ -61,6 +61,11 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
         problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
         return
     data.setdefault("agent_id", path.stem)
+    engine = data.get("response_engine")
+    if isinstance(engine, dict) and engine.get("type") in ENGINES_NOT_RUN:
+        problems.append(f"{path}: response_engine.type {engine['type']!r}: {ENGINES_NOT_RUN[engine['type']]}; "
+                        "only Retell LLM agents (an inline retell_llm) run")
+        return
     if not isinstance(data.get("retell_llm"), dict):
         problems.append(f"{path}: retell_llm: required: an agent file carries its Retell LLM inline, as a mapping")
         return

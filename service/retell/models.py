@@ -399,10 +399,23 @@ class AnalysisField(_Model):
         return self.required is not False if self.type == "system-presets" else self.required is True
 
 
+ENGINES_NOT_RUN = {
+    "conversation-flow": "conversation-flow agents (Retell's node graphs) do not run in Parley yet",
+    "custom-llm": "custom-llm agents (your own LLM websocket) do not run in Parley",
+}
+
+
 class ResponseEngine(_Model):
     """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
 
     type: Literal["retell-llm"] = "retell-llm"
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _runnable(cls, value: Any) -> Any:
+        if value in ENGINES_NOT_RUN:
+            raise ValueError(f"{value!r}: {ENGINES_NOT_RUN[value]}; only retell-llm agents run")
+        return value
     llm_id: str = Field(pattern=OBJECT_ID_PATTERN)
     version: int | None = Field(default=None, ge=0)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.retell.models import BackupModelRef, ModelRef, SendSmsTool, UnsupportedTool
+from service.retell.models import BackupModelRef, ChatAgent, ModelRef, SendSmsTool, UnsupportedTool
 
 NOT_USED = "stored, not used by Parley"
 
@@ -26,7 +26,7 @@ def unsupported(model: BaseModel) -> list[str]:
 
 
 def _walk(model: BaseModel, path: str, out: list[str]) -> None:
-    out += [f"{path.rstrip('.') or 'this'}: {why}" for why in _not_acted_on(model)]
+    out += [f"{path}{name}: {why}" if name else f"{path.rstrip('.')}: {why}" for name, why in _not_acted_on(model)]
     if isinstance(model, UnsupportedTool):
         return   # the whole tool is reported; its own fields add nothing
     out += [f"{path}{name}: {NOT_USED}" for name in (model.model_extra or {})]
@@ -44,17 +44,20 @@ def _value(value: Any, path: str, out: list[str]) -> None:
                 _walk(item, f"{path}.{index}{f' ({label})' if label else ''}.", out)
 
 
-def _not_acted_on(model: BaseModel) -> list[str]:
-    """The known fields of ``model`` that Parley keeps without acting on, and why."""
+def _not_acted_on(model: BaseModel) -> list[tuple[str, str]]:
+    """The known fields of ``model`` that Parley keeps without acting on, and why ("" names the model itself)."""
     if isinstance(model, UnsupportedTool):
-        return [f"a {model.type} tool does not run in a chat: the model is not offered it"]
+        return [("", f"a {model.type} tool does not run in a chat: the model is not offered it")]
     why = []
+    if isinstance(model, ChatAgent) and model.language not in ("en-US", ["en-US"]):
+        why.append(("language", f"{model.language!r} is not passed to the model: say in the prompt which "
+                                "language to write in"))
     if isinstance(model, ModelRef) and model.tier is not None:
-        why.append(f"tier {model.tier!r} is a Retell capacity tier; Parley calls the configured LLM server the same "
-                   "way whatever the tier")
+        why.append(("tier", f"{model.tier!r} is a Retell capacity tier; Parley calls the configured LLM server the "
+                            "same way whatever the tier"))
     if isinstance(model, BackupModelRef) and model.kick_in_timeout_ms is not None:
-        why.append("kick_in_timeout_ms is not used: the backup model answers when the primary fails, not after a "
-                   "delay")
+        why.append(("kick_in_timeout_ms", "not used: the backup model answers when the primary fails, not after a "
+                                          "delay"))
     if isinstance(model, SendSmsTool) and model.sms_sender is not None and model.sms_sender.type == "retell_long_code":
-        why.append("sms_sender retell_long_code is Retell's shared number; Parley sends from the chat's number")
+        why.append(("sms_sender", "retell_long_code is Retell's shared number; Parley sends from the chat's number"))
     return why
