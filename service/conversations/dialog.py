@@ -21,6 +21,7 @@ from service.chats.model import Chat, ChatType, Direction, Message
 from service.clock import now_ms
 from service.conversations.runtime import Runtime
 from service.errors import NotFound
+from service.retell.unsupported import unsupported
 from service.storage import keys
 from service.validation import describe
 
@@ -54,6 +55,15 @@ def with_override(agent: Agent, override: dict[str, Any] | None) -> Agent:
         except ValidationError as exc:
             raise ValueError("; ".join(describe(exc, f"agent_override.{part}."))) from None
     return Agent(config=parts["agent"], llm=parts["retell_llm"])
+
+
+def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
+    """What an ``agent_override`` set that Parley keeps without acting on (``retell.unsupported``), by path."""
+    lines = []
+    for part, before, after in (("agent", agent.config, overridden.config), ("retell_llm", agent.llm, overridden.llm)):
+        known = set(unsupported(before))
+        lines += [f"agent_override.{part}.{line}" for line in unsupported(after) if line not in known]
+    return lines
 
 
 async def open_chat(

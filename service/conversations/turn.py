@@ -168,7 +168,10 @@ class Turns:
         override = decision.agent_override
         if override:
             try:   # checked against the agent it lays over; one that does not apply is reported, not half-used
-                dialog.with_override(await self._rt.catalog.resolve(agent_id, version), override)
+                base = await self._rt.catalog.resolve(agent_id, version)
+                ignored = dialog.override_unsupported(base, dialog.with_override(base, override))
+                if ignored:   # applied, but some of it Parley keeps without acting on: said, not silent
+                    decision.error = "chat_inbound webhook answer: applied, but " + "; ".join(ignored)
             except ValueError as exc:
                 decision.error, override = f"chat_inbound webhook answer: {exc}; the agent answers as it is", None
         chat, agent = await dialog.open_chat(
