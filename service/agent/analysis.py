@@ -24,7 +24,7 @@ from service.agent.llm import LLM
 from service.catalog.store import Catalog
 from service.chats.lifecycle import Lifecycle
 from service.chats.model import Chat
-from service.chats.store import Chats
+from service.chats.store import SENTIMENTS, Chats
 from service.clock import now_ms
 from service.errors import LLMError, NotFound
 from service.retell.models import AnalysisField, ChatAgent
@@ -33,7 +33,6 @@ from service.storage.dueset import DueSet
 
 log = logging.getLogger(__name__)
 
-SENTIMENTS = ["Negative", "Positive", "Neutral", "Unknown"]
 INSTRUCTIONS = (
     "You analyse a finished text-message conversation between a business's agent and a user. Answer with "
     "the JSON object the schema describes, following each field's description; use null where a field "
@@ -47,7 +46,7 @@ PRESET_DESCRIPTIONS = {
 }
 _PRESET_TYPES: dict[str, dict[str, Any]] = {
     "chat_summary": {"type": "string"},
-    "user_sentiment": {"type": "string", "enum": SENTIMENTS},
+    "user_sentiment": {"type": "string", "enum": list(SENTIMENTS)},
     "chat_successful": {"type": "boolean"},
 }
 _TYPES = {"string": "string", "enum": "string", "boolean": "boolean", "number": "number"}
@@ -154,10 +153,12 @@ class Analyzer:
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "chat_analysis", "strict": True, "schema": schema(agent)}},
             )
+            chat.add_tokens(completion.model, completion.prompt_tokens, completion.completion_tokens)
             chat.analysis, chat.analysis_error = parse(completion.content, agent), None
         except (LLMError, ValueError) as exc:
             chat.analysis_error = str(exc)
             log.warning("post-chat analysis failed", extra={"chat_id": chat_id, "error": str(exc)})
+        self._lifecycle.price(chat)
         target = self._lifecycle.target(agent)
         events = []
         if target is not None and "chat_analyzed" in target.kinds:

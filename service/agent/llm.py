@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx2  # the openai client's HTTP layer: its raw response
@@ -44,6 +44,9 @@ class ToolCall:
 class Completion:
     content: str
     tool_calls: tuple[ToolCall, ...]
+    model: str = ""               # the model that answered, as the agent names it (the primary or the backup)
+    prompt_tokens: int = 0        # the usage the LLM server reported
+    completion_tokens: int = 0
 
 
 class Breaker:
@@ -118,15 +121,17 @@ class LLM:
         """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text.
         When ``model`` fails and there is a ``backup`` model, the backup answers; ``names`` as in ``served``."""
         try:
-            return await self._complete(self.served(model, names), temperature, messages, tools, allow_tools,
-                                        response_format)
+            completion = await self._complete(self.served(model, names), temperature, messages, tools, allow_tools,
+                                              response_format)
+            return replace(completion, model=model)
         except LLMError as exc:
             if backup is None:
                 raise
             log.warning("the primary model failed; asking the backup", extra={
                 "model": model, "backup": backup, "error": str(exc)})
-        return await self._complete(self.served(backup, names), temperature, messages, tools, allow_tools,
-                                    response_format)
+        completion = await self._complete(self.served(backup, names), temperature, messages, tools, allow_tools,
+                                          response_format)
+        return replace(completion, model=backup)
 
     async def _complete(
         self, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
@@ -190,4 +195,5 @@ def _completion(body: bytes) -> tuple[Completion, tuple[int, int]]:
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise LLMError(f"LLM answered with something that is not a chat completion ({exc.__class__.__name__}: "
                        f"{exc}): {body[:200]!r}") from exc
-    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls), tokens
+    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls, prompt_tokens=tokens[0],
+                      completion_tokens=tokens[1]), tokens

@@ -157,6 +157,7 @@ class Responder:
                 log.warning("llm failed, sending the fallback", extra={"chat_id": chat.chat_id, "error": str(exc)})
                 reply.text, reply.failed = agent.config.fallback_message, True
                 return reply
+            chat.add_tokens(completion.model, completion.prompt_tokens, completion.completion_tokens)
             if not completion.tool_calls:
                 reply.text = completion.content.strip()
                 return reply
@@ -185,7 +186,8 @@ class Responder:
                     continue
                 reply.messages += [
                     Message(Role.TOOL_CALL_INVOCATION, tool_call_id=call.id, name=call.name,
-                            arguments=call.arguments, created_timestamp=_ms(now)),
+                            arguments=call.arguments, type=tools.tool_type(available, call.name),
+                            created_timestamp=_ms(now)),
                     Message(Role.TOOL_CALL_RESULT, content=result.content, tool_call_id=call.id,
                             successful=result.successful, created_timestamp=_ms(now)),
                 ]

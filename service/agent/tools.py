@@ -81,6 +81,15 @@ def offered(llm: RetellLLM, state: State | None) -> list[Offered]:
     return [*llm.general_tools, *state.tools, *(Transition(edge) for edge in state.edges)]
 
 
+def tool_type(tools: list[Offered], name: str) -> str | None:
+    """The type of the tool named ``name``, as Retell writes it on a ``tool_call_invocation`` (None: no such tool)."""
+    tool = next((t for t in tools if getattr(t, "name", None) == name), None)
+    if tool is None or isinstance(tool, Transition):
+        return None
+    kind = str(getattr(tool, "type", "")) or None
+    return "end_call" if kind == "end_chat" else kind
+
+
 def definitions(tools: list[Offered]) -> list[dict[str, Any]]:
     """The tools in OpenAI's function-calling format (unsupported Retell types are left out)."""
     out: list[dict[str, Any]] = []

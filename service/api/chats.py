@@ -143,7 +143,7 @@ async def list_chats(request: web.Request) -> web.Response:
     cursor = Cursor.decode(body.pagination_key) if body.pagination_key else None
     query = ChatQuery(rt.redis, ttl_s=rt.chats.ttl_s)
     page = await query.page(body.filter_criteria, descending=body.sort_order == "descending", limit=body.limit,
-                            cursor=cursor, count_total=body.include_total)
+                            cursor=cursor, count_total=body.include_total, skip=body.skip)
     # to_response validated each chat already: build the items from its fields, not through a second validation.
     items = [ChatListItem.model_construct(**{**dict(c.to_response([])), **dict.fromkeys(TRANSCRIPT_FIELDS)})
              for c in page.chats]

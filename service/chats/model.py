@@ -15,7 +15,7 @@ from typing import Any, cast
 import orjson
 
 from service.address import SMS, Conversation, address
-from service.retell.models import ChannelName, ChatAnalysis, ChatResponse
+from service.retell.models import ChannelName, ChatAnalysis, ChatCost, ChatResponse
 
 
 class ChatStatus(StrEnum):
@@ -44,14 +44,25 @@ class Role(StrEnum):
 
 
 class EndReason(StrEnum):
-    """Why a chat ended (the chat object's ``disconnection_reason``)."""
+    """Why a chat ended (the chat object's ``disconnection_reason``): Retell's value where its enum has one
+    (``agent_hangup``, ``inactivity``; a STOP is ``user_requested_dnc``; the end-chat API ``manual_stopped``),
+    else Parley's own (the README lists them)."""
 
     AGENT_ENDED = "agent_hangup"
-    USER_OPTED_OUT = "user_opted_out"
+    USER_OPTED_OUT = "user_requested_dnc"
     INACTIVITY = "inactivity"
-    API = "api_ended"
+    API = "manual_stopped"
     REPLACED = "replaced_by_new_chat"
     SEND_FAILED = "sms_send_failed"
+
+
+# What earlier releases stored, read as today's values.
+_LEGACY_REASONS = {"user_opted_out": EndReason.USER_OPTED_OUT.value, "api_ended": EndReason.API.value}
+
+
+def end_reason(stored: str | None) -> str | None:
+    """A stored ``disconnection_reason`` as the chat object gives it (earlier releases' values mapped)."""
+    return _LEGACY_REASONS.get(stored, stored) if stored is not None else None
 
 
 def new_id(prefix: str = "") -> str:
@@ -78,6 +89,7 @@ class Message:
     error: str | None = None           # why a send failed, in words
     sender: str | None = None          # "human" when a person wrote an agent message (takeover)
     media: list[dict[str, str]] | None = None
+    type: str | None = None            # a tool_call_invocation's tool type (Retell's: custom, end_call, send_sms...)
     former_state_name: str | None = None
     new_state_name: str | None = None
 
@@ -85,12 +97,21 @@ class Message:
         return orjson.dumps(self.to_retell()).decode()
 
     def to_retell(self) -> dict[str, Any]:
-        return {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
+        out = {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
+        if self.media:   # Retell's MMS shape beside Parley's media (which keeps the content type)
+            out["multimedia"] = [{"url": m["url"], "summary": m.get("content_type", "attachment")}
+                                 for m in self.media]
+        return out
+
+    def billed_segments(self) -> int:
+        """The SMS segments this message counts in the chat's cost (a send that failed costs nothing)."""
+        return (self.segments or 0) if self.status != "failed" else 0
 
     @classmethod
     def from_json(cls, raw: str) -> Message:
         data = orjson.loads(raw)
         data["role"] = Role(data["role"])
+        data.pop("multimedia", None)   # derived from media (to_retell)
         return cls(**data)
 
 
@@ -124,6 +145,27 @@ class Chat:
     previous_state: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
+    llm_tokens: dict[str, list[int]] = field(default_factory=dict)   # model -> [prompt, completion] tokens
+    sms_segments: int = 0                    # segments of the chat's messages, as billed (Message.billed_segments)
+    cost: dict[str, Any] | None = None       # chat_cost, estimated at each commit (chats/cost.py)
+    agent_override: dict[str, Any] | None = None   # the chat_inbound webhook's agent_override, for this chat
+
+    @property
+    def user_number(self) -> str | None:
+        """The user's address (``whatsapp:`` + E.164 off SMS), as the listing's user_number filter reads it."""
+        conv = self.conversation
+        return address(conv.channel, conv.user_number) if conv is not None else None
+
+    @property
+    def agent_number(self) -> str | None:
+        conv = self.conversation
+        return address(conv.channel, conv.agent_number) if conv is not None else None
+
+    def add_tokens(self, model: str, prompt: int, completion: int) -> None:
+        """Count an LLM call's tokens against the chat (its cost)."""
+        counts = self.llm_tokens.setdefault(model, [0, 0])
+        counts[0] += prompt
+        counts[1] += completion
 
     @property
     def conversation(self) -> Conversation | None:
@@ -140,8 +182,6 @@ class Chat:
             if value is None:
                 continue
             out[name] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
-        if self.analysis is None:
-            out.pop("analysis", None)
         return out
 
     @classmethod
@@ -173,6 +213,10 @@ class Chat:
             previous_state=data.get("previous_state"),
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
+            llm_tokens=orjson.loads(data.get("llm_tokens", "{}")),
+            sms_segments=int(data.get("sms_segments", 0)),
+            cost=orjson.loads(data["cost"]) if "cost" in data else None,
+            agent_override=orjson.loads(data["agent_override"]) if "agent_override" in data else None,
         )
 
     def turn_fields(self) -> dict[str, str]:
@@ -183,6 +227,12 @@ class Chat:
             out["current_state"] = self.current_state
         if self.previous_state is not None:
             out["previous_state"] = self.previous_state
+        if self.llm_tokens:
+            out["llm_tokens"] = orjson.dumps(self.llm_tokens).decode()
+        if self.sms_segments:
+            out["sms_segments"] = str(self.sms_segments)
+        if self.cost is not None:
+            out["cost"] = orjson.dumps(self.cost).decode()
         return out
 
     def to_response(self, messages: list[Message]) -> ChatResponse:
@@ -200,7 +250,8 @@ class Chat:
             direction=self.direction.value if self.direction else None,
             start_timestamp=self.start_timestamp,
             end_timestamp=self.end_timestamp,
-            disconnection_reason=self.disconnection_reason,
+            disconnection_reason=end_reason(self.disconnection_reason),
+            chat_cost=ChatCost.model_validate(self.cost) if self.cost is not None else None,
             transcript="".join(line + "\n" for line in lines),
             message_with_tool_calls=[m.to_retell() for m in messages],
             retell_llm_dynamic_variables=self.dynamic_variables,

@@ -552,6 +552,19 @@ class ChatAnalysis(_Model):
     custom_analysis_data: dict[str, Any] | None = None
 
 
+class ProductCost(_Model):
+    product: str
+    unit_price: float | None = None
+    cost: float
+
+
+class ChatCost(_Model):
+    """Retell's ``chat_cost``, in cents. Parley's is an estimate from the prices in its settings."""
+
+    product_costs: list[ProductCost] = Field(default_factory=list)
+    combined_cost: float = 0
+
+
 class ChatResponse(BaseModel):
     """Retell's chat object, with Parley's additive fields (numbers, direction, disconnection reason)."""
 
@@ -568,6 +581,7 @@ class ChatResponse(BaseModel):
     start_timestamp: int
     end_timestamp: int | None = None
     disconnection_reason: str | None = None
+    chat_cost: ChatCost | None = None
     transcript: str = ""
     message_with_tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)

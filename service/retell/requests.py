@@ -97,19 +97,57 @@ class RangeFilter(_Body):
     value: Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+class BooleanFilter(_Body):
+    type: Literal["boolean"] = "boolean"
+    op: Literal["eq"] = "eq"
+    value: bool
+
+
+class NumberStringFilter(StringFilter):
+    """A phone-number filter (``user_number``, ``agent_number``): ``eq`` is served from an index, ``ne`` is checked
+    per chat; ``sw``, ``ew`` and ``co`` would need every chat read, so they are refused."""
+
+    @model_validator(mode="after")
+    def _indexed_ops(self) -> NumberStringFilter:
+        if self.op not in ("eq", "ne"):
+            raise ValueError(f"op {self.op!r} is not served: Parley lists by a number from an index, so only eq "
+                             f"and ne are (the number in full, E.164 or whatsapp:+E.164)")
+        return self
+
+
 class AgentFilter(_Body):
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)   # the filter reads an index keyed by it
     version: list[int] = Field(default_factory=list)
 
 
 class ChatFilter(_Body):
-    """The filters Parley implements, ANDed; any other Retell filter is refused by name."""
+    """The filters Parley implements, ANDed, as retell-sdk's ``FilterCriteria`` types them; any other Retell
+    filter (``agent_tag``, ``combined_cost``, ``duration_ms``, ``custom_analysis_data``, ``custom_attributes``,
+    ``data_storage_setting``) is refused by name."""
 
     agent: list[AgentFilter] | None = None
-    chat_id: StringFilter | None = None
+    chat_id: StringFilter | EnumFilter | None = Field(default=None, description=(
+        "A string filter, or the enum form: op in, a list of at most 1,000 chat ids"))
     chat_status: EnumFilter | None = None
     chat_type: EnumFilter | None = None
     start_timestamp: NumberFilter | RangeFilter | None = None
+    end_timestamp: NumberFilter | RangeFilter | None = None
+    user_number: NumberStringFilter | None = None
+    agent_number: NumberStringFilter | None = None
+    direction: EnumFilter | None = None
+    disconnection_reason: EnumFilter | None = None
+    chat_successful: BooleanFilter | None = None
+    user_sentiment: EnumFilter | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ChatFilter:
+        if isinstance(self.chat_id, EnumFilter) and len(self.chat_id.value) > MAX_CHAT_IDS:
+            raise ValueError(f"chat_id: at most {MAX_CHAT_IDS} ids in one list (got {len(self.chat_id.value)})")
+        return self
+
+
+MAX_CHAT_IDS = 1_000
+MAX_SKIP = 10_000
 
 
 class ListChatsRequest(_Body):
@@ -117,7 +155,16 @@ class ListChatsRequest(_Body):
     sort_order: Literal["ascending", "descending"] = "descending"
     limit: int = Field(default=50, ge=1, le=1000)
     pagination_key: str | None = None
+    skip: int = Field(default=0, ge=0, le=MAX_SKIP, description=(
+        f"Chats to leave out before the page (at most {MAX_SKIP:,}; past that, follow pagination_key); not with "
+        "pagination_key"))
     include_total: bool = False
+
+    @model_validator(mode="after")
+    def _skip_or_key(self) -> ListChatsRequest:
+        if self.skip and self.pagination_key:
+            raise ValueError("skip: give skip or pagination_key, not both")
+        return self
 
 
 class ChatListItem(ChatResponse):
