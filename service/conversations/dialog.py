@@ -19,17 +19,19 @@ from service.chats.model import Chat, ChatType, Direction, Message
 from service.clock import now_ms
 from service.conversations.runtime import Runtime
 from service.errors import NotFound
+from service.retell.models import AgentVersion
 from service.storage import keys
 
 log = logging.getLogger(__name__)
 
 
 async def open_chat(
-    rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
+    rt: Runtime, *, agent_id: str, version: AgentVersion | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None,
 ) -> tuple[Chat, Agent]:
-    """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one."""
+    """Create a chat pinned to the agent version ``version`` names (None: the latest, as Retell defaults) and its
+    LLM version; an SMS chat becomes the pair's ongoing one."""
     agent = await rt.catalog.resolve(agent_id, version)
     from_number = to_number = None
     if conv is not None:

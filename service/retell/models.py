@@ -58,6 +58,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+# Retell's AgentVersionReference: a version number, "latest" (the highest number, draft or published) or
+# "latest_published". Retell's other strings name environment tags, which only its dashboard assigns: Parley has none.
+AgentVersion = Annotated[
+    Annotated[int, Field(ge=0)] | Literal["latest", "latest_published"],
+    Field(description="A version number, latest (the highest, draft or not) or latest_published (Parley has no "
+                      "environment tags)"),
+]
+
+
 class EndChatTool(_Model):
     """Ends the chat after the agent's reply (Retell's ``end_call``; ``end_chat`` is accepted too)."""
 
@@ -282,7 +291,8 @@ class ModelConfig(_Model):
 
 
 class RetellLLM(_Model):
-    """The response engine: prompt, first message, model, tools. Every update makes a new version.
+    """The response engine: prompt, first message, model, tools. Versioned with its agents: an update edits a
+    draft version in place; publishing an agent version publishes the LLM version it names (``catalog.store``).
 
     The model is ``model_config`` (``primary``, ``backup``, ``temperature``) when set, else the deprecated
     ``model`` and ``model_temperature``, as Retell reads them.
@@ -387,7 +397,7 @@ class AnalysisField(_Model):
 
 
 class ResponseEngine(_Model):
-    """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
+    """Which Retell LLM answers for the agent, at which version (the API pins the LLM's latest when none is given)."""
 
     type: Literal["retell-llm"] = "retell-llm"
     llm_id: str = Field(pattern=OBJECT_ID_PATTERN)
@@ -395,7 +405,8 @@ class ResponseEngine(_Model):
 
 
 class ChatAgent(_Model):
-    """A chat agent: Retell's chat-agent fields and Parley's. Every update makes a new version.
+    """A chat agent: Retell's chat-agent fields and Parley's. One object per version: an update edits a draft
+    in place, ``/publish-agent-version`` freezes it, ``/create-agent-version`` copies one into a new draft.
 
     In files the Retell LLM is inline under ``retell_llm`` (it becomes its own object when loaded); through
     the API the agent names one in ``response_engine``.
@@ -405,7 +416,10 @@ class ChatAgent(_Model):
     agent_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
     version: Annotated[int, IGNORED_IN_REQUESTS] = Field(default=0, ge=0)
     is_published: Annotated[bool, IGNORED_IN_REQUESTS] = False
+    base_version: Annotated[int | None, IGNORED_IN_REQUESTS] = None
     last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
+    version_title: str | None = None
+    version_description: str | None = None
     channel: Literal["chat"] = "chat"
     agent_name: str | None = None
     response_engine: ResponseEngine | None = None
@@ -456,7 +470,7 @@ class ChatAgent(_Model):
 class AgentWeight(_Model):
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)
     weight: float = Field(default=1.0, gt=0, le=1)
-    agent_version: int | None = Field(default=None, ge=0)
+    agent_version: AgentVersion | None = None
 
 
 def _weights_sum_to_one(agents: list[AgentWeight], field: str) -> None:
