@@ -480,7 +480,8 @@ async def test_chat_inbound_on_this_machine_does_not_load_by_default_and_is_call
 
 @pytest.mark.parametrize(("path", "expected"), [
     ("/html", "chat_inbound webhook answered with something that is not JSON (text/html, 34 bytes)"),
-    ("/typed-wrong", "chat_inbound webhook answer: chat_inbound.override_agent_version"),
+    ("/typed-wrong", "chat_inbound webhook answer: chat_inbound.override_agent_version: Value error, expected a "
+                     "version number"),
 ])
 async def test_the_inbound_webhook_error_does_not_show_what_the_url_answered(
     make_parley: MakeParley, business: Business, path: str, expected: str,

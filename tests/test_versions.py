@@ -4,8 +4,11 @@ drafts from a version (with their LLM version), deleting, listing, and which ver
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from retell import AsyncRetell, ConflictError, NotFoundError, UnprocessableEntityError
 
 from .conftest import API_KEY, OTHER_NUMBER, MakeParley, Parley
@@ -40,6 +43,7 @@ async def test_updates_edit_the_draft_and_publishing_freezes_it(retell: AsyncRet
     await retell.chat_agent.update(agent_id, agent_name="B")
     updated = await retell.chat_agent.update(agent_id, agent_name="C", version_title="first cut")
     assert (updated.version, updated.agent_name, updated.version_title) == (0, "C", "first cut")
+    assert (updated.model_extra or {})["unsupported"] == []   # version_title is acted on: listed with the version
     await retell.llm.update(llm_id, general_prompt="Prompt two.")
     assert (await retell.llm.retrieve(llm_id)).version == 0
 
@@ -148,6 +152,32 @@ async def test_numbers_route_to_the_version_they_name(parley: Parley, retell: As
     assert override.version == 0
 
 
+async def test_the_chat_inbound_answer_picks_a_version(parley: Parley, retell: AsyncRetell) -> None:
+    answers: list[dict[str, Any]] = []
+
+    async def chat_inbound(request: web.Request) -> web.Response:
+        return web.json_response({"chat_inbound": answers.pop(0)})
+    app = web.Application()
+    app.router.add_post("/inbound", chat_inbound)
+    agent_id, _ = await _agent(retell)
+    await retell.chat_agent.publish(agent_id, version=0)
+    await retell.chat_agent.create_version(agent_id, base_version=0)
+    async with TestServer(app, host="127.0.0.1") as server:
+        await retell.phone_number.import_(phone_number=OTHER_NUMBER, termination_uri="sunny.pstn.twilio.com")
+        await retell.phone_number.update(OTHER_NUMBER, inbound_sms_agents=[{"agent_id": agent_id, "weight": 1}],
+                                         inbound_sms_webhook_url=str(server.make_url("/inbound")))
+        answers += [{"override_agent_id": agent_id, "override_agent_version": "latest_published"},
+                    {"override_agent_id": agent_id, "override_agent_version": 9}]
+        for user in ("+14155550101", "+14155550102"):
+            assert (await parley.text("hello", user=user, to=OTHER_NUMBER)).status == 200
+            await parley.idle()
+    published = await parley.chat_of(user="+14155550101", to=OTHER_NUMBER)
+    assert published["version"] == 0 and "inbound_webhook_error" not in published
+    unknown = await parley.chat_of(user="+14155550102", to=OTHER_NUMBER)   # the number's agent, at its latest
+    assert unknown["version"] == 1
+    assert unknown["inbound_webhook_error"].endswith(f"agent {agent_id!r} version 9 not found")
+
+
 async def test_version_errors_are_clear(retell: AsyncRetell) -> None:
     agent_id, _ = await _agent(retell)
     with pytest.raises(NotFoundError, match="agent 'ghost' not found"):
@@ -162,8 +192,8 @@ async def test_version_errors_are_clear(retell: AsyncRetell) -> None:
         await retell.chat_agent.retrieve(agent_id, version=4)
     with pytest.raises(ConflictError, match="the only version of agent"):
         await retell.chat_agent.delete_version(agent_id, version=0)
-    with pytest.raises(UnprocessableEntityError, match="agent_version"):
-        await retell.chat.create(agent_id=agent_id, agent_version="prod")   # Parley has no environment tags
+    with pytest.raises(UnprocessableEntityError, match=r"agent_version: .*environment tag like prod names nothing"):
+        await retell.chat.create(agent_id=agent_id, agent_version="prod")
     with pytest.raises(UnprocessableEntityError, match=r"agent_version: agent .* version 7 not found"):
         await retell.chat.create(agent_id=agent_id, agent_version=7)
 

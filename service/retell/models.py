@@ -11,7 +11,16 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from service.settings import TWILIO_SID_PATTERN
 
@@ -60,8 +69,18 @@ class _Model(BaseModel):
 
 # Retell's AgentVersionReference: a version number, "latest" (the highest number, draft or published) or
 # "latest_published". Retell's other strings name environment tags, which only its dashboard assigns: Parley has none.
+def _version_reference(value: Any) -> Any:
+    # One clear error for every string that is not a reference Parley resolves (the value is not echoed: a
+    # webhook's answer may hold secrets), instead of one per member of the union.
+    if isinstance(value, str) and value not in ("latest", "latest_published") and not value.isdigit():
+        raise ValueError("expected a version number, latest or latest_published (an environment tag like prod "
+                         "names nothing: Parley has none)")
+    return value
+
+
 AgentVersion = Annotated[
     Annotated[int, Field(ge=0)] | Literal["latest", "latest_published"],
+    BeforeValidator(_version_reference),
     Field(description="A version number, latest (the highest, draft or not) or latest_published (Parley has no "
                       "environment tags)"),
 ]
