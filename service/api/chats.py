@@ -17,7 +17,7 @@ from service.clock import now_ms
 from service.conversations import dialog, outreach
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
-from service.retell.models import ChatResponse
+from service.retell.models import AgentVersion, ChatResponse
 from service.retell.requests import (
     ChatCompletionResponse,
     ChatListItem,
@@ -28,7 +28,6 @@ from service.retell.requests import (
     ListChatsResponse,
     PageQuery,
     UpdateChatRequest,
-    version_number,
 )
 
 log = logging.getLogger(__name__)
@@ -48,19 +47,24 @@ async def _response(rt: Runtime, chat: Chat) -> ChatResponse:
     return chat.to_response(messages)
 
 
-async def _agent(rt: Runtime, agent_id: str, version: int | None, field: str) -> Agent:
+async def _agent(rt: Runtime, agent_id: str, version: AgentVersion | None, field: str, version_field: str) -> Agent:
+    """The agent a new chat would use, or a 422 naming the field (the agent's, or the version's) that is wrong."""
     try:
-        return await rt.catalog.resolve(id_forms.agent_id(agent_id), version)
+        await rt.catalog.agents.get(id_forms.agent_id(agent_id))
     except NotFound as exc:
         raise InvalidRequest(f"{field}: {exc}") from None
+    try:
+        return await rt.catalog.resolve(agent_id, version)
+    except NotFound as exc:
+        raise InvalidRequest(f"{version_field}: {exc}") from None
 
 
 async def create_chat(request: web.Request) -> web.Response:
     """``POST /create-chat``: an ``api_chat`` (no SMS), for testing agents and web chat."""
     rt = request.app[RUNTIME]
     body = await read_body(request, CreateChatRequest)
-    await _agent(rt, body.agent_id, version_number(body.agent_version), "agent_id")
-    chat, agent = await dialog.open_chat(rt, agent_id=body.agent_id, version=version_number(body.agent_version),
+    await _agent(rt, body.agent_id, body.agent_version, "agent_id", "agent_version")
+    chat, agent = await dialog.open_chat(rt, agent_id=body.agent_id, version=body.agent_version,
                                          chat_type=ChatType.API, variables=body.retell_llm_dynamic_variables,
                                          metadata=body.metadata)
     reply = await dialog.opening(rt, chat, agent)
@@ -100,13 +104,17 @@ async def create_sms_chat(request: web.Request) -> web.Response:
     conv = outreach.conversation(rt, number, body.from_number, body.to_number)
     await outreach.check_can_start(rt, number, conv)
     if body.override_agent_id:
-        agent_id, version = body.override_agent_id, version_number(body.override_agent_version)
+        agent_id, version = body.override_agent_id, body.override_agent_version
     else:
         choice = pick_agent(number.outbound_sms_agents)
         if choice is None:
             raise InvalidRequest(f"override_agent_id: required, since {body.from_number} has no outbound_sms_agents")
-        agent_id, version = choice.agent_id, choice.agent_version
-    await _agent(rt, agent_id, version, "override_agent_id")
+        # Retell's override_agent_version overrides "the agent version used", the number's agent's too.
+        agent_id = choice.agent_id
+        version = choice.agent_version if body.override_agent_version is None else body.override_agent_version
+    fields = ("override_agent_id" if body.override_agent_id else "outbound_sms_agents.agent_id",
+              "outbound_sms_agents.agent_version" if body.override_agent_version is None else "override_agent_version")
+    await _agent(rt, agent_id, version, *fields)
     async with rt.queue.hold(conv):
         ongoing = await rt.chats.ongoing(conv)
         if ongoing is not None:

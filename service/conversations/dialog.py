@@ -21,6 +21,7 @@ from service.chats.model import Chat, ChatType, Direction, Message
 from service.clock import now_ms
 from service.conversations.runtime import Runtime
 from service.errors import NotFound
+from service.retell.models import AgentVersion
 from service.retell.unsupported import unsupported
 from service.storage import keys
 from service.validation import describe
@@ -67,14 +68,14 @@ def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
 
 
 async def open_chat(
-    rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
+    rt: Runtime, *, agent_id: str, version: AgentVersion | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None, chat_id: str | None = None,
     agent_override: dict[str, Any] | None = None,
 ) -> tuple[Chat, Agent]:
-    """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one.
-    ``chat_id``: one drawn already (told to the chat_inbound webhook); ``agent_override``: checked already
-    (``with_override``), kept with the chat."""
+    """Create a chat pinned to the agent version ``version`` names (None: the latest, as Retell defaults) and its
+    LLM version; an SMS chat becomes the pair's ongoing one. ``chat_id``: one drawn already (told to the
+    chat_inbound webhook); ``agent_override``: checked already (``with_override``), kept with the chat."""
     agent = with_override(await rt.catalog.resolve(agent_id, version), agent_override)
     from_number = to_number = None
     if conv is not None:

@@ -157,10 +157,12 @@ class Turns:
                 await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
                 log.info("chat_inbound webhook rejected the text", extra={"conv": conv.id})
                 return None
-            if decision.agent_id and await self._rt.catalog.agents.exists(decision.agent_id):
-                agent_id, version = decision.agent_id, decision.agent_version
-            elif decision.agent_id:
-                decision.error = f"chat_inbound webhook named an unknown agent {decision.agent_id!r}"
+            if decision.agent_id:
+                try:
+                    await self._rt.catalog.agents.find(decision.agent_id, decision.agent_version)
+                    agent_id, version = decision.agent_id, decision.agent_version
+                except NotFound as exc:
+                    decision.error = f"chat_inbound webhook named an unknown agent or version: {exc}"
         if agent_id is None:
             log.warning("no agent answers on the number; not answering",
                         extra={"conv": conv.id, "error": decision.error})

@@ -11,7 +11,16 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from service.settings import TWILIO_SID_PATTERN
 
@@ -56,6 +65,25 @@ Address = Annotated[str, _matching(ADDRESS_RE, "an E.164 number like +1415555012
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
+
+
+# Retell's AgentVersionReference: a version number, "latest" (the highest number, draft or published) or
+# "latest_published". Retell's other strings name environment tags, which only its dashboard assigns: Parley has none.
+def _version_reference(value: Any) -> Any:
+    # One clear error for every string that is not a reference Parley resolves (the value is not echoed: a
+    # webhook's answer may hold secrets), instead of one per member of the union.
+    if isinstance(value, str) and value not in ("latest", "latest_published") and not value.isdigit():
+        raise ValueError("expected a version number, latest or latest_published (an environment tag like prod "
+                         "names nothing: Parley has none)")
+    return value
+
+
+AgentVersion = Annotated[
+    Annotated[int, Field(ge=0)] | Literal["latest", "latest_published"],
+    BeforeValidator(_version_reference),
+    Field(description="A version number, latest (the highest, draft or not) or latest_published (Parley has no "
+                      "environment tags)"),
+]
 
 
 class EndChatTool(_Model):
@@ -282,7 +310,8 @@ class ModelConfig(_Model):
 
 
 class RetellLLM(_Model):
-    """The response engine: prompt, first message, model, tools. Every update makes a new version.
+    """The response engine: prompt, first message, model, tools. Versioned with its agents: an update edits a
+    draft version in place; publishing an agent version publishes the LLM version it names (``catalog.store``).
 
     The model is ``model_config`` (``primary``, ``backup``, ``temperature``) when set, else the deprecated
     ``model`` and ``model_temperature``, as Retell reads them.
@@ -406,7 +435,7 @@ ENGINES_NOT_RUN = {
 
 
 class ResponseEngine(_Model):
-    """Which Retell LLM answers for the agent; without ``version`` a new chat takes the LLM's latest."""
+    """Which Retell LLM answers for the agent, at which version (the API pins the LLM's latest when none is given)."""
 
     type: Literal["retell-llm"] = "retell-llm"
 
@@ -421,7 +450,8 @@ class ResponseEngine(_Model):
 
 
 class ChatAgent(_Model):
-    """A chat agent: Retell's chat-agent fields and Parley's. Every update makes a new version.
+    """A chat agent: Retell's chat-agent fields and Parley's. One object per version: an update edits a draft
+    in place, ``/publish-agent-version`` freezes it, ``/create-agent-version`` copies one into a new draft.
 
     In files the Retell LLM is inline under ``retell_llm`` (it becomes its own object when loaded); through
     the API the agent names one in ``response_engine``.
@@ -431,7 +461,10 @@ class ChatAgent(_Model):
     agent_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,128}$")
     version: Annotated[int, IGNORED_IN_REQUESTS] = Field(default=0, ge=0)
     is_published: Annotated[bool, IGNORED_IN_REQUESTS] = False
+    base_version: Annotated[int | None, IGNORED_IN_REQUESTS] = None
     last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
+    version_title: str | None = None
+    version_description: str | None = None
     channel: Literal["chat"] = "chat"
     agent_name: str | None = None
     response_engine: ResponseEngine | None = None
@@ -482,7 +515,7 @@ class ChatAgent(_Model):
 class AgentWeight(_Model):
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)
     weight: float = Field(default=1.0, gt=0, le=1)
-    agent_version: int | None = Field(default=None, ge=0)
+    agent_version: AgentVersion | None = None
 
 
 def _weights_sum_to_one(agents: list[AgentWeight], field: str) -> None:

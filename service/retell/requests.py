@@ -13,21 +13,12 @@ from service.retell.models import (
     E164,
     OBJECT_ID_PATTERN,
     Address,
+    AgentVersion,
     ChatResponse,
     PhoneNumber,
     RetellLLM,
     SmsContent,
 )
-
-AgentVersion = Annotated[
-    int | Literal["latest", "latest_published"],
-    Field(description="A version number, or latest / latest_published (Parley has no version tags)."),
-]
-
-
-def version_number(version: int | str | None) -> int | None:
-    """An AgentVersionReference as a version number; None means the latest."""
-    return version if isinstance(version, int) else None
 
 
 class _Body(BaseModel):
@@ -189,6 +180,35 @@ class PageQuery(_Body):
 
 class VersionQuery(_Body):
     version: AgentVersion | None = None
+
+
+class CreateAgentVersionRequest(_Body):
+    base_version: int = Field(ge=0, description="The version the new draft copies")
+
+
+class PublishAgentVersionRequest(_Body):
+    version: int = Field(ge=0, description="The draft to publish")
+    version_title: str | None = None
+    version_description: str | None = None
+
+
+class DeleteVersionQuery(_Body):
+    version: int = Field(ge=0)
+
+
+class AgentVersionItem(BaseModel):
+    version: int
+    is_published: bool
+    last_modification_timestamp: int
+    base_version: int | None = None
+    version_title: str | None = None
+    version_description: str | None = None
+
+
+class AgentVersionListResponse(BaseModel):
+    items: list[AgentVersionItem]
+    has_more: bool
+    pagination_key: str | None = None
 
 
 class AgentListItem(BaseModel):

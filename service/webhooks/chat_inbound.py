@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import OutboundRefused
 from service.outbound import Fetched, fetch
+from service.retell.models import AgentVersion
 from service.webhooks.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class _Answer(BaseModel):
 
     reject: bool = False
     override_agent_id: str | None = None
-    override_agent_version: int | None = Field(default=None, ge=0)
+    override_agent_version: AgentVersion | None = None
     dynamic_variables: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     agent_override: dict[str, Any] | None = None
@@ -59,7 +60,7 @@ class Decision:
 
     reject: bool = False
     agent_id: str | None = None
-    agent_version: int | None = None
+    agent_version: AgentVersion | None = None
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     agent_override: dict[str, Any] | None = None
