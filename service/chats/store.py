@@ -204,6 +204,10 @@ class Chats:
                 "waiting_ttl": keys.OUTGOING_TTL_S,
                 # What tools collected, the agent's state (written whole; turns of a chat never overlap).
                 "fields": chat.turn_fields(),
+                # A chat that swapped agents is listed under the agent it goes on with (KEYS[15]), not those it
+                # left (KEYS[16..]); the start time stays its score.
+                "reindex": bool(chat.swaps),
+                "start": str(chat.start_timestamp),
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -225,10 +229,20 @@ class Chats:
                 keys.outgoing_due(shard),
                 keys.chats_ongoing(shard),
                 keys.deferred(conv) if conv is not None else anchor,
+                *_agent_indexes(chat),
             ],
             args=[orjson.dumps(plan)],
         )
         return Release(int(outcome))
+
+
+def _agent_indexes(chat: Chat | None) -> list[str]:
+    """The agent index of the agent a swapped chat goes on with, then those of the agents it left."""
+    if chat is None or not chat.swaps:
+        return []
+    shard = keys.shard_of(chat.chat_id)
+    left = {swap.agent_id for swap in chat.swaps} - {chat.agent_id}
+    return [keys.chats_by_agent(shard, chat.agent_id), *(keys.chats_by_agent(shard, a) for a in sorted(left))]
 
 
 @dataclass(slots=True)
@@ -246,13 +260,15 @@ class Commit:
 
 # KEYS: 1 lock, 2 mailbox, 3 wakeups, 4 chat, 5 messages, 6 timers, 7 conversation's chat pointer, 8 analysis due,
 # 9 outbox, 10 outbox due, 11 the conversation's outgoing queue, 12 outgoing due, 13 the ongoing chats' index,
-# 14 the conversation's deferred-send marker (all in one partition; unused ones repeat another key of it).
+# 14 the conversation's deferred-send marker, and for a chat that swapped agents 15 its agent's index and 16.. the
+# indexes of the agents it left (all in one partition; unused ones repeat another key of it).
 # ARGV[1]: the plan, JSON: token ('' unfenced), entry (the wake-up's id, '' none), group (the consumer group),
 # conv (there is a conversation), consumed (mailbox items the turn handled), now (ms), ttl (s), cap (messages
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
 # deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
-# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state) and, when
-# ending, end (the fields that end it).
+# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state, a swap's agent),
+# reindex (list the chat under KEYS[15], not KEYS[16..]), start (its start time) and, when ending, end (the fields
+# that end it).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
 _COMMIT = """
@@ -266,6 +282,11 @@ if p.chat then
     if n > p.cap then redis.call('LTRIM', KEYS[5], -p.cap, -1) end
   end
   for name, value in pairs(p.fields) do redis.call('HSET', KEYS[4], name, value) end
+  if p.reindex then
+    for i = 16, #KEYS do redis.call('ZREM', KEYS[i], chat_id) end
+    redis.call('ZADD', KEYS[15], p.start, chat_id)
+    redis.call('EXPIRE', KEYS[15], p.ttl)
+  end
   if p.refresh then
     redis.call('EXPIRE', KEYS[4], p.ttl)
     redis.call('EXPIRE', KEYS[5], p.ttl)
