@@ -5,16 +5,20 @@ follows ``post_call_analysis_setting``; events keep going to the first agent's w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from service.catalog import agent_files
 from service.retell.models import RetellLLM
 from service.retell.unsupported import unsupported
 
 from .conftest import MakeParley, Receiver, agent_file, api_json
 from .fakes.openai import Call, Completion
+from .test_agentfiles import NUMBERS as FILE_NUMBERS
+from .test_agentfiles import settings_for, write
 from .test_tool_types import NUMBERS, answered
 
 
@@ -133,3 +137,12 @@ def test_the_tool_as_retell_writes_it() -> None:
         RetellLLM.model_validate({"general_tools": [{**swap(), "post_call_analysis_setting": "source"}]})
     assert json.loads(RetellLLM.model_validate({"general_tools": [swap()]}).model_dump_json())["general_tools"][0][
         "agent_id"] == "billing"
+
+
+def test_a_swap_to_an_agent_no_file_declares_is_said_at_load(tmp_path: Path) -> None:
+    files = agents()
+    files["frontdesk"]["retell_llm"]["general_tools"] = [swap(agent_id="sales")]
+    directory = write(tmp_path / "a", {"frontdesk.yaml": files["frontdesk"], "billing.yaml": files["billing"],
+                                       "phone-numbers.yaml": FILE_NUMBERS})
+    [warning] = [w for w in agent_files.load(settings_for(directory)).warnings if "agent_swap" in w]
+    assert "agent_swap tool 'to_billing' names agent 'sales', which no file" in warning

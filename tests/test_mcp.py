@@ -23,6 +23,7 @@ from retell import APIStatusError, AsyncRetell
 
 from service.agent import mcp
 from service.app_state import RUNTIME
+from service.catalog import targets
 from service.errors import McpUnavailable, OutboundRefused
 from service.outbound import OutboundPolicy
 from service.retell.models import McpServer, RetellLLM
@@ -153,11 +154,9 @@ async def test_the_outbound_policy_stands_between_the_model_and_the_server(
     make_parley: MakeParley, mcp_server: McpFixture,
 ) -> None:
     parley = await make_parley(numbers=NUMBERS, outbound_allow=[], catalog_cache_ms=0)
-    # Loading refuses such a server (as the API does): put it straight into Redis, as a new LLM version.
+    # Loading (and the API) refuses such a server: put it straight into Redis, as a new LLM version.
     catalog = parley.client.app[RUNTIME].catalog
     current = await catalog.llms.get("llm_frontdesk")
-    with pytest.raises(ValidationError):   # the file's own check is targets', shown in test_outbound; here: run time
-        RetellLLM.model_validate({**current.model_dump(), "general_tools": [LOOKUP]})
     await catalog.llms.put(RetellLLM.model_validate({**current.model_dump(), "general_tools": [LOOKUP],
                                                      "mcps": [{"name": "crm", "url": mcp_server.url}]}))
     parley.llm.respond = calls(("lookup", {"phone": USER}))
@@ -194,6 +193,14 @@ async def test_a_redirect_away_from_the_server_is_not_followed(mcp_server: McpFi
         with pytest.raises(McpUnavailable, match="the MCP server crm failed"):
             await mcp.list_tools(http, crm, {})
     assert hits and mcp_server.seen.headers == []
+
+
+def test_servers_are_checked_when_written() -> None:
+    llm = RetellLLM.model_validate({"mcps": [{"name": "crm", "url": "http://10.0.0.9/mcp",
+                                              "headers": {"X-Key": "a\r\nb"}}], "general_tools": [LOOKUP]})
+    problems = targets.llm_problems(llm, OutboundPolicy([]))
+    assert problems[0].startswith("mcps.0.url (server 'crm'): http://10.0.0.9 is not allowed: 10.0.0.9 is a private")
+    assert problems[1].startswith("mcps.0.headers (server 'crm', header 'X-Key'): the value contains a line break")
 
 
 def test_an_mcp_tool_must_name_a_server() -> None:
