@@ -135,8 +135,8 @@ CHAT_FIELDS = [f.name for f in fields(Chat)]
 
 def chat_hash(chat: Chat) -> dict[str, str]:
     """``chat.to_hash()``, without ``dataclasses.asdict``'s deep copies (which cost more than the write)."""
-    return {name: orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
-            for name in CHAT_FIELDS if (value := getattr(chat, name)) is not None}
+    return {name: orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+            for name in CHAT_FIELDS if (value := getattr(chat, name)) is not None and value != []}
 
 
 def chat_indexes(chat: Chat) -> list[str]:

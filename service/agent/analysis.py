@@ -9,6 +9,11 @@ Retell, a ``system-presets`` item rewords one of the first three (its ``descript
 (``required: false``), and ``conditional_prompt`` says when an optional field is filled; ``examples`` show
 the style of a string field.
 Ended chats wait in ``analysis:due``; any process takes them (leased), so a restart loses none.
+
+A chat that swapped agents (``agent_swap``) is analysed with the model of the agent it ended with, and the
+``post_chat_analysis_data`` its swaps call for (``analysis_fields``): ``only_destination_agent`` keeps only the
+agent's it went to, ``both_agents`` adds the agent's it left (and, through further ``both_agents`` swaps, theirs);
+on a name both declare, the later agent's item wins. ``chat_analyzed`` goes where the chat's other events go.
 """
 
 from __future__ import annotations
@@ -133,6 +138,23 @@ def parse(text: str, agent: ChatAgent) -> dict[str, Any]:
             "custom_analysis_data": custom}
 
 
+async def analysis_fields(catalog: Catalog, chat: Chat, agent: ChatAgent) -> list[AnalysisField]:
+    """What the analysis of ``chat`` extracts: ``agent``'s items, then back through each ``both_agents`` swap the
+    items of the agent it left (a missing agent version adds none)."""
+    fields = {f.name: f for f in agent.post_chat_analysis_data}
+    for swap in reversed(chat.swaps):
+        if swap.post_call_analysis_setting != "both_agents":
+            break
+        try:
+            left = await catalog.agents.get(swap.agent_id, swap.version)
+        except NotFound:
+            log.warning("an agent the chat swapped from is gone; its analysis items are left out",
+                        extra={"chat_id": chat.chat_id, "agent_id": swap.agent_id})
+            continue
+        fields = {f.name: f for f in left.post_chat_analysis_data} | fields
+    return list(fields.values())
+
+
 class Analyzer:
     def __init__(self, chats: Chats, catalog: Catalog, llm: LLM, lifecycle: Lifecycle, redis: aioredis.Redis) -> None:
         self._chats, self._catalog, self._llm, self._lifecycle = chats, catalog, llm, lifecycle
@@ -145,6 +167,9 @@ class Analyzer:
             raise NotFound(f"chat {chat_id!r} not found")
         messages = await self._chats.messages(chat_id)
         agent = await self._catalog.agents.get(chat.agent_id, chat.version)
+        if chat.swaps:
+            agent = agent.model_copy(update={
+                "post_chat_analysis_data": await analysis_fields(self._catalog, chat, agent)})
         transcript = chat.to_response(messages).transcript or "(no messages)"
         try:
             completion = await self._llm.complete(
@@ -159,7 +184,7 @@ class Analyzer:
             chat.analysis_error = str(exc)
             log.warning("post-chat analysis failed", extra={"chat_id": chat_id, "error": str(exc)})
         self._lifecycle.price(chat)
-        target = self._lifecycle.target(agent)
+        target = self._lifecycle.target(agent) if not chat.swaps else await self._lifecycle.target_of(chat)
         events = []
         if target is not None and "chat_analyzed" in target.kinds:
             events.append(self._lifecycle.event(target, "chat_analyzed", chat, messages))

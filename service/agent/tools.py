@@ -7,8 +7,10 @@ as Retell signs it, and gives the LLM the response text (up to 15,000 characters
 ``{{variables}}`` rendered; the URL goes through the outbound policy (``service.outbound.fetch``): a URL the
 policy refuses is a result saying so. ``send_sms`` texts the chat's user (or ``sms_destination``'s number)
 through the turn's ``SmsHook``. ``extract_dynamic_variable`` takes the values the model gives for the declared
-variables. Values a tool yields (``ToolOutcome.variables``) become the chat's collected dynamic variables.
-Every failure is a tool result the LLM can read, never a crash.
+variables. ``mcp`` calls the tool of that name on the MCP server its ``mcp_id`` names (``service.agent.mcp``); its
+result is capped and its ``response_variables`` picked like a custom tool's. ``agent_swap`` asks the responder to
+go on with another agent (``ToolOutcome.swap``). Values a tool yields (``ToolOutcome.variables``) become the
+chat's collected dynamic variables. Every failure is a tool result the LLM can read, never a crash.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from service.agent import mcp
 from service.agent.variables import render
-from service.errors import OutboundRefused
+from service.errors import McpUnavailable, OutboundRefused
 from service.outbound import fetch, header_problem
 from service.retell.models import (
+    AgentSwapTool,
     CustomTool,
     EndChatTool,
     ExtractDynamicVariableTool,
     ExtractedVariable,
+    McpServer,
+    McpTool,
     RetellLLM,
     SendSmsTool,
     State,
@@ -57,6 +63,7 @@ class ToolOutcome:
     end_chat: bool = False
     variables: dict[str, str] = field(default_factory=dict)   # dynamic variables the tool yielded
     new_state: str | None = None   # a transition: the state the agent moves to
+    swap: AgentSwapTool | None = None   # an agent swap: the agent the chat goes on with
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +77,45 @@ class Transition:
         return self.edge.tool_name
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTool:
+    """An ``mcp`` tool with the server its ``mcp_id`` names."""
+
+    tool: McpTool
+    server: McpServer
+    type = "mcp"
+
+    @property
+    def name(self) -> str:
+        return self.tool.name
+
+
 # Everything the model may be offered: Retell's tool types and the transitions of multi-state agents.
-Offered: TypeAlias = EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | UnsupportedTool | Transition
+Offered: TypeAlias = (EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | ServerTool | AgentSwapTool
+                      | UnsupportedTool | Transition)
 
 
 def offered(llm: RetellLLM, state: State | None) -> list[Offered]:
     """What the model may call in ``state``: the general tools, the state's own, and one transition per edge."""
-    if state is None:
-        return list(llm.general_tools)
-    return [*llm.general_tools, *state.tools, *(Transition(edge) for edge in state.edges)]
+    tools = [*llm.general_tools, *(state.tools if state is not None else [])]
+    out: list[Offered] = []
+    for tool in tools:
+        if not isinstance(tool, McpTool):
+            out.append(tool)
+        elif (server := llm.mcp_server(tool)) is not None:   # the LLM's validator made sure there is one
+            out.append(ServerTool(tool, server))
+    return out + [Transition(edge) for edge in state.edges] if state is not None else out
+
+
+def _mcp_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
+    """An ``mcp`` tool's ``input_schema`` as a JSON schema: as written when it is one; Retell's SDK types it as a
+    map of names to types (``{"phone": "string"}``), which becomes one; none is an empty object."""
+    if not schema:
+        return {"type": "object", "properties": {}}
+    if "type" in schema or "properties" in schema:
+        return schema
+    return {"type": "object", "properties": {name: {"type": kind} if isinstance(kind, str) else kind
+                                             for name, kind in schema.items()}}
 
 
 def tool_type(tools: list[Offered], name: str) -> str | None:
@@ -112,6 +149,12 @@ def definitions(tools: list[Offered]) -> list[dict[str, Any]]:
         elif isinstance(tool, ExtractDynamicVariableTool):
             params = {"type": "object", "properties": {v.name: _schema(v) for v in tool.variables},
                       "required": [v.name for v in tool.variables if v.required]}
+        elif isinstance(tool, ServerTool):
+            out.append({"type": "function", "function": {"name": tool.name, "description": tool.tool.description,
+                                                         "parameters": _mcp_schema(tool.tool.input_schema)}})
+            continue
+        elif isinstance(tool, AgentSwapTool):
+            params = {"type": "object", "properties": {}}
         else:
             continue
         out.append({"type": "function",
@@ -127,7 +170,9 @@ async def run(
     tool = next((t for t in tools if getattr(t, "name", None) == name), None)
     if isinstance(tool, EndChatTool):
         return ToolOutcome("The chat will end after your next message. Say a short goodbye.", True, end_chat=True)
-    if not isinstance(tool, CustomTool | SendSmsTool | ExtractDynamicVariableTool | Transition):
+    if isinstance(tool, AgentSwapTool):   # the responder makes the swap (or says why it could not)
+        return ToolOutcome(f"The chat goes on with agent {tool.agent_id}.", True, swap=tool)
+    if not isinstance(tool, CustomTool | SendSmsTool | ExtractDynamicVariableTool | Transition | ServerTool):
         return ToolOutcome(f"There is no tool named {name!r}.", False)
     try:
         args = orjson.loads(arguments or "{}")
@@ -144,6 +189,8 @@ async def run(
         return ToolOutcome(f"Moved to the state {destination}.", True, new_state=destination,
                            variables={key: _as_variable(value) for key, value in args.items() if value is not None})
     try:
+        if isinstance(tool, ServerTool):
+            return await _call_mcp(tool, args, http=http, values=values)
         return await _call(tool, args, http=http, chat=chat(), values=values, signing_key=signing_key)
     except Exception as exc:   # not CancelledError (a BaseException): a shutdown still stops the turn
         # An HTTP tool must not break the turn: whatever else went wrong (a header aiohttp refuses, a bug) is a
@@ -202,6 +249,21 @@ async def _call(
     return ToolOutcome(text[:MAX_RESULT_CHARS], True, variables=_response_variables(tool, answer.body))
 
 
+async def _call_mcp(bound: ServerTool, args: dict[str, Any], *, http: aiohttp.ClientSession,
+                    values: dict[str, str]) -> ToolOutcome:
+    tool = bound.tool
+    try:
+        answer = await mcp.call_tool(http, bound.server, tool.name, args, values)
+    except OutboundRefused as exc:
+        log.warning("mcp server url refused", extra={"tool": tool.name, "error": str(exc)})
+        return ToolOutcome(f"The MCP server's URL is not allowed: {exc}", False)
+    except McpUnavailable as exc:
+        return ToolOutcome(f"The tool could not run: {exc}.", False)
+    if not answer.ok:
+        return ToolOutcome(f"The tool failed: {answer.text[:MAX_RESULT_CHARS]}", False)
+    return ToolOutcome(answer.text[:MAX_RESULT_CHARS], True, variables=_response_variables(tool, answer.document))
+
+
 _STEP = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 
 
@@ -226,7 +288,7 @@ def _as_variable(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _response_variables(tool: CustomTool, body: bytes) -> dict[str, str]:
+def _response_variables(tool: CustomTool | McpTool, body: bytes) -> dict[str, str]:
     """``response_variables`` picked out of a JSON response; a path the response lacks sets nothing."""
     if not tool.response_variables:
         return {}

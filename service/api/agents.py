@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from service.agent import mcp
 from service.api import id_forms
 from service.api.http import (
     ensure_writable,
@@ -34,6 +35,8 @@ from service.retell.requests import (
     AgentListItem,
     AgentListResponse,
     LLMListResponse,
+    McpToolDefinition,
+    McpToolsQuery,
     PageQuery,
     VersionQuery,
 )
@@ -228,6 +231,23 @@ async def list_retell_llms_v2(request: web.Request) -> web.Response:
     return model_response(LLMListResponse(items=items, has_more=more, pagination_key=key))
 
 
+async def get_mcp_tools(request: web.Request) -> web.Response:
+    """``GET /get-mcp-tools/{agent_id}?mcp_id=``: the tools the agent's MCP server lists, asked now (the server's
+    headers and query parameters rendered with the LLM's ``default_dynamic_variables``)."""
+    rt = request.app[RUNTIME]
+    query = read_query(request, McpToolsQuery)
+    if query.component_id is not None:
+        raise NotFound(f"component {query.component_id!r}: Parley has no conversation-flow components")
+    agent = await rt.catalog.resolve(id_forms.agent_id(request.match_info["agent_id"]), query.version)
+    server = next((s for s in agent.llm.mcps if s.known_as(query.mcp_id)), None)
+    if server is None:
+        known = ", ".join(s.name for s in agent.llm.mcps) or "none"
+        raise NotFound(f"agent {agent.config.agent_id!r} has no MCP server {query.mcp_id!r} (mcps: {known})")
+    found = await mcp.list_tools(rt.http, server, agent.llm.default_dynamic_variables)
+    return model_response([McpToolDefinition(name=t.name, description=t.description, inputSchema=t.input_schema)
+                           for t in found])
+
+
 ROUTES = [
     Route("POST", "/create-chat-agent", create_chat_agent, "Create a chat agent", body=ChatAgent,
           response=ChatAgent, status=201, tag="chat agents", scope="admin", errors=(409,)),
@@ -257,4 +277,7 @@ ROUTES = [
           many=True, tag="retell llms", scope="read"),
     Route("GET", "/v2/list-retell-llms", list_retell_llms_v2, "List Retell LLMs, paginated", query=PageQuery,
           response=LLMListResponse, tag="retell llms", scope="read"),
+    Route("GET", "/get-mcp-tools/{agent_id}", get_mcp_tools, "List the tools of an agent's MCP server",
+          query=McpToolsQuery, response=McpToolDefinition, many=True, tag="chat agents", scope="read",
+          errors=(404, 422, 502)),
 ]

@@ -123,6 +123,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
                                              conv=conv, direction=Direction.OUTBOUND,
                                              variables=body.retell_llm_dynamic_variables, metadata=body.metadata)
         reply = await dialog.opening(rt, chat, agent)
+        agent = reply.agent or agent   # the opening's model may have swapped agents (agent_swap)
         sent = await rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
                                          max_segments=agent.config.max_reply_segments) if reply.text else []
         result = TurnResult(messages=reply.messages + sent,

@@ -26,7 +26,9 @@ from service.errors import (
     InvalidRequest,
     LimitReached,
     MalformedRequest,
+    McpUnavailable,
     NotFound,
+    OutboundRefused,
     ParleyError,
     RequestTimeout,
     SendError,
@@ -52,7 +54,7 @@ SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
     MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
-    LimitReached: 429, SendError: 502, StoreUnavailable: 503,
+    LimitReached: 429, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
 }
 
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from service.catalog import targets
 from service.errors import ConfigError, OutboundRefused
 from service.outbound import OutboundPolicy
-from service.retell.models import ENGINES_NOT_RUN, ChatAgent, PhoneNumber
+from service.retell.models import ENGINES_NOT_RUN, AgentSwapTool, ChatAgent, PhoneNumber
 from service.retell.unsupported import unsupported
 from service.settings import Settings
 from service.validation import describe
@@ -111,7 +111,21 @@ def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: Ou
         catalog.files[("number", number.phone_number)] = path
 
 
+def _swap_targets(catalog: Declared, settings: Settings) -> None:
+    """An ``agent_swap`` to an agent no file declares works only if the API created it: said at load."""
+    for agent_id, agent in catalog.agents.items():
+        llm = agent.retell_llm
+        tools = [*llm.general_tools, *(t for state in llm.states for t in state.tools)] if llm else []
+        for tool in tools:
+            if isinstance(tool, AgentSwapTool) and tool.agent_id not in catalog.agents:
+                catalog.warnings.append(
+                    f"{catalog.files[('agent', agent_id)]}: agent_swap tool {tool.name!r} names agent "
+                    f"{tool.agent_id!r}, which no file in {settings.agents_dir} declares: the swap works only if "
+                    "the API created it (otherwise the model is told it failed)")
+
+
 def _cross_check(catalog: Declared, settings: Settings, problems: list[str]) -> None:
+    _swap_targets(catalog, settings)
     tokens = settings.twilio_tokens()
     for e164, number in catalog.numbers.items():
         where = catalog.files[("number", e164)]

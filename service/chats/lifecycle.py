@@ -52,8 +52,10 @@ class Lifecycle:
         return Target(url=url, kinds=kinds, timeout_ms=agent.webhook_timeout_ms)
 
     async def target_of(self, chat: Chat) -> Target | None:
+        """Where the chat's events go: its agent's target, or the first agent's once it swapped agents (Retell
+        keeps the first agent's webhook for the whole conversation)."""
         try:
-            return self.target(await self._catalog.agents.get(chat.agent_id, chat.version))
+            return self.target(await self._catalog.agents.get(*chat.original_agent))
         except NotFound:
             return None
 
@@ -88,7 +90,7 @@ class Lifecycle:
         chat.sms_segments += sum(m.billed_segments() for m in result.messages if m.role is not Role.USER)
         self.price(chat)
         events: list[Event] = []
-        target = self.target(agent) if agent is not None else await self.target_of(chat)
+        target = self.target(agent) if agent is not None and not chat.swaps else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
         always_report = always_report or any(m.status == "failed" for m in result.messages)
         wants_transcript = target is not None and bool(result.messages) and (

@@ -118,6 +118,21 @@ class Message:
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
 
 
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """An agent the chat left by an ``agent_swap`` tool, and the swap's ``post_call_analysis_setting``."""
+
+    agent_id: str
+    version: int
+    llm_version: int | None
+    post_call_analysis_setting: str
+    timestamp: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Swap:
+        return cls(**data)
+
+
 @dataclass(slots=True)
 class Chat:
     """A chat's own fields (its messages live in a separate list)."""
@@ -166,6 +181,19 @@ class Chat:
         counts = self.llm_tokens.setdefault(model, [0, 0])
         counts[0] += prompt
         counts[1] += completion
+    swaps: list[Swap] = field(default_factory=list)   # the agents an agent_swap left, oldest first
+
+    @property
+    def original_agent(self) -> tuple[str, int]:
+        """The agent (and version) the chat started with, before any swap."""
+        first = self.swaps[0] if self.swaps else None
+        return (first.agent_id, first.version) if first else (self.agent_id, self.version)
+
+    def swap_to(self, agent_id: str, version: int, llm_version: int, setting: str, now_ms: int) -> None:
+        """Go on with another agent version: its LLM version, its starting state."""
+        self.swaps.append(Swap(self.agent_id, self.version, self.llm_version, setting, now_ms))
+        self.agent_id, self.version, self.llm_version = agent_id, version, llm_version
+        self.current_state = self.previous_state = None
 
     @property
     def conversation(self) -> Conversation | None:
@@ -179,9 +207,9 @@ class Chat:
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for name, value in asdict(self).items():
-            if value is None:
+            if value is None or (name == "swaps" and not value):
                 continue
-            out[name] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
+            out[name] = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
         return out
 
     @classmethod
@@ -209,14 +237,15 @@ class Chat:
             touched_ms=opt_int("touched_ms"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
             collected_variables=orjson.loads(data.get("collected_variables", "{}")),
-            current_state=data.get("current_state"),
-            previous_state=data.get("previous_state"),
+            current_state=data.get("current_state") or None,   # "": cleared by a swap
+            previous_state=data.get("previous_state") or None,
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
             llm_tokens=orjson.loads(data.get("llm_tokens", "{}")),
             sms_segments=int(data.get("sms_segments", 0)),
             cost=orjson.loads(data["cost"]) if "cost" in data else None,
             agent_override=orjson.loads(data["agent_override"]) if "agent_override" in data else None,
+            swaps=[Swap.from_dict(s) for s in orjson.loads(data.get("swaps", "[]"))],
         )
 
     def turn_fields(self) -> dict[str, str]:
@@ -233,6 +262,12 @@ class Chat:
             out["sms_segments"] = str(self.sms_segments)
         if self.cost is not None:
             out["cost"] = orjson.dumps(self.cost).decode()
+        if self.swaps:   # the agent the chat goes on with; a state of the agent it left is cleared
+            out |= {"agent_id": self.agent_id, "version": str(self.version),
+                    "swaps": orjson.dumps([asdict(s) for s in self.swaps]).decode(),
+                    "current_state": self.current_state or "", "previous_state": self.previous_state or ""}
+            if self.llm_version is not None:
+                out["llm_version"] = str(self.llm_version)
         return out
 
     def to_response(self, messages: list[Message]) -> ChatResponse:

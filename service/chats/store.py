@@ -246,6 +246,10 @@ class Chats:
                 "waiting_ttl": keys.OUTGOING_TTL_S,
                 # What tools collected, the agent's state (written whole; turns of a chat never overlap).
                 "fields": chat.turn_fields(),
+                # A chat that swapped agents is listed under the agent it goes on with (KEYS[17]), not those it
+                # left (KEYS[18..]); the start time stays its score.
+                "reindex": bool(chat.swaps),
+                "start": str(chat.start_timestamp),
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -271,10 +275,20 @@ class Chats:
                 keys.deferred(conv) if conv is not None else anchor,
                 keys.chats_by_reason(shard, result.end.value) if ending and result.end is not None else anchor,
                 keys.chats_ended_on(shard, keys.end_day(result.end_timestamp or now)) if ending else anchor,
+                *_agent_indexes(chat),
             ],
             args=[orjson.dumps(plan)],
         )
         return Release(int(outcome))
+
+
+def _agent_indexes(chat: Chat | None) -> list[str]:
+    """The agent index of the agent a swapped chat goes on with, then those of the agents it left."""
+    if chat is None or not chat.swaps:
+        return []
+    shard = keys.shard_of(chat.chat_id)
+    left = {swap.agent_id for swap in chat.swaps} - {chat.agent_id}
+    return [keys.chats_by_agent(shard, chat.agent_id), *(keys.chats_by_agent(shard, a) for a in sorted(left))]
 
 
 @dataclass(slots=True)
@@ -292,14 +306,16 @@ class Commit:
 
 # KEYS: 1 lock, 2 mailbox, 3 wakeups, 4 chat, 5 messages, 6 timers, 7 conversation's chat pointer, 8 analysis due,
 # 9 outbox, 10 outbox due, 11 the conversation's outgoing queue, 12 outgoing due, 13 the ongoing chats' index,
-# 14 the conversation's deferred-send marker, 15 the end reason's listing index, 16 the end day's (all in one
-# partition; unused ones repeat another key of it).
+# 14 the conversation's deferred-send marker, 15 the end reason's listing index, 16 the end day's, and for a chat
+# that swapped agents 17 its agent's index and 18.. the indexes of the agents it left (all in one partition; unused
+# ones repeat another key of it).
 # ARGV[1]: the plan, JSON: token ('' unfenced), entry (the wake-up's id, '' none), group (the consumer group),
 # conv (there is a conversation), consumed (mailbox items the turn handled), now (ms), ttl (s), cap (messages
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
 # deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
-# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state) and, when
-# ending, end (the fields that end it, and the chat's start time and trim bound for the indexes 15 and 16).
+# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state, a swap's agent),
+# reindex (list the chat under KEYS[17], not KEYS[18..]), start (its start time) and, when ending, end (the fields
+# that end it, and the chat's start time and trim bound for the indexes 15 and 16).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
 _COMMIT = """
@@ -313,6 +329,11 @@ if p.chat then
     if n > p.cap then redis.call('LTRIM', KEYS[5], -p.cap, -1) end
   end
   for name, value in pairs(p.fields) do redis.call('HSET', KEYS[4], name, value) end
+  if p.reindex then
+    for i = 18, #KEYS do redis.call('ZREM', KEYS[i], chat_id) end
+    redis.call('ZADD', KEYS[17], p.start, chat_id)
+    redis.call('EXPIRE', KEYS[17], p.ttl)
+  end
   if p.refresh then
     redis.call('EXPIRE', KEYS[4], p.ttl)
     redis.call('EXPIRE', KEYS[5], p.ttl)

@@ -206,6 +206,7 @@ class Turns:
         by_tool: list[Message] = []
         hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
         reply = await dialog.answer(self._rt, chat, agent, user, sms=hook, history=ctx.history)
+        agent = reply.agent or agent   # an agent_swap: the destination answered, and its settings hold from now on
         sent = []
         if reply.text:
             sent = await self._rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,

@@ -99,6 +99,18 @@ class EndChatTool(_Model):
 JSON_PATH_RE = re.compile(r"^(?:\$\.?)?(?:[^.\[\]]+|\[\d+\])(?:\.[^.\[\]]+|\[\d+\])*$")
 
 
+def _json_paths(value: dict[str, str]) -> dict[str, str]:
+    for name, path in value.items():
+        if not JSON_PATH_RE.fullmatch(path.strip()):
+            raise ValueError(f"{name}: {path!r} is not a JSON path like data.user.name or items[0].id")
+    return {name: path.strip() for name, path in value.items()}
+
+
+# Variable name -> JSON path in a tool's response; the values become the chat's dynamic variables.
+ResponseVariables = Annotated[dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str],
+                              AfterValidator(_json_paths)]
+
+
 class CustomTool(_Model):
     """An HTTP function: Parley sends ``{"name", "args", "chat"}`` to ``url`` (``args_at_root``: the arguments
     at the top level); the response is the result, and ``response_variables`` pick values out of it."""
@@ -113,17 +125,7 @@ class CustomTool(_Model):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     args_at_root: bool = False
     timeout_ms: int = Field(default=120_000, ge=1_000, le=600_000)
-    # Variable name -> JSON path in the response; the values become the chat's dynamic variables.
-    response_variables: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str] = Field(
-        default_factory=dict)
-
-    @field_validator("response_variables")
-    @classmethod
-    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, path in value.items():
-            if not JSON_PATH_RE.fullmatch(path.strip()):
-                raise ValueError(f"{name}: {path!r} is not a JSON path like data.user.name or items[0].id")
-        return {name: path.strip() for name, path in value.items()}
+    response_variables: ResponseVariables = Field(default_factory=dict)
 
 
 # The text Parley sends for Retell's ``info_collection`` template (Retell does not publish its wording).
@@ -240,18 +242,72 @@ class ExtractDynamicVariableTool(_Model):
     variables: list[ExtractedVariable] = Field(min_length=1)
 
 
+class McpServer(_Model):
+    """One of a Retell LLM's ``mcps``: an MCP server Parley reaches over streamable HTTP. Its ``headers`` and
+    ``query_params`` may hold ``{{variables}}``; ``timeout_ms`` bounds a whole call (connect, list, call)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    query_params: dict[str, str] = Field(default_factory=dict)
+    timeout_ms: int = Field(default=120_000, ge=1_000, le=600_000)
+    id: str | None = None   # not in Retell's SDK: an id an export may carry, which a tool's mcp_id may name
+
+    def known_as(self, mcp_id: str) -> bool:
+        """Whether a tool's ``mcp_id`` names this server: its ``name``, or its ``id``."""
+        return mcp_id in (self.name, self.id)
+
+
+class McpTool(_Model):
+    """Retell's ``mcp`` tool: the tool ``name`` of the MCP server ``mcp_id`` names (one of the LLM's ``mcps``),
+    offered to the model with ``description`` and ``input_schema``; ``response_variables`` as a custom tool's."""
+
+    type: Literal["mcp"]
+    name: str = Field(pattern=TOOL_NAME_RE)
+    description: str = ""
+    mcp_id: str | None = None
+    input_schema: dict[str, Any] | None = None
+    response_variables: ResponseVariables = Field(default_factory=dict)
+
+
+class AgentSwapTool(_Model):
+    """Retell's ``agent_swap``: the chat goes on with another agent (``agent_version``, else its latest), its
+    prompt, tools and model. ``post_call_analysis_setting`` says whose ``post_chat_analysis_data`` the analysis
+    extracts: both agents', or only the destination's."""
+
+    type: Literal["agent_swap"]
+    name: str = Field(pattern=TOOL_NAME_RE)
+    description: str = "Hand the conversation to another agent."
+    agent_id: str = Field(pattern=OBJECT_ID_PATTERN)
+    agent_version: int | None = Field(default=None, ge=0)
+    post_call_analysis_setting: Literal["both_agents", "only_destination_agent"]
+    webhook_setting: Literal["both_agents", "only_destination_agent", "only_source_agent"] | None = None
+
+    @field_validator("agent_version", mode="before")
+    @classmethod
+    def _version_number(cls, value: Any) -> Any:
+        # Retell's SDK types it str | int: a number written as a string is read as one, "latest" as none.
+        if isinstance(value, str):
+            if value.strip().isdigit():
+                return int(value)
+            if value.strip().lower() == "latest":
+                return None
+            raise ValueError(f"{value!r} is not a version number (or \"latest\")")
+        return value
+
+
 class UnsupportedTool(_Model):
     """A Retell tool type Parley does not run yet (voice-only, calendar, ...). Kept, not offered to the LLM."""
 
     type: Literal[
-        "transfer_call", "check_availability_cal", "book_appointment_cal", "agent_swap", "press_digit",
-        "code", "bridge_transfer", "cancel_transfer", "mcp",
+        "transfer_call", "check_availability_cal", "book_appointment_cal", "press_digit",
+        "code", "bridge_transfer", "cancel_transfer",
     ]
     name: str = ""
 
 
-Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | UnsupportedTool,
-                 Field(discriminator="type")]
+Tool = Annotated[EndChatTool | CustomTool | SendSmsTool | ExtractDynamicVariableTool | McpTool | AgentSwapTool
+                 | UnsupportedTool, Field(discriminator="type")]
 
 
 STATE_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -334,6 +390,7 @@ class RetellLLM(_Model):
     states: list[State] = Field(default_factory=list)
     starting_state: str | None = None
     default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    mcps: list[McpServer] = Field(default_factory=list)
 
     @property
     def primary_model(self) -> str:
@@ -387,6 +444,28 @@ class RetellLLM(_Model):
                 raise ValueError(f"states.{index} ({state.name}): tool names must be unique among the general "
                                  f"tools, the state's tools and its transitions; repeated: {', '.join(repeated)}")
         return self
+
+    @model_validator(mode="after")
+    def _mcp_tools_name_servers(self) -> RetellLLM:
+        """Every ``mcp`` tool names one of ``mcps`` (or leaves ``mcp_id`` out when there is exactly one)."""
+        names = [server.name for server in self.mcps]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"mcps: names must be unique; repeated: {', '.join(repeated)}")
+        placed = [(f"general_tools.{i}", t) for i, t in enumerate(self.general_tools)] + [
+            (f"states.{s}.tools.{i}", t) for s, state in enumerate(self.states) for i, t in enumerate(state.tools)]
+        for where, tool in placed:
+            if isinstance(tool, McpTool) and self.mcp_server(tool) is None:
+                known = ", ".join(names) or "none"
+                what = f"no server in mcps is named {tool.mcp_id!r}" if tool.mcp_id is not None else \
+                    "required unless mcps holds exactly one server"
+                raise ValueError(f"{where}.mcp_id (tool {tool.name!r}): {what} (mcps: {known})")
+        return self
+
+    def mcp_server(self, tool: McpTool) -> McpServer | None:
+        """The server of ``tool``: the one its ``mcp_id`` names, or the only one when it names none."""
+        if tool.mcp_id is None:
+            return self.mcps[0] if len(self.mcps) == 1 else None
+        return next((server for server in self.mcps if server.known_as(tool.mcp_id)), None)
 
     def state(self, name: str | None) -> State | None:
         """The state called ``name``, else the starting one (None without states)."""

@@ -323,3 +323,21 @@ class ClearOptOutRequest(_Body):
     from_number: Address
     to_number: Address
     consent: str = Field(min_length=10, description="How the user consented again (kept in the log)")
+
+
+class McpToolsQuery(_Body):
+    """``GET /get-mcp-tools/{agent_id}``'s query: the server (``mcp_id``, a name in the agent's LLM's ``mcps``),
+    and the agent version (the latest when left out). ``component_id`` is for conversation-flow components,
+    which Parley does not have."""
+
+    mcp_id: str = Field(min_length=1)
+    component_id: str | None = None
+    version: AgentVersion | None = None
+
+
+class McpToolDefinition(BaseModel):
+    """A tool an MCP server lists, as Retell answers it."""
+
+    name: str
+    description: str
+    inputSchema: dict[str, Any]   # Retell's (and MCP's) spelling

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.retell.models import BackupModelRef, ChatAgent, ModelRef, SendSmsTool, UnsupportedTool
+from service.retell.models import AgentSwapTool, BackupModelRef, ChatAgent, ModelRef, SendSmsTool, UnsupportedTool
 
 NOT_USED = "stored, not used by Parley"
 
@@ -60,4 +60,7 @@ def _not_acted_on(model: BaseModel) -> list[tuple[str, str]]:
                                           "delay"))
     if isinstance(model, SendSmsTool) and model.sms_sender is not None and model.sms_sender.type == "retell_long_code":
         why.append(("sms_sender", "retell_long_code is Retell's shared number; Parley sends from the chat's number"))
+    if isinstance(model, AgentSwapTool) and model.webhook_setting not in (None, "only_source_agent"):
+        why.append(("webhook_setting", f"{model.webhook_setting!r} is not followed: after a swap the chat's events "
+                                       "go to the first agent's webhook (only_source_agent)"))
     return why
