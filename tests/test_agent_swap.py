@@ -105,7 +105,7 @@ async def test_the_analysis_follows_post_call_analysis_setting(
     analysed = await api_json(parley, "PUT", f"/rerun-chat-analysis/{chat_id}")
     assert sorted(analysed["chat_analysis"]["custom_analysis_data"]) == sorted(fields)
     request = parley.llm.analyses[-1]
-    assert request["model"] == "gpt-4.1"   # the analysis model of the agent the chat ended with
+    assert request["model"] == "gpt-5.6-terra"   # the analysis model (Retell's default) of the agent it ended with
     # Events go to the first agent's webhook for the whole chat (billing has none), as in Retell.
     events = [(b["event"], b["chat"]["agent_id"]) for b in await receiver.wait_for(3)]
     assert events[:3] == [("chat_started", "frontdesk"), ("chat_ended", "billing"), ("chat_analyzed", "billing")]
@@ -130,7 +130,7 @@ def test_the_tool_as_retell_writes_it() -> None:
                                                            webhook_setting="both_agents")]})
     assert llm.general_tools[0].agent_version == 3   # type: ignore[union-attr]
     assert unsupported(llm) == [
-        "general_tools.0 (to_billing): webhook_setting 'both_agents' is not followed: after a swap the chat's events "
+        "general_tools.0 (to_billing).webhook_setting: 'both_agents' is not followed: after a swap the chat's events "
         "go to the first agent's webhook (only_source_agent)",
         "general_tools.0 (to_billing).keep_current_voice: stored, not used by Parley"]
     with pytest.raises(ValidationError, match="post_call_analysis_setting"):

@@ -116,7 +116,7 @@ async def test_chat_cost_estimates_segments_and_tokens(make_parley: MakeParley, 
         listed = await retell.chat.list()
         assert listed.items[0].chat_cost == after.chat_cost   # in the list too, without the transcript
     tokens = await tokens_of(parley, chat_id)
-    assert tokens == {"gpt-test": [10, 5], "gpt-4.1": [10, 5]}
+    assert tokens == {"gpt-test": [10, 5], "gpt-5.6-terra": [10, 5]}   # the turn's model, the analysis's
     assert receiver.bodies()[0]["chat"]["chat_cost"]["combined_cost"] == pytest.approx(0.8175)
 
 

@@ -154,11 +154,17 @@ async def test_the_outbound_policy_stands_between_the_model_and_the_server(
     make_parley: MakeParley, mcp_server: McpFixture,
 ) -> None:
     parley = await make_parley(numbers=NUMBERS, outbound_allow=[], catalog_cache_ms=0)
-    # Loading (and the API) refuses such a server: put it straight into Redis, as a new LLM version.
+    # Loading (and the API) refuses such a server: put it straight into Redis, as a new LLM version and an agent
+    # version that names it.
     catalog = parley.client.app[RUNTIME].catalog
     current = await catalog.llms.get("llm_frontdesk")
-    await catalog.llms.put(RetellLLM.model_validate({**current.model_dump(), "general_tools": [LOOKUP],
-                                                     "mcps": [{"name": "crm", "url": mcp_server.url}]}))
+    llm = await catalog.llms.append(RetellLLM.model_validate({**current.model_dump(), "general_tools": [LOOKUP],
+                                                              "mcps": [{"name": "crm", "url": mcp_server.url}]}),
+                                    published=True)
+    agent = await catalog.agents.get("frontdesk")
+    assert agent.response_engine is not None
+    await catalog.agents.append(agent.model_copy(update={
+        "response_engine": agent.response_engine.model_copy(update={"version": llm.version})}), published=True)
     parley.llm.respond = calls(("lookup", {"phone": USER}))
     reply = await answered(parley, "hi")
     assert reply.startswith("Tool said: The MCP server's URL is not allowed: http://127.0.0.1:")

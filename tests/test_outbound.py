@@ -404,7 +404,8 @@ async def test_a_tool_header_that_cannot_be_sent_is_a_tool_error_and_the_turn_go
     parley.llm.respond = call_then_answer("book_visit", '{"day": "Friday"}')
     await parley.text("book me friday")
     sent = await parley.twilio.wait_for(1)
-    assert sent[0].body.startswith("Result: The tool failed: ")
+    assert sent[0].body == ("Result: The tool's header X-Key could not be sent: the value contains a line break "
+                            "(CR or LF) or a NUL, which a header may not.")
     await parley.idle()
     result = (await parley.chat_of())["message_with_tool_calls"][2]
     assert result["role"] == "tool_call_result" and result["successful"] is False
