@@ -6,8 +6,9 @@ conversation pointers), on one connection (``write_chats``; ``tests/test_bench_l
 Then starts Parley (``python -m service serve --web-only``: the REST API, no workers) on that Redis and
 measures ``POST /v3/list-chats`` from this process, one call at a time (except the line that says
 concurrent), for 50-item pages: the first page, every page of the listing following the keys (so the middle
-and the end), filtered by agent (its own index), by status and type, and with filters no index serves. Each
-line gives p50 / p99 / max over its calls, the Redis commands a call cost (``INFO commandstats``; Parley is
+and the end), filtered by agent (its own index), by status and type, by retell-sdk's newer filters (direction,
+disconnection reason, end day, one user), and with filters no index serves. Each line gives p50 / p99 / max
+over its calls, the Redis commands a call cost (``INFO commandstats``; Parley is
 the only client meanwhile) and Parley's CPU per call. The first filtered call is reported apart: once per
 partition it makes sure chats written before the secondary indexes existed are indexed (here, as in a
 deployment that always ran them, that is only the chats of the first hour). ``--reindex`` measures an
@@ -40,6 +41,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from service.chats.model import Chat, ChatStatus, ChatType, Direction, EndReason
+from service.chats.store import listing_indexes
 from service.clock import now_ms
 from service.storage import keys
 
@@ -133,16 +135,13 @@ CHAT_FIELDS = [f.name for f in fields(Chat)]
 
 def chat_hash(chat: Chat) -> dict[str, str]:
     """``chat.to_hash()``, without ``dataclasses.asdict``'s deep copies (which cost more than the write)."""
-    return {name: orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
-            for name in CHAT_FIELDS if (value := getattr(chat, name)) is not None}
+    return {name: orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+            for name in CHAT_FIELDS if (value := getattr(chat, name)) is not None and value != []}
 
 
 def chat_indexes(chat: Chat) -> list[str]:
     """The listing indexes ``Chats.create`` puts ``chat`` in."""
-    shard = keys.shard_of(chat.chat_id)
-    found = [keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
-             keys.chats_by_type(shard, chat.chat_type.value)]
-    return found + ([keys.chats_ongoing(shard)] if chat.chat_status is ChatStatus.ONGOING else [])
+    return listing_indexes(chat)
 
 
 def make_chats(count: int, seed: int = 11) -> list[Chat]:
@@ -251,6 +250,14 @@ async def scenarios(client: Client, chats: int, calls: int) -> list[dict[str, An
         ("status ended (no index: checked per chat)", {**page, "filter_criteria": {"chat_status": enum("ended")}}),
         ("agent + version (no index for the version)",
          {**page, "filter_criteria": {"agent": [{"agent_id": AGENTS[7], "version": [1]}]}}),
+        # retell-sdk's newer filters, each from its own index.
+        ("direction inbound (~80 %), following keys", {**page, "filter_criteria": {"direction": enum("inbound")}}),
+        ("disconnection_reason inactivity (~95 %), following keys",
+         {**page, "filter_criteria": {"disconnection_reason": enum(EndReason.INACTIVITY.value)}}),
+        ("end_timestamp in the last day (~14 %), following keys", {**page, "filter_criteria": {"end_timestamp": {
+            "type": "number", "op": "ge", "value": now_ms() - 86_400_000}}}),
+        ("user_number eq (one user's chat)", {**page, "filter_criteria": {
+            "user_number": {"type": "string", "op": "eq", "value": "+14150000007"}}}),
     ]
     for name, body in walks:
         results.append(await client.measure(Line(name), partial(client.walk, body=body, pages=calls)))

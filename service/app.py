@@ -50,6 +50,8 @@ def create_app(
     files = agent_files.load(settings)  # fail fast, before anything starts
     for warning in files.warnings:
         log.warning(warning)
+    for agent, fields in files.unsupported.items():   # one line per agent; `parley check` lists them
+        log.warning("agent holds fields Parley stores but does not act on", extra={"agent": agent, "fields": fields})
     metrics = Metrics(gauges_cache_ms=settings.metrics_cache_ms)
     app = web.Application(middlewares=[middleware(metrics), encoding_middleware, api_middleware],
                           client_max_size=CLIENT_MAX_SIZE)

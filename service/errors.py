@@ -16,6 +16,8 @@
     │   └── SendDeferred     Twilio created nothing and may take it later (429, 5xx, refused connection)
     ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
     ├── OutboundRefused        the outbound policy refused a URL a user's request would reach (service.outbound)
+    ├── McpUnavailable         an MCP server failed, timed out or could not be reached (from the mcp SDK's and
+    │                          httpx2's errors; HTTP 502 on /get-mcp-tools)
     └── StoreUnavailable       Redis/Valkey cannot be reached (from redis.ConnectionError/TimeoutError)
 """
 
@@ -93,3 +95,7 @@ class OutboundRefused(ParleyError):
 
 class StoreUnavailable(ParleyError):
     """Redis/Valkey is unreachable."""
+
+
+class McpUnavailable(ParleyError):
+    """An MCP server could not be reached, timed out, or answered with an error (``service.agent.mcp``)."""

@@ -19,6 +19,11 @@ most ``MAX_REDIRECTS`` itself, checking each location like the first URL, and ke
 (credentials, signatures) for the first origin. It reads at most ``max_bytes`` of the answer and gives up
 after ``timeout_s`` in all.
 
+MCP servers are reached through the ``mcp`` SDK, whose HTTP client is httpx2, not aiohttp: ``httpx_client``
+builds one that enforces the same policy from an aiohttp policy session. Its request hook runs ``check_url`` on
+every request (the SDK follows redirects itself, only within the first origin), and its connections go through
+``PolicyBackend``, which connects only to an address ``PolicyResolver`` allowed, for names and literal IPs.
+
 Operators who need internal targets list them in ``PARLEY_OUTBOUND_ALLOW`` (CIDRs, and host names allowed
 whatever they resolve to). The LLM and Twilio clients do not come through here: their URLs are the
 operator's own settings, not a user's.
@@ -35,8 +40,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import httpcore2
+import httpx2
 from aiohttp import hdrs
 from aiohttp.abc import AbstractResolver, ResolveResult
+from httpcore2 import SOCKET_OPTION
 from yarl import URL
 
 from service.errors import OutboundRefused
@@ -247,12 +255,74 @@ class PolicyConnector(aiohttp.TCPConnector):
     def __init__(self, policy: OutboundPolicy, resolver: PolicyResolver) -> None:
         super().__init__(resolver=resolver)
         self.policy = policy
-        self._policy_resolver = resolver
+        self.resolver = resolver
 
     # abort_ssl only changes how TLS connections are dropped on close, which no test here can see.
     async def close(self, *, abort_ssl: bool = False) -> None:  # pragma: no mutate (see above)
         await super().close(abort_ssl=abort_ssl)  # pragma: no mutate (see above)
-        await self._policy_resolver.close()   # passed in, so aiohttp leaves it open
+        await self.resolver.close()   # passed in, so aiohttp leaves it open
+
+
+def policy_of(session: aiohttp.ClientSession) -> PolicyConnector:
+    """The policy connector of a session ``OutboundPolicy.session`` built; TypeError for any other session."""
+    if not isinstance(session.connector, PolicyConnector):
+        raise TypeError("needs a session built by OutboundPolicy.session()")
+    return session.connector
+
+
+class PolicyBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's network backend under the policy: a host name is resolved by ``PolicyResolver`` and the
+    connection made to an address it kept; a literal IP is judged first. TLS still verifies the host name
+    (httpcore2 passes it as the server name)."""
+
+    def __init__(self, connector: PolicyConnector) -> None:
+        self._policy = connector.policy
+        self._resolver = connector.resolver
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's)
+                          local_address: str | None = None,
+                          socket_options: Iterable[SOCKET_OPTION] | None = None) -> httpcore2.AsyncNetworkStream:
+        address = _literal(_host(host))
+        if address is not None:
+            if not self._policy.allows_host(host) and (why := self._policy.refusal(address)) is not None:
+                raise _refused(host, f"{address} is {why}")
+            target = str(address)
+        else:
+            target = (await self._resolver.resolve(host, port, socket.AF_UNSPEC))[0]["host"]
+        return await self._inner.connect_tcp(target, port, timeout=timeout, local_address=local_address,
+                                             socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's)
+                                  socket_options: Iterable[SOCKET_OPTION] | None = None,
+                                  ) -> httpcore2.AsyncNetworkStream:
+        raise OutboundRefused("Parley does not connect to Unix sockets on a user's behalf")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PolicyTransport(httpx2.AsyncHTTPTransport):
+    def __init__(self, connector: PolicyConnector) -> None:
+        super().__init__(trust_env=False)
+        # httpx2 takes no network backend, so its pool is replaced by one with the policy's (same settings).
+        self._pool = httpcore2.AsyncConnectionPool(ssl_context=httpx2.create_ssl_context(trust_env=False),
+                                                   network_backend=PolicyBackend(connector))
+
+
+def httpx_client(session: aiohttp.ClientSession, *, headers: Mapping[str, str],
+                 timeout_s: float) -> httpx2.AsyncClient:
+    """An httpx2 client (the ``mcp`` SDK's) that obeys the policy of ``session`` (``OutboundPolicy.session``):
+    each request's URL is checked before it is sent, and each connection goes to an address the policy
+    allows, after DNS. It follows no redirect on its own (the MCP SDK follows same-origin ones, each checked)."""
+    connector = policy_of(session)
+
+    async def check(request: httpx2.Request) -> None:
+        connector.policy.check_url(str(request.url))
+
+    return httpx2.AsyncClient(headers=dict(headers), timeout=httpx2.Timeout(timeout_s), follow_redirects=False,
+                              trust_env=False, transport=_PolicyTransport(connector),
+                              event_hooks={"request": [check]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +342,7 @@ async def fetch(
     """Send one request through a policy session (``OutboundPolicy.session``), following up to
     ``MAX_REDIRECTS`` redirects, each checked. Raises ``OutboundRefused``, ``TimeoutError`` (``timeout_s``
     covers every hop and the body) or an ``aiohttp.ClientError``."""
-    if not isinstance(session.connector, PolicyConnector):
-        raise TypeError("fetch needs a session built by OutboundPolicy.session()")
-    policy = session.connector.policy
+    policy = policy_of(session).policy
     target = policy.check_url(url)
     sent = dict(headers or {})
     async with asyncio.timeout(timeout_s):   # every hop and the body: no per-request timeout needed

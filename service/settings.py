@@ -161,6 +161,22 @@ class Settings(BaseSettings):
         default=2, ge=0, le=10, validation_alias=_env("PARLEY_LLM_MAX_RETRIES", "llm_max_retries")
     )
 
+    # Retell's model names (``gpt-4.1``, ``claude-4.5-sonnet``, ``gemini-3.0-flash``...) as the LLM server at
+    # OPENAI_BASE_URL knows them, as JSON: PARLEY_LLM_MODELS='{"claude-4.5-sonnet": "anthropic/claude-sonnet-4.5",
+    # "*": "llama3.1"}'; "*" stands for every name not listed. A name found nowhere is sent as it is.
+    llm_models: dict[str, str] = Field(
+        default_factory=dict, validation_alias=_env("PARLEY_LLM_MODELS", "llm_models")
+    )
+    # Prices for chat_cost (an estimate, in cents), as JSON. PARLEY_SMS_SEGMENT_PRICES: cents per segment, by the
+    # agent's number (E.164), else the user's country (ISO code), else "*": '{"+15035550100": 0.83, "US": 0.83,
+    # "*": 5}'. PARLEY_LLM_TOKEN_PRICES: cents per million tokens, by model (Retell's name, or "*"):
+    # '{"gpt-4.1": {"prompt": 200, "completion": 800}}'. What is not priced is left out of chat_cost.
+    sms_segment_prices: dict[str, float] = Field(
+        default_factory=dict, validation_alias=_env("PARLEY_SMS_SEGMENT_PRICES", "sms_segment_prices")
+    )
+    llm_token_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, validation_alias=_env("PARLEY_LLM_TOKEN_PRICES", "llm_token_prices")
+    )
     llm_breaker_failures: int = Field(
         default=5, ge=1, validation_alias=_env("PARLEY_LLM_BREAKER_FAILURES", "llm_breaker_failures")
     )
@@ -304,6 +320,17 @@ class Settings(BaseSettings):
         if scoped is not None:
             return scoped
         return self.api_keys[0] if self.api_keys else None
+
+    @field_validator("sms_segment_prices", "llm_token_prices")
+    @classmethod
+    def _check_prices(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, price in value.items():
+            prices = price if isinstance(price, dict) else {"price": price}
+            if isinstance(price, dict) and not set(price) <= {"prompt", "completion"}:
+                raise ValueError(f"{name}: give prompt and completion prices (cents per million tokens)")
+            if any(p < 0 for p in prices.values()):
+                raise ValueError(f"{name}: a price cannot be negative")
+        return value
 
     @field_validator("twilio_accounts")
     @classmethod

@@ -62,7 +62,11 @@ def test_retell_exports_with_extra_fields_drop_in(tmp_path: Path) -> None:
                                       "general_tools": [{"type": "transfer_call", "name": "transfer"}]})
     directory = write(tmp_path / "a", {"frontdesk.yaml": exported, "phone-numbers.yaml": NUMBERS})
     catalog = agent_files.load(settings_for(directory))
-    assert any("transfer_call" in w for w in catalog.warnings)
+    assert catalog.unsupported[f"{directory / 'frontdesk.yaml'}: agent frontdesk"] == [
+        "retell_llm.knowledge_base_ids: stored, not used by Parley",
+        "retell_llm.general_tools.0 (transfer): a transfer_call tool does not run in a chat: the model is not "
+        "offered it",
+    ]
 
 
 def test_short_silence_is_allowed_with_a_warning(tmp_path: Path) -> None:

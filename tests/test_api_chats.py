@@ -15,13 +15,17 @@ OUTBOUND = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "
 
 
 
-async def test_an_edit_never_changes_a_chat_in_flight(make_parley: MakeParley) -> None:
+async def test_an_edit_never_changes_a_chat_on_a_published_version(make_parley: MakeParley) -> None:
     parley = await make_parley()
     llm = await ok(parley, "POST", "/create-retell-llm", 201, json={"general_prompt": "Prompt one."})
     agent = await ok(parley, "POST", "/create-chat-agent", 201, json={
         "response_engine": {"type": "retell-llm", "llm_id": llm["llm_id"]}, "agent_name": "A"})
+    await ok(parley, "POST", f"/publish-agent-version/{agent['agent_id']}", 204, json={"version": 0})
     old = await ok(parley, "POST", "/create-chat", 201, json={"agent_id": agent["agent_id"]})
 
+    draft = await ok(parley, "POST", f"/create-agent-version/{agent['agent_id']}", 201, json={"base_version": 0})
+    assert draft["version"] == 1 and draft["response_engine"] == {"type": "retell-llm", "llm_id": llm["llm_id"],
+                                                                   "version": 1}
     changed = await ok(parley, "PATCH", f"/update-retell-llm/{llm['llm_id']}", json={"general_prompt": "Prompt two."})
     assert changed["version"] == 1
     renamed = await ok(parley, "PATCH", f"/update-chat-agent/{agent['agent_id']}", json={"agent_name": "B"})
@@ -29,7 +33,9 @@ async def test_an_edit_never_changes_a_chat_in_flight(make_parley: MakeParley) -
 
     new = await ok(parley, "POST", "/create-chat", 201, json={"agent_id": agent["agent_id"]})
     pinned = await ok(parley, "POST", "/create-chat", 201, json={"agent_id": agent["agent_id"], "agent_version": 0})
-    assert (old["version"], new["version"], pinned["version"]) == (0, 1, 0)
+    published = await ok(parley, "POST", "/create-chat", 201, json={"agent_id": agent["agent_id"],
+                                                                     "agent_version": "latest_published"})
+    assert (old["version"], new["version"], pinned["version"], published["version"]) == (0, 1, 0, 0)
     prompts = []
     for chat in (old, new):
         await ok(parley, "POST", "/create-chat-completion", 201, json={"chat_id": chat["chat_id"], "content": "hi"})

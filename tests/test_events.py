@@ -139,9 +139,10 @@ async def test_chat_inbound_can_reject(make_parley: MakeParley, receiver: Receiv
     assert retell_verify(raw.decode(), API_KEY, headers["X-Retell-Signature"])
     body = json.loads(raw)
     assert body["event"] == "chat_inbound"
-    assert body["chat_inbound"] == {"agent_id": "frontdesk", "agent_version": None, "from_number": USER,
-                                    "to_number": AGENT_NUMBER, "message": "let me in",
-                                    "message_sid": body["chat_inbound"]["message_sid"]}
+    assert body["chat_inbound"] == {"chat_id": body["chat_inbound"]["chat_id"], "agent_id": "frontdesk",
+                                    "agent_version": None, "from_number": USER, "to_number": AGENT_NUMBER,
+                                    "message": "let me in", "message_sid": body["chat_inbound"]["message_sid"]}
+    assert keys.is_chat_id(body["chat_inbound"]["chat_id"])   # rejected: no chat has it
 
 
 async def test_chat_inbound_overrides_agent_variables_and_metadata(

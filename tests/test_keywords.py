@@ -97,7 +97,7 @@ async def test_stop_ends_the_chat_and_silences_everything_until_start(make_parle
     assert (await parley.text("STOP")).status == 200
     await parley.idle()
     ended = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
-    assert ended["chat_status"] == "ended" and ended["disconnection_reason"] == "user_opted_out"
+    assert ended["chat_status"] == "ended" and ended["disconnection_reason"] == "user_requested_dnc"
     assert ended["message_with_tool_calls"][-1]["content"] == "STOP"
 
     await parley.text("are you there?")

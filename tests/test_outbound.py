@@ -432,15 +432,22 @@ async def test_a_tool_header_that_cannot_be_sent_is_a_tool_error_and_the_turn_go
     parley = await make_parley(
         agent=agent_file(retell_llm={"general_tools": [tool("book_visit", business.url + "/book")]}),
         catalog_cache_ms=0)
-    # It cannot be written through the files or the API: put it straight into Redis, as a new LLM version.
+    # It cannot be written through the files or the API: put it straight into Redis, as a new LLM version and an
+    # agent version that names it.
     catalog = parley.client.app[RUNTIME].catalog
     current = await catalog.llms.get("llm_frontdesk")
     tools = [{**current.general_tools[0].model_dump(), "headers": {"X-Key": "a\r\nInjected: yes"}}]
-    await catalog.llms.put(RetellLLM.model_validate({**current.model_dump(), "general_tools": tools}))
+    llm = await catalog.llms.append(RetellLLM.model_validate({**current.model_dump(), "general_tools": tools}),
+                                    published=True)
+    agent = await catalog.agents.get("frontdesk")
+    assert agent.response_engine is not None
+    await catalog.agents.append(agent.model_copy(update={
+        "response_engine": agent.response_engine.model_copy(update={"version": llm.version})}), published=True)
     parley.llm.respond = call_then_answer("book_visit", '{"day": "Friday"}')
     await parley.text("book me friday")
     sent = await parley.twilio.wait_for(1)
-    assert sent[0].body.startswith("Result: The tool failed: ")
+    assert sent[0].body == ("Result: The tool's header X-Key could not be sent: the value contains a line break "
+                            "(CR or LF) or a NUL, which a header may not.")
     await parley.idle()
     result = (await parley.chat_of())["message_with_tool_calls"][2]
     assert result["role"] == "tool_call_result" and result["successful"] is False
@@ -516,8 +523,8 @@ async def test_chat_inbound_on_this_machine_does_not_load_by_default_and_is_call
 
 @pytest.mark.parametrize(("path", "expected"), [
     ("/html", "chat_inbound webhook answered with something that is not JSON (text/html, 34 bytes)"),
-    ("/typed-wrong", "chat_inbound webhook answer: chat_inbound.override_agent_version: Input should be a valid "
-                     "integer"),
+    ("/typed-wrong", "chat_inbound webhook answer: chat_inbound.override_agent_version: Value error, expected a "
+                     "version number"),
 ])
 async def test_the_inbound_webhook_error_does_not_show_what_the_url_answered(
     make_parley: MakeParley, business: Business, path: str, expected: str,

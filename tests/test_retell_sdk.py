@@ -71,10 +71,11 @@ async def test_outbound_sms_flow_through_the_sdk(parley: Parley, retell: AsyncRe
     ended = await retell.chat.retrieve(chat.chat_id)
     assert ended.chat_status == "ended" and ended.end_timestamp
 
+    # An update edits the draft (version 0) in place; versions are made and published on purpose (test_versions).
     await retell.chat_agent.update(agent.agent_id, agent_name="Reminders v2")
     response = await parley.api("GET", f"/get-chat-agent-versions/{agent.agent_id}")
     versions = await response.json()
-    assert [(v["version"], v["agent_name"]) for v in versions] == [(0, "Reminders"), (1, "Reminders v2")]
+    assert [(v["version"], v["agent_name"], v["is_published"]) for v in versions] == [(0, "Reminders v2", False)]
 
 
 async def test_api_chat_through_the_sdk(parley: Parley, retell: AsyncRetell) -> None:

@@ -251,7 +251,7 @@ async def test_a_failed_delivery_keeps_its_error_and_21610_opts_out(parley: Parl
     await parley.idle()
     assert await parley.redis.exists(keys.optout(keys.Conversation(AGENT_NUMBER, USER)))
     chat = await api(parley, "GET", f"/get-chat/{chat_id}", 200)
-    assert chat["chat_status"] == "ended" and chat["disconnection_reason"] == "user_opted_out"
+    assert chat["chat_status"] == "ended" and chat["disconnection_reason"] == "user_requested_dnc"
 
 
 async def test_the_opt_out_list_and_clearing_with_consent(parley: Parley) -> None:

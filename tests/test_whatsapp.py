@@ -365,7 +365,7 @@ async def test_stop_on_whatsapp_opts_out_of_whatsapp_only(parley: Parley) -> Non
     assert await parley.redis.exists(keys.optout(WA_CONV))
     assert not await parley.redis.exists(keys.optout(SMS_CONV))
     ended = await api(parley, "GET", f"/get-chat/{whatsapp_id}", 200)
-    assert (ended["chat_status"], ended["disconnection_reason"]) == ("ended", "user_opted_out")
+    assert (ended["chat_status"], ended["disconnection_reason"]) == ("ended", "user_requested_dnc")
     assert (await api(parley, "GET", f"/get-chat/{sms_id}", 200))["chat_status"] == "ongoing"
 
     await wa_text(parley, "are you there?")
@@ -425,7 +425,7 @@ async def test_status_callbacks_with_whatsapp_addresses_update_delivery(parley: 
     failed = (await api(parley, "GET", f"/get-chat/{chat_id}", 200))
     assert (failed["message_with_tool_calls"][-1]["status"], failed["message_with_tool_calls"][-1]["error_code"]) \
         == ("failed", 21610)
-    assert (failed["chat_status"], failed["disconnection_reason"]) == ("ended", "user_opted_out")
+    assert (failed["chat_status"], failed["disconnection_reason"]) == ("ended", "user_requested_dnc")
     assert await parley.redis.exists(keys.optout(WA_CONV))
     assert not await parley.redis.exists(keys.optout(SMS_CONV))
 

@@ -4,8 +4,16 @@ answer fills ``chat_analysis``; then ``chat_analyzed`` is queued, always, also w
 
 ``chat_analysis`` holds ``chat_summary``, ``user_sentiment`` (Negative / Positive / Neutral / Unknown),
 ``chat_successful``, and ``custom_analysis_data`` from the agent's ``post_chat_analysis_data`` (string,
-enum, boolean, number; a ``required`` item the model could not extract marks the chat unsuccessful).
+enum, boolean, number; a ``required`` item the model could not extract marks the chat unsuccessful). As in
+Retell, a ``system-presets`` item rewords one of the first three (its ``description``) or makes it optional
+(``required: false``), and ``conditional_prompt`` says when an optional field is filled; ``examples`` show
+the style of a string field.
 Ended chats wait in ``analysis:due``; any process takes them (leased), so a restart loses none.
+
+A chat that swapped agents (``agent_swap``) is analysed with the model of the agent it ended with, and the
+``post_chat_analysis_data`` its swaps call for (``analysis_fields``): ``only_destination_agent`` keeps only the
+agent's it went to, ``both_agents`` adds the agent's it left (and, through further ``both_agents`` swaps, theirs);
+on a name both declare, the later agent's item wins. ``chat_analyzed`` goes where the chat's other events go.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from service.agent.llm import LLM
 from service.catalog.store import Catalog
 from service.chats.lifecycle import Lifecycle
 from service.chats.model import Chat
-from service.chats.store import Chats
+from service.chats.store import SENTIMENTS, Chats
 from service.clock import now_ms
 from service.errors import LLMError, NotFound
 from service.retell.models import AnalysisField, ChatAgent
@@ -30,13 +38,22 @@ from service.storage.dueset import DueSet
 
 log = logging.getLogger(__name__)
 
-SENTIMENTS = ["Negative", "Positive", "Neutral", "Unknown"]
 INSTRUCTIONS = (
     "You analyse a finished text-message conversation between a business's agent and a user. Answer with "
-    "the JSON object the schema describes. chat_summary: two or three sentences. user_sentiment: the user's "
-    "sentiment. chat_successful: whether the agent achieved the conversation's purpose. For each field of "
-    "custom_analysis_data follow its description; use null when the conversation does not say."
+    "the JSON object the schema describes, following each field's description; use null where a field "
+    "allows it and the conversation does not say."
 )
+# Retell's three analysis fields, with what the model is told about each unless a system-presets item says else.
+PRESET_DESCRIPTIONS = {
+    "chat_summary": "Two or three sentences summarising the conversation.",
+    "user_sentiment": "The user's sentiment over the conversation.",
+    "chat_successful": "Whether the agent achieved the conversation's purpose.",
+}
+_PRESET_TYPES: dict[str, dict[str, Any]] = {
+    "chat_summary": {"type": "string"},
+    "user_sentiment": {"type": "string", "enum": list(SENTIMENTS)},
+    "chat_successful": {"type": "boolean"},
+}
 _TYPES = {"string": "string", "enum": "string", "boolean": "boolean", "number": "number"}
 
 
@@ -44,25 +61,42 @@ def _custom_fields(agent: ChatAgent) -> list[AnalysisField]:
     return [f for f in agent.post_chat_analysis_data if f.type != "system-presets"]
 
 
+def _presets(agent: ChatAgent) -> dict[str, AnalysisField]:
+    return {f.name: f for f in agent.post_chat_analysis_data if f.type == "system-presets"}
+
+
+def _description(text: str, field: AnalysisField | None) -> str:
+    """A field's description, with its examples and, for an optional one, when to fill it."""
+    if field is not None and field.examples:
+        text += " Examples: " + "; ".join(field.examples) + "."
+    if field is not None and field.conditional_prompt and not field.is_required:
+        text += f" Fill this only if: {field.conditional_prompt} Otherwise null."
+    return text.strip()
+
+
 def schema(agent: ChatAgent) -> dict[str, Any]:
     """The strict JSON schema the model answers with."""
+    presets = _presets(agent)
+    properties: dict[str, Any] = {}
+    for name, shape in _PRESET_TYPES.items():
+        preset = presets.get(name)
+        prop = {**shape, "description": _description((preset and preset.description) or PRESET_DESCRIPTIONS[name],
+                                                      preset)}
+        if preset is not None and not preset.is_required:
+            prop["type"] = [shape["type"], "null"]
+            if "enum" in prop:
+                prop["enum"] = [*prop["enum"], None]
+        properties[name] = prop
     custom: dict[str, Any] = {}
     for f in _custom_fields(agent):
-        prop: dict[str, Any] = {"type": [_TYPES[f.type], "null"], "description": f.description}
+        prop = {"type": [_TYPES[f.type], "null"], "description": _description(f.description, f)}
         if f.type == "enum":
             prop["enum"] = [*f.choices, None]
         custom[f.name] = prop
-    return {
-        "type": "object", "additionalProperties": False,
-        "required": ["chat_summary", "user_sentiment", "chat_successful", "custom_analysis_data"],
-        "properties": {
-            "chat_summary": {"type": "string"},
-            "user_sentiment": {"type": "string", "enum": SENTIMENTS},
-            "chat_successful": {"type": "boolean"},
-            "custom_analysis_data": {"type": "object", "additionalProperties": False, "required": list(custom),
-                                     "properties": custom},
-        },
-    }
+    properties["custom_analysis_data"] = {"type": "object", "additionalProperties": False, "required": list(custom),
+                                          "properties": custom}
+    return {"type": "object", "additionalProperties": False, "required": list(properties),
+            "properties": properties}
 
 
 def _check_value(f: AnalysisField, value: Any) -> Any:
@@ -82,19 +116,43 @@ def parse(text: str, agent: ChatAgent) -> dict[str, Any]:
         raise ValueError(f"the analysis is not JSON: {text[:200]!r}") from None
     if not isinstance(data, dict):
         raise ValueError("the analysis is not a JSON object")
+    presets = _presets(agent)
+    for name, expected in (("chat_summary", str), ("user_sentiment", str), ("chat_successful", bool)):
+        value = data.get(name)
+        optional = name in presets and not presets[name].is_required
+        if value is None and optional:
+            continue
+        if not isinstance(value, expected) or (name == "user_sentiment" and value not in SENTIMENTS):
+            raise ValueError(f"{name} is missing or of the wrong type: {value!r}")
     summary, sentiment, successful = data.get("chat_summary"), data.get("user_sentiment"), data.get("chat_successful")
-    if not isinstance(summary, str) or sentiment not in SENTIMENTS or not isinstance(successful, bool):
-        raise ValueError("chat_summary, user_sentiment or chat_successful is missing or of the wrong type")
     given = data.get("custom_analysis_data") or {}
     custom: dict[str, Any] = {}
     for f in _custom_fields(agent):
         value = given.get(f.name) if isinstance(given, dict) else None
         if value is None:
-            successful = successful and not f.required
+            if f.is_required:   # Retell: a required field not extracted marks the chat unsuccessful
+                successful = False
             continue
         custom[f.name] = _check_value(f, value)
     return {"chat_summary": summary, "user_sentiment": sentiment, "chat_successful": successful,
             "custom_analysis_data": custom}
+
+
+async def analysis_fields(catalog: Catalog, chat: Chat, agent: ChatAgent) -> list[AnalysisField]:
+    """What the analysis of ``chat`` extracts: ``agent``'s items, then back through each ``both_agents`` swap the
+    items of the agent it left (a missing agent version adds none)."""
+    fields = {f.name: f for f in agent.post_chat_analysis_data}
+    for swap in reversed(chat.swaps):
+        if swap.post_call_analysis_setting != "both_agents":
+            break
+        try:
+            left = await catalog.agents.get(swap.agent_id, swap.version)
+        except NotFound:
+            log.warning("an agent the chat swapped from is gone; its analysis items are left out",
+                        extra={"chat_id": chat.chat_id, "agent_id": swap.agent_id})
+            continue
+        fields = {f.name: f for f in left.post_chat_analysis_data} | fields
+    return list(fields.values())
 
 
 class Analyzer:
@@ -109,19 +167,24 @@ class Analyzer:
             raise NotFound(f"chat {chat_id!r} not found")
         messages = await self._chats.messages(chat_id)
         agent = await self._catalog.agents.get(chat.agent_id, chat.version)
+        if chat.swaps:
+            agent = agent.model_copy(update={
+                "post_chat_analysis_data": await analysis_fields(self._catalog, chat, agent)})
         transcript = chat.to_response(messages).transcript or "(no messages)"
         try:
             completion = await self._llm.complete(
-                model=agent.post_chat_analysis_model, temperature=0.0, tools=[],
+                model=agent.post_chat_analysis_model, names=agent.llm_models, temperature=0.0, tools=[],
                 messages=[{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": transcript}],
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "chat_analysis", "strict": True, "schema": schema(agent)}},
             )
+            chat.add_tokens(completion.model, completion.prompt_tokens, completion.completion_tokens)
             chat.analysis, chat.analysis_error = parse(completion.content, agent), None
         except (LLMError, ValueError) as exc:
             chat.analysis_error = str(exc)
             log.warning("post-chat analysis failed", extra={"chat_id": chat_id, "error": str(exc)})
-        target = self._lifecycle.target(agent)
+        self._lifecycle.price(chat)
+        target = self._lifecycle.target(agent) if not chat.swaps else await self._lifecycle.target_of(chat)
         events = []
         if target is not None and "chat_analyzed" in target.kinds:
             events.append(self._lifecycle.event(target, "chat_analyzed", chat, messages))

@@ -3,12 +3,18 @@
 The SDK retries 408/409/429/5xx, timeouts and connection errors itself (``PARLEY_LLM_MAX_RETRIES``);
 what still fails becomes ``LLMError`` here. A 200 whose body is not a chat completion (an HTML proxy
 page parses as a plain ``str``) is an ``LLMError`` too.
+
+Models are named as Retell names them; ``LLM.served`` maps a name to the one the server knows (the agent's
+``llm_models``, then ``PARLEY_LLM_MODELS``). Each served model has its own breaker, and a completion given a
+``backup`` asks it when the primary fails (an error, a time-out, its breaker open).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx2  # the openai client's HTTP layer: its raw response
@@ -24,6 +30,8 @@ from service.settings import Settings
 # fill Redis or the worker's memory.
 MAX_CONTENT_CHARS = 8_000
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -36,6 +44,9 @@ class ToolCall:
 class Completion:
     content: str
     tool_calls: tuple[ToolCall, ...]
+    model: str = ""               # the model that answered, as the agent names it (the primary or the backup)
+    prompt_tokens: int = 0        # the usage the LLM server reported
+    completion_tokens: int = 0
 
 
 class Breaker:
@@ -51,7 +62,7 @@ class Breaker:
     def check(self) -> None:
         now = time.monotonic()
         if self.failures >= self.threshold and now < self.open_until:
-            raise LLMError(f"the LLM failed {self.failures} times in a row; not calling it for "
+            raise LLMError(f"the model failed {self.failures} times in a row; not calling it for "
                            f"{self.open_until - now:.0f} s more")
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown_s   # half-open: this call is the trial, others wait
@@ -70,7 +81,9 @@ class LLM:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._metrics = metrics
-        self.breaker = Breaker(settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
+        self._names = settings.llm_models
+        self._breaker_settings = (settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
+        self._breakers: dict[str, Breaker] = {}   # by served model name
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         self._client: AsyncOpenAI | None = None
         if key:
@@ -85,13 +98,48 @@ class LLM:
         if self._client is not None:
             await self._client.close()
 
+    def served(self, model: str, names: Mapping[str, str] | None = None) -> str:
+        """``model`` (a Retell name) as the LLM server knows it: ``names`` (an agent's ``llm_models``), then
+        ``PARLEY_LLM_MODELS``, each by name and then by ``"*"``; else the name itself."""
+        for table in (names or {}, self._names):
+            if model in table:
+                return table[model]
+            if "*" in table:
+                return table["*"]
+        return model
+
+    def breaker(self, served: str) -> Breaker:
+        if served not in self._breakers:
+            self._breakers[served] = Breaker(*self._breaker_settings)
+        return self._breakers[served]
+
     async def complete(
         self, *, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-        allow_tools: bool = True, response_format: dict[str, Any] | None = None,
+        allow_tools: bool = True, response_format: dict[str, Any] | None = None, backup: str | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> Completion:
-        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text."""
+        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text.
+        When ``model`` fails and there is a ``backup`` model, the backup answers; ``names`` as in ``served``."""
+        try:
+            completion = await self._complete(self.served(model, names), temperature, messages, tools, allow_tools,
+                                              response_format)
+            return replace(completion, model=model)
+        except LLMError as exc:
+            if backup is None:
+                raise
+            log.warning("the primary model failed; asking the backup", extra={
+                "model": model, "backup": backup, "error": str(exc)})
+        completion = await self._complete(self.served(backup, names), temperature, messages, tools, allow_tools,
+                                          response_format)
+        return replace(completion, model=backup)
+
+    async def _complete(
+        self, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+        allow_tools: bool, response_format: dict[str, Any] | None,
+    ) -> Completion:
         if self._client is None:
             raise LLMError("OPENAI_API_KEY is not set")
+        breaker = self.breaker(model)
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
         if tools:
             kwargs["tools"] = tools
@@ -99,7 +147,7 @@ class LLM:
         if response_format is not None:
             kwargs["response_format"] = response_format
         try:
-            self.breaker.check()
+            breaker.check()
         except LLMError:
             self._metrics.llm_calls.labels("breaker_open").inc()
             raise
@@ -112,16 +160,16 @@ class LLM:
                                                cast_to=httpx2.Response)
             completion, usage = _completion(response.content)
         except openai.APIError as exc:
-            self.breaker.failed()
+            breaker.failed()
             self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
             raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
         except LLMError:
-            self.breaker.failed()
+            breaker.failed()
             self._metrics.llm_calls.labels("not_a_completion").inc()
             raise
         finally:
             self._metrics.llm_seconds.observe(time.perf_counter() - started)
-        self.breaker.succeeded()
+        breaker.succeeded()
         self._metrics.llm_calls.labels("ok").inc()
         self._metrics.llm_tokens.labels("prompt").inc(usage[0])
         self._metrics.llm_tokens.labels("completion").inc(usage[1])
@@ -147,4 +195,5 @@ def _completion(body: bytes) -> tuple[Completion, tuple[int, int]]:
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise LLMError(f"LLM answered with something that is not a chat completion ({exc.__class__.__name__}: "
                        f"{exc}): {body[:200]!r}") from exc
-    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls), tokens
+    return Completion(content=content[:MAX_CONTENT_CHARS], tool_calls=calls, prompt_tokens=tokens[0],
+                      completion_tokens=tokens[1]), tokens

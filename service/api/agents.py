@@ -1,4 +1,6 @@
-"""Retell's chat-agent and Retell-LLM routes. Every update makes a new version; file objects are read-only.
+"""Retell's chat-agent and Retell-LLM routes. An update edits a draft version in place (the latest, or
+``?version=``); a published version is refused (409). File objects are read-only. The version routes
+(create, publish, delete, list) are in ``api.versions``.
 
 A URL Parley would call (an agent's ``webhook_url``, a custom tool's ``url``) that the outbound policy refuses,
 and a tool header that cannot be sent, are a 422 (``catalog.targets``).
@@ -10,8 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
+from service.agent import mcp
 from service.api import id_forms
-from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
+from service.api.http import (
+    ensure_writable,
+    json_response,
+    model_response,
+    page_of_ids,
+    read_object,
+    read_query,
+    validated,
+)
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog import targets
@@ -19,33 +30,38 @@ from service.catalog.store import Versioned
 from service.chats.model import new_id
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.outbound import OutboundPolicy
-from service.retell.models import ChatAgent, RetellLLM
+from service.retell.models import AgentVersion, ChatAgent, ResponseEngine, RetellLLM
 from service.retell.requests import (
     AgentListItem,
     AgentListResponse,
     LLMListResponse,
+    McpToolDefinition,
+    McpToolsQuery,
     PageQuery,
     VersionQuery,
-    version_number,
 )
+from service.retell.unsupported import unsupported
 
-READ_ONLY = {"version", "is_published", "last_modification_timestamp"}
-
-
-def _version(request: web.Request) -> int | None:
-    return version_number(read_query(request, VersionQuery).version)
+READ_ONLY = {"version", "is_published", "base_version", "last_modification_timestamp"}
 
 
-async def _llm_exists(request: web.Request, agent: ChatAgent) -> None:
+def _version(request: web.Request) -> AgentVersion | None:
+    return read_query(request, VersionQuery).version
+
+
+async def _pin_llm(request: web.Request, agent: ChatAgent) -> ChatAgent:
+    """``agent`` naming the version of its Retell LLM: the one it gives (which must exist), else the LLM's latest,
+    so that the agent version and its LLM version go together (``catalog.store``)."""
     rt = request.app[RUNTIME]
     engine = agent.response_engine
     if engine is None:
         raise InvalidRequest("response_engine: required: {\"type\": \"retell-llm\", \"llm_id\": ...}")
     try:
-        await rt.catalog.llms.get(engine.llm_id, engine.version)
+        llm = await rt.catalog.llms.get(engine.llm_id, engine.version)
     except NotFound:
         raise InvalidRequest(f"response_engine.llm_id: no Retell LLM {engine.llm_id!r}"
                              + (f" version {engine.version}" if engine.version is not None else "")) from None
+    return agent.model_copy(update={"response_engine": ResponseEngine(llm_id=llm.llm_id, version=llm.version)})
 
 
 def _policy(request: web.Request) -> OutboundPolicy:
@@ -68,6 +84,13 @@ def _agent_body(data: dict[str, Any], agent_id: str, policy: OutboundPolicy) -> 
     return agent
 
 
+def _reported(model: ChatAgent | RetellLLM, status: int = 200) -> web.Response:
+    """A created or updated agent or Retell LLM, with Parley's additive ``unsupported``: the fields it holds that
+    Parley stores but does not act on (``service.retell.unsupported``), so nothing is ignored silently."""
+    return json_response({**model.model_dump(mode="json", exclude_none=True), "unsupported": unsupported(model)},
+                         status)
+
+
 def _given_id(value: Any, prefix: str) -> Any:
     """The id a create body gives, or a new one when it gives none (or ""). Anything but a string (null too) is
     left for the body's check to refuse (422), never made into a string."""
@@ -81,27 +104,28 @@ async def create_chat_agent(request: web.Request) -> web.Response:
     # A malformed id is not looked up: the body check below refuses it, saying why.
     if id_forms.is_object_id(agent_id) and await rt.catalog.agents.exists(agent_id):
         raise Conflict(f"agent {agent_id!r} already exists")
-    agent = _agent_body(data, agent_id, _policy(request))
-    await _llm_exists(request, agent)
-    return model_response(await rt.catalog.agents.put(agent), status=201)
+    agent = await _pin_llm(request, _agent_body(data, agent_id, _policy(request)))
+    return _reported(await rt.catalog.agents.create(agent), status=201)
 
 
 async def get_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     agent_id = id_forms.agent_id(request.match_info["agent_id"])
-    return model_response(await rt.catalog.agents.get(agent_id, _version(request)))
+    return model_response(await rt.catalog.agents.find(agent_id, _version(request)))
 
 
 async def update_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     agent_id = id_forms.agent_id(request.match_info["agent_id"])
-    current = await rt.catalog.agents.get(agent_id)
+    current = await rt.catalog.agents.find(agent_id, _version(request))
     ensure_writable(request, "agent", agent_id)
+    rt.catalog.agents.refuse_published(current)
     data = await read_object(request)
     data.pop("agent_id", None)
     agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id, _policy(request))
-    await _llm_exists(request, agent)
-    return model_response(await rt.catalog.agents.put(agent))
+    agent = await _pin_llm(request, agent.model_copy(update={
+        "version": current.version, "base_version": current.base_version}))
+    return _reported(await rt.catalog.agents.edit(agent))
 
 
 async def delete_chat_agent(request: web.Request) -> web.Response:
@@ -118,6 +142,7 @@ async def delete_chat_agent(request: web.Request) -> web.Response:
 
 
 async def get_chat_agent_versions(request: web.Request) -> web.Response:
+    """Every version in full (Parley's, older than Retell's paginated ``/list-agent-versions``)."""
     rt = request.app[RUNTIME]
     versions = await rt.catalog.agents.versions(id_forms.agent_id(request.match_info["agent_id"]))
     if not versions:
@@ -136,7 +161,7 @@ async def list_chat_agents(request: web.Request) -> web.Response:
 
 async def list_agents_v2(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    ids, more, key = page_of_ids(await rt.catalog.agents.ids(), read_query(request, PageQuery))
+    ids, more, key = page_of_ids(await rt.catalog.agents.ids(), read_query(request, PageQuery), str)
     agents = [await rt.catalog.agents.get(i) for i in ids]
     items = [AgentListItem(agent_id=a.agent_id, agent_name=a.agent_name or "",
                            user_modified_timestamp=a.last_modification_timestamp) for a in agents]
@@ -156,24 +181,29 @@ async def create_retell_llm(request: web.Request) -> web.Response:
     llm_id = _given_id(data.pop("llm_id", ""), "llm_")
     if id_forms.is_object_id(llm_id) and await rt.catalog.llms.exists(llm_id):   # as in create_chat_agent
         raise Conflict(f"retell llm {llm_id!r} already exists")
-    return model_response(await rt.catalog.llms.put(_llm_body(data, llm_id, _policy(request))), status=201)
+    return _reported(await rt.catalog.llms.create(_llm_body(data, llm_id, _policy(request))), status=201)
 
 
 async def get_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     llm_id = id_forms.llm_id(request.match_info["llm_id"])
-    return model_response(await rt.catalog.llms.get(llm_id, _version(request)))
+    return model_response(await rt.catalog.llms.find(llm_id, _version(request)))
 
 
 async def update_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     llm_id = id_forms.llm_id(request.match_info["llm_id"])
-    current = await rt.catalog.llms.get(llm_id)
+    current = await rt.catalog.llms.find(llm_id, _version(request))
     ensure_writable(request, "retell llm", llm_id)
+    rt.catalog.llms.refuse_published(current)
     data = await read_object(request)
     data.pop("llm_id", None)
+    given = data.get("model_config")
+    if isinstance(given, dict) and current.models is not None:
+        # Retell's rule: each key of model_config given replaces the current one; the others are kept.
+        data["model_config"] = {**current.models.model_dump(mode="json"), **given}
     llm = _llm_body({**current.model_dump(), **data}, llm_id, _policy(request))
-    return model_response(await rt.catalog.llms.put(llm))
+    return _reported(await rt.catalog.llms.edit(llm.model_copy(update={"version": current.version})))
 
 
 async def delete_retell_llm(request: web.Request) -> web.Response:
@@ -196,9 +226,26 @@ async def list_retell_llms(request: web.Request) -> web.Response:
 
 async def list_retell_llms_v2(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    ids, more, key = page_of_ids(await rt.catalog.llms.ids(), read_query(request, PageQuery))
+    ids, more, key = page_of_ids(await rt.catalog.llms.ids(), read_query(request, PageQuery), str)
     items = [await rt.catalog.llms.get(i) for i in ids]
     return model_response(LLMListResponse(items=items, has_more=more, pagination_key=key))
+
+
+async def get_mcp_tools(request: web.Request) -> web.Response:
+    """``GET /get-mcp-tools/{agent_id}?mcp_id=``: the tools the agent's MCP server lists, asked now (the server's
+    headers and query parameters rendered with the LLM's ``default_dynamic_variables``)."""
+    rt = request.app[RUNTIME]
+    query = read_query(request, McpToolsQuery)
+    if query.component_id is not None:
+        raise NotFound(f"component {query.component_id!r}: Parley has no conversation-flow components")
+    agent = await rt.catalog.resolve(id_forms.agent_id(request.match_info["agent_id"]), query.version)
+    server = next((s for s in agent.llm.mcps if s.known_as(query.mcp_id)), None)
+    if server is None:
+        known = ", ".join(s.name for s in agent.llm.mcps) or "none"
+        raise NotFound(f"agent {agent.config.agent_id!r} has no MCP server {query.mcp_id!r} (mcps: {known})")
+    found = await mcp.list_tools(rt.http, server, agent.llm.default_dynamic_variables)
+    return model_response([McpToolDefinition(name=t.name, description=t.description, inputSchema=t.input_schema)
+                           for t in found])
 
 
 ROUTES = [
@@ -206,8 +253,9 @@ ROUTES = [
           response=ChatAgent, status=201, tag="chat agents", scope="admin", errors=(409,)),
     Route("GET", "/get-chat-agent/{agent_id}", get_chat_agent, "Get a chat agent (latest, or ?version=)",
           query=VersionQuery, response=ChatAgent, tag="chat agents", scope="read"),
-    Route("PATCH", "/update-chat-agent/{agent_id}", update_chat_agent, "Update a chat agent (a new version)",
-          body=ChatAgent, response=ChatAgent, tag="chat agents", scope="admin", errors=(409,)),
+    Route("PATCH", "/update-chat-agent/{agent_id}", update_chat_agent,
+          "Update a draft version of a chat agent (the latest, or ?version=)", query=VersionQuery, body=ChatAgent,
+          response=ChatAgent, tag="chat agents", scope="admin", errors=(409,)),
     Route("DELETE", "/delete-chat-agent/{agent_id}", delete_chat_agent, "Delete a chat agent", status=204,
           tag="chat agents", scope="admin", errors=(409,)),
     Route("GET", "/get-chat-agent-versions/{agent_id}", get_chat_agent_versions, "All versions of a chat agent",
@@ -220,12 +268,16 @@ ROUTES = [
           response=RetellLLM, status=201, tag="retell llms", scope="admin", errors=(409,)),
     Route("GET", "/get-retell-llm/{llm_id}", get_retell_llm, "Get a Retell LLM (latest, or ?version=)",
           query=VersionQuery, response=RetellLLM, tag="retell llms", scope="read"),
-    Route("PATCH", "/update-retell-llm/{llm_id}", update_retell_llm, "Update a Retell LLM (a new version)",
-          body=RetellLLM, response=RetellLLM, tag="retell llms", scope="admin", errors=(409,)),
+    Route("PATCH", "/update-retell-llm/{llm_id}", update_retell_llm,
+          "Update a draft version of a Retell LLM (the latest, or ?version=)",
+          query=VersionQuery, body=RetellLLM, response=RetellLLM, tag="retell llms", scope="admin", errors=(409,)),
     Route("DELETE", "/delete-retell-llm/{llm_id}", delete_retell_llm, "Delete a Retell LLM", status=204,
           tag="retell llms", scope="admin", errors=(409,)),
     Route("GET", "/list-retell-llms", list_retell_llms, "List Retell LLMs (latest versions)", response=RetellLLM,
           many=True, tag="retell llms", scope="read"),
     Route("GET", "/v2/list-retell-llms", list_retell_llms_v2, "List Retell LLMs, paginated", query=PageQuery,
           response=LLMListResponse, tag="retell llms", scope="read"),
+    Route("GET", "/get-mcp-tools/{agent_id}", get_mcp_tools, "List the tools of an agent's MCP server",
+          query=McpToolsQuery, response=McpToolDefinition, many=True, tag="chat agents", scope="read",
+          errors=(404, 422, 502)),
 ]

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from service.api import id_forms
-from service.api.http import model_response, read_body, read_query
+from service.api.http import UNSUPPORTED_HEADER, model_response, read_body, read_query
 from service.api.openapi import Route
 from service.app_state import RUNTIME
 from service.catalog.store import Agent, pick_agent
@@ -17,7 +17,7 @@ from service.clock import now_ms
 from service.conversations import dialog, outreach
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
-from service.retell.models import ChatResponse
+from service.retell.models import AgentVersion, ChatResponse
 from service.retell.requests import (
     ChatCompletionResponse,
     ChatListItem,
@@ -28,7 +28,6 @@ from service.retell.requests import (
     ListChatsResponse,
     PageQuery,
     UpdateChatRequest,
-    version_number,
 )
 
 log = logging.getLogger(__name__)
@@ -48,19 +47,24 @@ async def _response(rt: Runtime, chat: Chat) -> ChatResponse:
     return chat.to_response(messages)
 
 
-async def _agent(rt: Runtime, agent_id: str, version: int | None, field: str) -> Agent:
+async def _agent(rt: Runtime, agent_id: str, version: AgentVersion | None, field: str, version_field: str) -> Agent:
+    """The agent a new chat would use, or a 422 naming the field (the agent's, or the version's) that is wrong."""
     try:
-        return await rt.catalog.resolve(id_forms.agent_id(agent_id), version)
+        await rt.catalog.agents.get(id_forms.agent_id(agent_id))
     except NotFound as exc:
         raise InvalidRequest(f"{field}: {exc}") from None
+    try:
+        return await rt.catalog.resolve(agent_id, version)
+    except NotFound as exc:
+        raise InvalidRequest(f"{version_field}: {exc}") from None
 
 
 async def create_chat(request: web.Request) -> web.Response:
     """``POST /create-chat``: an ``api_chat`` (no SMS), for testing agents and web chat."""
     rt = request.app[RUNTIME]
     body = await read_body(request, CreateChatRequest)
-    await _agent(rt, body.agent_id, version_number(body.agent_version), "agent_id")
-    chat, agent = await dialog.open_chat(rt, agent_id=body.agent_id, version=version_number(body.agent_version),
+    await _agent(rt, body.agent_id, body.agent_version, "agent_id", "agent_version")
+    chat, agent = await dialog.open_chat(rt, agent_id=body.agent_id, version=body.agent_version,
                                          chat_type=ChatType.API, variables=body.retell_llm_dynamic_variables,
                                          metadata=body.metadata)
     reply = await dialog.opening(rt, chat, agent)
@@ -100,13 +104,17 @@ async def create_sms_chat(request: web.Request) -> web.Response:
     conv = outreach.conversation(rt, number, body.from_number, body.to_number)
     await outreach.check_can_start(rt, number, conv)
     if body.override_agent_id:
-        agent_id, version = body.override_agent_id, version_number(body.override_agent_version)
+        agent_id, version = body.override_agent_id, body.override_agent_version
     else:
         choice = pick_agent(number.outbound_sms_agents)
         if choice is None:
             raise InvalidRequest(f"override_agent_id: required, since {body.from_number} has no outbound_sms_agents")
-        agent_id, version = choice.agent_id, choice.agent_version
-    await _agent(rt, agent_id, version, "override_agent_id")
+        # Retell's override_agent_version overrides "the agent version used", the number's agent's too.
+        agent_id = choice.agent_id
+        version = choice.agent_version if body.override_agent_version is None else body.override_agent_version
+    fields = ("override_agent_id" if body.override_agent_id else "outbound_sms_agents.agent_id",
+              "outbound_sms_agents.agent_version" if body.override_agent_version is None else "override_agent_version")
+    await _agent(rt, agent_id, version, *fields)
     async with rt.queue.hold(conv):
         ongoing = await rt.chats.ongoing(conv)
         if ongoing is not None:
@@ -115,6 +123,7 @@ async def create_sms_chat(request: web.Request) -> web.Response:
                                              conv=conv, direction=Direction.OUTBOUND,
                                              variables=body.retell_llm_dynamic_variables, metadata=body.metadata)
         reply = await dialog.opening(rt, chat, agent)
+        agent = reply.agent or agent   # the opening's model may have swapped agents (agent_swap)
         sent = await rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,
                                          max_segments=agent.config.max_reply_segments) if reply.text else []
         result = TurnResult(messages=reply.messages + sent,
@@ -124,7 +133,10 @@ async def create_sms_chat(request: web.Request) -> web.Response:
             result.end, result.end_timestamp = EndReason.SEND_FAILED, now_ms()
         await rt.lifecycle.commit(chat, conv, result)
     outreach.raise_if_failed(failed, after=f" (the first message of chat {chat.chat_id}; the chat was ended)")
-    return model_response(await _response(rt, chat))
+    response = model_response(await _response(rt, chat))
+    if body.honor_internal_dnc is False:   # accepted, as Retell's SDK may send it, but said not obeyed
+        response.headers[UNSUPPORTED_HEADER] = "honor_internal_dnc=false: opted-out numbers are always refused"
+    return response
 
 
 async def get_chat(request: web.Request) -> web.Response:
@@ -140,7 +152,7 @@ async def list_chats(request: web.Request) -> web.Response:
     cursor = Cursor.decode(body.pagination_key) if body.pagination_key else None
     query = ChatQuery(rt.redis, ttl_s=rt.chats.ttl_s)
     page = await query.page(body.filter_criteria, descending=body.sort_order == "descending", limit=body.limit,
-                            cursor=cursor, count_total=body.include_total)
+                            cursor=cursor, count_total=body.include_total, skip=body.skip)
     # to_response validated each chat already: build the items from its fields, not through a second validation.
     items = [ChatListItem.model_construct(**{**dict(c.to_response([])), **dict.fromkeys(TRANSCRIPT_FIELDS)})
              for c in page.chats]

@@ -26,7 +26,9 @@ from service.errors import (
     InvalidRequest,
     LimitReached,
     MalformedRequest,
+    McpUnavailable,
     NotFound,
+    OutboundRefused,
     ParleyError,
     RequestTimeout,
     SendError,
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
+K = TypeVar("K", str, int)
 
 # Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope. (/metrics may ask
 # for PARLEY_METRICS_TOKEN: service/api/health.py.)
@@ -51,12 +54,16 @@ SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
     MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
-    LimitReached: 429, SendError: 502, StoreUnavailable: 503,
+    LimitReached: 429, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
 }
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
     return web.json_bytes_response(data, dumps=orjson.dumps, status=status)
+
+
+# Names what a request asked for that Parley accepted but does not do (nothing is ignored silently).
+UNSUPPORTED_HEADER = "X-Parley-Unsupported"
 
 
 def model_response(model: BaseModel | Sequence[BaseModel], status: int = 200) -> web.Response:
@@ -149,13 +156,13 @@ def ensure_writable(request: web.Request, kind: str, object_id: str) -> None:
         raise Conflict(f"{kind} {object_id!r} is declared in {path}: edit the file (it is read-only here)")
 
 
-def page_of_ids(ids: list[str], query: PageQuery) -> tuple[list[str], bool, str | None]:
-    """A page of ids in id order, after the cursor (the last id of the previous page)."""
+def page_of_ids(ids: Sequence[K], query: PageQuery, cursor: Callable[[str], K]) -> tuple[list[K], bool, str | None]:
+    """A page of ids in id order, after the cursor: the last id of the previous page, read by ``cursor`` (``str``
+    for object ids; for version numbers a parser that refuses anything else with ``InvalidRequest``)."""
     ordered = sorted(ids, reverse=query.sort_order == "descending")
     if query.pagination_key:
-        after = [i for i in ordered if (i < query.pagination_key if query.sort_order == "descending"
-                                        else i > query.pagination_key)]
-        ordered = after
+        last = cursor(query.pagination_key)
+        ordered = [i for i in ordered if (i < last if query.sort_order == "descending" else i > last)]
     page = ordered[:query.limit]
     more = len(ordered) > query.limit
-    return page, more, page[-1] if more and page else None
+    return page, more, str(page[-1]) if more and page else None

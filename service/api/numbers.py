@@ -20,8 +20,9 @@ READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
 
 
 async def _check(rt: Runtime, number: PhoneNumber) -> None:
-    """Every agent it names exists, Parley holds the auth token of its Twilio account, and its chat_inbound
-    webhook is a URL the outbound policy allows (checked without DNS: the resolver judges it at run time)."""
+    """Every agent (and agent version) it names exists, Parley holds the auth token of its Twilio account, and its
+    chat_inbound webhook is a URL the outbound policy allows (checked without DNS: the resolver judges it at run
+    time)."""
     problems = targets.number_problems(number, rt.outbound)
     if problems:
         raise InvalidRequest("; ".join(problems))
@@ -29,6 +30,10 @@ async def _check(rt: Runtime, number: PhoneNumber) -> None:
         for index, ref in enumerate(getattr(number, field)):
             if not await rt.catalog.agents.exists(ref.agent_id):
                 raise InvalidRequest(f"{field}.{index}.agent_id: no chat agent {ref.agent_id!r}")
+            try:
+                await rt.catalog.agents.find(ref.agent_id, ref.agent_version)
+            except NotFound as exc:
+                raise InvalidRequest(f"{field}.{index}.agent_version: {exc}") from None
     account = number.twilio_account_sid or rt.settings.twilio_account_sid
     if account is None:
         raise InvalidRequest("twilio_account_sid: required, since TWILIO_ACCOUNT_SID is not set")
@@ -93,7 +98,7 @@ async def list_phone_numbers(request: web.Request) -> web.Response:
 async def list_phone_numbers_v2(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     numbers = {n.phone_number: n for n in await rt.catalog.numbers()}
-    ids, more, key = page_of_ids(list(numbers), read_query(request, PageQuery))
+    ids, more, key = page_of_ids(list(numbers), read_query(request, PageQuery), str)
     return model_response(PhoneNumberListResponse(items=[numbers[i] for i in ids], has_more=more,
                                                   pagination_key=key))
 

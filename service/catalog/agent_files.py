@@ -3,7 +3,8 @@
 ``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
 ``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it. The
 URLs Parley will call and a tool's headers are checked against the outbound policy (``catalog.targets``),
-and so is ``PARLEY_WEBHOOK_URL``.
+and so is ``PARLEY_WEBHOOK_URL``. What a file holds that Parley does not act on (``retell.unsupported``) is
+collected per agent in ``Declared.unsupported``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pydantic import ValidationError
 from service.catalog import targets
 from service.errors import ConfigError, OutboundRefused
 from service.outbound import OutboundPolicy
-from service.retell.models import ChatAgent, PhoneNumber
+from service.retell.models import ENGINES_NOT_RUN, AgentSwapTool, ChatAgent, PhoneNumber
+from service.retell.unsupported import unsupported
 from service.settings import Settings
 from service.validation import describe
 
@@ -39,6 +41,8 @@ class Declared:
     numbers: dict[str, PhoneNumber] = field(default_factory=dict)
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # By "<file>: agent <id>": the fields it (and its inline Retell LLM) holds that Parley does not act on.
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
 
     def declared_in(self, kind: str, object_id: str) -> Path | None:
         return self.files.get((kind, object_id))
@@ -57,6 +61,11 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
         problems.append(f"{path}: expected a mapping of chat-agent fields, got {type(data).__name__}")
         return
     data.setdefault("agent_id", path.stem)
+    engine = data.get("response_engine")
+    if isinstance(engine, dict) and engine.get("type") in ENGINES_NOT_RUN:
+        problems.append(f"{path}: response_engine.type {engine['type']!r}: {ENGINES_NOT_RUN[engine['type']]}; "
+                        "only Retell LLM agents (an inline retell_llm) run")
+        return
     if not isinstance(data.get("retell_llm"), dict):
         problems.append(f"{path}: retell_llm: required: an agent file carries its Retell LLM inline, as a mapping")
         return
@@ -75,6 +84,8 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     catalog.files[("agent", agent.agent_id)] = path
     catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
+    if not_acted_on := unsupported(agent):
+        catalog.unsupported[f"{path}: agent {agent.agent_id}"] = not_acted_on
 
 
 def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: OutboundPolicy) -> None:
@@ -100,7 +111,21 @@ def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: Ou
         catalog.files[("number", number.phone_number)] = path
 
 
+def _swap_targets(catalog: Declared, settings: Settings) -> None:
+    """An ``agent_swap`` to an agent no file declares works only if the API created it: said at load."""
+    for agent_id, agent in catalog.agents.items():
+        llm = agent.retell_llm
+        tools = [*llm.general_tools, *(t for state in llm.states for t in state.tools)] if llm else []
+        for tool in tools:
+            if isinstance(tool, AgentSwapTool) and tool.agent_id not in catalog.agents:
+                catalog.warnings.append(
+                    f"{catalog.files[('agent', agent_id)]}: agent_swap tool {tool.name!r} names agent "
+                    f"{tool.agent_id!r}, which no file in {settings.agents_dir} declares: the swap works only if "
+                    "the API created it (otherwise the model is told it failed)")
+
+
 def _cross_check(catalog: Declared, settings: Settings, problems: list[str]) -> None:
+    _swap_targets(catalog, settings)
     tokens = settings.twilio_tokens()
     for e164, number in catalog.numbers.items():
         where = catalog.files[("number", e164)]

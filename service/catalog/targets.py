@@ -5,7 +5,7 @@ a number's ``inbound_sms_webhook_url``) is checked here against the outbound pol
 (``OutboundPolicy.check_url``): a host may not resolve from the machine that checks the files, and the
 policy's resolver judges the addresses at run time anyway. A tool URL with ``{{variables}}`` is checked only
 at run time, once rendered. A custom tool's headers are checked too: a header aiohttp cannot send would fail
-every call.
+every call. So are a Retell LLM's MCP servers (``mcps``): their URLs and headers.
 
 Each function returns the problems as ``<field path>: <what is wrong>`` lines; the file loader prefixes the
 file, the API joins them into a 422.
@@ -29,8 +29,14 @@ def _url_problem(policy: OutboundPolicy, field: str, url: str | None) -> list[st
 
 
 def llm_problems(llm: RetellLLM, policy: OutboundPolicy, *, prefix: str = "") -> list[str]:
-    """Each custom tool's URL (unless it holds ``{{variables}}``) and headers."""
+    """Each custom tool's URL (unless it holds ``{{variables}}``) and headers; each MCP server's."""
     problems: list[str] = []
+    for index, server in enumerate(llm.mcps):
+        where = f"{prefix}mcps.{index}"
+        problems += _url_problem(policy, f"{where}.url (server {server.name!r})", server.url)
+        for name, value in server.headers.items():
+            if (problem := header_problem(name, value)) is not None:
+                problems.append(f"{where}.headers (server {server.name!r}, header {name!r}): {problem}")
     for index, tool in enumerate(llm.general_tools):
         if not isinstance(tool, CustomTool):
             continue

@@ -15,7 +15,8 @@ import orjson
 
 from service.address import Conversation
 from service.catalog.store import Catalog
-from service.chats.model import Chat, ChatStatus, Message, TurnResult, new_id
+from service.chats.cost import estimate
+from service.chats.model import Chat, ChatStatus, Message, Role, TurnResult, new_id
 from service.chats.store import Chats, Commit
 from service.errors import NotFound
 from service.retell.models import DEFAULT_EVENTS, ChatAgent
@@ -51,8 +52,10 @@ class Lifecycle:
         return Target(url=url, kinds=kinds, timeout_ms=agent.webhook_timeout_ms)
 
     async def target_of(self, chat: Chat) -> Target | None:
+        """Where the chat's events go: its agent's target, or the first agent's once it swapped agents (Retell
+        keeps the first agent's webhook for the whole conversation)."""
         try:
-            return self.target(await self._catalog.agents.get(chat.agent_id, chat.version))
+            return self.target(await self._catalog.agents.get(*chat.original_agent))
         except NotFound:
             return None
 
@@ -62,6 +65,10 @@ class Lifecycle:
         payload.update(extra)
         return Event(event_id=new_id("evt_"), chat_id=chat.chat_id, kind=kind, url=target.url,
                      body=event_body(kind, payload), timeout_ms=target.timeout_ms)
+
+    def price(self, chat: Chat) -> None:
+        """Set the chat's ``chat_cost`` estimate from what it used so far (``chats.cost``)."""
+        chat.cost = estimate(chat, self._settings)
 
     async def open(self, chat: Chat, agent: ChatAgent) -> None:
         """Store a new chat and queue ``chat_started``."""
@@ -80,8 +87,10 @@ class Lifecycle:
         worker's hold on the conversation, which fences the write (see ``Chats.commit``, which answers)."""
         if chat is None:
             return await self._chats.commit(Commit(None, conv, result), hold=hold)
+        chat.sms_segments += sum(m.billed_segments() for m in result.messages if m.role is not Role.USER)
+        self.price(chat)
         events: list[Event] = []
-        target = self.target(agent) if agent is not None else await self.target_of(chat)
+        target = self.target(agent) if agent is not None and not chat.swaps else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
         always_report = always_report or any(m.status == "failed" for m in result.messages)
         wants_transcript = target is not None and bool(result.messages) and (

@@ -15,7 +15,7 @@ from typing import Any, cast
 import orjson
 
 from service.address import SMS, Conversation, address
-from service.retell.models import ChannelName, ChatAnalysis, ChatResponse
+from service.retell.models import ChannelName, ChatAnalysis, ChatCost, ChatResponse
 
 
 class ChatStatus(StrEnum):
@@ -40,17 +40,29 @@ class Role(StrEnum):
     TOOL_CALL_INVOCATION = "tool_call_invocation"
     TOOL_CALL_RESULT = "tool_call_result"
     INJECTED = "injected"      # context given to the agent, said by nobody (a voice call's transcript)
+    STATE_TRANSITION = "state_transition"   # a multi-state agent moved (former_state_name -> new_state_name)
 
 
 class EndReason(StrEnum):
-    """Why a chat ended (the chat object's ``disconnection_reason``)."""
+    """Why a chat ended (the chat object's ``disconnection_reason``): Retell's value where its enum has one
+    (``agent_hangup``, ``inactivity``; a STOP is ``user_requested_dnc``; the end-chat API ``manual_stopped``),
+    else Parley's own (the README lists them)."""
 
     AGENT_ENDED = "agent_hangup"
-    USER_OPTED_OUT = "user_opted_out"
+    USER_OPTED_OUT = "user_requested_dnc"
     INACTIVITY = "inactivity"
-    API = "api_ended"
+    API = "manual_stopped"
     REPLACED = "replaced_by_new_chat"
     SEND_FAILED = "sms_send_failed"
+
+
+# What earlier releases stored, read as today's values.
+_LEGACY_REASONS = {"user_opted_out": EndReason.USER_OPTED_OUT.value, "api_ended": EndReason.API.value}
+
+
+def end_reason(stored: str | None) -> str | None:
+    """A stored ``disconnection_reason`` as the chat object gives it (earlier releases' values mapped)."""
+    return _LEGACY_REASONS.get(stored, stored) if stored is not None else None
 
 
 def new_id(prefix: str = "") -> str:
@@ -77,21 +89,48 @@ class Message:
     error: str | None = None           # why a send failed, in words
     sender: str | None = None          # "human" when a person wrote an agent message (takeover)
     media: list[dict[str, str]] | None = None
+    type: str | None = None            # a tool_call_invocation's tool type (Retell's: custom, end_call, send_sms...)
+    former_state_name: str | None = None
+    new_state_name: str | None = None
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_retell()).decode()
 
     def to_retell(self) -> dict[str, Any]:
-        return {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
+        out = {name: value for name in _MESSAGE_FIELDS if (value := getattr(self, name)) is not None}
+        if self.media:   # Retell's MMS shape beside Parley's media (which keeps the content type)
+            out["multimedia"] = [{"url": m["url"], "summary": m.get("content_type", "attachment")}
+                                 for m in self.media]
+        return out
+
+    def billed_segments(self) -> int:
+        """The SMS segments this message counts in the chat's cost (a send that failed costs nothing)."""
+        return (self.segments or 0) if self.status != "failed" else 0
 
     @classmethod
     def from_json(cls, raw: str) -> Message:
         data = orjson.loads(raw)
         data["role"] = Role(data["role"])
+        data.pop("multimedia", None)   # derived from media (to_retell)
         return cls(**data)
 
 
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """An agent the chat left by an ``agent_swap`` tool, and the swap's ``post_call_analysis_setting``."""
+
+    agent_id: str
+    version: int
+    llm_version: int | None
+    post_call_analysis_setting: str
+    timestamp: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Swap:
+        return cls(**data)
 
 
 @dataclass(slots=True)
@@ -116,8 +155,45 @@ class Chat:
     agent_paused: bool = False               # a human has taken over: texts are stored, the LLM is not called
     touched_ms: int | None = None            # when the chat's TTLs were last refreshed
     dynamic_variables: dict[str, str] = field(default_factory=dict)
+    collected_variables: dict[str, str] = field(default_factory=dict)   # set by tools during the chat
+    current_state: str | None = None       # a multi-state agent's state (None: its starting state)
+    previous_state: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
+    llm_tokens: dict[str, list[int]] = field(default_factory=dict)   # model -> [prompt, completion] tokens
+    sms_segments: int = 0                    # segments of the chat's messages, as billed (Message.billed_segments)
+    cost: dict[str, Any] | None = None       # chat_cost, estimated at each commit (chats/cost.py)
+    agent_override: dict[str, Any] | None = None   # the chat_inbound webhook's agent_override, for this chat
+
+    @property
+    def user_number(self) -> str | None:
+        """The user's address (``whatsapp:`` + E.164 off SMS), as the listing's user_number filter reads it."""
+        conv = self.conversation
+        return address(conv.channel, conv.user_number) if conv is not None else None
+
+    @property
+    def agent_number(self) -> str | None:
+        conv = self.conversation
+        return address(conv.channel, conv.agent_number) if conv is not None else None
+
+    def add_tokens(self, model: str, prompt: int, completion: int) -> None:
+        """Count an LLM call's tokens against the chat (its cost)."""
+        counts = self.llm_tokens.setdefault(model, [0, 0])
+        counts[0] += prompt
+        counts[1] += completion
+    swaps: list[Swap] = field(default_factory=list)   # the agents an agent_swap left, oldest first
+
+    @property
+    def original_agent(self) -> tuple[str, int]:
+        """The agent (and version) the chat started with, before any swap."""
+        first = self.swaps[0] if self.swaps else None
+        return (first.agent_id, first.version) if first else (self.agent_id, self.version)
+
+    def swap_to(self, agent_id: str, version: int, llm_version: int, setting: str, now_ms: int) -> None:
+        """Go on with another agent version: its LLM version, its starting state."""
+        self.swaps.append(Swap(self.agent_id, self.version, self.llm_version, setting, now_ms))
+        self.agent_id, self.version, self.llm_version = agent_id, version, llm_version
+        self.current_state = self.previous_state = None
 
     @property
     def conversation(self) -> Conversation | None:
@@ -131,11 +207,9 @@ class Chat:
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for name, value in asdict(self).items():
-            if value is None:
+            if value is None or (name == "swaps" and not value):
                 continue
-            out[name] = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
-        if self.analysis is None:
-            out.pop("analysis", None)
+            out[name] = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
         return out
 
     @classmethod
@@ -162,9 +236,39 @@ class Chat:
             agent_paused=data.get("agent_paused") == "True",
             touched_ms=opt_int("touched_ms"),
             dynamic_variables=orjson.loads(data.get("dynamic_variables", "{}")),
+            collected_variables=orjson.loads(data.get("collected_variables", "{}")),
+            current_state=data.get("current_state") or None,   # "": cleared by a swap
+            previous_state=data.get("previous_state") or None,
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
+            llm_tokens=orjson.loads(data.get("llm_tokens", "{}")),
+            sms_segments=int(data.get("sms_segments", 0)),
+            cost=orjson.loads(data["cost"]) if "cost" in data else None,
+            agent_override=orjson.loads(data["agent_override"]) if "agent_override" in data else None,
+            swaps=[Swap.from_dict(s) for s in orjson.loads(data.get("swaps", "[]"))],
         )
+
+    def turn_fields(self) -> dict[str, str]:
+        """The fields a turn may change besides its messages and ending, as stored (``Chats.commit``)."""
+        out = {"collected_variables": orjson.dumps(self.collected_variables).decode()} \
+            if self.collected_variables else {}
+        if self.current_state is not None:
+            out["current_state"] = self.current_state
+        if self.previous_state is not None:
+            out["previous_state"] = self.previous_state
+        if self.llm_tokens:
+            out["llm_tokens"] = orjson.dumps(self.llm_tokens).decode()
+        if self.sms_segments:
+            out["sms_segments"] = str(self.sms_segments)
+        if self.cost is not None:
+            out["cost"] = orjson.dumps(self.cost).decode()
+        if self.swaps:   # the agent the chat goes on with; a state of the agent it left is cleared
+            out |= {"agent_id": self.agent_id, "version": str(self.version),
+                    "swaps": orjson.dumps([asdict(s) for s in self.swaps]).decode(),
+                    "current_state": self.current_state or "", "previous_state": self.previous_state or ""}
+            if self.llm_version is not None:
+                out["llm_version"] = str(self.llm_version)
+        return out
 
     def to_response(self, messages: list[Message]) -> ChatResponse:
         """Retell's chat object, with Parley's additive fields."""
@@ -181,10 +285,12 @@ class Chat:
             direction=self.direction.value if self.direction else None,
             start_timestamp=self.start_timestamp,
             end_timestamp=self.end_timestamp,
-            disconnection_reason=self.disconnection_reason,
+            disconnection_reason=end_reason(self.disconnection_reason),
+            chat_cost=ChatCost.model_validate(self.cost) if self.cost is not None else None,
             transcript="".join(line + "\n" for line in lines),
             message_with_tool_calls=[m.to_retell() for m in messages],
             retell_llm_dynamic_variables=self.dynamic_variables,
+            collected_dynamic_variables=self.collected_variables,
             metadata=self.metadata,
             chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
             analysis_error=self.analysis_error,

@@ -36,9 +36,12 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from service.chats.model import Chat, ChatStatus, ChatType
+from service.chats.model import Chat, ChatStatus, ChatType, Direction, EndReason, end_reason
+from service.chats.store import SENTIMENTS, listing_indexes
+from service.clock import now_ms
 from service.errors import InvalidRequest
-from service.retell.requests import ChatFilter, NumberFilter, RangeFilter, StringFilter
+from service.retell.models import ADDRESS_RE
+from service.retell.requests import ChatFilter, EnumFilter, NumberFilter, RangeFilter, StringFilter
 from service.storage import keys
 
 SCAN_BUDGET = 5_000       # candidates a page checks against filters no index serves
@@ -47,7 +50,10 @@ MAX_BATCH = 1_000         # entries one ZRANGE reads from one partition's index
 REINDEX_CHUNK = 500       # chats indexed by one script call (``_ensure_indexed``)
 REINDEX_MARGIN_MS = 3_600_000   # chats this much newer than the first one indexed at creation are indexed too
 PROBE_BELOW = 0.25        # below this pass rate, candidates' filterable fields are read before the whole chat
-PROBE_FIELDS = ("chat_id", "agent_id", "version", "chat_type", "start_timestamp", "chat_status")  # Chat's required
+# Chat's required fields, and those the filters read: what a probe reads of a chat before loading all of it.
+PROBE_FIELDS = ("chat_id", "agent_id", "version", "chat_type", "start_timestamp", "chat_status", "direction",
+                "from_number", "to_number", "channel", "end_timestamp", "disconnection_reason", "analysis")
+DAY_MS = 86_400_000
 
 Entry = tuple[int, str]   # an index entry: (start timestamp, chat id), the order of a listing
 
@@ -64,17 +70,35 @@ def _number_ok(f: NumberFilter | RangeFilter, value: float) -> bool:
             "lt": value < f.value, "le": value <= f.value}[f.op]
 
 
+def _enum_ok(f: EnumFilter | None, value: str | None) -> bool:
+    return f is None or (value is not None and value in f.value)
+
+
+def _optional_ok(f: Any, value: Any, check: Any) -> bool:
+    """A filter on a field a chat may lack (numbers, end time): a chat without it passes no such filter."""
+    return f is None or (value is not None and check(f, value))
+
+
 def matches(chat: Chat, f: ChatFilter | None) -> bool:
     """True when ``chat`` passes every filter that is set."""
     if f is None:
         return True
+    analysis = chat.analysis or {}
     checks = [
         f.agent is None or any(a.agent_id == chat.agent_id and (not a.version or chat.version in a.version)
                                for a in f.agent),
-        f.chat_id is None or _string_ok(f.chat_id, chat.chat_id),
+        f.chat_id is None or (chat.chat_id in f.chat_id.value if isinstance(f.chat_id, EnumFilter)
+                              else _string_ok(f.chat_id, chat.chat_id)),
         f.chat_status is None or chat.chat_status.value in f.chat_status.value,
         f.chat_type is None or chat.chat_type.value in f.chat_type.value,
         f.start_timestamp is None or _number_ok(f.start_timestamp, chat.start_timestamp),
+        _optional_ok(f.end_timestamp, chat.end_timestamp, _number_ok),
+        _optional_ok(f.user_number, chat.user_number, _string_ok),
+        _optional_ok(f.agent_number, chat.agent_number, _string_ok),
+        _enum_ok(f.direction, chat.direction.value if chat.direction is not None else None),
+        _enum_ok(f.disconnection_reason, end_reason(chat.disconnection_reason)),
+        f.chat_successful is None or analysis.get("chat_successful") is f.chat_successful.value,
+        _enum_ok(f.user_sentiment, analysis.get("user_sentiment")),
     ]
     return all(checks)
 
@@ -307,7 +331,56 @@ class _Served:
     ended_only: bool = False
 
 
-def _served(f: ChatFilter) -> _Served | None:
+def _every(key: Any, *args: Any) -> list[str]:
+    """``key(shard, *args)`` in every partition."""
+    return [key(s, *args) for s in range(keys.SHARDS)]
+
+
+def _serve_enum(f: EnumFilter | None, known: set[str], kind: str, key: Any, served: _Served) -> bool:
+    """Serve an enum filter from one index per value (``key(shard, value)``); False when no chat can pass it.
+    Values Parley never stores match no chat, so they never reach a key."""
+    if f is None:
+        return True
+    values = sorted(set(f.value) & known)
+    served.candidates[kind] = [k for value in values for k in _every(key, value)]
+    return bool(values)
+
+
+def _serve_numbers(f: ChatFilter, served: _Served) -> bool:
+    """``user_number`` / ``agent_number``: ``eq`` from the number's index, ``ne`` per chat."""
+    for name, kind, key in (("user_number", "u", keys.chats_by_user), ("agent_number", "g", keys.chats_by_number)):
+        nf = getattr(f, name)
+        if nf is None:
+            continue
+        if nf.op == "ne":
+            served.left.add(name)
+        elif not ADDRESS_RE.fullmatch(nf.value):
+            return False   # no chat has a number that is not one
+        else:
+            served.candidates[kind] = _every(key, nf.value)
+    return True
+
+
+def _serve_end(f: NumberFilter | RangeFilter | None, served: _Served, ttl_s: int) -> bool:
+    """``end_timestamp``: the end-day indexes of the days the range spans (only those a kept chat can have ended
+    on), each chat's end time checked too (the first and last day hold chats outside the range)."""
+    if f is None:
+        return True
+    served.left.add("end_timestamp")
+    if isinstance(f, NumberFilter) and f.op == "ne":
+        return True
+    lo, hi = _range(f)
+    now = now_ms()
+    first = max(lo.value if lo else -math.inf, now - ttl_s * 1000 - DAY_MS)
+    last = min(hi.value if hi else math.inf, now + DAY_MS)
+    if math.isnan(first) or math.isnan(last) or first > last:
+        return False
+    days = range(int(first) // DAY_MS, int(last) // DAY_MS + 1)
+    served.candidates["e"] = [k for day in days for k in _every(keys.chats_ended_on, keys.end_day(day * DAY_MS))]
+    return True
+
+
+def _served(f: ChatFilter, ttl_s: int) -> _Served | None:
     """What the indexes do for ``f``; None when no chat can pass it."""
     served = _Served()
     if f.chat_id is not None:
@@ -330,7 +403,14 @@ def _served(f: ChatFilter) -> _Served | None:
         if len(types) < len(ChatType):
             (only,) = types
             served.candidates["t"] = [keys.chats_by_type(s, only) for s in range(keys.SHARDS)]
-    return served
+    reasons = {r.value for r in EndReason}
+    ok = (_serve_numbers(f, served) and _serve_end(f.end_timestamp, served, ttl_s)
+          and _serve_enum(f.direction, {d.value for d in Direction}, "d", keys.chats_by_direction, served)
+          and _serve_enum(f.disconnection_reason, reasons, "r", keys.chats_by_reason, served)
+          and _serve_enum(f.user_sentiment, set(SENTIMENTS), "f", keys.chats_by_sentiment, served))
+    if f.chat_successful is not None:
+        served.candidates["c"] = _every(keys.chats_by_success, f.chat_successful.value)
+    return served if ok else None
 
 
 def _serve_status(wanted: set[str], served: _Served) -> bool:
@@ -377,19 +457,21 @@ class ChatQuery:
 
     async def page(
         self, f: ChatFilter | None, *, descending: bool, limit: int, cursor: Cursor | None, count_total: bool = False,
+        skip: int = 0,
     ) -> Page:
-        """Up to ``limit`` chats after ``cursor`` that pass ``f``, in start-time order."""
+        """Up to ``limit`` chats after ``cursor`` (or after the first ``skip`` chats) that pass ``f``, in start-time
+        order."""
         plan = await self._plan(f, descending, cursor)
         if plan.kind == "":
             return Page([], False, None, 0 if count_total else None)
         if plan.kind == "i":
-            return await self._lookup(f, descending, cursor, count_total)
+            return await self._lookup(f, descending, cursor, count_total, limit=limit, skip=skip)
         order = plan.order
         start = cursor if cursor is not None and order.admits(cursor) else None
         hints = dict(start.ties) if start is not None and start.plan == plan.kind else {}
-        merge = _Merge(self._redis, plan.index, order, start, hints, limit + 1)
+        merge = _Merge(self._redis, plan.index, order, start, hints, skip + limit + 1)
         found: list[tuple[Entry, Chat]] = []
-        scanned, last = 0, None
+        scanned, last = await self._skip(plan, f, merge, skip) if skip else (0, None)
         while len(found) <= limit:
             want, rate = limit + 1 - len(found), 1.0
             if plan.checked:
@@ -418,12 +500,12 @@ class ChatQuery:
         every = [keys.chats(s) for s in range(keys.SHARDS)]
         if f is None:
             return _Plan("m", every, _Order(descending))
-        if f.chat_id is not None and f.chat_id.op == "eq":
+        if f.chat_id is not None and f.chat_id.op in ("eq", "in"):
             return _Plan("i")
-        if f.start_timestamp is not None and any(math.isnan(v) for v in _values(f.start_timestamp)):
-            return _Plan("")     # no start time compares with NaN
+        if any(math.isnan(v) for t in (f.start_timestamp, f.end_timestamp) if t is not None for v in _values(t)):
+            return _Plan("")     # no time compares with NaN
         order = _Order(descending, *_range(f.start_timestamp))
-        served = _served(f)
+        served = _served(f, self._ttl_s)
         if served is None:
             return _Plan("")
         candidates, left = served.candidates, served.left
@@ -451,6 +533,28 @@ class ChatQuery:
         counts = {kind: await self._count(index, order) for kind, index in candidates.items()}
         kind = min(counts, key=lambda k: counts[k])
         return kind, counts[kind]
+
+    async def _skip(self, plan: _Plan, f: ChatFilter | None, merge: _Merge, skip: int) -> tuple[int, Entry | None]:
+        """Read past the first ``skip`` chats that pass ``f``: index entries only when the index answers the whole
+        filter, else each candidate's filterable fields, within the page's ``SCAN_BUDGET`` (``InvalidRequest`` past
+        it: a key from there would lose count of what is left to skip). Returns (candidates checked, last entry)."""
+        skipped, scanned, last = 0, 0, None
+        while skipped < skip:
+            # Each candidate passes at most once, so reading what is left to skip never reads past it.
+            batch = await merge.take(min(skip - skipped, MAX_BATCH))
+            if not batch:
+                break
+            last = batch[-1][0]
+            if not plan.checked:
+                skipped += len(batch)
+                continue
+            scanned += len(batch)
+            if scanned > SCAN_BUDGET:
+                raise InvalidRequest(f"skip: {skip} chats cannot be skipped with this filter within one call (it is "
+                                     f"checked chat by chat past the indexes); follow pagination_key instead")
+            probes = await self._probe([entry[1] for entry, _ in batch])
+            skipped += sum(1 for probe in probes if probe is not None and matches(probe, f))
+        return scanned, last
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -489,8 +593,8 @@ class ChatQuery:
             for chat_id in chat_ids:
                 pipe.hmget(keys.chat(chat_id), PROBE_FIELDS)
             rows: list[Any] = await pipe.execute()
-        return [Chat.from_hash(dict(zip(PROBE_FIELDS, row, strict=True))) if row[0] is not None else None
-                for row in rows]
+        return [Chat.from_hash({k: v for k, v in zip(PROBE_FIELDS, row, strict=True) if v is not None})
+                if row[0] is not None else None for row in rows]
 
     async def _forget(self, gone: list[tuple[str, str]]) -> None:
         """Drop expired chats from the index they were read from and from ``{S}:chats``."""
@@ -502,21 +606,31 @@ class ChatQuery:
                 pipe.zrem(keys.chats(keys.shard_of(chat_id)), chat_id)
             await pipe.execute()
 
-    async def _lookup(self, f: ChatFilter | None, descending: bool, cursor: Cursor | None, count_total: bool) -> Page:
-        """``chat_id eq``: one chat, found by its id (its partition is in it)."""
+    async def _lookup(self, f: ChatFilter | None, descending: bool, cursor: Cursor | None, count_total: bool, *,
+                      limit: int, skip: int) -> Page:
+        """``chat_id`` eq, or in a list: the chats found by their ids (each id names its partition)."""
         assert f is not None and f.chat_id is not None
-        chat_id = f.chat_id.value
+        given = f.chat_id.value if isinstance(f.chat_id, EnumFilter) else [f.chat_id.value]
+        ids = [chat_id for chat_id in dict.fromkeys(given) if keys.is_chat_id(chat_id)]   # others name no chat
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(keys.chats(keys.shard_of(chat_id)), chat_id)
-            pipe.hgetall(keys.chat(chat_id))
-            score, row = await pipe.execute()
-        if score is not None and not row:
-            await self._forget([(keys.chats(keys.shard_of(chat_id)), chat_id)])
-        chat = Chat.from_hash(row) if score is not None and row else None
-        hit = chat is not None and matches(chat, f)
-        after = cursor is None or cursor.is_after(int(score or 0), chat_id, descending)
-        return Page([chat] if chat is not None and hit and after else [], False, None,
-                    int(hit) if count_total else None)
+            for chat_id in ids:
+                pipe.zscore(keys.chats(keys.shard_of(chat_id)), chat_id)
+                pipe.hgetall(keys.chat(chat_id))
+            replies: list[Any] = await pipe.execute() if ids else []
+        found: list[tuple[Entry, Chat]] = []
+        gone = []
+        for chat_id, score, row in zip(ids, replies[::2], replies[1::2], strict=True):
+            if score is not None and not row:
+                gone.append((keys.chats(keys.shard_of(chat_id)), chat_id))
+            elif score is not None and matches(chat := Chat.from_hash(row), f):
+                found.append(((int(score), chat_id), chat))
+        await self._forget(gone)
+        found.sort(key=lambda item: item[0], reverse=descending)
+        after = [item for item in found if cursor is None or cursor.is_after(*item[0], descending)][skip:]
+        has_more = len(after) > limit
+        at = after[limit - 1][0] if has_more else None
+        return Page([chat for _, chat in after[:limit]], has_more, Cursor(*at, "i") if at is not None else None,
+                    len(found) if count_total else None)
 
     # ------------------------------------------------------------------------------------------- counting
 
@@ -580,34 +694,40 @@ class ChatQuery:
     async def _reindex_chunk(self, script: Any, shard: int, chunk: list[Entry]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for _, chat_id in chunk:
-                pipe.hmget(keys.chat(chat_id), ("agent_id", "chat_type"))
+                pipe.hmget(keys.chat(chat_id), PROBE_FIELDS)
             rows: list[Any] = await pipe.execute()
         script_keys, args = [keys.chats_ongoing(shard)], [str(self._ttl_s)]
-        for (score, chat_id), (agent_id, chat_type) in zip(chunk, rows, strict=True):
-            if agent_id is not None and chat_type is not None:
-                script_keys += [keys.chat(chat_id), keys.chats_by_agent(shard, agent_id),
-                                keys.chats_by_type(shard, chat_type)]
-                args += [chat_id, str(score)]
+        for (score, chat_id), row in zip(chunk, rows, strict=True):
+            if row[0] is None:
+                continue   # expired meanwhile
+            chat = Chat.from_hash({k: v for k, v in zip(PROBE_FIELDS, row, strict=True) if v is not None})
+            # The ongoing index is the script's to decide (from the status it reads); {S}:chats holds it already.
+            indexes = [k for k in listing_indexes(chat)[1:] if k != keys.chats_ongoing(shard)]
+            script_keys += [keys.chat(chat_id), *indexes]
+            args += [chat_id, str(score), str(len(indexes))]
         if len(script_keys) > 1:
             await script(keys=script_keys, args=args)
 
 
 # Indexes chats of one partition that ``{S}:chats`` holds, reading each one's status in the same script, so a
-# chat that ends (or is deleted) meanwhile is not left in the ongoing index.
-# KEYS[1]: the ongoing index; then for chat i (from 0): 2+3i its hash, 3+3i its agent's index, 4+3i its type's.
-# ARGV[1]: the indexes' TTL (s); then for chat i: 2+2i its id, 3+2i its start time.
+# chat that ends (or is deleted) meanwhile is not left in the ongoing index. (One that ends, or is analysed,
+# between the read of its fields and this script is put in the reason, end-day and analysis indexes by that write.)
+# KEYS[1]: the ongoing index; then for each chat: its hash, then its n indexes (Chats.create's, but the ongoing one).
+# ARGV[1]: the indexes' TTL (s); then for each chat: its id, its start time, n.
 _REINDEX = """
 local expiring = {[KEYS[1]] = true}
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local status = redis.call('HGET', KEYS[2 + 3 * i], 'chat_status')
+local k, a = 2, 2
+while k <= #KEYS do
+  local status = redis.call('HGET', KEYS[k], 'chat_status')
+  local chat_id, score, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   if status then
-    local chat_id, score = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-    for k = 3, 4 do
-      redis.call('ZADD', KEYS[k + 3 * i], score, chat_id)
-      expiring[KEYS[k + 3 * i]] = true
+    for j = k + 1, k + n do
+      redis.call('ZADD', KEYS[j], score, chat_id)
+      expiring[KEYS[j]] = true
     end
     if status == 'ongoing' then redis.call('ZADD', KEYS[1], score, chat_id) end
   end
+  k, a = k + 1 + n, a + 3
 end
 for key in pairs(expiring) do redis.call('EXPIRE', key, ARGV[1]) end
 return 1

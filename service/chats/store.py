@@ -23,11 +23,45 @@ import redis.asyncio as aioredis
 
 from service.address import Conversation
 from service.chats.delivery import RETRYING, outgoing_entry
-from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult
+from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult, end_reason
 from service.clock import now_ms
 from service.storage import keys
 from service.storage.locks import Hold, Locks, Release
 from service.webhooks.events import Event, queue
+
+SENTIMENTS = ("Negative", "Positive", "Neutral", "Unknown")   # Retell's user_sentiment values
+
+
+def listing_indexes(chat: Chat) -> list[str]:
+    """Every listing index (``chats.query``) ``chat`` belongs in, from its fields: ``{S}:chats`` first, then the
+    agent's, the type's, the ongoing chats', the direction's, the user's and the agent number's, and once it
+    ended its reason's and its end day's, and once analysed its chat_successful's and user_sentiment's."""
+    shard = keys.shard_of(chat.chat_id)
+    found = [keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
+             keys.chats_by_type(shard, chat.chat_type.value)]
+    if chat.chat_status is ChatStatus.ONGOING:
+        found.append(keys.chats_ongoing(shard))
+    if chat.direction is not None:
+        found.append(keys.chats_by_direction(shard, chat.direction.value))
+    if chat.user_number and chat.agent_number:
+        found += [keys.chats_by_user(shard, chat.user_number), keys.chats_by_number(shard, chat.agent_number)]
+    reason = end_reason(chat.disconnection_reason)
+    if reason is not None:
+        found.append(keys.chats_by_reason(shard, reason))
+    if chat.end_timestamp is not None:
+        found.append(keys.chats_ended_on(shard, keys.end_day(chat.end_timestamp)))
+    return found + analysis_indexes(chat)
+
+
+def analysis_indexes(chat: Chat) -> list[str]:
+    """The chat_successful and user_sentiment indexes the chat's analysis puts it in."""
+    shard, analysis = keys.shard_of(chat.chat_id), chat.analysis or {}
+    found = []
+    if isinstance(analysis.get("chat_successful"), bool):
+        found.append(keys.chats_by_success(shard, analysis["chat_successful"]))
+    if analysis.get("user_sentiment") in SENTIMENTS:
+        found.append(keys.chats_by_sentiment(shard, analysis["user_sentiment"]))
+    return found
 
 
 class Chats:
@@ -42,13 +76,10 @@ class Chats:
     async def create(self, chat: Chat, *, events: Sequence[Event] = ()) -> None:
         """Store a new chat (and queue ``events``); an SMS chat also becomes its conversation's ongoing chat."""
         shard = keys.shard_of(chat.chat_id)
-        # The listing's indexes (chats/query.py): every chat, the agent's, the type's, and the ongoing chats.
-        # Each is trimmed to chat_ttl_s by start time here; the others may stop getting chats, so a TTL bounds
-        # them too (when it strikes, every member started more than chat_ttl_s ago).
-        indexes = [keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
-                   keys.chats_by_type(shard, chat.chat_type.value)]
-        if chat.chat_status is ChatStatus.ONGOING:
-            indexes.append(keys.chats_ongoing(shard))
+        # The listing's indexes (chats/query.py). Each is trimmed to chat_ttl_s by start time here; all but
+        # {S}:chats may stop getting chats, so a TTL bounds them too (when it strikes, every member started more
+        # than chat_ttl_s ago).
+        indexes = listing_indexes(chat)
         chat.touched_ms = chat.start_timestamp
         async with self._redis.pipeline(transaction=True) as pipe:
             for event in events:
@@ -98,11 +129,23 @@ class Chats:
             "agent_paused": fields["agent_paused"]})
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
-        """Write the chat's analysis (or the error that stopped it) and queue ``events``, in one transaction."""
-        key = keys.chat(chat.chat_id)
+        """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and
+        user_sentiment indexes (out of those of an earlier analysis), its tokens and cost, and queue ``events``, in
+        one transaction."""
+        key, shard = keys.chat(chat.chat_id), keys.shard_of(chat.chat_id)
         async with self._redis.pipeline(transaction=True) as pipe:
+            fields = chat.turn_fields()
+            for name in ("llm_tokens", "cost"):
+                if name in fields:
+                    pipe.hset(key, name, fields[name])
             if chat.analysis is not None:
                 pipe.hset(key, "analysis", orjson.dumps(chat.analysis).decode())
+                for index in [keys.chats_by_success(shard, v) for v in (True, False)] + [
+                        keys.chats_by_sentiment(shard, v) for v in SENTIMENTS]:
+                    pipe.zrem(index, chat.chat_id)
+                for index in analysis_indexes(chat):
+                    pipe.zadd(index, {chat.chat_id: chat.start_timestamp})
+                    pipe.expire(index, self.ttl_s)
             if chat.analysis_error is not None:
                 pipe.hset(key, "analysis_error", chat.analysis_error)
             else:
@@ -138,8 +181,7 @@ class Chats:
         shard = keys.shard_of(chat.chat_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.chat(chat.chat_id), keys.chat_messages(chat.chat_id))
-            for index in (keys.chats(shard), keys.chats_by_agent(shard, chat.agent_id),
-                          keys.chats_by_type(shard, chat.chat_type.value), keys.chats_ongoing(shard)):
+            for index in {*listing_indexes(chat), keys.chats_ongoing(shard)}:
                 pipe.zrem(index, chat.chat_id)
             pipe.zrem(keys.timers(shard), chat.chat_id)
             conv = chat.conversation
@@ -202,10 +244,18 @@ class Chats:
                             if m.status == RETRYING] if conv is not None else [],
                 "conv_id": conv.id if conv is not None else "",
                 "waiting_ttl": keys.OUTGOING_TTL_S,
+                # What tools collected, the agent's state (written whole; turns of a chat never overlap).
+                "fields": chat.turn_fields(),
+                # A chat that swapped agents is listed under the agent it goes on with (KEYS[17]), not those it
+                # left (KEYS[18..]); the start time stays its score.
+                "reindex": bool(chat.swaps),
+                "start": str(chat.start_timestamp),
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
-                               "disconnection_reason": cast(EndReason, result.end).value}
+                               "disconnection_reason": cast(EndReason, result.end).value,
+                               # The reason's and the end day's listing indexes, trimmed like the others.
+                               "start": chat.start_timestamp, "trim": f"({chat.start_timestamp - self.ttl_s * 1000}"}
         chat_id = chat.chat_id if chat is not None else ""
         outcome = await self._commit(
             keys=[
@@ -223,10 +273,22 @@ class Chats:
                 keys.outgoing_due(shard),
                 keys.chats_ongoing(shard),
                 keys.deferred(conv) if conv is not None else anchor,
+                keys.chats_by_reason(shard, result.end.value) if ending and result.end is not None else anchor,
+                keys.chats_ended_on(shard, keys.end_day(result.end_timestamp or now)) if ending else anchor,
+                *_agent_indexes(chat),
             ],
             args=[orjson.dumps(plan)],
         )
         return Release(int(outcome))
+
+
+def _agent_indexes(chat: Chat | None) -> list[str]:
+    """The agent index of the agent a swapped chat goes on with, then those of the agents it left."""
+    if chat is None or not chat.swaps:
+        return []
+    shard = keys.shard_of(chat.chat_id)
+    left = {swap.agent_id for swap in chat.swaps} - {chat.agent_id}
+    return [keys.chats_by_agent(shard, chat.agent_id), *(keys.chats_by_agent(shard, a) for a in sorted(left))]
 
 
 @dataclass(slots=True)
@@ -244,12 +306,16 @@ class Commit:
 
 # KEYS: 1 lock, 2 mailbox, 3 wakeups, 4 chat, 5 messages, 6 timers, 7 conversation's chat pointer, 8 analysis due,
 # 9 outbox, 10 outbox due, 11 the conversation's outgoing queue, 12 outgoing due, 13 the ongoing chats' index,
-# 14 the conversation's deferred-send marker (all in one partition; unused ones repeat another key of it).
+# 14 the conversation's deferred-send marker, 15 the end reason's listing index, 16 the end day's, and for a chat
+# that swapped agents 17 its agent's index and 18.. the indexes of the agents it left (all in one partition; unused
+# ones repeat another key of it).
 # ARGV[1]: the plan, JSON: token ('' unfenced), entry (the wake-up's id, '' none), group (the consumer group),
 # conv (there is a conversation), consumed (mailbox items the turn handled), now (ms), ttl (s), cap (messages
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
 # deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
-# for Twilio), conv_id, waiting_ttl (s) and, when ending, end (the fields that end it).
+# for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state, a swap's agent),
+# reindex (list the chat under KEYS[17], not KEYS[18..]), start (its start time) and, when ending, end (the fields
+# that end it, and the chat's start time and trim bound for the indexes 15 and 16).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
 _COMMIT = """
@@ -262,6 +328,12 @@ if p.chat then
     if n == #p.messages then redis.call('EXPIRE', KEYS[5], p.ttl) end
     if n > p.cap then redis.call('LTRIM', KEYS[5], -p.cap, -1) end
   end
+  for name, value in pairs(p.fields) do redis.call('HSET', KEYS[4], name, value) end
+  if p.reindex then
+    for i = 18, #KEYS do redis.call('ZREM', KEYS[i], chat_id) end
+    redis.call('ZADD', KEYS[17], p.start, chat_id)
+    redis.call('EXPIRE', KEYS[17], p.ttl)
+  end
   if p.refresh then
     redis.call('EXPIRE', KEYS[4], p.ttl)
     redis.call('EXPIRE', KEYS[5], p.ttl)
@@ -273,6 +345,11 @@ if p.chat then
                'disconnection_reason', e.disconnection_reason)
     redis.call('ZREM', KEYS[6], chat_id)
     redis.call('ZREM', KEYS[13], chat_id)
+    for k = 15, 16 do
+      redis.call('ZADD', KEYS[k], e.start, chat_id)
+      redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', e.trim)
+      redis.call('EXPIRE', KEYS[k], p.ttl)
+    end
     if p.conv and redis.call('GET', KEYS[7]) == chat_id then redis.call('DEL', KEYS[7]) end
   else
     if p.deadline ~= '' then redis.call('ZADD', KEYS[6], p.deadline, chat_id) end

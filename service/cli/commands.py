@@ -56,7 +56,7 @@ def worker(_: argparse.Namespace) -> None:
     _run(_settings(), web_routes=False)
 
 
-def check(_: argparse.Namespace) -> None:
+def check(args: argparse.Namespace) -> None:
     settings = _settings()
     try:
         catalog = agent_files.load(settings)
@@ -64,6 +64,10 @@ def check(_: argparse.Namespace) -> None:
         raise SystemExit(str(exc)) from None
     for warning in catalog.warnings:
         print(f"warning: {warning}")
+    for agent, fields in catalog.unsupported.items():
+        print(f"unsupported: {agent}: " + "".join(f"\n  {line}" for line in fields))
+    if args.strict and catalog.unsupported:
+        raise SystemExit(f"--strict: {len(catalog.unsupported)} agent(s) hold fields Parley does not act on")
     print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s) in {settings.agents_dir}")
 
 
@@ -80,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.set_defaults(func=serve)
     commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)").set_defaults(
         func=worker)
-    commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem").set_defaults(
-        func=check)
+    check_parser = commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem")
+    check_parser.add_argument("--strict", action="store_true",
+                              help="also fail when an agent holds fields Parley stores but does not act on")
+    check_parser.set_defaults(func=check)
     talk = commands.add_parser("chat", help="talk to an agent in the terminal (an api_chat; no Twilio)")
     talk.add_argument("agent_id", metavar="AGENT_ID")
     talk.add_argument("--version", type=int, metavar="N", help="the agent version (default: the latest)")

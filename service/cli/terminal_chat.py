@@ -160,6 +160,8 @@ def _format(message: dict[str, Any]) -> str | None:
         return f"  [tool {message.get('name', '?')} {message.get('arguments', '')}]"
     if role == "tool_call_result":
         return f"  [result: {_shorten(str(message.get('content', '')))}]"
+    if role == "state_transition":
+        return f"  [state {message.get('former_state_name') or '-'} -> {message.get('new_state_name', '?')}]"
     return None
 
 

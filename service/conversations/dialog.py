@@ -10,6 +10,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from service.address import SMS, Conversation
 from service.agent import variables
 from service.agent.responder import Reply, chat_variables
@@ -19,29 +21,73 @@ from service.chats.model import Chat, ChatType, Direction, Message
 from service.clock import now_ms
 from service.conversations.runtime import Runtime
 from service.errors import NotFound
+from service.retell.models import AgentVersion
+from service.retell.unsupported import unsupported
 from service.storage import keys
+from service.validation import describe
 
 log = logging.getLogger(__name__)
 
 
+# What an agent_override may not change: which agent and LLM it is.
+_FIXED = {"agent": {"agent_id", "version", "response_engine", "retell_llm"}, "retell_llm": {"llm_id", "version"}}
+
+
+def with_override(agent: Agent, override: dict[str, Any] | None) -> Agent:
+    """``agent`` with the chat_inbound webhook's ``agent_override`` laid over it: ``agent`` fields over the chat
+    agent, ``retell_llm`` fields over its LLM, validated as the agent and LLM are. ``ValueError`` names what cannot
+    be applied (another part, a fixed field, a value that does not validate)."""
+    if not override:
+        return agent
+    others = sorted(set(override) - set(_FIXED))
+    if others:
+        raise ValueError(f"agent_override.{others[0]}: not supported (Parley overrides only agent and retell_llm)")
+    parts: dict[str, Any] = {}
+    for part, model in (("agent", type(agent.config)), ("retell_llm", type(agent.llm))):
+        fields = override.get(part) or {}
+        if not isinstance(fields, dict):
+            raise ValueError(f"agent_override.{part}: expected an object")
+        fixed = sorted(set(fields) & _FIXED[part])
+        if fixed:
+            raise ValueError(f"agent_override.{part}.{fixed[0]}: cannot be overridden")
+        current = agent.config if part == "agent" else agent.llm
+        try:
+            parts[part] = model.model_validate({**current.model_dump(exclude_unset=True), **fields})
+        except ValidationError as exc:
+            raise ValueError("; ".join(describe(exc, f"agent_override.{part}."))) from None
+    return Agent(config=parts["agent"], llm=parts["retell_llm"])
+
+
+def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
+    """What an ``agent_override`` set that Parley keeps without acting on (``retell.unsupported``), by path."""
+    lines = []
+    for part, before, after in (("agent", agent.config, overridden.config), ("retell_llm", agent.llm, overridden.llm)):
+        known = set(unsupported(before))
+        lines += [f"agent_override.{part}.{line}" for line in unsupported(after) if line not in known]
+    return lines
+
+
 async def open_chat(
-    rt: Runtime, *, agent_id: str, version: int | None, chat_type: ChatType, conv: Conversation | None = None,
+    rt: Runtime, *, agent_id: str, version: AgentVersion | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None,
+    metadata: dict[str, Any] | None = None, inbound_webhook_error: str | None = None, chat_id: str | None = None,
+    agent_override: dict[str, Any] | None = None,
 ) -> tuple[Chat, Agent]:
-    """Create a chat pinned to the agent version (and its LLM version); an SMS chat becomes the pair's ongoing one."""
-    agent = await rt.catalog.resolve(agent_id, version)
+    """Create a chat pinned to the agent version ``version`` names (None: the latest, as Retell defaults) and its
+    LLM version; an SMS chat becomes the pair's ongoing one. ``chat_id``: one drawn already (told to the
+    chat_inbound webhook); ``agent_override``: checked already (``with_override``), kept with the chat."""
+    agent = with_override(await rt.catalog.resolve(agent_id, version), agent_override)
     from_number = to_number = None
     if conv is not None:
         inbound = direction is Direction.INBOUND
         from_number = conv.user_number if inbound else conv.agent_number
         to_number = conv.agent_number if inbound else conv.user_number
-    chat_id = keys.new_chat_id(conv.shard if conv is not None else None)   # in the conversation's partition
+    chat_id = chat_id or keys.new_chat_id(conv.shard if conv is not None else None)   # in the conversation's partition
     chat = Chat(chat_id=chat_id, agent_id=agent.config.agent_id, version=agent.config.version,
                 llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
                 from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
                 metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error,
-                channel=conv.channel if conv is not None else SMS)
+                channel=conv.channel if conv is not None else SMS, agent_override=agent_override or None)
     await rt.lifecycle.open(chat, agent.config)
     log.info("chat started", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "chat_type": chat_type.value})
     return chat, agent
@@ -50,10 +96,15 @@ async def open_chat(
 async def agent_for(rt: Runtime, chat: Chat) -> Agent:
     """The agent version (and LLM version) the chat started with; the latest if those were deleted."""
     try:
-        return await rt.catalog.resolve(chat.agent_id, chat.version, chat.llm_version)
+        agent = await rt.catalog.resolve(chat.agent_id, chat.version, chat.llm_version)
     except NotFound:
         log.warning("chat's agent version is gone; using the latest", extra={"chat_id": chat.chat_id})
-        return await rt.catalog.resolve(chat.agent_id)
+        agent = await rt.catalog.resolve(chat.agent_id)
+    try:
+        return with_override(agent, chat.agent_override)
+    except ValueError as exc:   # it held when the chat opened; the agent changed under it since
+        log.warning("chat's agent_override no longer applies", extra={"chat_id": chat.chat_id, "error": str(exc)})
+        return agent
 
 
 async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:

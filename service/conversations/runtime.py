@@ -86,5 +86,5 @@ class Runtime:
             sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
                           Pacing(redis)),
             outgoing=outgoing,
-            responder=Responder(llm, http, channels, signing_key=signing_key),
+            responder=Responder(llm, http, channels, catalog, signing_key=signing_key),
         )

@@ -143,11 +143,13 @@ class Turns:
         choice = pick_agent(number.inbound_sms_agents)
         agent_id, version = (choice.agent_id, choice.agent_version) if choice else (None, None)
         decision = chat_inbound.Decision()
+        chat_id = keys.new_chat_id(conv.shard)   # the webhook is told the id the chat will have
         if number.inbound_sms_webhook_url:
             decision = await chat_inbound.ask(
                 self._rt.http, number.inbound_sms_webhook_url, signing_key=self._rt.signing_key,
                 attempts=self._rt.settings.inbound_webhook_attempts, payload={
-                    "agent_id": agent_id, "agent_version": version, "from_number": conv.user_number,
+                    "chat_id": chat_id, "agent_id": agent_id, "agent_version": version,
+                    "from_number": conv.user_number,
                     "to_number": conv.agent_number, "message": "\n".join(i.body for i in batch),
                     "message_sid": batch[0].message_sid,
                     **({"channel": conv.channel} if conv.channel != SMS else {})})
@@ -155,18 +157,29 @@ class Turns:
                 await self._rt.chats.reject(conv, [self._user_message(i) for i in batch])
                 log.info("chat_inbound webhook rejected the text", extra={"conv": conv.id})
                 return None
-            if decision.agent_id and await self._rt.catalog.agents.exists(decision.agent_id):
-                agent_id, version = decision.agent_id, decision.agent_version
-            elif decision.agent_id:
-                decision.error = f"chat_inbound webhook named an unknown agent {decision.agent_id!r}"
+            if decision.agent_id:
+                try:
+                    await self._rt.catalog.agents.find(decision.agent_id, decision.agent_version)
+                    agent_id, version = decision.agent_id, decision.agent_version
+                except NotFound as exc:
+                    decision.error = f"chat_inbound webhook named an unknown agent or version: {exc}"
         if agent_id is None:
             log.warning("no agent answers on the number; not answering",
                         extra={"conv": conv.id, "error": decision.error})
             return None
+        override = decision.agent_override
+        if override:
+            try:   # checked against the agent it lays over; one that does not apply is reported, not half-used
+                base = await self._rt.catalog.resolve(agent_id, version)
+                ignored = dialog.override_unsupported(base, dialog.with_override(base, override))
+                if ignored:   # applied, but some of it Parley keeps without acting on: said, not silent
+                    decision.error = "chat_inbound webhook answer: applied, but " + "; ".join(ignored)
+            except ValueError as exc:
+                decision.error, override = f"chat_inbound webhook answer: {exc}; the agent answers as it is", None
         chat, agent = await dialog.open_chat(
             self._rt, agent_id=agent_id, version=version, chat_type=ChatType.SMS, conv=conv,
             direction=Direction.INBOUND, variables=decision.dynamic_variables, metadata=decision.metadata,
-            inbound_webhook_error=decision.error)
+            inbound_webhook_error=decision.error, chat_id=chat_id, agent_override=override)
         return chat, agent
 
     @staticmethod
@@ -193,6 +206,7 @@ class Turns:
         by_tool: list[Message] = []
         hook = self._sms_hook(conv, number, chat.chat_id, by_tool)
         reply = await dialog.answer(self._rt, chat, agent, user, sms=hook, history=ctx.history)
+        agent = reply.agent or agent   # an agent_swap: the destination answered, and its settings hold from now on
         sent = []
         if reply.text:
             sent = await self._rt.sender.send_text(conv, number, reply.text, chat_id=chat.chat_id,

@@ -13,21 +13,12 @@ from service.retell.models import (
     E164,
     OBJECT_ID_PATTERN,
     Address,
+    AgentVersion,
     ChatResponse,
     PhoneNumber,
     RetellLLM,
     SmsContent,
 )
-
-AgentVersion = Annotated[
-    int | Literal["latest", "latest_published"],
-    Field(description="A version number, or latest / latest_published (Parley has no version tags)."),
-]
-
-
-def version_number(version: int | str | None) -> int | None:
-    """An AgentVersionReference as a version number; None means the latest."""
-    return version if isinstance(version, int) else None
 
 
 class _Body(BaseModel):
@@ -48,6 +39,9 @@ class CreateSmsChatRequest(_Body):
     override_agent_version: AgentVersion | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    honor_internal_dnc: bool | None = Field(default=None, description=(
+        "Retell's. Parley always refuses a number that opted out (STOP) of the sending number; false is "
+        "answered with an X-Parley-Unsupported header, not obeyed"))
 
 
 class CreateChatCompletionRequest(_Body):
@@ -94,19 +88,57 @@ class RangeFilter(_Body):
     value: Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+class BooleanFilter(_Body):
+    type: Literal["boolean"] = "boolean"
+    op: Literal["eq"] = "eq"
+    value: bool
+
+
+class NumberStringFilter(StringFilter):
+    """A phone-number filter (``user_number``, ``agent_number``): ``eq`` is served from an index, ``ne`` is checked
+    per chat; ``sw``, ``ew`` and ``co`` would need every chat read, so they are refused."""
+
+    @model_validator(mode="after")
+    def _indexed_ops(self) -> NumberStringFilter:
+        if self.op not in ("eq", "ne"):
+            raise ValueError(f"op {self.op!r} is not served: Parley lists by a number from an index, so only eq "
+                             f"and ne are (the number in full, E.164 or whatsapp:+E.164)")
+        return self
+
+
 class AgentFilter(_Body):
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)   # the filter reads an index keyed by it
     version: list[int] = Field(default_factory=list)
 
 
 class ChatFilter(_Body):
-    """The filters Parley implements, ANDed; any other Retell filter is refused by name."""
+    """The filters Parley implements, ANDed, as retell-sdk's ``FilterCriteria`` types them; any other Retell
+    filter (``agent_tag``, ``combined_cost``, ``duration_ms``, ``custom_analysis_data``, ``custom_attributes``,
+    ``data_storage_setting``) is refused by name."""
 
     agent: list[AgentFilter] | None = None
-    chat_id: StringFilter | None = None
+    chat_id: StringFilter | EnumFilter | None = Field(default=None, description=(
+        "A string filter, or the enum form: op in, a list of at most 1,000 chat ids"))
     chat_status: EnumFilter | None = None
     chat_type: EnumFilter | None = None
     start_timestamp: NumberFilter | RangeFilter | None = None
+    end_timestamp: NumberFilter | RangeFilter | None = None
+    user_number: NumberStringFilter | None = None
+    agent_number: NumberStringFilter | None = None
+    direction: EnumFilter | None = None
+    disconnection_reason: EnumFilter | None = None
+    chat_successful: BooleanFilter | None = None
+    user_sentiment: EnumFilter | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ChatFilter:
+        if isinstance(self.chat_id, EnumFilter) and len(self.chat_id.value) > MAX_CHAT_IDS:
+            raise ValueError(f"chat_id: at most {MAX_CHAT_IDS} ids in one list (got {len(self.chat_id.value)})")
+        return self
+
+
+MAX_CHAT_IDS = 1_000
+MAX_SKIP = 10_000
 
 
 class ListChatsRequest(_Body):
@@ -114,7 +146,16 @@ class ListChatsRequest(_Body):
     sort_order: Literal["ascending", "descending"] = "descending"
     limit: int = Field(default=50, ge=1, le=1000)
     pagination_key: str | None = None
+    skip: int = Field(default=0, ge=0, le=MAX_SKIP, description=(
+        f"Chats to leave out before the page (at most {MAX_SKIP:,}; past that, follow pagination_key); not with "
+        "pagination_key"))
     include_total: bool = False
+
+    @model_validator(mode="after")
+    def _skip_or_key(self) -> ListChatsRequest:
+        if self.skip and self.pagination_key:
+            raise ValueError("skip: give skip or pagination_key, not both")
+        return self
 
 
 class ChatListItem(ChatResponse):
@@ -139,6 +180,35 @@ class PageQuery(_Body):
 
 class VersionQuery(_Body):
     version: AgentVersion | None = None
+
+
+class CreateAgentVersionRequest(_Body):
+    base_version: int = Field(ge=0, description="The version the new draft copies")
+
+
+class PublishAgentVersionRequest(_Body):
+    version: int = Field(ge=0, description="The draft to publish")
+    version_title: str | None = None
+    version_description: str | None = None
+
+
+class DeleteVersionQuery(_Body):
+    version: int = Field(ge=0)
+
+
+class AgentVersionItem(BaseModel):
+    version: int
+    is_published: bool
+    last_modification_timestamp: int
+    base_version: int | None = None
+    version_title: str | None = None
+    version_description: str | None = None
+
+
+class AgentVersionListResponse(BaseModel):
+    items: list[AgentVersionItem]
+    has_more: bool
+    pagination_key: str | None = None
 
 
 class AgentListItem(BaseModel):
@@ -253,3 +323,21 @@ class ClearOptOutRequest(_Body):
     from_number: Address
     to_number: Address
     consent: str = Field(min_length=10, description="How the user consented again (kept in the log)")
+
+
+class McpToolsQuery(_Body):
+    """``GET /get-mcp-tools/{agent_id}``'s query: the server (``mcp_id``, a name in the agent's LLM's ``mcps``),
+    and the agent version (the latest when left out). ``component_id`` is for conversation-flow components,
+    which Parley does not have."""
+
+    mcp_id: str = Field(min_length=1)
+    component_id: str | None = None
+    version: AgentVersion | None = None
+
+
+class McpToolDefinition(BaseModel):
+    """A tool an MCP server lists, as Retell answers it."""
+
+    name: str
+    description: str
+    inputSchema: dict[str, Any]   # Retell's (and MCP's) spelling

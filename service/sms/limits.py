@@ -1,8 +1,9 @@
 """What a number may send: to which countries, and how many segments a day.
 
 Countries: each number's ``allowed_outbound_country_list`` (ISO 3166 alpha-2, Retell's field; default
-``["US"]``, as Retell) bounds the destinations of messages Parley starts (outbound chats, ``send-sms``, the
-``send_sms`` tool). Replies to someone who texted the number first are not limited.
+``["US"]`` when the number leaves it out; an empty list means every country, as Retell documents) bounds the
+destinations of messages Parley starts (outbound chats, ``send-sms``, the ``send_sms`` tool). Replies to someone
+who texted the number first are not limited.
 
 Segments: A2P 10DLC low-volume brands may send about 6,000 segments a day, and T-Mobile counts per day in
 US Pacific time. ``segments:<number>:<day>`` counts what each number sent that Pacific day across every
@@ -41,7 +42,10 @@ def country_of(e164: str) -> str:
 
 def check_destination(number: PhoneNumber, to: str, field: str = "to_number") -> None:
     """``InvalidRequest`` unless ``number`` may start a conversation with ``to``."""
-    allowed = [c.upper() for c in (number.allowed_outbound_country_list or DEFAULT_COUNTRIES)]
+    given = number.allowed_outbound_country_list
+    if given == []:   # Retell: an empty list allows every country
+        return
+    allowed = [c.upper() for c in (given if given is not None else DEFAULT_COUNTRIES)]
     country = country_of(to)
     if country not in allowed:
         raise InvalidRequest(f"{field}: {to} is in {country}, and {number.phone_number} may send only to "

@@ -63,10 +63,32 @@ key (``{S}``: the partition)                    type    bound
 {S}:chats:ongoing                               ZSET    chat id -> start timestamp, one member per ongoing chat
                                                         (removed by the commit that ends it); trimmed and TTL
                                                         as the agent's
-{S}:chats:indexed                               STRING  the start time of the first chat created into the three
-                                                        indexes above (set NX), or 0 once older chats were
-                                                        indexed (chats/query.py); TTL chat_ttl_s, refreshed on
-                                                        every chat created
+{S}:chats:direction:<inbound|outbound>           ZSET    chat id -> start timestamp, SMS chats of that direction;
+                                                        trimmed and TTL as the agent's
+{S}:chats:user:<address>                        ZSET    chat id -> start timestamp, the chats with that user
+                                                        (E.164, or whatsapp:+E.164); trimmed and TTL as the
+                                                        agent's (one key per user with chats in the partition)
+{S}:chats:number:<address>                      ZSET    chat id -> start timestamp, the chats on that agent
+                                                        number; trimmed and TTL as the agent's
+{S}:chats:reason:<disconnection reason>         ZSET    chat id -> start timestamp, ended chats by why they ended
+                                                        (added by the commit that ends the chat); trimmed on each
+                                                        add, TTL chat_ttl_s refreshed then
+{S}:chats:ended:<YYYY-MM-DD>                    ZSET    chat id -> start timestamp, the chats that ended that
+                                                        UTC day (added by the commit that ends the chat; a
+                                                        listing's end_timestamp filter reads the days it spans);
+                                                        trimmed and TTL as the reasons'
+{S}:chats:successful:<true|false>               ZSET    chat id -> start timestamp, analysed chats by their
+                                                        chat_successful (written with the analysis, which first
+                                                        removes the chat from the other values' keys); TTL
+                                                        chat_ttl_s refreshed then
+{S}:chats:sentiment:<Positive|...>              ZSET    chat id -> start timestamp, analysed chats by their
+                                                        user_sentiment; as chat_successful's
+{S}:chats:indexed:2                             STRING  the start time of the first chat created into the
+                                                        indexes above by this release (set NX), or 0 once older
+                                                        chats were indexed (chats/query.py); TTL chat_ttl_s,
+                                                        refreshed on every chat created. (The release before the
+                                                        direction, number, reason, end-day and analysis indexes
+                                                        wrote {S}:chats:indexed: left to expire)
 {S}:optouts                                     ZSET    "<agent address> <user address>" -> opt-out time (ms); one
                                                         member per opted-out pair (no TTL on purpose)
 {S}:outgoing:due                                ZSET    conversation id -> when its waiting messages are next tried
@@ -89,6 +111,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime
 
 from service.address import SHARDS as SHARDS  # re-exported: the partitions are part of the key schema
 from service.address import Conversation as Conversation  # re-exported: keys are built from it
@@ -219,8 +242,42 @@ def chats_ongoing(shard: int) -> str:
     return _in(shard) + "chats:ongoing"
 
 
+def chats_by_direction(shard: int, direction: str) -> str:
+    return _in(shard) + "chats:direction:" + direction
+
+
+def chats_by_user(shard: int, user: str) -> str:
+    return _in(shard) + "chats:user:" + user
+
+
+def chats_by_number(shard: int, number: str) -> str:
+    return _in(shard) + "chats:number:" + number
+
+
+def chats_by_reason(shard: int, reason: str) -> str:
+    return _in(shard) + "chats:reason:" + reason
+
+
+def chats_ended_on(shard: int, day: str) -> str:
+    """``day``: the UTC date the chats ended, ``YYYY-MM-DD`` (``end_day``)."""
+    return _in(shard) + "chats:ended:" + day
+
+
+def chats_by_success(shard: int, successful: bool) -> str:
+    return _in(shard) + "chats:successful:" + ("true" if successful else "false")
+
+
+def chats_by_sentiment(shard: int, sentiment: str) -> str:
+    return _in(shard) + "chats:sentiment:" + sentiment
+
+
+def end_day(timestamp_ms: int) -> str:
+    """The UTC date of ``timestamp_ms``: the end-day index a chat that ended then is in."""
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).date().isoformat()
+
+
 def chats_indexed(shard: int) -> str:
-    return _in(shard) + "chats:indexed"
+    return _in(shard) + "chats:indexed:2"
 
 
 def optouts(shard: int) -> str:

@@ -1,11 +1,13 @@
 """The number's ``chat_inbound`` webhook: before an inbound text starts a new chat, the business decides.
 
-Parley POSTs ``{"event": "chat_inbound", "chat_inbound": {agent_id, agent_version, from_number, to_number,
-message, message_sid}}`` (``message`` and ``message_sid`` are Parley's additions; off SMS, ``channel`` names
-the channel too, ``"whatsapp"``), signed with ``X-Retell-Signature`` like every event. The 2xx JSON
-answer's ``chat_inbound`` may ``reject`` the text, or set ``override_agent_id`` / ``override_agent_version``,
-``dynamic_variables`` and ``metadata`` for the chat. It fires once per new chat, not per message. Each
-attempt waits 10 s; a timeout, a connection error or a non-2xx is tried again
+Parley POSTs ``{"event": "chat_inbound", "chat_inbound": {chat_id, agent_id, agent_version, from_number,
+to_number, message, message_sid}}`` (``chat_id`` is the id the chat will have, as Retell's SDK now sends it;
+``message`` and ``message_sid`` are Parley's additions; off SMS, ``channel`` names the channel too,
+``"whatsapp"``), signed with ``X-Retell-Signature`` like every event. The 2xx JSON answer's ``chat_inbound``
+may ``reject`` the text, or set ``override_agent_id`` / ``override_agent_version``, ``dynamic_variables``,
+``metadata`` and ``agent_override`` (``{agent: {...}, retell_llm: {...}}``: fields laid over the agent and its
+LLM for this chat only, ``conversations.dialog.with_override``) for the chat. It fires once per new chat, not
+per message. Each attempt waits 10 s; a timeout, a connection error or a non-2xx is tried again
 (``PARLEY_INBOUND_WEBHOOK_ATTEMPTS`` attempts in all, 0.5 s, 1 s, 2 s apart); when every attempt fails, or
 the answer is not the JSON expected, the number's bound agent answers and the chat records why in
 ``inbound_webhook_error`` (never the answer's own bytes: its readers need not see what a URL answered). The
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import OutboundRefused
 from service.outbound import Fetched, fetch
+from service.retell.models import AgentVersion
 from service.webhooks.events import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,10 @@ class _Answer(BaseModel):
 
     reject: bool = False
     override_agent_id: str | None = None
-    override_agent_version: int | None = Field(default=None, ge=0)
+    override_agent_version: AgentVersion | None = None
     dynamic_variables: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    agent_override: dict[str, Any] | None = None
 
 
 class _Envelope(BaseModel):
@@ -56,9 +60,10 @@ class Decision:
 
     reject: bool = False
     agent_id: str | None = None
-    agent_version: int | None = None
+    agent_version: AgentVersion | None = None
     dynamic_variables: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    agent_override: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -114,4 +119,4 @@ def _decision(answer: Fetched) -> Decision:
         return Decision(error="chat_inbound webhook answer: " + "; ".join(problems))
     return Decision(reject=decided.reject, agent_id=decided.override_agent_id,
                     agent_version=decided.override_agent_version, dynamic_variables=decided.dynamic_variables,
-                    metadata=decided.metadata)
+                    metadata=decided.metadata, agent_override=decided.agent_override)
