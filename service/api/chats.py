@@ -33,6 +33,8 @@ from service.retell.requests import (
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_FIELDS = {"transcript", "message_with_tool_calls"}
+# data_storage_setting from least to most restrictive: Retell's update-chat cannot move a chat down this list.
+STORAGE_ORDER = ("everything", "everything_except_pii", "basic_attributes_only")
 
 
 async def _chat(rt: Runtime, chat_id: str) -> Chat:
@@ -175,7 +177,8 @@ async def list_chat_legacy(request: web.Request) -> web.Response:
 
 
 async def update_chat(request: web.Request) -> web.Response:
-    """``PATCH /update-chat/{chat_id}``: metadata, and variables merged in (null removes one)."""
+    """``PATCH /update-chat/{chat_id}``: metadata, variables merged in (null removes one), custom attributes merged
+    in, the data storage setting (stored, answered and listed by; not applied: Parley keeps every chat's data)."""
     rt = request.app[RUNTIME]
     body = await read_body(request, UpdateChatRequest)
     chat = await _chat(rt, request.match_info["chat_id"])
@@ -186,6 +189,15 @@ async def update_chat(request: web.Request) -> web.Response:
             chat.dynamic_variables.pop(name, None)
         else:
             chat.dynamic_variables[name] = value
+    if body.custom_attributes is not None:
+        chat.custom_attributes |= body.custom_attributes
+    setting = body.data_storage_setting
+    if setting is not None:
+        current = chat.data_storage_setting or STORAGE_ORDER[0]
+        if STORAGE_ORDER.index(setting) < STORAGE_ORDER.index(current):
+            raise InvalidRequest(f"data_storage_setting: chat {chat.chat_id} is {current!r}, which cannot be "
+                                 f"changed to the less restrictive {setting!r}")
+        chat.data_storage_setting = setting
     if body.agent_paused is not None and body.agent_paused != chat.agent_paused:
         if chat.chat_type is not ChatType.SMS or chat.chat_status is not ChatStatus.ONGOING:
             raise Conflict("agent_paused: only an ongoing SMS chat can be handed to a human")
@@ -195,7 +207,11 @@ async def update_chat(request: web.Request) -> web.Response:
         await rt.chats.set_deadline(chat.chat_id, None if chat.agent_paused else now_ms() + silence)
         log.info("agent paused" if chat.agent_paused else "agent resumed", extra={"chat_id": chat.chat_id})
     await rt.chats.update(chat)
-    return model_response(await _response(rt, chat))
+    response = model_response(await _response(rt, chat))
+    if setting is not None and setting != STORAGE_ORDER[0]:
+        response.headers[UNSUPPORTED_HEADER] = (f"data_storage_setting={setting}: stored and listed by, not applied "
+                                                f"(Parley keeps every chat's data until chat_ttl_s)")
+    return response
 
 
 async def end_chat(request: web.Request) -> web.Response:

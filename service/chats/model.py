@@ -164,6 +164,8 @@ class Chat:
     sms_segments: int = 0                    # segments of the chat's messages, as billed (Message.billed_segments)
     cost: dict[str, Any] | None = None       # chat_cost, estimated at each commit (chats/cost.py)
     agent_override: dict[str, Any] | None = None   # the chat_inbound webhook's agent_override, for this chat
+    custom_attributes: dict[str, Any] = field(default_factory=dict)   # set by update-chat, answered and listed by
+    data_storage_setting: str | None = None  # set by update-chat; listed by, not applied (Parley keeps everything)
 
     @property
     def user_number(self) -> str | None:
@@ -245,6 +247,8 @@ class Chat:
             sms_segments=int(data.get("sms_segments", 0)),
             cost=orjson.loads(data["cost"]) if "cost" in data else None,
             agent_override=orjson.loads(data["agent_override"]) if "agent_override" in data else None,
+            custom_attributes=orjson.loads(data.get("custom_attributes", "{}")),
+            data_storage_setting=data.get("data_storage_setting"),
             swaps=[Swap.from_dict(s) for s in orjson.loads(data.get("swaps", "[]"))],
         )
 
@@ -292,6 +296,8 @@ class Chat:
             retell_llm_dynamic_variables=self.dynamic_variables,
             collected_dynamic_variables=self.collected_variables,
             metadata=self.metadata,
+            custom_attributes=self.custom_attributes or None,
+            data_storage_setting=self.data_storage_setting,
             chat_analysis=ChatAnalysis.model_validate(self.analysis) if self.analysis else None,
             analysis_error=self.analysis_error,
             inbound_webhook_error=self.inbound_webhook_error,

@@ -9,9 +9,12 @@ same transaction as the chat (``chats.store``). A page:
 2. reads from every partition of that index only entries after the cursor (``ZRANGE BYSCORE ... LIMIT``; a run
    of chats that share a start time is skipped by offset, with the cursor's counts checked before they are
    trusted), merges them in order (``_Merge``, a k-way ``heapq.merge``) and stops once it has ``limit`` + 1;
-3. loads the candidates (``HGETALL``) and checks the filters no index serves on them; where few pass, it
-   reads six fields of each first (``HMGET``) and loads only those that pass. At most ``SCAN_BUDGET``
-   candidates a page: past that the page is short, with ``has_more`` and a key where the scan stopped.
+3. loads the candidates (``HGETALL``) and checks the filters no index serves on them (``PER_CHAT``: cost,
+   duration, custom analysis data, custom attributes, data storage setting; and ``ne``, versions, the end
+   day's edges); where few pass, it reads their filterable fields first (``HMGET`` of ``PROBE_FIELDS``) and
+   loads only those that pass. At most ``SCAN_BUDGET`` candidates a page: past that the page is short, with
+   ``has_more`` and a key where the scan stopped. ``agent_tag`` matches no chat (Parley's agents have no
+   environment tags): its page is empty, read from nothing.
 
 So a page costs about ``limit`` index entries and hashes, however deep it is: for an unfiltered 50-item page,
 16 ZRANGEs and 51 HGETALLs in 3 round trips. Chats whose data expired are dropped from the index they were
@@ -41,7 +44,16 @@ from service.chats.store import SENTIMENTS, listing_indexes
 from service.clock import now_ms
 from service.errors import InvalidRequest
 from service.retell.models import ADDRESS_RE
-from service.retell.requests import ChatFilter, EnumFilter, NumberFilter, RangeFilter, StringFilter
+from service.retell.requests import (
+    BooleanFilter,
+    ChatFilter,
+    EnumFilter,
+    KeyedFilter,
+    NumberFilter,
+    PresentFilter,
+    RangeFilter,
+    StringFilter,
+)
 from service.storage import keys
 
 SCAN_BUDGET = 5_000       # candidates a page checks against filters no index serves
@@ -52,7 +64,11 @@ REINDEX_MARGIN_MS = 3_600_000   # chats this much newer than the first one index
 PROBE_BELOW = 0.25        # below this pass rate, candidates' filterable fields are read before the whole chat
 # Chat's required fields, and those the filters read: what a probe reads of a chat before loading all of it.
 PROBE_FIELDS = ("chat_id", "agent_id", "version", "chat_type", "start_timestamp", "chat_status", "direction",
-                "from_number", "to_number", "channel", "end_timestamp", "disconnection_reason", "analysis")
+                "from_number", "to_number", "channel", "end_timestamp", "disconnection_reason", "analysis", "cost",
+                "custom_attributes", "data_storage_setting")
+DEFAULT_STORAGE = "everything"   # Retell's data_storage_setting when none is set (and what Parley keeps)
+# Filters no index serves, checked chat by chat (``_served`` leaves them to ``matches``).
+PER_CHAT = ("combined_cost", "duration_ms", "custom_analysis_data", "custom_attributes", "data_storage_setting")
 DAY_MS = 86_400_000
 
 Entry = tuple[int, str]   # an index entry: (start timestamp, chat id), the order of a listing
@@ -79,6 +95,26 @@ def _optional_ok(f: Any, value: Any, check: Any) -> bool:
     return f is None or (value is not None and check(f, value))
 
 
+def _keyed_ok(f: KeyedFilter, fields: dict[str, Any]) -> bool:
+    """One ``custom_analysis_data`` / ``custom_attributes`` filter on ``fields[f.key]``: string and enum filters
+    pass text values only, number and range filters numbers only, the boolean filter booleans only; ``pr`` a
+    value that is set (not null), ``np`` none."""
+    value = fields.get(f.key)
+    if isinstance(f, PresentFilter):
+        return (value is not None) == (f.op == "pr")
+    if isinstance(f, StringFilter):
+        return isinstance(value, str) and _string_ok(f, value)
+    if isinstance(f, EnumFilter):
+        return isinstance(value, str) and value in f.value
+    if isinstance(f, BooleanFilter):
+        return isinstance(value, bool) and value is f.value
+    return isinstance(value, int | float) and not isinstance(value, bool) and _number_ok(f, value)
+
+
+def _all_keyed(filters: list[KeyedFilter] | None, fields: Any) -> bool:
+    return filters is None or all(_keyed_ok(k, fields if isinstance(fields, dict) else {}) for k in filters)
+
+
 def matches(chat: Chat, f: ChatFilter | None) -> bool:
     """True when ``chat`` passes every filter that is set."""
     if f is None:
@@ -99,6 +135,12 @@ def matches(chat: Chat, f: ChatFilter | None) -> bool:
         _enum_ok(f.disconnection_reason, end_reason(chat.disconnection_reason)),
         f.chat_successful is None or analysis.get("chat_successful") is f.chat_successful.value,
         _enum_ok(f.user_sentiment, analysis.get("user_sentiment")),
+        f.agent_tag is None,   # Parley's agents have no environment tags
+        _optional_ok(f.combined_cost, (chat.cost or {}).get("combined_cost"), _number_ok),
+        f.duration_ms is None or _number_ok(f.duration_ms, (chat.end_timestamp or now_ms()) - chat.start_timestamp),
+        _all_keyed(f.custom_analysis_data, analysis.get("custom_analysis_data")),
+        _all_keyed(f.custom_attributes, chat.custom_attributes),
+        _enum_ok(f.data_storage_setting, chat.data_storage_setting or DEFAULT_STORAGE),
     ]
     return all(checks)
 
@@ -383,6 +425,9 @@ def _serve_end(f: NumberFilter | RangeFilter | None, served: _Served, ttl_s: int
 def _served(f: ChatFilter, ttl_s: int) -> _Served | None:
     """What the indexes do for ``f``; None when no chat can pass it."""
     served = _Served()
+    if f.agent_tag is not None:
+        return None   # no chat has a tag
+    served.left |= {name for name in PER_CHAT if getattr(f, name) is not None}
     if f.chat_id is not None:
         served.left.add("chat_id")
     if isinstance(f.start_timestamp, NumberFilter) and f.start_timestamp.op == "ne":
@@ -476,7 +521,7 @@ class ChatQuery:
             want, rate = limit + 1 - len(found), 1.0
             if plan.checked:
                 # Candidates may fail the filter: read as many as the pass rate so far says it takes, within the
-                # budget. Where few pass, check six fields of each before loading the whole chat: a command
+                # budget. Where few pass, check the filterable fields of each before loading the whole chat: a command
                 # more for those that pass, but much less read for the many that do not.
                 rate = max(len(found), 1) / scanned if scanned else 1.0
                 want = min(SCAN_BUDGET - scanned, MAX_BATCH, int(want / rate * 1.1) + 1 if scanned else want)

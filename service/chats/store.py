@@ -122,11 +122,11 @@ class Chats:
         return Chat.from_hash(row), [Message.from_json(raw) for raw in raws]
 
     async def update(self, chat: Chat) -> None:
-        """Write the chat's variables and metadata back."""
+        """Write back what update-chat sets: variables, metadata, custom attributes, data storage setting."""
         fields = chat.to_hash()
-        await self._redis.hset(keys.chat(chat.chat_id), mapping={
-            "dynamic_variables": fields["dynamic_variables"], "metadata": fields["metadata"],
-            "agent_paused": fields["agent_paused"]})
+        names = ("dynamic_variables", "metadata", "agent_paused", "custom_attributes", "data_storage_setting")
+        await self._redis.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names
+                                                                  if name in fields})
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and

@@ -699,6 +699,8 @@ class ChatResponse(BaseModel):
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     collected_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    custom_attributes: dict[str, str | int | float | bool] | None = None
+    data_storage_setting: str | None = None  # Parley's: the setting given to update-chat (None: not set)
     chat_analysis: ChatAnalysis | None = None
     analysis_error: str | None = None
     inbound_webhook_error: str | None = None

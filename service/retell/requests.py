@@ -106,15 +106,56 @@ class NumberStringFilter(StringFilter):
         return self
 
 
+class PresentFilter(_Body):
+    type: Literal["present"] = "present"
+    op: Literal["pr", "np"]
+
+
+class _Keyed(BaseModel):
+    key: str = Field(min_length=1, description="The field name to filter on")
+
+
+class KeyedStringFilter(StringFilter, _Keyed):
+    pass
+
+
+class KeyedNumberFilter(NumberFilter, _Keyed):
+    pass
+
+
+class KeyedBooleanFilter(BooleanFilter, _Keyed):
+    pass
+
+
+class KeyedRangeFilter(RangeFilter, _Keyed):
+    pass
+
+
+class KeyedEnumFilter(EnumFilter, _Keyed):
+    pass
+
+
+class KeyedPresentFilter(PresentFilter, _Keyed):
+    pass
+
+
+# One of ``custom_analysis_data`` / ``custom_attributes``: a field's name (``key``) and a filter on its value, told
+# apart by ``type`` (retell-sdk sends it with each).
+KeyedFilter = Annotated[
+    KeyedStringFilter | KeyedNumberFilter | KeyedBooleanFilter | KeyedRangeFilter | KeyedEnumFilter
+    | KeyedPresentFilter, Field(discriminator="type")]
+
+
 class AgentFilter(_Body):
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)   # the filter reads an index keyed by it
     version: list[int] = Field(default_factory=list)
 
 
 class ChatFilter(_Body):
-    """The filters Parley implements, ANDed, as retell-sdk's ``FilterCriteria`` types them; any other Retell
-    filter (``agent_tag``, ``combined_cost``, ``duration_ms``, ``custom_analysis_data``, ``custom_attributes``,
-    ``data_storage_setting``) is refused by name."""
+    """Retell's filters, ANDed, as retell-sdk's ``FilterCriteria`` types them. Most are served from indexes;
+    ``combined_cost``, ``duration_ms``, ``custom_analysis_data``, ``custom_attributes`` and
+    ``data_storage_setting`` are checked chat by chat (``chats.query``); ``agent_tag`` matches no chat, since
+    Parley's agent versions carry no environment tags."""
 
     agent: list[AgentFilter] | None = None
     chat_id: StringFilter | EnumFilter | None = Field(default=None, description=(
@@ -129,6 +170,18 @@ class ChatFilter(_Body):
     disconnection_reason: EnumFilter | None = None
     chat_successful: BooleanFilter | None = None
     user_sentiment: EnumFilter | None = None
+    agent_tag: EnumFilter | None = Field(default=None, description=(
+        "Parley's agents have no environment tags: matches no chat"))
+    combined_cost: NumberFilter | RangeFilter | None = Field(default=None, description=(
+        "The chat_cost estimate's combined_cost (cents); a chat without an estimate matches no such filter"))
+    duration_ms: NumberFilter | RangeFilter | None = Field(default=None, description=(
+        "end_timestamp - start_timestamp; an ongoing chat's is now - start_timestamp"))
+    custom_analysis_data: list[KeyedFilter] | None = Field(default=None, description=(
+        "Each on chat_analysis.custom_analysis_data[key]; all must pass"))
+    custom_attributes: list[KeyedFilter] | None = Field(default=None, description=(
+        "Each on the chat's custom_attributes[key] (set with update-chat); all must pass"))
+    data_storage_setting: EnumFilter | None = Field(default=None, description=(
+        "The chat's setting from update-chat; a chat without one has Retell's default, everything"))
 
     @model_validator(mode="after")
     def _bounded(self) -> ChatFilter:
