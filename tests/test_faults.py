@@ -193,9 +193,9 @@ async def test_a_malformed_tool_response_and_an_empty_prompt(make_parley: MakePa
     assert parley.llm.requests[0]["messages"][0]["content"].startswith("{{ }}")
     await parley.text("and a normal question")
     sent = await parley.twilio.wait_for(2)
-    assert [m.body for m in sent] == ["Got 4000 characters", "A normal answer"]
+    assert [m.body for m in sent] == [f"Got {MAX_RESULT_CHARS} characters", "A normal answer"]
     # The next turn goes on as usual, the cut tool result kept in its history.
     history = parley.llm.requests[-1]["messages"]
     assert [m["role"] for m in history[1:]] == ["user", "assistant", "tool", "assistant", "user"]
-    assert len(history[3]["content"]) == 4000 and history[-1]["content"] == "and a normal question"
+    assert len(history[3]["content"]) == MAX_RESULT_CHARS and history[-1]["content"] == "and a normal question"
     assert len(parley.llm.requests) == 3
