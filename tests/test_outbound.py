@@ -647,7 +647,7 @@ async def test_fetch_needs_a_policy_session() -> None:
     async with aiohttp.ClientSession() as plain:
         with pytest.raises(TypeError) as refused:
             await fetch(plain, "GET", "https://hooks.example.com/", timeout_s=1, max_bytes=10)
-    assert str(refused.value) == "fetch needs a session built by OutboundPolicy.session()"
+    assert str(refused.value) == "needs a session built by OutboundPolicy.session()"
 
 
 async def test_the_session_ignores_proxy_settings(business: Business, monkeypatch: pytest.MonkeyPatch) -> None:
