@@ -304,10 +304,12 @@ class PolicyBackend(httpcore2.AsyncNetworkBackend):
 
 class _PolicyTransport(httpx2.AsyncHTTPTransport):
     def __init__(self, connector: PolicyConnector) -> None:
-        super().__init__(trust_env=False)
-        # httpx2 takes no network backend, so its pool is replaced by one with the policy's (same settings).
-        self._pool = httpcore2.AsyncConnectionPool(ssl_context=httpx2.create_ssl_context(trust_env=False),
-                                                   network_backend=PolicyBackend(connector))
+        super().__init__(trust_env=False)  # pragma: no mutate (the pool it builds is replaced below)
+        # httpx2 takes no network backend, so its pool is replaced by one with the policy's (same settings). TLS
+        # verifies certificates whatever the context's trust_env (it only lets SSL_CERT_FILE/DIR choose the CAs).
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),  # pragma: no mutate (see above)
+            network_backend=PolicyBackend(connector))
 
 
 def httpx_client(session: aiohttp.ClientSession, *, headers: Mapping[str, str],
