@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from retell import AsyncRetell
 
 from service.app import create_app
 from service.channels.twilio.signature import sign
@@ -220,6 +221,20 @@ async def api_json(parley: Parley, method: str, path: str, status: int = 200, **
     response = await parley.api(method, path, **kwargs)
     assert response.status == status, await response.text()
     return await response.json() if status != 204 else None
+
+
+@pytest.fixture
+async def parley(make_parley: MakeParley) -> Parley:
+    """Parley with the default agent and number (a test module may define its own ``parley``)."""
+    return await make_parley()
+
+
+@pytest.fixture
+async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
+    """Retell's official SDK client, pointed at ``parley``."""
+    async with AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"),
+                           max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture

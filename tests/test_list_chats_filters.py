@@ -5,7 +5,7 @@ through retell-sdk, each filter against chats built so the expected ids are comp
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,24 +19,12 @@ from service.clock import now_ms
 from service.retell.requests import ChatFilter
 from service.storage import keys
 
-from .conftest import API_KEY, MakeParley, Parley
+from .conftest import Parley
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 HOUR, MINUTE = 3_600_000, 60_000
 COUNT = 36
-
-
-@pytest.fixture
-async def parley(make_parley: MakeParley) -> Parley:
-    return await make_parley()
-
-
-@pytest.fixture
-async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
-    client = AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"), max_retries=0)
-    yield client
-    await client.close()
 
 
 def ended(i: int) -> bool:

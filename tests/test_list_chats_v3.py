@@ -7,7 +7,6 @@ name (the filters checked chat by chat: ``test_list_chats_filters.py``)."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from service.clock import now_ms
 from service.retell.requests import ChatFilter
 from service.storage import keys
 
-from .conftest import API_KEY, MakeParley, Parley
+from .conftest import Parley
 from .test_list_chats import costs, criteria, enum, expected, walk
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -214,18 +213,6 @@ async def test_one_users_chats_are_read_from_their_index(redis: aioredis.Redis, 
 
 
 # ----------------------------------------------------------------------------------------- through the SDK
-
-
-@pytest.fixture
-async def parley(make_parley: MakeParley) -> Parley:
-    return await make_parley()
-
-
-@pytest.fixture
-async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
-    client = AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"), max_retries=0)
-    yield client
-    await client.close()
 
 
 async def test_the_sdk_lists_with_every_new_filter(parley: Parley, retell: AsyncRetell) -> None:

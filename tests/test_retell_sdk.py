@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from retell import AsyncRetell, Retell
 
-from .conftest import API_KEY, OTHER_NUMBER, USER, MakeParley, Parley
+from .conftest import API_KEY, OTHER_NUMBER, USER, Parley
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-async def parley(make_parley: MakeParley) -> Parley:
-    return await make_parley()
-
-
-@pytest.fixture
-async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
-    client = AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"), max_retries=0)
-    yield client
-    await client.close()
 
 
 async def test_outbound_sms_flow_through_the_sdk(parley: Parley, retell: AsyncRetell) -> None:

@@ -3,7 +3,6 @@ drafts from a version (with their LLM version), deleting, listing, and which ver
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,21 +10,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from retell import AsyncRetell, ConflictError, NotFoundError, UnprocessableEntityError
 
-from .conftest import API_KEY, OTHER_NUMBER, MakeParley, Parley
+from .conftest import OTHER_NUMBER, Parley
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-async def parley(make_parley: MakeParley) -> Parley:
-    return await make_parley()
-
-
-@pytest.fixture
-async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
-    client = AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"), max_retries=0)
-    yield client
-    await client.close()
 
 
 async def _agent(retell: AsyncRetell, prompt: str = "Prompt one.") -> tuple[str, str]:
