@@ -25,7 +25,7 @@ import pytest
 import service.conversations.resend as resend_module
 import service.conversations.sender as sender_module
 import service.sms.pacing as pacing_module
-from service.address import Conversation
+from service.address import Conversation, shard_of
 from service.app_state import RUNTIME
 from service.channels.sms import SmsChannel
 from service.channels.whatsapp import WhatsAppChannel
@@ -84,7 +84,16 @@ NUMBERS = [
     {"phone_number": OTHER, "inbound_sms_agents": AGENTS, "twilio_account_sid": OTHER_ACCOUNT_SID},
 ]
 CONV = Conversation(AGENT_NUMBER, USER)
-CHAT = "chat_test"
+
+
+def in_partition(prefix: str, conv: Conversation = CONV) -> str:
+    """A chat id in ``conv``'s partition, as Parley draws a conversation's chat ids (a Redis Cluster refuses a
+    script whose keys span partitions)."""
+    return next(f"{prefix}_{i}" for i in range(10_000) if shard_of(f"{prefix}_{i}") == conv.shard)
+
+
+CHAT = in_partition("chat_test")
+CHAT_A, CHAT_B, CHAT_C = in_partition("chat_a"), in_partition("chat_b"), in_partition("chat_c")
 SENTENCES = [f"Sentence {n} " + "x" * 140 + "." for n in range(3)]   # one segment each: three parts at one a part
 
 
@@ -543,34 +552,34 @@ async def test_later_counts_the_try_and_reschedules_while_the_head_and_lock_are_
 async def test_fail_drops_the_head_entries_and_records_and_reports_them_in_one_write(rig: Rig) -> None:
     outgoing = Outgoing(rig.redis, chat_ttl_s=1_000)
     hold = await held(rig)
-    raws = [entry("chat_a", "one"), entry("chat_b", "two"), entry("chat_a", "three"), entry("chat_a", "four")]
+    raws = [entry(CHAT_A, "one"), entry(CHAT_B, "two"), entry(CHAT_A, "three"), entry(CHAT_A, "four")]
     await rig.redis.rpush(keys.outgoing(CONV), *raws)
     one, two, three, four = [Waiting.parse(r) for r in raws]
     failures = [Failure(one, failed_state("why one", 21211)), Failure(two, failed_state("behind")),
                 Failure(three, failed_state("behind"))]
-    events = {"chat_a": ["event a"], "chat_c": ["event c1", "event c2"]}
+    events = {CHAT_A: ["event a"], CHAT_C: ["event c1", "event c2"]}
     assert await outgoing.fail(hold, failures[1:], events, 1_234) is False, "the head is another entry"
     await rig.redis.set(keys.lock(CONV), "someone else")
     assert await outgoing.fail(hold, failures, events, 1_234) is False, "the lock is another's"
     assert await rig.redis.lrange(keys.outgoing(CONV), 0, -1) == raws
-    assert not await rig.redis.exists(keys.delivery("chat_a"), keys.outbox("chat_a"), keys.outbox("chat_c"))
+    assert not await rig.redis.exists(keys.delivery(CHAT_A), keys.outbox(CHAT_A), keys.outbox(CHAT_C))
     await rig.redis.set(keys.lock(CONV), hold.token)
     outbox_due = keys.outbox_due(CONV.shard)   # the conversation's partition: its chats' too
-    await rig.redis.zadd(outbox_due, {"chat_c": 99})
+    await rig.redis.zadd(outbox_due, {CHAT_C: 99})
     assert await outgoing.fail(hold, failures, events, 1_234) is True
     assert await rig.redis.lrange(keys.outgoing(CONV), 0, -1) == [four.raw]
-    assert await rig.redis.hgetall(keys.delivery("chat_a")) == {one.message.message_id: failures[0].state,
+    assert await rig.redis.hgetall(keys.delivery(CHAT_A)) == {one.message.message_id: failures[0].state,
                                                                 three.message.message_id: failures[2].state}
-    assert await rig.redis.hgetall(keys.delivery("chat_b")) == {two.message.message_id: failures[1].state}
-    assert not await rig.redis.exists(keys.delivery("chat_c"))
-    assert await rig.redis.lrange(keys.outbox("chat_a"), 0, -1) == ["event a"]
-    assert await rig.redis.lrange(keys.outbox("chat_c"), 0, -1) == ["event c1", "event c2"]
-    assert not await rig.redis.exists(keys.outbox("chat_b"))
-    for key in (keys.delivery("chat_a"), keys.delivery("chat_b"), keys.outbox("chat_a"), keys.outbox("chat_c")):
+    assert await rig.redis.hgetall(keys.delivery(CHAT_B)) == {two.message.message_id: failures[1].state}
+    assert not await rig.redis.exists(keys.delivery(CHAT_C))
+    assert await rig.redis.lrange(keys.outbox(CHAT_A), 0, -1) == ["event a"]
+    assert await rig.redis.lrange(keys.outbox(CHAT_C), 0, -1) == ["event c1", "event c2"]
+    assert not await rig.redis.exists(keys.outbox(CHAT_B))
+    for key in (keys.delivery(CHAT_A), keys.delivery(CHAT_B), keys.outbox(CHAT_A), keys.outbox(CHAT_C)):
         assert 990 <= await rig.redis.ttl(key) <= 1_000
-    assert await rig.redis.zscore(outbox_due, "chat_a") == 1_234
-    assert await rig.redis.zscore(outbox_due, "chat_c") == 99, "an earlier due time stays"
-    assert await rig.redis.zscore(outbox_due, "chat_b") is None, "no event: not due"
+    assert await rig.redis.zscore(outbox_due, CHAT_A) == 1_234
+    assert await rig.redis.zscore(outbox_due, CHAT_C) == 99, "an earlier due time stays"
+    assert await rig.redis.zscore(outbox_due, CHAT_B) is None, "no event: not due"
 
 
 async def test_finish_forgets_a_drained_conversation_and_brings_back_one_left_early(rig: Rig) -> None:
@@ -775,8 +784,11 @@ async def test_what_waits_for_a_number_gone_fails_and_a_chat_without_webhook_or_
     turns: Rig, clock: Clock,
 ) -> None:
     [silent] = await queue_replies(turns, "hi", conv=SILENT_CONV)
-    gone_conv = Conversation("+15035550177", USER)   # a number Parley no longer sends from
-    orphan = entry("chat_gone")
+    # A number Parley no longer sends from, whose conversation shares the silent one's partition (its chats do).
+    gone_conv = next(c for c in (Conversation(f"+150355501{n}", USER) for n in range(50, 99))
+                     if c.shard == SILENT_CONV.shard)
+    gone_chat = in_partition("chat_gone", gone_conv)
+    orphan = entry(gone_chat)
     await turns.redis.rpush(keys.outgoing(gone_conv), silent.raw, orphan)
     await turns.redis.delete(keys.outgoing(SILENT_CONV))
     await turns.redis.zadd(keys.outgoing_due(gone_conv.shard), {gone_conv.id: 0})
@@ -785,10 +797,10 @@ async def test_what_waits_for_a_number_gone_fails_and_a_chat_without_webhook_or_
     assert await Resender(turns.rt).tick() >= 1
     assert await turns.redis.hgetall(keys.delivery(silent.chat_id)) == {
         silent.message.message_id: failed_state(NUMBER_GONE)}
-    assert await turns.redis.hgetall(keys.delivery("chat_gone")) == {
+    assert await turns.redis.hgetall(keys.delivery(gone_chat)) == {
         Waiting.parse(orphan).message.message_id: failed_state(NUMBER_GONE)}
     assert await reports(turns, silent.chat_id) == [], "its agent has no webhook"
-    assert await reports(turns, "chat_gone") == []
+    assert await reports(turns, gone_chat) == []
     assert await waiting_count(turns, gone_conv) == 0 and turns.twilio.messages == []
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from service.catalog.agent_files import Declared
 from service.catalog.cache import Parsed, Recent
@@ -33,10 +32,12 @@ from service.clock import now_ms
 from service.errors import Conflict, NotFound
 from service.retell.models import AgentVersion, AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
 from service.storage import keys
+from service.storage.locks import Locks
 
 M = TypeVar("M", ChatAgent, RetellLLM)
 T = TypeVar("T")
 _VOLATILE = {"version", "last_modification_timestamp", "is_published", "base_version"}
+CATALOG_LOCK_MS = 10_000   # a catalog change holds its lock at most this long (renewed while it runs)
 
 
 def _same(a: BaseModel, b: BaseModel) -> bool:
@@ -65,17 +66,34 @@ async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: s
 
 
 async def _transaction(redis: aioredis.Redis, watched: list[str], build: Callable[[Pipeline], Awaitable[T]]) -> T:
-    """Run ``build`` until none of the keys it watched changed under it. ``build`` reads through the pipeline
-    (it may watch more keys first), then calls ``multi()`` and queues its writes; what it raises writes nothing."""
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(*watched)
-                result = await build(pipe)
-                await pipe.execute()
-                return result
-            except WatchError:
-                continue
+    """Run ``build`` as if under WATCH: it reads through the pipeline it is given, then calls ``multi()`` and queues
+    its writes, which go in one MULTI/EXEC; what it raises writes nothing. The reads are kept consistent by the
+    catalog's write lock rather than WATCH: redis-py's cluster pipelines cannot read while watching. Catalog
+    writes are few (the API's), so waiting for the lock costs nothing that matters. ``watched`` names the keys."""
+    lock = Locks(redis, ttl_ms=CATALOG_LOCK_MS)
+    busy = "the catalog is busy with another change; try again"
+    async with lock.held(keys.CATALOG_LOCK, busy=busy), redis.pipeline(transaction=True) as pipe:
+        result = await build(cast(Pipeline, _Staged(redis, pipe)))
+        await pipe.execute()
+        return result
+
+
+class _Staged:
+    """What ``_transaction`` gives ``build``: reads (and ``watch``, a no-op under the lock) go to Redis at once;
+    after ``multi()`` the writes queue in the transaction pipeline."""
+
+    def __init__(self, redis: aioredis.Redis, pipe: Pipeline) -> None:
+        self._redis, self._pipe, self._writing = redis, pipe, False
+
+    async def watch(self, *names: str) -> None:
+        pass
+
+    def multi(self) -> None:
+        self._pipe.multi()  # type: ignore[no-untyped-call]
+        self._writing = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe if self._writing else self._redis, name)
 
 
 class Versioned(Generic[M]):

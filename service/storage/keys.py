@@ -99,6 +99,7 @@ key (``{S}``: the partition)                    type    bound
 {catalog}:llms                                  SET     ids of known Retell LLMs
 {catalog}:number:<E.164>                        STRING  phone number JSON
 {catalog}:numbers                               SET     known phone numbers
+{catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
                                                         TTL 2 days
 idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
@@ -300,6 +301,7 @@ CATALOG = PREFIX + "{catalog}:"
 AGENTS = CATALOG + "agents"
 LLMS = CATALOG + "llms"
 NUMBERS = CATALOG + "numbers"
+CATALOG_LOCK = CATALOG + "lock"   # held by each API change of agents, LLMs and numbers (catalog.store._transaction)
 
 
 def agent(agent_id: str) -> str:
