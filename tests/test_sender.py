@@ -25,7 +25,7 @@ import pytest
 import service.conversations.resend as resend_module
 import service.conversations.sender as sender_module
 import service.sms.pacing as pacing_module
-from service.address import Conversation, shard_of
+from service.address import Conversation
 from service.app_state import RUNTIME
 from service.channels.sms import SmsChannel
 from service.channels.whatsapp import WhatsAppChannel
@@ -86,14 +86,10 @@ NUMBERS = [
 CONV = Conversation(AGENT_NUMBER, USER)
 
 
-def in_partition(prefix: str, conv: Conversation = CONV) -> str:
-    """A chat id in ``conv``'s partition, as Parley draws a conversation's chat ids (a Redis Cluster refuses a
-    script whose keys span partitions)."""
-    return next(f"{prefix}_{i}" for i in range(10_000) if shard_of(f"{prefix}_{i}") == conv.shard)
-
-
-CHAT = in_partition("chat_test")
-CHAT_A, CHAT_B, CHAT_C = in_partition("chat_a"), in_partition("chat_b"), in_partition("chat_c")
+# Chat ids in the conversation's partition, drawn as Parley draws them (a Redis Cluster refuses a script whose
+# keys span partitions).
+CHAT = keys.new_chat_id(CONV.shard)
+CHAT_A, CHAT_B, CHAT_C = (keys.new_chat_id(CONV.shard) for _ in range(3))
 SENTENCES = [f"Sentence {n} " + "x" * 140 + "." for n in range(3)]   # one segment each: three parts at one a part
 
 
@@ -787,7 +783,7 @@ async def test_what_waits_for_a_number_gone_fails_and_a_chat_without_webhook_or_
     # A number Parley no longer sends from, whose conversation shares the silent one's partition (its chats do).
     gone_conv = next(c for c in (Conversation(f"+150355501{n}", USER) for n in range(50, 99))
                      if c.shard == SILENT_CONV.shard)
-    gone_chat = in_partition("chat_gone", gone_conv)
+    gone_chat = keys.new_chat_id(gone_conv.shard)
     orphan = entry(gone_chat)
     await turns.redis.rpush(keys.outgoing(gone_conv), silent.raw, orphan)
     await turns.redis.delete(keys.outgoing(SILENT_CONV))
