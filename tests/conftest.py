@@ -216,6 +216,15 @@ class Parley:
 MakeParley = Callable[..., Awaitable[Parley]]
 
 
+async def answered(parley: Parley, text: str) -> str:
+    """Text ``text`` to ``parley``, wait for its reply and for the turn to be done; the last message sent."""
+    before = len(parley.twilio.messages)
+    assert (await parley.text(text)).status == 200
+    await parley.twilio.wait_for(before + 1)
+    await parley.idle()
+    return parley.twilio.messages[-1].body
+
+
 async def api_json(parley: Parley, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
     """The JSON answer of an API call that must answer ``status`` (None for a 204)."""
     response = await parley.api(method, path, **kwargs)

@@ -15,11 +15,11 @@ from service.catalog import agent_files
 from service.retell.models import RetellLLM
 from service.retell.unsupported import unsupported
 
-from .conftest import MakeParley, Receiver, agent_file, api_json
+from .conftest import MakeParley, Receiver, agent_file, answered, api_json
 from .fakes.openai import Call, Completion
 from .test_agentfiles import NUMBERS as FILE_NUMBERS
 from .test_agentfiles import settings_for, write
-from .test_tool_types import NUMBERS, answered
+from .test_tool_types import NUMBERS
 
 
 def swap(setting: str = "both_agents", **extra: Any) -> dict[str, Any]:

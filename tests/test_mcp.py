@@ -29,9 +29,9 @@ from service.outbound import OutboundPolicy
 from service.retell.models import McpServer, RetellLLM
 from service.retell.unsupported import unsupported
 
-from .conftest import API_KEY, USER, MakeParley, Parley, agent_file
+from .conftest import API_KEY, USER, MakeParley, Parley, agent_file, answered
 from .test_outbound import FakeResolver
-from .test_tool_types import NUMBERS, answered, calls
+from .test_tool_types import NUMBERS, calls
 
 
 @dataclass

@@ -19,6 +19,7 @@ from .conftest import (
     MakeParley,
     Parley,
     agent_file,
+    answered,
     api_json,
     build_settings,
     write_agents,
@@ -43,19 +44,12 @@ def models_asked(parley: Parley) -> list[str]:
     return [request["model"] for request in parley.llm.requests]
 
 
-async def reply_to(parley: Parley, text: str) -> str:
-    before = len(parley.twilio.messages)
-    assert (await parley.text(text)).status == 200
-    sent = await parley.twilio.wait_for(before + 1)
-    return sent[before].body
-
-
 async def test_model_config_names_the_model_and_its_temperature(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm={
         "model": "gpt-4o", "model_temperature": 0.9, "model_config": {"primary": {"model": "gpt-5"},
                                                                       "temperature": 0.25}}))
     parley.llm.respond = answering(set())
-    assert await reply_to(parley, "hi") == "gpt-5 says: hi"
+    assert await answered(parley, "hi") == "gpt-5 says: hi"
     request = parley.llm.requests[-1]
     assert (request["model"], request["temperature"]) == ("gpt-5", 0.25)
 
@@ -64,14 +58,14 @@ async def test_model_config_without_a_temperature_means_zero_as_in_retell(make_p
     parley = await make_parley(agent=agent_file(retell_llm={
         "model_temperature": 0.9, "model_config": {"type": "cascading", "primary": {"model": "gpt-5"}}}))
     parley.llm.respond = answering(set())
-    await reply_to(parley, "hi")
+    await answered(parley, "hi")
     assert parley.llm.requests[-1]["temperature"] == 0.0
 
 
 async def test_the_deprecated_model_fields_still_work(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm={"model": "gpt-4o-mini", "model_temperature": 0.7}))
     parley.llm.respond = answering(set())
-    await reply_to(parley, "hi")
+    await answered(parley, "hi")
     request = parley.llm.requests[-1]
     assert (request["model"], request["temperature"]) == ("gpt-4o-mini", 0.7)
 
@@ -79,7 +73,7 @@ async def test_the_deprecated_model_fields_still_work(make_parley: MakeParley) -
 async def test_the_backup_answers_when_the_primary_fails(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm={"model_config": CASCADING}))
     parley.llm.respond = answering({"claude-4.5-sonnet"})
-    assert await reply_to(parley, "are you open?") == "gpt-4.1 says: are you open?"
+    assert await answered(parley, "are you open?") == "gpt-4.1 says: are you open?"
     assert models_asked(parley) == ["claude-4.5-sonnet", "gpt-4.1"]
     assert parley.llm.requests[-1]["temperature"] == 0.4   # the backup runs with the same temperature
 
@@ -88,7 +82,7 @@ async def test_the_fallback_text_only_when_the_backup_fails_too(make_parley: Mak
     parley = await make_parley(agent=agent_file(retell_llm={"model_config": CASCADING},
                                                 fallback_message="We'll get back to you."))
     parley.llm.respond = answering({"claude-4.5-sonnet", "gpt-4.1"})
-    assert await reply_to(parley, "hello?") == "We'll get back to you."
+    assert await answered(parley, "hello?") == "We'll get back to you."
     assert models_asked(parley) == ["claude-4.5-sonnet", "gpt-4.1"]
 
 
@@ -96,7 +90,7 @@ async def test_without_a_backup_a_failure_is_the_fallback_text(make_parley: Make
     parley = await make_parley(agent=agent_file(retell_llm={"model_config": {"primary": {"model": "gpt-5"}}},
                                                 fallback_message="Try again soon."))
     parley.llm.respond = answering({"gpt-5"})
-    assert await reply_to(parley, "hello?") == "Try again soon."
+    assert await answered(parley, "hello?") == "Try again soon."
     assert models_asked(parley) == ["gpt-5"]
 
 
@@ -104,8 +98,8 @@ async def test_an_open_breaker_sends_the_turn_straight_to_the_backup(make_parley
     parley = await make_parley(agent=agent_file(retell_llm={"model_config": CASCADING}),
                                llm_breaker_failures=1, llm_breaker_cooldown_s=60)
     parley.llm.respond = answering({"claude-4.5-sonnet"})
-    assert await reply_to(parley, "one") == "gpt-4.1 says: one"
-    assert await reply_to(parley, "two") == "gpt-4.1 says: two"
+    assert await answered(parley, "one") == "gpt-4.1 says: one"
+    assert await answered(parley, "two") == "gpt-4.1 says: two"
     # The primary's breaker opened on its first failure: the second turn did not ask it again, and the backup's
     # own breaker (another model) stayed closed.
     assert models_asked(parley) == ["claude-4.5-sonnet", "gpt-4.1", "gpt-4.1"]
@@ -118,7 +112,7 @@ async def test_retell_names_are_mapped_to_the_servers(make_parley: MakeParley) -
     )
     parley.llm.respond = answering({"anthropic/claude-sonnet-4.5"})
     # The primary by its own entry, the backup (gpt-4.1, not listed) by "*".
-    assert await reply_to(parley, "hi") == "llama3.1 says: hi"
+    assert await answered(parley, "hi") == "llama3.1 says: hi"
     assert models_asked(parley) == ["anthropic/claude-sonnet-4.5", "llama3.1"]
 
 
@@ -129,14 +123,14 @@ async def test_an_agents_own_names_come_before_the_settings(make_parley: MakePar
         llm_models={"gemini-3.0-flash": "google/gemini-3-flash", "*": "llama3.1"},
     )
     parley.llm.respond = answering(set())
-    assert await reply_to(parley, "hi") == "gemini-on-vertex says: hi"
+    assert await answered(parley, "hi") == "gemini-on-vertex says: hi"
 
 
 async def test_the_analysis_model_is_mapped_too(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(post_chat_analysis_model="gpt-4.1-mini"),
                                llm_models={"gpt-4.1-mini": "small-model"})
     parley.llm.respond = answering(set())
-    await reply_to(parley, "hi")
+    await answered(parley, "hi")
     chat = await parley.chat_of()
     await api_json(parley, "PATCH", f"/end-chat/{chat['chat_id']}", status=204)
     async with asyncio.timeout(10):

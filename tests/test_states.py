@@ -18,8 +18,8 @@ from .conftest import (
     API_KEY,
     DEFAULT_NUMBERS,
     MakeParley,
-    Parley,
     agent_file,
+    answered,
     api_json,
     build_settings,
     write_agents,
@@ -59,18 +59,10 @@ def moving_then_answering(body: dict[str, Any]) -> Completion:
     return Completion(content="In " + ("booking" if "Book a visit" in prompt_of(body) else "greeting"))
 
 
-async def text(parley: Parley, body: str) -> str:
-    before = len(parley.twilio.messages)
-    assert (await parley.text(body)).status == 200
-    await parley.twilio.wait_for(before + 1)
-    await parley.idle()
-    return parley.twilio.messages[-1].body
-
-
 async def test_a_transition_moves_the_chat_and_is_recorded_as_retell_records_it(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm=STATES))
     parley.llm.respond = moving_then_answering
-    assert await text(parley, "Hi, it's Ana") == "In booking"
+    assert await answered(parley, "Hi, it's Ana") == "In booking"
     first, second = parley.llm.requests
     # The starting state: the general prompt, then the state's; its edge as a tool with the edge's schema.
     assert prompt_of(first).startswith("You are Sunny Dental's assistant for +14155550123.\n\nFind out who is writing.")
@@ -91,18 +83,18 @@ async def test_a_transition_moves_the_chat_and_is_recorded_as_retell_records_it(
 async def test_the_state_survives_turns_and_processes(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm=STATES))
     parley.llm.respond = moving_then_answering
-    await text(parley, "Hi, it's Ana")
+    await answered(parley, "Hi, it's Ana")
     other = await make_parley(agent=agent_file(retell_llm=STATES))   # another process on the same Redis
     other._sid = parley._sid   # its texts get new MessageSids, not the first one's (a retry would be a duplicate)
     await parley.client.close()
-    assert await text(other, "Tuesday please") == "In booking"
+    assert await answered(other, "Tuesday please") == "In booking"
     assert tools_of(other.llm.requests[-1]) == ["end_chat", "book", "transition_to_greeting"]
     assert "Now: booking, before: greeting." in prompt_of(other.llm.requests[-1])
 
 
 async def test_a_chat_without_states_has_no_state_variables(make_parley: MakeParley) -> None:
     parley = await make_parley(agent=agent_file(retell_llm={"general_prompt": "State: {{current_agent_state}}."}))
-    await text(parley, "hi")
+    await answered(parley, "hi")
     assert prompt_of(parley.llm.requests[0]).startswith("State: {{current_agent_state}}.")
 
 
@@ -117,7 +109,7 @@ async def test_one_move_per_step(make_parley: MakeParley) -> None:
         return Completion(content=" | ".join(results))
 
     parley.llm.respond = twice
-    reply = await text(parley, "hi")
+    reply = await answered(parley, "hi")
     assert reply == ("Moved to the state booking. | Not moved: the agent already moved to booking in this step; "
                      "move one state at a time.")
     chat = await parley.chat_of()

@@ -17,7 +17,7 @@ from service.agent.tools import MAX_RESULT_CHARS, pick
 from service.retell.models import INFO_COLLECTION_TEXT, RetellLLM
 from service.retell.unsupported import unsupported
 
-from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, agent_file
+from .conftest import AGENT_NUMBER, USER, MakeParley, agent_file, answered
 from .fakes.openai import Call, Completion
 
 NUMBERS = [{"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
@@ -61,14 +61,6 @@ def calls(*steps: tuple[str, dict[str, Any]]) -> Any:
             return Completion(tool_calls=[Call(name, json.dumps(arguments), id=f"call_{len(results)}")])
         return Completion(content=f"Tool said: {results[-1]['content']}")
     return respond
-
-
-async def answered(parley: Parley, text: str) -> str:
-    before = len(parley.twilio.messages)
-    assert (await parley.text(text)).status == 200
-    sent = await parley.twilio.wait_for(before + 1)
-    await parley.idle()
-    return parley.twilio.messages[-1].body if len(sent) > before else ""
 
 
 def custom(url: str, **extra: Any) -> dict[str, Any]:
