@@ -328,7 +328,9 @@ if p.chat then
     if n == #p.messages then redis.call('EXPIRE', KEYS[5], p.ttl) end
     if n > p.cap then redis.call('LTRIM', KEYS[5], -p.cap, -1) end
   end
-  for name, value in pairs(p.fields) do redis.call('HSET', KEYS[4], name, value) end
+  local fields = {}   -- one HSET for all of them: a turn sets several (tokens, segments, cost...)
+  for name, value in pairs(p.fields) do fields[#fields + 1] = name; fields[#fields + 1] = value end
+  if #fields > 0 then redis.call('HSET', KEYS[4], unpack(fields)) end
   if p.reindex then
     for i = 18, #KEYS do redis.call('ZREM', KEYS[i], chat_id) end
     redis.call('ZADD', KEYS[17], p.start, chat_id)
