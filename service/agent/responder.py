@@ -23,7 +23,7 @@ from service.agent.llm import LLM, ToolCall
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message, Role
 from service.errors import LLMError, NotFound
-from service.retell.models import AgentSwapTool, State
+from service.retell.models import AgentSwapTool, RetellLLM, State
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,18 @@ def chat_variables(agent: Agent, chat: Chat, now: datetime) -> dict[str, str]:
         user_number=conv.user_number if conv else None, agent_number=conv.agent_number if conv else None,
         direction=chat.direction.value if chat.direction else None,
     )
-    if (state := agent.llm.state(chat.current_state)) is not None:
+    if agent.llm is not None and (state := agent.llm.state(chat.current_state)) is not None:
         system["current_agent_state"] = state.name
         if chat.previous_state is not None:
             system["previous_agent_state"] = chat.previous_state
-    return variables.merge(agent.llm.default_dynamic_variables, chat.dynamic_variables, chat.collected_variables,
+    return variables.merge(agent.engine.default_dynamic_variables, chat.dynamic_variables, chat.collected_variables,
                            system)
 
 
-def system_prompt(agent: Agent, values: dict[str, str], now: datetime, medium: Medium,
+def system_prompt(agent: Agent, llm: RetellLLM, values: dict[str, str], now: datetime, medium: Medium,
                   state: State | None = None) -> str:
     """The general prompt, then the current state's (a multi-state agent), then how to write for ``medium``."""
-    prompt = variables.render(agent.llm.general_prompt, values, now=now)
+    prompt = variables.render(llm.general_prompt, values, now=now)
     if state is not None and state.state_prompt:
         prompt += "\n\n" + variables.render(state.state_prompt, values, now=now)
     return prompt + medium.instructions(agent.config.max_reply_segments)
@@ -138,16 +138,18 @@ class Responder:
         """The agent's reply to ``history`` (which ends with the new user messages)."""
         now = now or datetime.now(UTC)
         medium = self._media[chat.channel]
-        state = agent.llm.state(chat.current_state)
+        llm = agent.llm
+        assert llm is not None, "conversation flows: to be run by service.agent.flow"
+        state = llm.state(chat.current_state)
         if state is not None and chat.current_state not in (None, state.name):
             log.warning("the chat's state is not one of its agent's; starting over", extra={
                 "chat_id": chat.chat_id, "state": chat.current_state})
         values = chat_variables(agent, chat, now)
-        prompt = system_prompt(agent, values, now, medium, state)
+        prompt = system_prompt(agent, llm, values, now, medium, state)
         messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
-        available = tools.offered(agent.llm, state)
+        available = tools.offered(llm, state)
         definitions = tools.definitions(available)
         def chat_payload() -> dict[str, Any]:   # built only if a custom tool is called
             return chat.to_response(history).model_dump(mode="json")
@@ -155,8 +157,8 @@ class Responder:
         for round_ in range(MAX_TOOL_ROUNDS + 1):
             try:
                 completion = await self._llm.complete(
-                    model=agent.llm.primary_model, backup=agent.llm.backup_model, names=agent.config.llm_models,
-                    temperature=agent.llm.temperature, messages=messages, tools=definitions,
+                    model=llm.primary_model, backup=llm.backup_model, names=agent.config.llm_models,
+                    temperature=llm.temperature, messages=messages, tools=definitions,
                     allow_tools=round_ < MAX_TOOL_ROUNDS,
                 )
             except LLMError as exc:
@@ -178,6 +180,8 @@ class Responder:
                 if destination is not None:
                     agent = reply.agent = destination
                     swapped = True
+                    assert destination.llm is not None, "conversation flows: to be run by service.agent.flow"
+                    llm = destination.llm
                 reply.end_chat = reply.end_chat or result.end_chat
                 if result.variables:   # the chat keeps them (its commit writes them) and later tools see them
                     chat.collected_variables.update(result.variables)
@@ -193,10 +197,10 @@ class Responder:
                     continue
                 reply.messages += _tool_messages(call, result, available, now)
             if moved or swapped:   # the rest of the turn runs in the new state (or agent): its prompt and tools
-                state = agent.llm.state(chat.current_state)
+                state = llm.state(chat.current_state)
                 values = chat_variables(agent, chat, now)
-                messages[0] = {"role": "system", "content": system_prompt(agent, values, now, medium, state)}
-                available = tools.offered(agent.llm, state)
+                messages[0] = {"role": "system", "content": system_prompt(agent, llm, values, now, medium, state)}
+                available = tools.offered(llm, state)
                 definitions = tools.definitions(available)
             if reply.end_chat and completion.content.strip():
                 reply.text = completion.content.strip()
@@ -226,7 +230,7 @@ class Responder:
             log.warning("agent swap to a missing agent", extra={"chat_id": chat.chat_id, "error": str(exc)})
             return tools.ToolOutcome(f"Not swapped: {exc}. The chat stays with this agent.", False), None
         former = f"{chat.agent_id} version {chat.version}"
-        chat.swap_to(destination.config.agent_id, destination.config.version, destination.llm.version,
+        chat.swap_to(destination.config.agent_id, destination.config.version, destination.engine.version,
                      tool.post_call_analysis_setting, _ms(now))
         log.info("agent swap", extra={"chat_id": chat.chat_id, "agent_id": chat.agent_id, "version": chat.version})
         return tools.ToolOutcome(f"Swapped from agent {former} to agent {chat.agent_id} version {chat.version}, "

@@ -55,13 +55,16 @@ async def _pin_llm(request: web.Request, agent: ChatAgent) -> ChatAgent:
     rt = request.app[RUNTIME]
     engine = agent.response_engine
     if engine is None:
-        raise InvalidRequest("response_engine: required: {\"type\": \"retell-llm\", \"llm_id\": ...}")
+        raise InvalidRequest("response_engine: required: {\"type\": \"retell-llm\", \"llm_id\": ...} or "
+                             "{\"type\": \"conversation-flow\", \"conversation_flow_id\": ...}")
+    store = rt.catalog.engines(engine)
     try:
-        llm = await rt.catalog.llms.get(engine.llm_id, engine.version)
+        found = await store.get(engine.engine_id, engine.version)
     except NotFound:
-        raise InvalidRequest(f"response_engine.llm_id: no Retell LLM {engine.llm_id!r}"
+        field = "conversation_flow_id" if engine.is_flow else "llm_id"
+        raise InvalidRequest(f"response_engine.{field}: no {store.kind} {engine.engine_id!r}"
                              + (f" version {engine.version}" if engine.version is not None else "")) from None
-    return agent.model_copy(update={"response_engine": ResponseEngine(llm_id=llm.llm_id, version=llm.version)})
+    return agent.model_copy(update={"response_engine": ResponseEngine.of(found)})
 
 
 def _policy(request: web.Request) -> OutboundPolicy:
@@ -239,11 +242,12 @@ async def get_mcp_tools(request: web.Request) -> web.Response:
     if query.component_id is not None:
         raise NotFound(f"component {query.component_id!r}: Parley has no conversation-flow components")
     agent = await rt.catalog.resolve(id_forms.agent_id(request.match_info["agent_id"]), query.version)
-    server = next((s for s in agent.llm.mcps if s.known_as(query.mcp_id)), None)
+    engine = agent.engine
+    server = next((s for s in engine.mcps if s.known_as(query.mcp_id)), None)
     if server is None:
-        known = ", ".join(s.name for s in agent.llm.mcps) or "none"
+        known = ", ".join(s.name for s in engine.mcps) or "none"
         raise NotFound(f"agent {agent.config.agent_id!r} has no MCP server {query.mcp_id!r} (mcps: {known})")
-    found = await mcp.list_tools(rt.http, server, agent.llm.default_dynamic_variables)
+    found = await mcp.list_tools(rt.http, server, engine.default_dynamic_variables)
     return model_response([McpToolDefinition(name=t.name, description=t.description, inputSchema=t.input_schema)
                            for t in found])
 

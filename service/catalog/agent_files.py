@@ -64,12 +64,16 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     engine = data.get("response_engine")
     if isinstance(engine, dict) and engine.get("type") in ENGINES_NOT_RUN:
         problems.append(f"{path}: response_engine.type {engine['type']!r}: {ENGINES_NOT_RUN[engine['type']]}; "
-                        "only Retell LLM agents (an inline retell_llm) run")
+                        "an agent file carries its Retell LLM (retell_llm) or conversation flow (conversation_flow)")
         return
-    if not isinstance(data.get("retell_llm"), dict):
-        problems.append(f"{path}: retell_llm: required: an agent file carries its Retell LLM inline, as a mapping")
+    inline = [name for name in ("retell_llm", "conversation_flow") if isinstance(data.get(name), dict)]
+    if len(inline) != 1:
+        problems.append(f"{path}: an agent file carries its engine inline, as a mapping: retell_llm or "
+                        "conversation_flow (exactly one)")
         return
-    data["retell_llm"].setdefault("llm_id", f"llm_{data['agent_id']}")
+    engine_kind, engine_id_field, prefix = (("retell llm", "llm_id", "llm_") if inline == ["retell_llm"]
+                                            else ("conversation flow", "conversation_flow_id", "cf_"))
+    engine_id = data[inline[0]].setdefault(engine_id_field, f"{prefix}{data['agent_id']}")
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
@@ -82,7 +86,9 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     problems.extend(f"{path}: {line}" for line in targets.agent_problems(agent, policy))
     catalog.agents[agent.agent_id] = agent
     catalog.files[("agent", agent.agent_id)] = path
-    catalog.files[("retell llm", data["retell_llm"]["llm_id"])] = path
+    catalog.files[(engine_kind, engine_id)] = path
+    catalog.warnings.extend(f"{path}: conversation_flow.{w}" for w in (
+        agent.conversation_flow.warnings() if agent.conversation_flow is not None else []))
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
     if not_acted_on := unsupported(agent):
         catalog.unsupported[f"{path}: agent {agent.agent_id}"] = not_acted_on

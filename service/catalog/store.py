@@ -1,11 +1,13 @@
-"""Agents, Retell LLMs and phone numbers in Redis: written from the files at start and by the API.
+"""Agents, their response engines (Retell LLMs, conversation flows), shared flow components and phone numbers
+in Redis: written from the files at start and by the API.
 
-Agents and LLMs are versioned as Retell versions them: ``agent:<id>`` and ``llm:<id>`` are hashes of version
--> JSON, numbered from 0. A version is a draft (an update edits it in place) or published (frozen).
-``/create-agent-version`` copies a version into a new draft, ``/publish-agent-version`` publishes a draft.
-An agent version names the version of its Retell LLM (``response_engine.version``), and the two go together:
-a new agent draft gets a new draft of its LLM version, and publishing the agent publishes its LLM version. A
-chat records the agent version and the LLM version it started with.
+Agents, LLMs and flows are versioned as Retell versions them: ``agent:<id>``, ``llm:<id>`` and ``flow:<id>`` are
+hashes of version -> JSON, numbered from 0. A version is a draft (an update edits it in place) or published
+(frozen). ``/create-agent-version`` copies a version into a new draft, ``/publish-agent-version`` publishes a
+draft. An agent version names the version of its response engine (``response_engine.version``), and the two go
+together: a new agent draft gets a new draft of its engine's version, and publishing the agent publishes its
+engine's version. A chat records the agent version and the engine version it started with (``llm_version``,
+whichever engine it is). Shared components (``component:<id>``) are not versioned, as in Retell.
 
 Agent files are read-only: each file content becomes a published version (a changed file a new one), so their
 agents have no drafts.
@@ -30,11 +32,13 @@ from service.catalog.agent_files import Declared
 from service.catalog.cache import Parsed, Recent
 from service.clock import now_ms
 from service.errors import Conflict, NotFound
+from service.retell.flows import ConversationFlow, ConversationFlowComponent
 from service.retell.models import AgentVersion, AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
 from service.storage import keys
 from service.storage.locks import Locks
 
-M = TypeVar("M", ChatAgent, RetellLLM)
+M = TypeVar("M", ChatAgent, RetellLLM, ConversationFlow)
+Engine = RetellLLM | ConversationFlow
 T = TypeVar("T")
 _VOLATILE = {"version", "last_modification_timestamp", "is_published", "base_version"}
 CATALOG_LOCK_MS = 10_000   # a catalog change holds its lock at most this long (renewed while it runs)
@@ -208,9 +212,9 @@ class Versioned(Generic[M]):
             raise Conflict(f"agent {obj.agent_id!r} version {obj.version} is published and cannot be changed: make "
                            f"a draft of it with POST /create-agent-version/{obj.agent_id} "
                            f"{{\"base_version\": {obj.version}}}")
-        raise Conflict(f"retell llm {obj.llm_id!r} version {obj.version} is published (with an agent version) and "
-                       "cannot be changed: make a draft of that agent version (POST /create-agent-version/<agent_id>),"
-                       " which makes a new draft of this LLM to edit")
+        raise Conflict(f"{self.kind} {self._id(obj)!r} version {obj.version} is published (with an agent version) "
+                       "and cannot be changed: make a draft of that agent version (POST /create-agent-version/"
+                       f"<agent_id>), which makes a new draft of this {self.kind} to edit")
 
     async def delete_version(self, object_id: str, version: int) -> None:
         """Delete one version: ``NotFound`` without it, ``Conflict`` when it is the only one."""
@@ -244,15 +248,31 @@ class Versioned(Generic[M]):
         return sorted(str(i) for i in await self._redis.smembers(self._index))
 
     def _id(self, obj: M) -> str:
-        return obj.agent_id if isinstance(obj, ChatAgent) else obj.llm_id
+        if isinstance(obj, ChatAgent):
+            return obj.agent_id
+        return obj.llm_id if isinstance(obj, RetellLLM) else obj.conversation_flow_id
 
 
 @dataclass(frozen=True, slots=True)
 class Agent:
-    """An agent version together with the Retell LLM version it answers with."""
+    """An agent version together with the response engine version it answers with: a Retell LLM (``llm``) or a
+    conversation flow (``flow``), exactly one."""
 
     config: ChatAgent
-    llm: RetellLLM
+    llm: RetellLLM | None = None
+    flow: ConversationFlow | None = None
+
+    @property
+    def engine(self) -> Engine:
+        engine = self.llm if self.llm is not None else self.flow
+        assert engine is not None, "an agent answers with a Retell LLM or a conversation flow"
+        return engine
+
+    @staticmethod
+    def of(config: ChatAgent, engine: Engine) -> Agent:
+        if isinstance(engine, RetellLLM):
+            return Agent(config=config, llm=engine)
+        return Agent(config=config, flow=engine)
 
 
 class Catalog:
@@ -266,96 +286,145 @@ class Catalog:
                                                       cache_ms=cache_ms)
         self.llms: Versioned[RetellLLM] = Versioned(redis, RetellLLM, keys.llm, keys.LLMS, "retell llm",
                                                     cache_ms=cache_ms)
+        self.flows: Versioned[ConversationFlow] = Versioned(redis, ConversationFlow, keys.flow, keys.FLOWS,
+                                                            "conversation flow", cache_ms=cache_ms)
+        self._components: Recent[ConversationFlowComponent | None] = Recent(cache_ms)
+        self._parse_component = Parsed(ConversationFlowComponent)
+
+    def engines(self, engine: ResponseEngine) -> Versioned[RetellLLM] | Versioned[ConversationFlow]:
+        """Where the engine a ``response_engine`` names is kept."""
+        return self.flows if engine.is_flow else self.llms
 
     async def publish(self, files: Declared) -> None:
         """Store what the files declare, published (a changed file becomes a new version), each agent version
         naming its LLM version."""
         for agent in files.agents.values():
-            llm = agent.retell_llm
-            if llm is not None:
-                stored = await self.llms.append(llm, published=True, unless_unchanged=True)
-                agent = agent.model_copy(update={
-                    "retell_llm": None, "response_engine": ResponseEngine(llm_id=llm.llm_id, version=stored.version)})
+            stored: Engine | None = None
+            if agent.retell_llm is not None:
+                stored = await self.llms.append(agent.retell_llm, published=True, unless_unchanged=True)
+            elif agent.conversation_flow is not None:
+                stored = await self.flows.append(agent.conversation_flow, published=True, unless_unchanged=True)
+            if stored is not None:
+                agent = agent.model_copy(update={"retell_llm": None, "conversation_flow": None,
+                                                 "response_engine": ResponseEngine.of(stored)})
             await self.agents.append(agent, published=True, unless_unchanged=True)
         for number in files.numbers.values():
             await self.put_number(number)
 
     async def resolve(self, agent_id: str, version: AgentVersion | None = None,
                       llm_version: int | None = None) -> Agent:
-        """The agent at ``version`` (a Retell version reference; None: the latest) with its LLM at ``llm_version``
-        (else the version the agent names, else the latest)."""
+        """The agent at ``version`` (a Retell version reference; None: the latest) with its response engine at
+        ``llm_version`` (else the version the agent names, else the latest)."""
         config = await self.agents.find(agent_id, version)
         if config.response_engine is None:
             raise NotFound(f"agent {agent_id!r} has no response_engine")
         engine = config.response_engine
-        llm = await self.llms.get(engine.llm_id, llm_version if llm_version is not None else engine.version)
-        return Agent(config=config, llm=llm)
+        found = await self.engines(engine).get(engine.engine_id,
+                                               llm_version if llm_version is not None else engine.version)
+        return Agent.of(config, found)
 
     async def draft_from(self, agent_id: str, base_version: int) -> ChatAgent:
-        """A new draft agent version copying ``base_version``, with a new draft copy of the LLM version that one
-        names (an agent version and its LLM version go together), written in one transaction."""
+        """A new draft agent version copying ``base_version``, with a new draft copy of the engine version that
+        one names (an agent version and its engine version go together), written in one transaction."""
         async def build(pipe: Pipeline) -> ChatAgent:
             versions = await self.agents.read_all(pipe, agent_id)
             base = _version_of(versions, "agent", agent_id, base_version)
-            engine, llm, llms = await self._llm_of(pipe, base)
+            engine, current, all_versions = await self._engine_of(pipe, base)
             stamp = now_ms()
-            draft_llm = llm.model_copy(update={"version": max(llms) + 1, "is_published": False,
-                                               "last_modification_timestamp": stamp})
+            draft_engine = current.model_copy(update={"version": max(all_versions) + 1, "is_published": False,
+                                                      "last_modification_timestamp": stamp})
             draft = base.model_copy(update={
                 "version": max(versions) + 1, "is_published": False, "base_version": base.version,
                 "version_title": None, "version_description": None, "last_modification_timestamp": stamp,
-                "response_engine": engine.model_copy(update={"version": draft_llm.version})})
+                "response_engine": engine.model_copy(update={"version": draft_engine.version})})
             pipe.multi()  # type: ignore[no-untyped-call]
-            self.llms.stage(pipe, draft_llm)
+            self._stage_engine(pipe, draft_engine)
             self.agents.stage(pipe, draft)
             return draft
         return await self._together(agent_id, build)
 
     async def publish_version(self, agent_id: str, version: int, *, title: str | None = None,
                               description: str | None = None) -> ChatAgent:
-        """Publish the draft ``version`` in place, and the LLM version it names with it (pinned if it named none);
-        ``Conflict`` when it is already published."""
+        """Publish the draft ``version`` in place, and the engine version it names with it (pinned if it named
+        none); ``Conflict`` when it is already published."""
         async def build(pipe: Pipeline) -> ChatAgent:
             draft = _version_of(await self.agents.read_all(pipe, agent_id), "agent", agent_id, version)
             if draft.is_published:
                 raise Conflict(f"agent {agent_id!r} version {version} is already published")
-            engine, llm, _ = await self._llm_of(pipe, draft)
+            engine, current, _ = await self._engine_of(pipe, draft)
             stamp = now_ms()
             published = draft.model_copy(update={
                 "is_published": True, "last_modification_timestamp": stamp,
                 "version_title": title if title is not None else draft.version_title,
                 "version_description": description if description is not None else draft.version_description,
-                "response_engine": engine.model_copy(update={"version": llm.version})})
+                "response_engine": engine.model_copy(update={"version": current.version})})
             pipe.multi()  # type: ignore[no-untyped-call]
-            if not llm.is_published:
-                self.llms.stage(pipe, llm.model_copy(update={"is_published": True,
-                                                             "last_modification_timestamp": stamp}))
+            if not current.is_published:
+                self._stage_engine(pipe, current.model_copy(update={"is_published": True,
+                                                                    "last_modification_timestamp": stamp}))
             self.agents.stage(pipe, published)
             return published
         return await self._together(agent_id, build)
 
-    async def _llm_of(self, pipe: Pipeline, agent: ChatAgent) -> tuple[ResponseEngine, RetellLLM, dict[int, RetellLLM]]:
-        """The agent version's response engine, the LLM version it names (the latest when it names none) and all
-        that LLM's versions, read in the transaction; ``Conflict`` when that LLM version is gone."""
+    async def _engine_of(self, pipe: Pipeline, agent: ChatAgent) -> tuple[ResponseEngine, Engine, dict[int, Any]]:
+        """The agent version's response engine, the engine version it names (the latest when it names none) and
+        all that engine's versions, read in the transaction; ``Conflict`` when that version is gone."""
         engine = agent.response_engine
         if engine is None:
             raise Conflict(f"agent {agent.agent_id!r} version {agent.version} has no response_engine")
-        await pipe.watch(self.llms.key(engine.llm_id))
-        llms = await self.llms.read_all(pipe, engine.llm_id)
-        number = engine.version if engine.version is not None else max(llms, default=None)
-        if number is None or number not in llms:
-            raise Conflict(f"agent {agent.agent_id!r} version {agent.version} names retell llm {engine.llm_id!r}"
-                           + (f" version {number}" if number is not None else "") + ", which is gone")
-        return engine, llms[number], llms
+        store = self.engines(engine)
+        await pipe.watch(store.key(engine.engine_id))
+        versions = await store.read_all(pipe, engine.engine_id)
+        number = engine.version if engine.version is not None else max(versions, default=None)
+        if number is None or number not in versions:
+            raise Conflict(f"agent {agent.agent_id!r} version {agent.version} names {store.kind} "
+                           f"{engine.engine_id!r}" + (f" version {number}" if number is not None else "")
+                           + ", which is gone")
+        return engine, versions[number], versions
+
+    def _stage_engine(self, pipe: Pipeline, engine: Engine) -> None:
+        if isinstance(engine, RetellLLM):
+            self.llms.stage(pipe, engine)
+        else:
+            self.flows.stage(pipe, engine)
 
     async def _together(self, agent_id: str, build: Callable[[Pipeline], Awaitable[ChatAgent]]) -> ChatAgent:
-        self.agents.forget()
-        self.llms.forget()
+        stores = (self.agents, self.llms, self.flows)
+        for store in stores:
+            store.forget()
         try:
             return await _transaction(self._redis, [self.agents.key(agent_id)], build)
         finally:
-            self.agents.forget()
-            self.llms.forget()
+            for store in stores:
+                store.forget()
+
+    async def get_component(self, component_id: str) -> ConversationFlowComponent:
+        """The shared component ``component_id``; ``NotFound`` otherwise."""
+        found = await self._components.get(component_id, lambda: self._read_component(component_id))
+        if found is None:
+            raise NotFound(f"conversation flow component {component_id!r} not found")
+        return found
+
+    async def _read_component(self, component_id: str) -> ConversationFlowComponent | None:
+        raw = await self._redis.get(keys.component(component_id))
+        return self._parse_component(str(raw)) if raw else None
+
+    async def put_component(self, component: ConversationFlowComponent) -> ConversationFlowComponent:
+        """Store a shared component (a new one, or a replacement), stamped now."""
+        self._components.clear()
+        component = component.model_copy(update={"user_modified_timestamp": now_ms()})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.component(component.conversation_flow_component_id), component.model_dump_json())
+            pipe.sadd(keys.COMPONENTS, component.conversation_flow_component_id)
+            await pipe.execute()
+        return component
+
+    async def delete_component(self, component_id: str) -> bool:
+        self._components.clear()
+        return await _delete_indexed(self._redis, keys.component(component_id), keys.COMPONENTS, component_id)
+
+    async def component_ids(self) -> list[str]:
+        return sorted(str(i) for i in await self._redis.smembers(keys.COMPONENTS))
 
     async def get_number(self, phone_number: str) -> PhoneNumber | None:
         return await self._numbers.get(phone_number, lambda: self._read_number(phone_number))

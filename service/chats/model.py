@@ -41,6 +41,7 @@ class Role(StrEnum):
     TOOL_CALL_RESULT = "tool_call_result"
     INJECTED = "injected"      # context given to the agent, said by nobody (a voice call's transcript)
     STATE_TRANSITION = "state_transition"   # a multi-state agent moved (former_state_name -> new_state_name)
+    NODE_TRANSITION = "node_transition"     # a conversation flow moved (former_node_id -> new_node_id)
 
 
 class EndReason(StrEnum):
@@ -92,6 +93,11 @@ class Message:
     type: str | None = None            # a tool_call_invocation's tool type (Retell's: custom, end_call, send_sms...)
     former_state_name: str | None = None
     new_state_name: str | None = None
+    former_node_id: str | None = None
+    former_node_name: str | None = None
+    new_node_id: str | None = None
+    new_node_name: str | None = None
+    transition_type: str | None = None   # a node transition's: normal, global or global_go_back
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_retell()).decode()
@@ -148,7 +154,7 @@ class Chat:
     direction: Direction | None = None
     end_timestamp: int | None = None
     disconnection_reason: str | None = None
-    llm_version: int | None = None        # the Retell LLM version the chat started with
+    llm_version: int | None = None        # the engine version (Retell LLM or conversation flow) the chat runs
     analysis: dict[str, Any] | None = None   # chat_analysis, once the post-chat analysis ran
     analysis_error: str | None = None        # why the last analysis failed
     inbound_webhook_error: str | None = None # why the chat_inbound webhook was not followed
@@ -158,6 +164,7 @@ class Chat:
     collected_variables: dict[str, str] = field(default_factory=dict)   # set by tools during the chat
     current_state: str | None = None       # a multi-state agent's state (None: its starting state)
     previous_state: str | None = None
+    flow_state: dict[str, Any] | None = None   # a conversation flow's place (service.agent.flow; None: its start)
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = SMS                       # an SMS chat's channel: "sms" or "whatsapp"
     llm_tokens: dict[str, list[int]] = field(default_factory=dict)   # model -> [prompt, completion] tokens
@@ -196,6 +203,7 @@ class Chat:
         self.swaps.append(Swap(self.agent_id, self.version, self.llm_version, setting, now_ms))
         self.agent_id, self.version, self.llm_version = agent_id, version, llm_version
         self.current_state = self.previous_state = None
+        self.flow_state = None
 
     @property
     def conversation(self) -> Conversation | None:
@@ -241,6 +249,7 @@ class Chat:
             collected_variables=orjson.loads(data.get("collected_variables", "{}")),
             current_state=data.get("current_state") or None,   # "": cleared by a swap
             previous_state=data.get("previous_state") or None,
+            flow_state=orjson.loads(data["flow_state"]) if data.get("flow_state") else None,   # "": cleared
             metadata=orjson.loads(data.get("metadata", "{}")),
             channel=data.get("channel", SMS),
             llm_tokens=orjson.loads(data.get("llm_tokens", "{}")),
@@ -260,6 +269,8 @@ class Chat:
             out["current_state"] = self.current_state
         if self.previous_state is not None:
             out["previous_state"] = self.previous_state
+        if self.flow_state is not None:
+            out["flow_state"] = orjson.dumps(self.flow_state).decode()
         if self.llm_tokens:
             out["llm_tokens"] = orjson.dumps(self.llm_tokens).decode()
         if self.sms_segments:
@@ -269,7 +280,8 @@ class Chat:
         if self.swaps:   # the agent the chat goes on with; a state of the agent it left is cleared
             out |= {"agent_id": self.agent_id, "version": str(self.version),
                     "swaps": orjson.dumps([asdict(s) for s in self.swaps]).decode(),
-                    "current_state": self.current_state or "", "previous_state": self.previous_state or ""}
+                    "current_state": self.current_state or "", "previous_state": self.previous_state or "",
+                    "flow_state": orjson.dumps(self.flow_state).decode() if self.flow_state is not None else ""}
             if self.llm_version is not None:
                 out["llm_version"] = str(self.llm_version)
         return out

@@ -29,42 +29,60 @@ from service.validation import describe
 log = logging.getLogger(__name__)
 
 
-# What an agent_override may not change: which agent and LLM it is.
-_FIXED = {"agent": {"agent_id", "version", "response_engine", "retell_llm"}, "retell_llm": {"llm_id", "version"}}
+# What an agent_override may not change: which agent and engine it is.
+_FIXED = {"agent": {"agent_id", "version", "response_engine", "retell_llm", "conversation_flow"},
+          "retell_llm": {"llm_id", "version"}, "conversation_flow": {"conversation_flow_id", "version", "nodes"}}
+
+
+def _engine_part(agent: Agent) -> str:
+    return "retell_llm" if agent.llm is not None else "conversation_flow"
 
 
 def with_override(agent: Agent, override: dict[str, Any] | None) -> Agent:
     """``agent`` with the chat_inbound webhook's ``agent_override`` laid over it: ``agent`` fields over the chat
-    agent, ``retell_llm`` fields over its LLM, validated as the agent and LLM are. ``ValueError`` names what cannot
-    be applied (another part, a fixed field, a value that does not validate)."""
+    agent, ``retell_llm`` (or ``conversation_flow``) fields over its engine, validated as they are. ``ValueError``
+    names what cannot be applied (another part, a fixed field, a value that does not validate)."""
     if not override:
         return agent
-    others = sorted(set(override) - set(_FIXED))
+    engine_part = _engine_part(agent)
+    others = sorted(set(override) - {"agent", engine_part})
     if others:
-        raise ValueError(f"agent_override.{others[0]}: not supported (Parley overrides only agent and retell_llm)")
+        raise ValueError(f"agent_override.{others[0]}: not supported (this agent's overrides are agent and "
+                         f"{engine_part})")
     parts: dict[str, Any] = {}
-    for part, model in (("agent", type(agent.config)), ("retell_llm", type(agent.llm))):
+    for part, current in (("agent", agent.config), (engine_part, agent.engine)):
         fields = override.get(part) or {}
         if not isinstance(fields, dict):
             raise ValueError(f"agent_override.{part}: expected an object")
         fixed = sorted(set(fields) & _FIXED[part])
         if fixed:
             raise ValueError(f"agent_override.{part}.{fixed[0]}: cannot be overridden")
-        current = agent.config if part == "agent" else agent.llm
         try:
-            parts[part] = model.model_validate({**current.model_dump(exclude_unset=True), **fields})
+            parts[part] = type(current).model_validate({**current.model_dump(exclude_unset=True), **fields})
         except ValidationError as exc:
             raise ValueError("; ".join(describe(exc, f"agent_override.{part}."))) from None
-    return Agent(config=parts["agent"], llm=parts["retell_llm"])
+    return Agent.of(parts["agent"], parts[engine_part])
 
 
 def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
     """What an ``agent_override`` set that Parley keeps without acting on (``retell.unsupported``), by path."""
     lines = []
-    for part, before, after in (("agent", agent.config, overridden.config), ("retell_llm", agent.llm, overridden.llm)):
+    for part, before, after in (("agent", agent.config, overridden.config),
+                                (_engine_part(agent), agent.engine, overridden.engine)):
         known = set(unsupported(before))
         lines += [f"agent_override.{part}.{line}" for line in unsupported(after) if line not in known]
     return lines
+
+
+def instructed_to_write(agent: Agent, instructions: str) -> Agent:
+    """``agent`` told to write one message (an outbound text's ``prompt``): ``instructions`` after its prompt, and
+    no tools to call."""
+    if agent.llm is not None:
+        return Agent(config=agent.config, llm=agent.llm.model_copy(update={
+            "general_prompt": agent.llm.general_prompt + instructions, "general_tools": []}))
+    flow = agent.flow
+    assert flow is not None
+    return Agent(config=agent.config, flow=flow.model_copy(update={"global_prompt": flow.global_prompt + instructions}))
 
 
 async def open_chat(
@@ -84,7 +102,7 @@ async def open_chat(
         to_number = conv.agent_number if inbound else conv.user_number
     chat_id = chat_id or keys.new_chat_id(conv.shard if conv is not None else None)   # in the conversation's partition
     chat = Chat(chat_id=chat_id, agent_id=agent.config.agent_id, version=agent.config.version,
-                llm_version=agent.llm.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
+                llm_version=agent.engine.version, chat_type=chat_type, start_timestamp=now_ms(), direction=direction,
                 from_number=from_number, to_number=to_number, dynamic_variables=dict(variables or {}),
                 metadata=dict(metadata or {}), inbound_webhook_error=inbound_webhook_error,
                 channel=conv.channel if conv is not None else SMS, agent_override=agent_override or None)
@@ -109,8 +127,8 @@ async def agent_for(rt: Runtime, chat: Chat) -> Agent:
 
 async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
     """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when ""."""
-    begin = agent.llm.begin_message
-    if begin is None:
+    begin = agent.engine.begin_message
+    if begin is None:   # and a conversation flow's opening: its start node
         return await rt.responder.respond(agent, chat, [])
     values = chat_variables(agent, chat, datetime.now(UTC))
     return Reply(text=variables.render(begin, values, now=datetime.now(UTC)))

@@ -109,9 +109,7 @@ async def _write(rt: Runtime, chat: Chat, agent: Agent, req: Request, context: l
     if req.exact is not None:
         return variables.render(req.exact, values, now=now), True
     history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
-    instructed = Agent(config=agent.config, llm=agent.llm.model_copy(update={
-        "general_prompt": agent.llm.general_prompt + WRITE_INSTRUCTIONS.format(prompt=req.prompt),
-        "general_tools": []}))
+    instructed = dialog.instructed_to_write(agent, WRITE_INSTRUCTIONS.format(prompt=req.prompt))
     reply = await rt.responder.respond(instructed, chat, history + context)
     return reply.text, False
 

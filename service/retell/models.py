@@ -508,32 +508,58 @@ class AnalysisField(_Model):
 
 
 ENGINES_NOT_RUN = {
-    "conversation-flow": "conversation-flow agents (Retell's node graphs) do not run in Parley yet",
     "custom-llm": "custom-llm agents (your own LLM websocket) do not run in Parley",
 }
 
 
 class ResponseEngine(_Model):
-    """Which Retell LLM answers for the agent, at which version (the API pins the LLM's latest when none is given)."""
+    """What answers for the agent, at which version (the API pins the latest when none is given): a Retell LLM
+    (``llm_id``) or a conversation flow (``conversation_flow_id``)."""
 
-    type: Literal["retell-llm"] = "retell-llm"
+    type: Literal["retell-llm", "conversation-flow"] = "retell-llm"
 
     @field_validator("type", mode="before")
     @classmethod
     def _runnable(cls, value: Any) -> Any:
         if value in ENGINES_NOT_RUN:
-            raise ValueError(f"{value!r}: {ENGINES_NOT_RUN[value]}; only retell-llm agents run")
+            raise ValueError(f"{value!r}: {ENGINES_NOT_RUN[value]}; retell-llm and conversation-flow agents run")
         return value
-    llm_id: str = Field(pattern=OBJECT_ID_PATTERN)
+    llm_id: str | None = Field(default=None, pattern=OBJECT_ID_PATTERN)
+    conversation_flow_id: str | None = Field(default=None, pattern=OBJECT_ID_PATTERN)
     version: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _names_its_engine(self) -> ResponseEngine:
+        if self.type == "retell-llm" and not self.llm_id:
+            raise ValueError("a retell-llm response_engine needs llm_id")
+        if self.type == "conversation-flow" and not self.conversation_flow_id:
+            raise ValueError("a conversation-flow response_engine needs conversation_flow_id")
+        return self
+
+    @property
+    def is_flow(self) -> bool:
+        return self.type == "conversation-flow"
+
+    @property
+    def engine_id(self) -> str:
+        """The id of the Retell LLM or conversation flow it names."""
+        return (self.conversation_flow_id if self.is_flow else self.llm_id) or ""
+
+    @classmethod
+    def of(cls, engine: RetellLLM | ConversationFlow) -> ResponseEngine:
+        """The response engine naming ``engine`` at its version."""
+        if isinstance(engine, RetellLLM):
+            return cls(llm_id=engine.llm_id, version=engine.version)
+        return cls(type="conversation-flow", conversation_flow_id=engine.conversation_flow_id,
+                   version=engine.version)
 
 
 class ChatAgent(_Model):
     """A chat agent: Retell's chat-agent fields and Parley's. One object per version: an update edits a draft
     in place, ``/publish-agent-version`` freezes it, ``/create-agent-version`` copies one into a new draft.
 
-    In files the Retell LLM is inline under ``retell_llm`` (it becomes its own object when loaded); through
-    the API the agent names one in ``response_engine``.
+    In files the Retell LLM is inline under ``retell_llm``, or the conversation flow under ``conversation_flow``
+    (either becomes its own object when loaded); through the API the agent names one in ``response_engine``.
     """
 
     # Empty only until it is given one: from the file's name, or made up by /create-chat-agent.
@@ -548,6 +574,7 @@ class ChatAgent(_Model):
     agent_name: str | None = None
     response_engine: ResponseEngine | None = None
     retell_llm: RetellLLM | None = None
+    conversation_flow: ConversationFlow | None = None
     end_chat_after_silence_ms: int = Field(default=3_600_000, ge=1_000, le=RETELL_MAX_SILENCE_MS)
     auto_close_message: str | None = None
     language: str | list[str] = "en-US"
@@ -567,8 +594,12 @@ class ChatAgent(_Model):
 
     @model_validator(mode="after")
     def _has_an_llm(self) -> ChatAgent:
-        if self.response_engine is None and self.retell_llm is None:
-            raise ValueError("needs response_engine ({type: retell-llm, llm_id}) or an inline retell_llm")
+        inline = [name for name in ("retell_llm", "conversation_flow") if getattr(self, name) is not None]
+        if self.response_engine is None and not inline:
+            raise ValueError("needs response_engine ({type: retell-llm, llm_id} or {type: conversation-flow, "
+                             "conversation_flow_id}), or an inline retell_llm or conversation_flow")
+        if len(inline) > 1:
+            raise ValueError("has both retell_llm and conversation_flow: an agent answers with one of them")
         return self
 
     @field_validator("timezone")
@@ -713,3 +744,10 @@ class ErrorBody(BaseModel):
 
     status: Literal["error"] = "error"
     message: str
+
+
+# A conversation flow's shapes use the tools above, and an agent file may hold one inline: imported last, so the
+# flows module finds this one complete, then the agent's field resolved.
+from service.retell.flows import ConversationFlow  # noqa: E402
+
+ChatAgent.model_rebuild()

@@ -97,6 +97,10 @@ key (``{S}``: the partition)                    type    bound
 {catalog}:agents                                SET     ids of known agents
 {catalog}:llm:<id>                              HASH    version number -> Retell LLM JSON; one field per version
 {catalog}:llms                                  SET     ids of known Retell LLMs
+{catalog}:flow:<id>                             HASH    version number -> conversation flow JSON; one field per version
+{catalog}:flows                                 SET     ids of known conversation flows
+{catalog}:component:<id>                        STRING  shared conversation-flow component JSON
+{catalog}:components                            SET     ids of known shared components
 {catalog}:number:<E.164>                        STRING  phone number JSON
 {catalog}:numbers                               SET     known phone numbers
 {catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
@@ -300,6 +304,8 @@ def outgoing_due(shard: int) -> str:
 CATALOG = PREFIX + "{catalog}:"
 AGENTS = CATALOG + "agents"
 LLMS = CATALOG + "llms"
+FLOWS = CATALOG + "flows"
+COMPONENTS = CATALOG + "components"
 NUMBERS = CATALOG + "numbers"
 CATALOG_LOCK = CATALOG + "lock"   # held by each API change of agents, LLMs and numbers (catalog.store._transaction)
 
@@ -310,6 +316,14 @@ def agent(agent_id: str) -> str:
 
 def llm(llm_id: str) -> str:
     return CATALOG + "llm:" + llm_id
+
+
+def flow(conversation_flow_id: str) -> str:
+    return CATALOG + "flow:" + conversation_flow_id
+
+
+def component(component_id: str) -> str:
+    return CATALOG + "component:" + component_id
 
 
 def number(phone_number: str) -> str:
