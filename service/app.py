@@ -25,6 +25,7 @@ from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, ROUTE_SCOP
 from service.catalog import agent_files
 from service.catalog.store import Catalog
 from service.channels import CHANNELS
+from service.channels.dev import DevGateway
 from service.channels.twilio.gateway import TwilioGateway
 from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
@@ -90,7 +91,8 @@ async def _print_api_key(app: web.Application) -> None:
 async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    gateway = TwilioGateway(settings, metrics)  # needs the running loop
+    twilio = TwilioGateway(settings, metrics)  # needs the running loop
+    gateway = DevGateway(twilio)   # the console's dev phone texts go nowhere (service/channels/dev.py)
     llm = LLM(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
     outbound = OutboundPolicy.from_settings(settings)
@@ -102,7 +104,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
     finally:
         await llm.close()
-        await gateway.close()
+        await twilio.close()
 
 
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:

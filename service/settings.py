@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     metrics_cache_ms: int = Field(
         default=5_000, ge=0, le=300_000, validation_alias=_env("PARLEY_METRICS_CACHE_MS", "metrics_cache_ms")
     )
+    # How long a sign-in to the operator console (/console) lasts, from the sign-in.
+    console_session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, le=30 * 86_400,
+        validation_alias=_env("PARLEY_CONSOLE_SESSION_TTL_S", "console_session_ttl_s"),
+    )
     agents_dir: Path = Field(default=Path("./agents"), validation_alias=_env("PARLEY_AGENTS_DIR", "agents_dir"))
     webhook_url: str | None = Field(default=None, validation_alias=_env("PARLEY_WEBHOOK_URL", "webhook_url"))
     # What the outbound policy (``service.outbound``) lets Parley call on a user's behalf although it would refuse

@@ -736,7 +736,8 @@ class ChatResponse(BaseModel):
     analysis_error: str | None = None
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
-    channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
+    # Parley's: the channel of an sms_chat ("sms" or "whatsapp"; "dev": a test chat from the console's dev phone)
+    channel: ChannelName | Literal["dev"] | None = None
 
 
 class ErrorBody(BaseModel):
