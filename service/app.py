@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from service.agent.llm import LLM
 from service.api.auth import key_roles
@@ -27,6 +28,7 @@ from service.catalog.store import Catalog
 from service.channels import CHANNELS
 from service.channels.dev import DevGateway
 from service.channels.twilio.gateway import TwilioGateway
+from service.console import routes as console
 from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
 from service.conversations.runtime import Runtime
@@ -70,6 +72,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(_tally_ctx)
     app.cleanup_ctx.append(_clients_ctx)
     if workers:
         app.cleanup_ctx.append(_workers_ctx)
@@ -79,7 +82,26 @@ def create_app(
     for route in served:
         app.router.add_route(route.method, route.path, route.handler)
     app[ROUTE_SCOPES] = {(route.method, route.path): route.scope for route in served if not route.public}
+    if web_routes:
+        console.setup(app)   # /console: the operator console (service/console), with its own sign-in
     return app
+
+
+async def _tally_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Add the console overview's counters to Redis every few seconds, and once more when stopping."""
+    tally, redis = app[METRICS].tally, app[REDIS]
+
+    async def flush() -> int:
+        await tally.flush(redis)
+        return 0
+
+    task = asyncio.create_task(every(tally.FLUSH_S, flush, "overview counters"), name="parley-tally")
+    yield
+    await stop_task(task)
+    try:
+        await tally.flush(redis)
+    except RedisError as exc:
+        log.warning("the overview's last counts were not saved", extra={"error": str(exc)})
 
 
 async def _print_api_key(app: web.Application) -> None:

@@ -85,12 +85,14 @@ async def end(request: web.Request, response: web.StreamResponse, session: Sessi
     response.del_cookie(COOKIE, path=PREFIX)
 
 
-def login_token(request: web.Request, response: web.StreamResponse) -> str:
-    """The sign-in form's CSRF token, kept in a short-lived cookie of its own (double submit)."""
-    token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+def login_token(request: web.Request) -> str:
+    """The sign-in form's CSRF token: the one in its short-lived cookie, or a new one (``set_login_token``)."""
+    return request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+
+
+def set_login_token(request: web.Request, response: web.StreamResponse, token: str) -> None:
     response.set_cookie(LOGIN_COOKIE, token, max_age=3600, path=PREFIX, httponly=True, samesite="Strict",
                         secure=_secure(request))
-    return token
 
 
 def login_token_ok(request: web.Request, given: str) -> bool:
