@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from service.api.http import status_of
+from service.api.http import Handler, status_of
 from service.app_state import FILES, RUNTIME
 from service.console.pages import render
 from service.console.sessions import require, session_of
@@ -99,7 +99,7 @@ async def clear_optout(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/console/opt-outs")
 
 
-ROUTES: list[tuple[str, str, web.Handler]] = [
+ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/agents", agents_page),
     ("GET", "/agents/{agent_id}", agent_page),
     ("POST", "/agents/{agent_id}/publish", publish),

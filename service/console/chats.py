@@ -14,7 +14,7 @@ import phonenumbers
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.api.http import status_of
+from service.api.http import Handler, status_of
 from service.app_state import REDIS, RUNTIME
 from service.chats.model import Chat, ChatStatus, Message, Role
 from service.chats.query import ChatQuery
@@ -181,7 +181,7 @@ async def measure(request: web.Request) -> web.Response:
                   not_gsm=segments.not_gsm(content))
 
 
-ROUTES: list[tuple[str, str, web.Handler]] = [
+ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/chats", list_page),
     ("GET", "/chats/rows", rows_part),
     ("GET", "/chats/{chat_id}", chat_page),

@@ -14,8 +14,9 @@ import secrets
 from aiohttp import web
 
 from service.address import DEV, Conversation, address
+from service.api.http import Handler
 from service.app_state import RUNTIME
-from service.chats.model import Chat
+from service.chats.model import Chat, Message
 from service.chats.query import ChatQuery
 from service.console.chats import FOLDED, e164
 from service.console.pages import render
@@ -42,14 +43,14 @@ def _conversation(number: str, user: str) -> Conversation:
     return Conversation(e164(number), e164(user), DEV)
 
 
-async def _view(request: web.Request, number: str, user: str) -> dict[str, object]:
+async def _view(request: web.Request, number: str, user: str) -> tuple[Chat | None, list[Message]]:
     """The dev conversation's newest chat and its transcript, for the page and its live part."""
     rt = request.app[RUNTIME]
     if not number:
-        return {"chat": None, "messages": []}
+        return None, []
     chat = await _latest(request, _conversation(number, user))
     messages = await rt.delivery.apply(chat.chat_id, await rt.chats.messages(chat.chat_id)) if chat else []
-    return {"chat": chat, "messages": messages}
+    return chat, messages
 
 
 async def page(request: web.Request, *, error: str = "", notice: str = "", status: int = 200) -> web.Response:
@@ -57,17 +58,20 @@ async def page(request: web.Request, *, error: str = "", notice: str = "", statu
     numbers = await rt.catalog.numbers()
     number = request.query.get("number") or (numbers[0].phone_number if numbers else "")
     user = request.query.get("user") or DEFAULT_USER
+    chat: Chat | None = None
+    messages: list[Message] = []
     try:
-        view = await _view(request, number, user)
+        chat, messages = await _view(request, number, user)
     except InvalidRequest as exc:
-        view, error, status = {"chat": None, "messages": []}, str(exc), 422
+        error, status = str(exc), 422
     return render(request, "devphone.html", status=status, numbers=numbers, number=number, user=user,
-                  error=error, notice=notice, folded=FOLDED, may_act=session_of(request).may("write"), **view)
+                  error=error, notice=notice, folded=FOLDED, may_act=session_of(request).may("write"), chat=chat,
+                  messages=messages)
 
 
 async def transcript_part(request: web.Request) -> web.Response:
-    view = await _view(request, request.query.get("number", ""), request.query.get("user") or DEFAULT_USER)
-    return render(request, "_transcript.html", folded=FOLDED, **view)
+    chat, messages = await _view(request, request.query.get("number", ""), request.query.get("user") or DEFAULT_USER)
+    return render(request, "_transcript.html", folded=FOLDED, chat=chat, messages=messages)
 
 
 async def text(request: web.Request) -> web.Response:
@@ -95,7 +99,7 @@ async def text(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(where.replace("+", "%2B"))
 
 
-ROUTES: list[tuple[str, str, web.Handler]] = [
+ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/dev", page),
     ("GET", "/dev/transcript", transcript_part),
     ("POST", "/dev/text", text),

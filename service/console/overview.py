@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from service.api.http import Handler
 from service.app_state import METRICS, REDIS
 from service.console.charts import Series, bars
 from service.console.pages import phone, render
@@ -124,4 +125,4 @@ async def page(request: web.Request) -> web.Response:
                   today_out=today.total("out"), today_cost=sum(today.by_number("cost").values()) / 1000)
 
 
-ROUTES: list[tuple[str, str, web.Handler]] = [("GET", "/overview", page)]
+ROUTES: list[tuple[str, str, Handler]] = [("GET", "/overview", page)]

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from service.api.http import Handler
 from service.app_state import API_KEYS
 from service.console import agents, chats, devphone, live, overview
 from service.console.pages import render
@@ -80,7 +81,7 @@ async def _serve_login(request: web.Request) -> web.Response:
     return await login_page(request)
 
 
-ROUTES: list[tuple[str, str, web.Handler]] = [
+ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "", home),
     ("GET", "/", home),
     ("GET", "/login", _serve_login),

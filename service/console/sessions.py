@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -34,7 +35,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
            "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
-SESSION = web.RequestKey("console_session", "Session")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,9 @@ class Session:
 
     def may(self, scope: Scope) -> bool:
         return scope in REACHES[self.role]
+
+
+SESSION = web.RequestKey("console_session", Session)
 
 
 def _sign(request: web.Request, session_id: str) -> str:
@@ -76,8 +79,8 @@ async def load(request: web.Request) -> Session | None:
     raw = await request.app[REDIS].get(keys.console_session(session_id))
     if raw is None:
         return None
-    data = orjson.loads(raw)
-    return Session(session_id, data["role"], data["csrf"], data["who"])
+    data: dict[str, str] = orjson.loads(raw)
+    return Session(session_id, cast(Role, data["role"]), data["csrf"], data["who"])
 
 
 async def end(request: web.Request, response: web.StreamResponse, session: Session) -> None:
