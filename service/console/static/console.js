@@ -21,13 +21,13 @@
   function listen() {
     if (!window.EventSource || !document.querySelector("[data-live]")) { return; }
     var source = new EventSource("/console/live");
+    source.onopen = function () { document.body.setAttribute("data-live-connected", "true"); };
     source.onmessage = function (event) {
       document.querySelectorAll("[data-live]").forEach(function (el) {
         var wanted = el.getAttribute("data-live");
         if (wanted === "*" || wanted === event.data || event.data === "reload") { htmx.trigger(el, "live"); }
       });
     };
-    document.body.setAttribute("data-live-connected", "true");
   }
 
   // A confirmation before an act that cannot be undone (clearing an opt-out, ending a chat).
