@@ -22,6 +22,8 @@ from .conftest import API_KEY, MakeParley, Parley, answered
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = os.environ.get("PARLEY_SCREENSHOTS")
+if SHOTS:
+    Path(SHOTS).mkdir(parents=True, exist_ok=True)
 READ_KEY = "test-read-key"
 TIMEOUT_MS = 10_000
 
@@ -77,8 +79,7 @@ class Console:
         await expect(self.page.locator("body[data-live-connected]")).to_have_count(1)
 
     async def shot(self, name: str) -> None:
-        if SHOTS:
-            Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        if SHOTS:   # the directory is made once, at import
             await self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
@@ -159,8 +160,8 @@ async def test_dev_phone_and_overview(console: Console) -> None:
     # One text in and one out today (the dev phone's are not counted), drawn as bars with their values.
     day = page.locator("figure", has_text="Texts per day")
     await expect(day.locator("rect title", has_text=": 1")).to_have_count(2)
-    await expect(page.locator("figure", has_text="Segments per day").locator("rect title",
-                                                                             has_text="+1 503-555-0100")).not_to_have_count(0)
+    by_number = page.locator("figure", has_text="Segments per day").locator("rect title", has_text="+1 503-555-0100")
+    await expect(by_number).not_to_have_count(0)
     assert "1 / 1" in await page.locator(".charts .big").nth(1).inner_text()
     await console.shot("overview")
 
