@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
 import pytest
@@ -134,3 +136,97 @@ async def test_pages_render(parley: Parley) -> None:
     assert chat["chat_id"] in listing
     bad = await parley.client.get("/console/chats?user=not-a-number")
     assert bad.status == 422 and "is not a phone number" in await bad.text()
+
+
+async def read_events(response: ClientResponse, wanted: str, within_s: float = 10.0) -> list[str]:
+    """The ``data:`` lines of an event stream, until one is ``wanted``."""
+    seen: list[str] = []
+    async with asyncio.timeout(within_s):
+        while wanted not in seen:
+            line = (await response.content.readline()).decode().strip()
+            if line.startswith("data: "):
+                seen.append(line.removeprefix("data: "))
+    return seen
+
+
+async def test_the_live_feed_works_across_processes(make_parley: MakeParley) -> None:
+    web = await make_parley(run_workers=False, **ROLES)   # serves the console, runs no turns
+    worker = await make_parley(**ROLES)                     # receives the text and runs the turn
+    await sign_in(web)
+    stream = await web.client.get("/console/live")
+    assert stream.headers["Content-Type"] == "text/event-stream"
+    await read_events(stream, "reload")   # subscribed
+    await answered(worker, "Hello")
+    chat_id = (await worker.chat_of())["chat_id"]
+    await read_events(stream, chat_id)
+    stream.close()
+
+
+async def test_dev_phone_is_a_real_turn_without_twilio_or_counts(parley: Parley) -> None:
+    await answered(parley, "Hello")   # a real text: counted
+    csrf = await sign_in(parley)
+    sent = await post(parley, "/console/dev/text", {"csrf": csrf, "number": AGENT_NUMBER, "user": "(555) 555-0199",
+                                                     "body": "Testing"})
+    assert sent.status == 303 and sent.headers["Location"] == "/console/dev?number=%2B15035550100&user=%2B15555550199"
+    conv = keys.Conversation(AGENT_NUMBER, "+15555550199", "dev")
+    await parley.idle()   # the text was in the mailbox before the answer
+    chat_id = await parley.redis.get(keys.current_chat(conv))
+    chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
+    replies = [m["content"] for m in chat["message_with_tool_calls"] if m["role"] == "agent"]
+    assert chat["channel"] == "dev" and replies == ["You said: Testing"]
+    assert [m.body for m in parley.twilio.messages] == ["You said: Hello"]   # Twilio never saw the test
+    page = await (await parley.client.get(sent.headers["Location"])).text()
+    assert "You said: Testing" in page and "delivered" in page
+    # HELP is answered at once, as the webhook's TwiML would.
+    helped = await post(parley, "/console/dev/text", {"csrf": csrf, "number": AGENT_NUMBER, "user": "+15555550199",
+                                                       "body": "HELP"})
+    assert helped.status == 200 and "Answered at once" in await helped.text()
+    unknown = await post(parley, "/console/dev/text", {"csrf": csrf, "number": "+15035550111", "user": USER,
+                                                        "body": "Hi"})
+    assert unknown.status == 422 and "is not one of Parley&#39;s numbers" in await unknown.text()
+    # The overview counts the real text only.
+    overview = await (await parley.client.get("/console/overview")).text()
+    assert re.search(r'class="big">1 / 1<', overview), overview
+    counters = await parley.redis.hgetall(keys.stats(keys.end_day(int(time.time() * 1000))))
+    assert {k.partition(":")[2]: int(v) for k, v in counters.items() if k.split(":")[1] != "lat"} == {
+        f"in:{AGENT_NUMBER}": 1, f"out:{AGENT_NUMBER}": 1, f"seg:{AGENT_NUMBER}": 1}
+    assert await parley.redis.ttl(keys.stats(keys.end_day(int(time.time() * 1000)))) > 30 * 86_400
+
+
+async def test_the_api_and_the_console_see_the_same_chat(parley: Parley) -> None:
+    await answered(parley, "Hello")
+    chat_id = (await parley.chat_of())["chat_id"]
+    csrf = await sign_in(parley)
+    assert (await parley.api("PATCH", f"/update-chat/{chat_id}", json={"agent_paused": True})).status == 200
+    page = await (await parley.client.get(f"/console/chats/{chat_id}")).text()
+    assert "Resume the agent" in page and "needs a human" in page
+    assert (await post(parley, f"/console/chats/{chat_id}/resume", {"csrf": csrf})).status == 303
+    assert (await parley.chat_of())["agent_paused"] is False
+    assert await parley.redis.zscore(keys.timers(keys.shard_of(chat_id)), chat_id) is not None   # silence clock on
+    empty = await post(parley, f"/console/chats/{chat_id}/send", {"csrf": csrf, "content": "  "})
+    assert empty.status == 422 and "content: empty" in await empty.text()
+    assert (await post(parley, f"/console/chats/{chat_id}/end", {"csrf": csrf})).status == 303
+    ended = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
+    assert ended["chat_status"] == "ended" and ended["disconnection_reason"] == "manual_stopped"
+    again = await post(parley, f"/console/chats/{chat_id}/end", {"csrf": csrf})
+    assert again.status == 409 and "has already ended" in await again.text()
+
+
+async def test_opt_outs_and_publishing_need_admin(parley: Parley) -> None:
+    assert (await parley.text("STOP")).status == 200
+    await parley.idle()
+    csrf = await sign_in(parley, WRITE_KEY)
+    listed = await (await parley.client.get("/console/opt-outs?q=555-0123")).text()
+    assert "+1 415-555-0123" in listed and "needs an admin key" in listed
+    data = {"csrf": csrf, "from_number": AGENT_NUMBER, "to_number": USER, "consent": "texted START"}
+    assert (await post(parley, "/console/opt-outs/clear", data)).status == 403
+    publish = await post(parley, "/console/agents/frontdesk/publish", {"csrf": csrf, "version": "0"})
+    assert publish.status == 403
+    csrf = await sign_in(parley)
+    missing = await post(parley, "/console/opt-outs/clear", {**data, "csrf": csrf, "consent": ""})
+    assert missing.status == 422 and "consent: required" in await missing.text()
+    assert (await post(parley, "/console/opt-outs/clear", {**data, "csrf": csrf})).status == 303
+    assert (await parley.api("GET", "/list-opt-outs")).status == 200
+    assert await (await parley.api("GET", "/list-opt-outs")).json() == []
+    declared = await post(parley, "/console/agents/frontdesk/publish", {"csrf": csrf, "version": "0"})
+    assert declared.status == 409 and "read-only here" in await declared.text()
