@@ -14,6 +14,7 @@ from aiohttp import ClientResponse
 from service.storage import keys
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
+from .test_sms import status_callback
 
 READ_KEY = "test-read-key"
 WRITE_KEY = "test-write-key"
@@ -159,6 +160,12 @@ async def test_the_live_feed_works_across_processes(make_parley: MakeParley) -> 
     await answered(worker, "Hello")
     chat_id = (await worker.chat_of())["chat_id"]
     await read_events(stream, chat_id)
+    # A delivery status that moves is told too (the page shows it), and one that does not move is not.
+    assert await status_callback(worker, worker.twilio.messages[-1].sid, "delivered") == 204
+    await read_events(stream, chat_id)
+    assert await status_callback(worker, worker.twilio.messages[-1].sid, "sent") == 204
+    assert (await post(web, f"/console/chats/{chat_id}/pause", {"csrf": await sign_in(web)})).status == 303
+    assert await read_events(stream, chat_id) == [chat_id]   # the pause's; not the stale "sent"
     stream.close()
 
 
