@@ -137,6 +137,14 @@ async def test_a_text_appears_live_and_a_person_takes_over(console: Console) -> 
     await answered(parley, "Great, thanks")
     await expect(page.locator("ol.transcript li.agent").last).to_contain_text("You said: Great, thanks")
 
+    # A phone's width: nothing runs off the side, and the page is used from the keyboard.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for path in (page.url, console.url("/console/chats"), console.url("/console/overview")):
+        await page.goto(path)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    await page.keyboard.press("Tab")   # the first stop is the skip link
+    await expect(page.locator("a.skip")).to_be_focused()
+
 
 async def test_dev_phone_and_overview(console: Console) -> None:
     parley, page = console.parley, console.page
