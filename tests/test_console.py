@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import ClientResponse
+from pydantic import ValidationError
 
+from service.cli.commands import main
+from service.settings import Settings
 from service.storage import keys
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
@@ -177,7 +182,7 @@ async def test_dev_phone_is_a_real_turn_without_twilio_or_counts(parley: Parley)
     assert sent.status == 303 and sent.headers["Location"] == "/console/dev?number=%2B15035550100&user=%2B15555550199"
     conv = keys.Conversation(AGENT_NUMBER, "+15555550199", "dev")
     await parley.idle()   # the text was in the mailbox before the answer
-    chat_id = await parley.redis.get(keys.current_chat(conv))
+    chat_id = cast(str, await parley.redis.get(keys.current_chat(conv)))   # decoded
     chat = await (await parley.api("GET", f"/get-chat/{chat_id}")).json()
     replies = [m["content"] for m in chat["message_with_tool_calls"] if m["role"] == "agent"]
     assert chat["channel"] == "dev" and replies == ["You said: Testing"]
@@ -194,7 +199,7 @@ async def test_dev_phone_is_a_real_turn_without_twilio_or_counts(parley: Parley)
     # The overview counts the real text only.
     overview = await (await parley.client.get("/console/overview")).text()
     assert re.search(r'class="big">1 / 1<', overview), overview
-    counters = await parley.redis.hgetall(keys.stats(keys.end_day(int(time.time() * 1000))))
+    counters = cast(dict[str, str], await parley.redis.hgetall(keys.stats(keys.end_day(int(time.time() * 1000)))))
     assert {k.partition(":")[2]: int(v) for k, v in counters.items() if k.split(":")[1] != "lat"} == {
         f"in:{AGENT_NUMBER}": 1, f"out:{AGENT_NUMBER}": 1, f"seg:{AGENT_NUMBER}": 1}
     assert await parley.redis.ttl(keys.stats(keys.end_day(int(time.time() * 1000)))) > 30 * 86_400
@@ -237,3 +242,23 @@ async def test_opt_outs_and_publishing_need_admin(parley: Parley) -> None:
     assert await (await parley.api("GET", "/list-opt-outs")).json() == []
     declared = await post(parley, "/console/agents/frontdesk/publish", {"csrf": csrf, "version": "0"})
     assert declared.status == 409 and "read-only here" in await declared.text()
+
+
+async def test_named_operators_sign_in_with_a_password(make_parley: MakeParley, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    main(["console-user", "alice", "--role", "write"])
+    entry = json.loads(capsys.readouterr().out)
+    assert entry["alice"]["role"] == "write" and "correct horse" not in json.dumps(entry)
+    parley = await make_parley(console_users=entry)
+    login = await parley.client.get("/console/login")
+    token = csrf_of(await login.text())
+    for name, password in (("alice", "wrong password!"), ("bob", "correct horse battery")):
+        refused = await post(parley, "/console/login", {"csrf": token, "name": name, "api_key": password})
+        assert refused.status == 401 and "do not match" in await refused.text()
+    signed = await post(parley, "/console/login", {"csrf": token, "name": "alice", "api_key": "correct horse battery"})
+    assert signed.status == 303
+    page = await (await parley.client.get("/console/chats")).text()
+    assert "alice (write)" in page
+    with pytest.raises(ValidationError, match="expected a password hash"):
+        Settings.model_validate({"console_users": {"bob": {"role": "read", "password": "plain text"}}})

@@ -7,6 +7,7 @@ API checks a key's (``sessions.require``, with the scope the API route for the s
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,8 +15,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from service.api.http import Handler
-from service.app_state import API_KEYS
-from service.console import agents, chats, devphone, live, overview
+from service.app_state import API_KEYS, SETTINGS
+from service.console import agents, chats, devphone, live, overview, users
 from service.console.pages import render
 from service.console.pages import setup as setup_pages
 from service.console.sessions import (
@@ -28,6 +29,7 @@ from service.console.sessions import (
     start,
 )
 from service.console.sessions import end as end_session
+from service.settings import Role
 
 STATIC = Path(__file__).parent / "static"
 
@@ -53,22 +55,38 @@ async def login_page(request: web.Request, *, error: str = "", status: int = 200
 
 
 async def login(request: web.Request) -> web.Response:
-    """``POST /console/login``: an API key in, a session out; a wrong key (or the webhook key) is refused."""
+    """``POST /console/login``: an API key (or a named operator's password) in, a session out; a wrong key, the
+    webhook key or a wrong password is refused."""
     form = await request.post()
     if not login_token_ok(request, str(form.get("csrf", ""))):
         return await login_page(request, error="This sign-in form expired; try again.", status=403)
-    given = str(form.get("api_key", "")).strip().encode()
+    name, secret = str(form.get("name", "")).strip(), str(form.get("api_key", ""))
+    if name:   # a named operator (PARLEY_CONSOLE_USERS): scrypt, off the event loop
+        role = await asyncio.to_thread(users.check, request.app[SETTINGS].console_users, name, secret)
+        if role is None:
+            return await login_page(request, error="That name and password do not match.", status=401)
+        who = f"{name} ({role})"
+    else:
+        secret = secret.strip()
+        role = _key_role(request, secret.encode())
+        if role is None or role == "webhook":
+            message = ("That is the webhook-signing key: it signs what Parley sends and opens nothing; use a key "
+                       "with the role read, write or admin." if role == "webhook"
+                       else "No API key of this Parley matches.")
+            return await login_page(request, error=message, status=401)
+        who = f"{role} key …{secret[-4:]}"
+    response = web.HTTPSeeOther(_next(request, str(form.get("next", ""))))
+    await start(request, response, role, who)
+    raise response
+
+
+def _key_role(request: web.Request, given: bytes) -> Role | None:
+    """The role of the API key ``given``, compared with every key in constant time (as ``api.auth`` does)."""
     role = None
-    for key, key_role in request.app[API_KEYS].items():   # every key, in constant time (as api.auth does)
+    for key, key_role in request.app[API_KEYS].items():
         if hmac.compare_digest(given, key.encode()):
             role = key_role
-    if role is None or role == "webhook":
-        message = ("That is the webhook-signing key: it signs what Parley sends and opens nothing; use a key with "
-                   "the role read, write or admin." if role == "webhook" else "No API key of this Parley matches.")
-        return await login_page(request, error=message, status=401)
-    response = web.HTTPSeeOther(_next(request, str(form.get("next", ""))))
-    await start(request, response, role, f"{role} key …{given.decode()[-4:]}")
-    raise response
+    return role
 
 
 async def logout(request: web.Request) -> web.Response:
