@@ -71,7 +71,7 @@ class Console:
 
     async def sign_in(self, key: str = API_KEY) -> None:
         await self.page.goto(self.url("/console/chats"))   # sent to the sign-in page, then back
-        await self.page.get_by_label("API key").fill(key)
+        await self.page.get_by_label("API key, or your password").fill(key)
         await self.page.get_by_role("button", name="Sign in").click()
 
     async def live(self) -> None:
@@ -194,4 +194,4 @@ async def test_refusals(console: Console) -> None:
     assert (await parley.chat_of())["agent_paused"] is False
     await page.get_by_role("button", name="Sign out").click()
     await page.goto(console.url("/console/overview"))
-    await expect(page.get_by_label("API key")).to_be_visible()
+    await expect(page.get_by_label("API key, or your password")).to_be_visible()
