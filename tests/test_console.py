@@ -262,3 +262,24 @@ async def test_named_operators_sign_in_with_a_password(make_parley: MakeParley, 
     assert "alice (write)" in page
     with pytest.raises(ValidationError, match="expected a password hash"):
         Settings.model_validate({"console_users": {"bob": {"role": "read", "password": "plain text"}}})
+
+
+async def test_the_list_pages_back_through_older_conversations(parley: Parley,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.console.chats.PAGE", 1)
+    await answered(parley, "first")
+    first = (await parley.chat_of())["chat_id"]
+    before = len(parley.twilio.messages)
+    assert (await parley.text("second", user="+14155550999")).status == 200
+    await parley.twilio.wait_for(before + 1)
+    await parley.idle()
+    second = (await parley.chat_of(user="+14155550999"))["chat_id"]
+    await sign_in(parley)
+    newest = await (await parley.client.get("/console/chats")).text()
+    assert second in newest and first not in newest
+    older = re.search(r'<a href="([^"]+)">Older conversations</a>', newest)
+    assert older
+    page = await (await parley.client.get(older.group(1).replace("&amp;", "&"))).text()
+    assert first in page and second not in page and "Older conversations" not in page
+    broken = await parley.client.get("/console/chats?after=nonsense")
+    assert broken.status == 422 and "pagination_key" in await broken.text()

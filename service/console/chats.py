@@ -8,7 +8,9 @@ without JavaScript), or, when it is refused, the conversation again with the rea
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import phonenumbers
 from aiohttp import web
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from service.api.http import Handler, status_of
 from service.app_state import REDIS, RUNTIME
 from service.chats.model import Chat, ChatStatus, Message, Role
-from service.chats.query import ChatQuery
+from service.chats.query import ChatQuery, Cursor
 from service.console import live
 from service.console.pages import render
 from service.console.sessions import require, session_of
@@ -61,36 +63,49 @@ def _filter(query: dict[str, str]) -> ChatFilter | None:
         raise InvalidRequest(str(exc.errors()[0]["msg"])) from None
 
 
-async def _rows(request: web.Request) -> tuple[list[tuple[Chat, Message | None]], str]:
-    """The chats the filters select, newest first, each with its last message; or why the filters are wrong."""
+@dataclass
+class Rows:
+    """A page of the list: each chat with its last message, the next page's link, or why the filters are wrong."""
+
+    rows: list[tuple[Chat, Message | None]] = field(default_factory=list)
+    older: str = ""
+    error: str = ""
+
+
+async def _rows(request: web.Request) -> Rows:
     rt = request.app[RUNTIME]
     query = dict(request.query)
     try:
         chat_filter = _filter(query)
-    except InvalidRequest as exc:
-        return [], str(exc)
+        cursor = Cursor.decode(query["after"]) if query.get("after") else None
+    except (InvalidRequest, ParleyError) as exc:
+        return Rows(error=str(exc))
     human = bool(query.get("human"))
     page = await ChatQuery(rt.redis, ttl_s=rt.chats.ttl_s).page(chat_filter, descending=True,
-                                                                limit=HUMAN_SCAN if human else PAGE, cursor=None)
+                                                                limit=HUMAN_SCAN if human else PAGE, cursor=cursor)
     found = [c for c in page.chats if c.agent_paused][:PAGE] if human else page.chats
+    older = ""
+    if page.cursor is not None and not human:
+        older = "/console/chats?" + urlencode({**{k: v for k, v in query.items() if k != "after"},
+                                               "after": page.cursor.encode()})
     async with rt.redis.pipeline(transaction=False) as pipe:
         for chat in found:
             pipe.lindex(keys.chat_messages(chat.chat_id), -1)
         lasts = await pipe.execute()
-    return [(chat, Message.from_json(last) if last else None) for chat, last in zip(found, lasts, strict=True)], ""
+    rows = [(chat, Message.from_json(last) if last else None) for chat, last in zip(found, lasts, strict=True)]
+    return Rows(rows, older)
 
 
 async def list_page(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    rows, error = await _rows(request)
+    page = await _rows(request)
     agent_ids = sorted(await rt.catalog.agents.ids())
-    return render(request, "chats.html", rows=rows, error=error, query=dict(request.query), agent_ids=agent_ids,
-                  status=422 if error else 200, rows_url=f"/console/chats/rows?{request.query_string}")
+    return render(request, "chats.html", page=page, query=dict(request.query), agent_ids=agent_ids,
+                  status=422 if page.error else 200, rows_url=f"/console/chats/rows?{request.query_string}")
 
 
 async def rows_part(request: web.Request) -> web.Response:
-    rows, error = await _rows(request)
-    return render(request, "_rows.html", rows=rows, error=error)
+    return render(request, "_rows.html", page=await _rows(request))
 
 
 async def _chat(request: web.Request) -> Chat:

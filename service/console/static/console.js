@@ -18,6 +18,24 @@
 
   // Server-sent events: each names a chat that changed ("reload": anything may have). Parts that show that chat
   // (data-live="<chat id>") or any chat (data-live="*") are asked again by htmx (hx-trigger="live").
+  // A part is asked again at most once a second however busy Parley is: the first change at once, the rest of
+  // that second in one trailing refresh.
+  var QUIET_MS = 1000;
+  function refresh(el) {
+    var now = Date.now(), last = el._liveAt || 0;
+    if (el._liveTimer) { return; }
+    if (now - last >= QUIET_MS) {
+      el._liveAt = now;
+      htmx.trigger(el, "live");
+      return;
+    }
+    el._liveTimer = setTimeout(function () {
+      el._liveTimer = null;
+      el._liveAt = Date.now();
+      htmx.trigger(el, "live");
+    }, QUIET_MS - (now - last));
+  }
+
   function listen() {
     if (!window.EventSource || !document.querySelector("[data-live]")) { return; }
     var source = new EventSource("/console/live");
@@ -25,7 +43,7 @@
     source.onmessage = function (event) {
       document.querySelectorAll("[data-live]").forEach(function (el) {
         var wanted = el.getAttribute("data-live");
-        if (wanted === "*" || wanted === event.data || event.data === "reload") { htmx.trigger(el, "live"); }
+        if (wanted === "*" || wanted === event.data || event.data === "reload") { refresh(el); }
       });
     };
   }
