@@ -69,6 +69,16 @@ class Responder:
             return await FlowTurn(self._flow_parts, agent, chat, history, now=now, medium=medium, sms=sms).run()
         return await self._loop(agent, agent.llm, chat, history, now, medium, sms)
 
+    async def write(self, agent: Agent, chat: Chat, history: list[Message], instructions: str) -> Reply:
+        """One message the agent writes following ``instructions`` (after its prompt), calling no tool; a
+        conversation flow writes it at the chat's node, which it does not leave."""
+        if agent.llm is None:
+            return await FlowTurn(self._flow_parts, agent, chat, history, now=datetime.now(UTC),
+                                  medium=self._media[chat.channel], sms=None).write(instructions)
+        told = agent.llm.model_copy(update={"general_prompt": agent.llm.general_prompt + instructions,
+                                            "general_tools": []})
+        return await self.respond(Agent(config=agent.config, llm=told), chat, history)
+
     async def _loop(self, agent: Agent, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime,
                     medium: Medium, sms: tools.SmsHook | None) -> Reply:
         """A Retell LLM's turn: the model and its tools, up to ``MAX_TOOL_ROUNDS`` rounds."""
