@@ -22,7 +22,7 @@ import aiohttp
 from service.agent import tools, variables
 from service.agent.flow import FlowTurn, Parts
 from service.agent.llm import LLM
-from service.agent.reply import Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
+from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
 from service.agent.swap import swap
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message, Role
@@ -33,8 +33,6 @@ __all__ = ["MAX_TOOL_ROUNDS", "Medium", "Reply", "Responder", "chat_variables", 
            "window"]
 
 log = logging.getLogger(__name__)
-
-MAX_TOOL_ROUNDS = 5
 
 
 def system_prompt(agent: Agent, llm: RetellLLM, values: dict[str, str], now: datetime, medium: Medium,
