@@ -162,6 +162,9 @@ def _format(message: dict[str, Any]) -> str | None:
         return f"  [result: {_shorten(str(message.get('content', '')))}]"
     if role == "state_transition":
         return f"  [state {message.get('former_state_name') or '-'} -> {message.get('new_state_name', '?')}]"
+    if role == "node_transition":
+        moved = f"  [node {message.get('former_node_name') or '-'} -> {message.get('new_node_name') or 'the end'}"
+        return moved + (f": {message['content']}]" if message.get("content") else "]")
     return None
 
 
