@@ -209,5 +209,10 @@ def subagent_tools(graph: _Graph, node: SubagentNode) -> list[tools.Offered]:
             out.append(tool)
         elif (server := graph.mcp_server(tool.mcp_id or "")) is not None:
             out.append(tools.ServerTool(tool, server))
-    out += [t for t in (graph.tool(i) for i in node.tool_ids) if isinstance(t, FlowTool)]
+    for tool_id in node.tool_ids:
+        found = graph.tool(tool_id)
+        if isinstance(found, FlowTool):
+            out.append(found)
+        else:   # an integration app: kept and reported (retell.unsupported), not offered
+            log.warning("subagent node's tool is not one Parley runs", extra={"node": node.id, "tool": tool_id})
     return out
