@@ -6,10 +6,9 @@ flow's, a local component's, a shared component's)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -27,7 +26,12 @@ from service.retell.models import AgentSwapTool, McpTool
 
 log = logging.getLogger(__name__)
 
-Respond = Callable[..., Awaitable[Reply]]
+
+class Respond(Protocol):
+    """``Responder.respond``: the turn of whichever agent a swap hands the chat to."""
+
+    async def __call__(self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
+                       sms: tools.SmsHook | None = None) -> Reply: ...
 
 
 @dataclass(frozen=True, slots=True)
