@@ -20,6 +20,7 @@ from service.retell.models import (
     IGNORED_IN_REQUESTS,
     INFO_COLLECTION_TEXT,
     VARIABLE_NAME_PATTERN,
+    ChatAgent,
     CustomTool,
     ExtractedVariable,
     McpServer,
@@ -512,3 +513,7 @@ def model_of(config: ModelConfig | None, choice: ModelChoice | None) -> str | No
     if config is not None and config.primary is not None:
         return config.primary.model
     return choice.model if choice is not None else None
+
+
+# ChatAgent holds an inline ConversationFlow (agent files): complete it now that the class exists (retell.models).
+ChatAgent.model_rebuild(_types_namespace={"ConversationFlow": ConversationFlow})
