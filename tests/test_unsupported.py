@@ -122,23 +122,25 @@ async def test_honor_internal_dnc_is_accepted_and_said_when_not_obeyed(
     assert response.headers.get("X-Parley-Unsupported") == header
 
 
-def test_parley_check_names_a_conversation_flow_agent_it_cannot_run(tmp_path: Path) -> None:
+def test_parley_check_asks_a_file_to_carry_its_flow_inline(tmp_path: Path) -> None:
     (tmp_path / "flow.yaml").write_text(yaml.safe_dump({
         "agent_name": "Flow", "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}}))
     (tmp_path / "phone-numbers.yaml").write_text("[]")
     done = run_check(tmp_path)
     assert done.returncode != 0
-    assert ("flow.yaml: response_engine.type 'conversation-flow': conversation-flow agents (Retell's node graphs) "
-            "do not run in Parley yet; only Retell LLM agents (an inline retell_llm) run") in done.stderr
+    assert ("flow.yaml: an agent file carries its engine inline, as a mapping: retell_llm or conversation_flow "
+            "(exactly one); response_engine cannot name a Retell LLM or conversation flow kept by the API: files are "
+            "read on their own (parley check reads no store), so put it in the file under retell_llm or "
+            "conversation_flow") in done.stderr
 
 
 async def test_the_api_refuses_an_engine_it_cannot_run_saying_why(make_parley: MakeParley) -> None:
     parley = await make_parley()
     refused = await parley.api("POST", "/create-chat-agent", json={
-        "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}})
+        "response_engine": {"type": "custom-llm", "llm_websocket_url": "wss://example.com/llm"}})
     assert refused.status == 422
-    assert "'conversation-flow': conversation-flow agents (Retell's node graphs) do not run in Parley yet" in (
-        await refused.json())["message"]
+    assert ("'custom-llm': custom-llm agents (your own LLM websocket) do not run in Parley; retell-llm and "
+            "conversation-flow agents run") in (await refused.json())["message"]
 
 
 def test_a_language_other_than_the_default_is_named() -> None:
