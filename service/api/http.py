@@ -80,7 +80,7 @@ def validated(model: type[B], data: object, *, strict: bool = True) -> B:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise InvalidRequest("; ".join(describe(exc))) from None
+        raise InvalidRequest("; ".join(describe(exc, data=data))) from None
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:

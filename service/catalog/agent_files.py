@@ -86,7 +86,7 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
-        problems.extend(f"{path}: {line}" for line in describe(exc))
+        problems.extend(f"{path}: {line}" for line in describe(exc, data=data))
         return
     if agent.agent_id in catalog.agents:
         problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "

@@ -30,6 +30,7 @@ from service.retell.models import (
     SmsSender,
     Tool,
 )
+from service.validation import Problems
 
 
 class _Model(BaseModel):
@@ -440,7 +441,7 @@ class ConversationFlowComponent(Component):
     @model_validator(mode="after")
     def _holds_together(self) -> ConversationFlowComponent:
         if problems := self.problems(inside_component=True):
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
 
@@ -478,7 +479,7 @@ class ConversationFlow(_Graph):
                 problems.append(f"nodes.{index} ({node.id}).component_id: no component in components is named "
                                 f"{node.component_id!r} (components: {', '.join(names) or 'none'})")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def component(self, component_id: str) -> Component | None:
