@@ -235,8 +235,8 @@ async def test_get_mcp_tools_through_the_sdk(make_parley: MakeParley, mcp_server
 
 
 async def test_get_mcp_tools_of_a_flow_component(make_parley: MakeParley, mcp_server: McpFixture) -> None:
-    crm = {"name": "crm", "url": mcp_server.url, "timeout_ms": 5000}
-    ask = {"id": "ask", "type": "conversation", "instruction": {"type": "prompt", "text": "Ask."}}
+    crm: Any = {"name": "crm", "url": mcp_server.url, "timeout_ms": 5000}
+    ask: Any = {"id": "ask", "type": "conversation", "instruction": {"type": "prompt", "text": "Ask."}}
     run = {"id": "run", "type": "component", "component_id": "Lookup", "component_type": "local"}
     flow = {"nodes": [run], "components": [{"name": "Lookup", "nodes": [ask], "mcps": [crm]}]}
     desk = {k: v for k, v in agent_file().items() if k != "retell_llm"}
