@@ -354,7 +354,7 @@ class ModelConfig(_Model):
     """Retell's ``model_config``: the model that answers (``primary``), the one that answers when it fails
     (``backup``), and the temperature. Only the ``cascading`` type (a text LLM) can run a chat."""
 
-    type: Literal["cascading"] = "cascading"
+    type: Literal["cascading"] | None = "cascading"   # null (as the SDK allows) is read as cascading
     primary: ModelRef | None = None
     backup: BackupModelRef | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
