@@ -156,6 +156,10 @@ async def test_flow_versions_follow_the_agent_versions(retell: AsyncRetell) -> N
                                                        "'cf_ghost'"):
         await retell.chat_agent.update(agent.agent_id, response_engine={"type": "conversation-flow",
                                                                          "conversation_flow_id": "cf_ghost"})
+    with pytest.raises(UnprocessableEntityError, match="conversation_flow: not accepted here; create the flow with "
+                                                       "/create-conversation-flow"):
+        await retell.chat_agent.create(response_engine={"type": "conversation-flow", "conversation_flow_id": flow_id},
+                                       extra_body={"conversation_flow": flow()})
     with pytest.raises(UnprocessableEntityError, match=f"response_engine.conversation_flow_id: no conversation flow "
                                                        f"'{flow_id}' version 9"):
         await retell.chat_agent.create(response_engine={"type": "conversation-flow", "conversation_flow_id": flow_id,

@@ -82,6 +82,9 @@ def _agent_body(data: dict[str, Any], agent_id: str, policy: OutboundPolicy) -> 
     if "retell_llm" in data:
         raise InvalidRequest("retell_llm: not accepted here; create the LLM with /create-retell-llm and name it "
                              "in response_engine")
+    if "conversation_flow" in data:
+        raise InvalidRequest("conversation_flow: not accepted here; create the flow with /create-conversation-flow "
+                             "and name it in response_engine")
     clean = {k: v for k, v in data.items() if k not in READ_ONLY}
     agent = validated(ChatAgent, {**clean, "agent_id": agent_id})
     refuse(targets.agent_problems(agent, policy))
@@ -127,7 +130,8 @@ async def update_chat_agent(request: web.Request) -> web.Response:
     rt.catalog.agents.refuse_published(current)
     data = await read_object(request)
     data.pop("agent_id", None)
-    agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id, _policy(request))
+    stored = current.model_dump(exclude={"retell_llm", "conversation_flow"})
+    agent = _agent_body({**stored, **data}, agent_id, _policy(request))
     agent = await _pin_llm(request, agent.model_copy(update={
         "version": current.version, "base_version": current.base_version}))
     return reported(await rt.catalog.agents.edit(agent))

@@ -14,7 +14,9 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from service.retell.models import (
     IGNORED_IN_REQUESTS,
@@ -100,12 +102,23 @@ class Edge(_Model):
     destination_node_id: str | None = None
 
 
+class _OrPlainText:
+    """In the JSON schema (``/openapi.json``), a plain string is accepted beside the objects, as the validator
+    reads it: a prompt condition."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [{"type": "string", "minLength": 1}, handler(schema)]}
+
+
+_OR_PLAIN_TEXT = _OrPlainText()
+
+
 class GlobalNodeSetting(_Model):
     """Makes a node reachable from every node while ``condition`` holds; ``go_back_conditions`` return to the
     node the chat came from; ``cool_down``: that many node steps after leaving it, it is not offered again."""
 
     condition: Annotated[PromptCondition | EquationCondition | EquationPromptCondition,
-                         Field(discriminator="type")]
+                         Field(discriminator="type"), _OR_PLAIN_TEXT]
     cool_down: float | None = Field(default=None, ge=0)
     go_back_conditions: list[Edge] = Field(default_factory=list)
 
