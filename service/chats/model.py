@@ -315,6 +315,7 @@ class Chat:
             inbound_webhook_error=self.inbound_webhook_error,
             agent_paused=self.agent_paused if self.chat_type is ChatType.SMS else None,
             channel=cast(ChannelName, self.channel) if self.chat_type is ChatType.SMS else None,
+            current_node=(self.flow_state or {}).get("node_name"),
         )
 
 

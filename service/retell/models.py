@@ -737,6 +737,7 @@ class ChatResponse(BaseModel):
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
     channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
+    current_node: str | None = None        # Parley's: a conversation flow's node the chat is at (name, else id)
 
 
 class ErrorBody(BaseModel):
