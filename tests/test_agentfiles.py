@@ -109,7 +109,8 @@ def test_short_silence_is_allowed_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("files", "expected"), [
     ({"frontdesk.yaml": agent_file(timezone="Mars/Olympus")}, "frontdesk.yaml: timezone: Value error, 'Mars/Olympus'"),
     ({"frontdesk.yaml": agent_file(burst_window_ms=-1)}, "frontdesk.yaml: burst_window_ms: Input should be greater"),
-    ({"frontdesk.yaml": {"agent_name": "no llm"}}, "frontdesk.yaml: retell_llm: required"),
+    ({"frontdesk.yaml": {"agent_name": "no llm"}},
+     "frontdesk.yaml: an agent file carries its engine inline, as a mapping: retell_llm or conversation_flow"),
     ({"frontdesk.yaml": agent_file(retell_llm={"general_tools": [{"type": "custom", "name": "x", "url": "ftp://x"}]})},
      "retell_llm.general_tools.0.custom.url: String should match pattern"),
     ({"frontdesk.yaml": agent_file(retell_llm={"general_tools": [{"type": "teleport"}]})},
@@ -153,7 +154,7 @@ def run_check(directory: Path) -> subprocess.CompletedProcess[str]:
 def test_parley_check_exits_non_zero_on_a_problem(tmp_path: Path) -> None:
     good = run_check(REPO / "agents")
     assert good.returncode == 0, good.stderr
-    assert "ok: 1 agent(s), 1 number(s)" in good.stdout
+    assert "ok: 2 agent(s), 1 number(s)" in good.stdout
     bad = run_check(write(tmp_path / "bad", {"frontdesk.yaml": agent_file(max_reply_segments=0),
                                             "phone-numbers.yaml": NUMBERS}))
     assert bad.returncode != 0
