@@ -1,17 +1,20 @@
 """``bench.run --agent flow``: the turns of a conversation-flow agent against the single-prompt agent's.
 
 With ``--agent flow`` the benchmark's Parley also has the agent ``bench-flow`` (a conversation flow, below) on a
-number of its own, and the ``flow`` phase runs closed-loop turns (as the ``turns`` phase does) alternately against
-the single-prompt agent's number and the flow's, ``repeats`` times each, each run on conversations of its own.
-Reported: both medians of CPU ms per turn and turns per second, and ``cpu_ratio`` = flow / single-prompt CPU per
-turn (the issue's target: <= 1.25).
+number of its own, and the ``flow`` phase runs closed-loop turns (as the ``turns`` phase does) against, in turn,
+the single-prompt agent (``single``), the flow with texts that keep the chat at its node (``flow``) and the flow
+with texts that move it (``flow_transition``), ``repeats`` times each, each run on conversations of its own.
+Reported: the medians of CPU ms per turn and turns per second of each, ``cpu_ratio`` = flow / single-prompt CPU
+per turn (the issue's target: <= 1.25) and ``transition_cpu_ratio`` = flow_transition / single (for information).
 
 The flow is about the size of a real one's busiest node: the chat sits in ``desk``, a conversation node with a
 prompt instruction, one equation edge (evaluated by Parley on every text; it never holds here) and two prompt
 edges, and the flow has one global node (its condition offered on every text, like the prompt edges) with a
-go-back condition. The fake LLM answers the flow's texts as it answers the single-prompt agent's (it echoes
-them, ``tests/fakes/openai.py: echo``): it takes no transition, so each measured flow turn is one model call
-at ``desk``, like each single-prompt turn, and the difference is what the flow costs Parley per turn.
+go-back condition. The fake LLM (``bench/fake_openai.py: move_or_echo``) echoes a text, as it does the
+single-prompt agent's, so a ``flow`` turn is one model call at ``desk`` (with the three transitions offered),
+like a single-prompt turn: the difference is what the flow costs Parley per turn. A ``flow_transition`` text holds
+``[move]``: the fake calls the first transition offered, so the chat goes ``desk`` -> ``booking`` -> ``desk``...,
+and each such turn is two model calls (the transition, then the new node's reply) and a recorded transition.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ FLOW_AGENT_ID = "bench-flow"
 FLOW_NUMBER = "+15035550101"
 FLOW_USERS = 4_000_000          # +1415NNNNNNN: the flow phase's conversations (single and flow runs apart)
 RUN_STRIDE = 100_000
-FLOW_OFFSET = 50_000            # within a run's stride: the flow agent's conversations after the single's
+OFFSETS = {"single": 0, "flow": 30_000, "flow_transition": 60_000}   # within a run's stride
+AGENTS = tuple(OFFSETS)         # the order of a round of runs
+MOVE = "[move]"                 # in a text: the bench's fake LLM takes a transition (bench/fake_openai.py)
 TARGET_RATIO = 1.25
 TARGET = f"<= {TARGET_RATIO} x single-prompt CPU per turn"
 
@@ -68,20 +73,27 @@ def flow_number() -> dict[str, Any]:
 
 
 def flow_users(conversations: int, run: int, agent: str) -> list[str]:
-    """The conversations of flow-phase run ``run`` for ``agent`` (``single`` or ``flow``)."""
-    first = FLOW_USERS + run * RUN_STRIDE + (FLOW_OFFSET if agent == "flow" else 0)
+    """The conversations of flow-phase run ``run`` for ``agent`` (one of ``AGENTS``)."""
+    first = FLOW_USERS + run * RUN_STRIDE + OFFSETS[agent]
     return [f"+1415{first + i:07d}" for i in range(conversations)]
 
 
+def tag(agent: str, run: int) -> str:
+    """What the run's texts start with: ``[move]`` in those of ``flow_transition``."""
+    return f"{agent}{run}" + (f" {MOVE}" if agent == "flow_transition" else "")
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per agent, and the ratio of flow to single-prompt CPU per turn (None if a run failed)."""
+    """Medians per agent, and the ratios of flow to single-prompt CPU per turn (None if a run failed)."""
     out: dict[str, Any] = {"runs": runs}
     for name, results in runs.items():
         cpu = [r["cpu_ms_per_turn"] for r in results if "cpu_ms_per_turn" in r]
         out[f"{name}_cpu_ms_per_turn"] = statistics.median(cpu) if len(cpu) == len(results) else None
         out[f"{name}_turns_per_s"] = statistics.median(r["turns_per_s"] for r in results)
-    single, flow = out["single_cpu_ms_per_turn"], out["flow_cpu_ms_per_turn"]
-    out["cpu_ratio"] = round(flow / single, 3) if single and flow is not None else None
+    single = out["single_cpu_ms_per_turn"]
+    for name, ratio in (("flow", "cpu_ratio"), ("flow_transition", "transition_cpu_ratio")):
+        measured = out.get(f"{name}_cpu_ms_per_turn")
+        out[ratio] = round(measured / single, 3) if single and measured is not None else None
     return out
 
 
@@ -91,9 +103,12 @@ def rows(flow: dict[str, Any]) -> list[tuple[str, str]]:
         return "n/a" if value is None else str(value)
 
     return [
-        ("5. turns/s: single prompt / flow", f"{fmt(flow.get('single_turns_per_s'))} / "
-                                             f"{fmt(flow.get('flow_turns_per_s'))}"),
-        ("5. CPU ms per turn: single prompt / flow", f"{fmt(flow.get('single_cpu_ms_per_turn'))} / "
-                                                     f"{fmt(flow.get('flow_cpu_ms_per_turn'))}"),
+        ("5. turns/s: single prompt / flow / flow moving", f"{fmt(flow.get('single_turns_per_s'))} / "
+                                                          f"{fmt(flow.get('flow_turns_per_s'))} / "
+                                                          f"{fmt(flow.get('flow_transition_turns_per_s'))}"),
+        ("5. CPU ms per turn: single prompt / flow / flow moving",
+         f"{fmt(flow.get('single_cpu_ms_per_turn'))} / {fmt(flow.get('flow_cpu_ms_per_turn'))} / "
+         f"{fmt(flow.get('flow_transition_cpu_ms_per_turn'))}"),
+        ("5. flow moving (2 model calls) / single prompt", fmt(flow.get("transition_cpu_ratio"))),
         ("5. flow / single-prompt CPU per turn", fmt(flow.get("cpu_ratio"))),
     ]

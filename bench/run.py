@@ -492,13 +492,16 @@ async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
 
 
 async def phase_flow(driver: Driver, plan: Plan) -> dict[str, Any]:
-    """``--agent flow``: the single-prompt agent and the flow agent, ``plan.repeats`` times each, alternating,
-    each run on conversations of its own; medians and the ratio of CPU per turn (``bench/flow.py``)."""
-    runs: dict[str, list[dict[str, Any]]] = {"single": [], "flow": []}
+    """``--agent flow``: the single-prompt agent, the flow agent staying at its node and the flow agent moving,
+    ``plan.repeats`` times each, in turn, each run on conversations of its own; medians and the ratios of CPU per
+    turn (``bench/flow.py``)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in flow_bench.AGENTS}
     for i in range(plan.repeats):
-        for name, to in (("single", AGENT_NUMBER), ("flow", flow_bench.FLOW_NUMBER)):
+        for name in flow_bench.AGENTS:
+            to = AGENT_NUMBER if name == "single" else flow_bench.FLOW_NUMBER
             users = flow_bench.flow_users(plan.turns_conversations, i, name)
-            result = await turns_run(driver, driver.setup.parley_url, users, plan.turns_rounds, f"{name}{i}", to)
+            result = await turns_run(driver, driver.setup.parley_url, users, plan.turns_rounds,
+                                     flow_bench.tag(name, i), to)
             runs[name].append(result)
             print(f"  flow run {i + 1}/{plan.repeats} {name}: {result.get('cpu_ms_per_turn')} CPU ms per turn, "
                   f"{result.get('turns_per_s')} turns/s {result.get('error', '')}", file=sys.stderr, flush=True)
