@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import USER, MakeParley, Parley, answered, api_json
+from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, answered, api_json
 from .fakes.openai import Call, Completion, HttpError, last_user_text
 
 Responder = Callable[[dict[str, Any]], Completion | HttpError]
@@ -245,3 +245,27 @@ async def test_an_api_chat_opens_at_the_start_node_and_walks(make_parley: MakePa
     assert [tag(r) for r in parley.llm.requests[1:]] == ["ask_day"]
     stored = await api_json(parley, "GET", f"/get-chat/{chat['chat_id']}")
     assert stored["current_node"] == "Ask day"
+
+
+async def test_an_outbound_sms_chat_opens_at_the_start_node(make_parley: MakeParley) -> None:
+    parley = await started(make_parley, BOOKING, BOOKS)
+    await api_json(parley, "POST", "/create-sms-chat", json={"from_number": AGENT_NUMBER, "to_number": USER,
+                                                             "override_agent_id": "frontdesk"})
+    assert [m.body for m in parley.twilio.messages] == [f"Hi {USER}! This is Sunny Dental."]
+    assert (await parley.chat_of())["current_node"] == "Greeting"
+    assert await answered(parley, "I'd like to book") == "<ask_day>"
+
+
+async def test_a_text_written_from_a_prompt_is_written_at_the_chats_node(make_parley: MakeParley) -> None:
+    parley = await started(make_parley, BOOKING, BOOKS)
+    await answered(parley, "I want to book")
+    parley.llm.respond = lambda body: Completion(content=f"Reminder from {tag(body)}.")
+    await api_json(parley, "POST", "/send-sms", json={"from_number": AGENT_NUMBER, "to_number": USER,
+                                                      "prompt": "Remind them to pick a day."})
+    assert parley.twilio.messages[-1].body == "Reminder from ask_day."
+    written = parley.llm.requests[-1]
+    assert tools_of(written) == [] and "Instructions: Remind them to pick a day." in prompt_of(written)
+    chat = await parley.chat_of()
+    assert chat["current_node"] == "Ask day" and moves(chat) == [("greet", "ask_day", "normal")]
+    parley.llm.respond = BOOKS
+    assert await answered(parley, "Tuesday") == "See you!"

@@ -75,6 +75,21 @@ class FlowTurn(FlowModel):
                 "chat_id": self.chat.chat_id, "node": self.place.node})
         return self.reply
 
+    async def write(self, instructions: str) -> Reply:
+        """One message the model writes at the chat's node (the start node before the first), following
+        ``instructions`` after the node's prompt: no tools, no transition, the place as it was."""
+        state = self.chat.flow_state
+        node = await self._current() or self.flow.start
+        try:
+            if node is not None:
+                completion = await self.complete(node, self.messages(self.prompt(node) + instructions), [])
+                self.reply.text = completion.content.strip()
+        except LLMError as exc:
+            log.warning("llm failed, sending the fallback", extra={"chat_id": self.chat.chat_id, "error": str(exc)})
+            self.reply.text, self.reply.failed = self.agent.config.fallback_message, True
+        self.chat.flow_state = state
+        return self.reply
+
     async def _start(self, *, opening: bool) -> None:
         start = self.flow.start
         if start is None:

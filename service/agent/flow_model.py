@@ -16,7 +16,7 @@ import aiohttp
 from service.agent import tools
 from service.agent.flow_place import NONE_OF_THESE, NONE_TOOL, Place, Target, parent
 from service.agent.llm import LLM, Completion, ToolCall
-from service.agent.reply import Medium, Reply, chat_variables, to_openai, tool_messages, window
+from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, to_openai, tool_messages, window
 from service.agent.swap import swap
 from service.agent.variables import render
 from service.catalog.store import Agent, Catalog
@@ -27,7 +27,6 @@ from service.retell.models import AgentSwapTool, McpTool
 
 log = logging.getLogger(__name__)
 
-MAX_TOOL_ROUNDS = 5     # a subagent node's tool rounds in one model step, as the responder's
 Respond = Callable[..., Awaitable[Reply]]
 
 
@@ -152,20 +151,17 @@ class FlowModel:
         available = (subagent_tools(await self.graph(parent(path)), node)
                      if isinstance(node, SubagentNode) else [])
         definitions = tools.definitions(available) + [t.definition() for t in targets]
-        messages = self.messages(prompt)
         for round_ in range(MAX_TOOL_ROUNDS + 1):
-            completion = await self.complete(node, messages, definitions, allow_tools=round_ < MAX_TOOL_ROUNDS)
+            completion = await self.complete(node, self.messages(prompt), definitions,
+                                             allow_tools=round_ < MAX_TOOL_ROUNDS)
             chosen = next((t for call in completion.tool_calls for t in targets if t.name == call.name), None)
             if chosen is not None:   # a transition wins over the other tools called beside it
                 return chosen
             if not completion.tool_calls:
                 return completion.content.strip()
-            messages.append({"role": "assistant", "content": completion.content or None, "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in completion.tool_calls]})
-            for call in completion.tool_calls:
+            for call in completion.tool_calls:   # the next rounds, and the next nodes of the turn, see them
                 result = await self.run_tool(available, call)
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+                self.heard(call, result.content)
             if self.reply.end_chat and completion.content.strip():
                 return completion.content.strip()
         return ""
@@ -182,6 +178,12 @@ class FlowModel:
         if result.variables:   # the chat keeps them (its commit writes them) and later nodes see them
             self.chat.collected_variables.update(result.variables)
         return result
+
+    def heard(self, call: ToolCall, result: str) -> None:
+        """A tool call and its result, in what the next model calls of the turn read."""
+        self.said += [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": result}]
 
     def say(self, text: str) -> None:
         if text:

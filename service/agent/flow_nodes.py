@@ -104,9 +104,7 @@ async def _call(turn: FlowTurn, path: str, node: FunctionNode | McpNode | Extrac
         turn.say(await turn.instruction_text(node, node.instruction))
     call = await _arguments(turn, node, offered)
     result = await turn.run_tool([offered], call)
-    turn.said += [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
-        {"role": "tool", "tool_call_id": call.id, "content": result.content}]
+    turn.heard(call, result.content)
     if isinstance(node, ExtractNode) or node.wait_for_result:
         return await turn.route(path, node)
     edge = node.else_edge or (node.edges[0] if node.edges else None)   # not waiting: the result does not route

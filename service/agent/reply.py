@@ -12,6 +12,8 @@ from service.agent.llm import ToolCall
 from service.catalog.store import Agent
 from service.chats.model import Chat, Message, Role
 
+MAX_TOOL_ROUNDS = 5   # tool rounds in one model step (a Retell LLM's turn, a flow's subagent node)
+
 
 class Medium(Protocol):
     """What the prompt says about the channel a chat is on (a ``conversations.channel.Channel`` is one)."""

@@ -22,7 +22,7 @@ import aiohttp
 from service.agent import tools, variables
 from service.agent.flow import FlowTurn, Parts
 from service.agent.llm import LLM
-from service.agent.reply import Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
+from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
 from service.agent.swap import swap
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message, Role
@@ -33,8 +33,6 @@ __all__ = ["MAX_TOOL_ROUNDS", "Medium", "Reply", "Responder", "chat_variables", 
            "window"]
 
 log = logging.getLogger(__name__)
-
-MAX_TOOL_ROUNDS = 5
 
 
 def system_prompt(agent: Agent, llm: RetellLLM, values: dict[str, str], now: datetime, medium: Medium,
@@ -68,6 +66,16 @@ class Responder:
         if agent.llm is None:
             return await FlowTurn(self._flow_parts, agent, chat, history, now=now, medium=medium, sms=sms).run()
         return await self._loop(agent, agent.llm, chat, history, now, medium, sms)
+
+    async def write(self, agent: Agent, chat: Chat, history: list[Message], instructions: str) -> Reply:
+        """One message the agent writes following ``instructions`` (after its prompt), calling no tool; a
+        conversation flow writes it at the chat's node, which it does not leave."""
+        if agent.llm is None:
+            return await FlowTurn(self._flow_parts, agent, chat, history, now=datetime.now(UTC),
+                                  medium=self._media[chat.channel], sms=None).write(instructions)
+        told = agent.llm.model_copy(update={"general_prompt": agent.llm.general_prompt + instructions,
+                                            "general_tools": []})
+        return await self.respond(Agent(config=agent.config, llm=told), chat, history)
 
     async def _loop(self, agent: Agent, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime,
                     medium: Medium, sms: tools.SmsHook | None) -> Reply:

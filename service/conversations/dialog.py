@@ -74,17 +74,6 @@ def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
     return lines
 
 
-def instructed_to_write(agent: Agent, instructions: str) -> Agent:
-    """``agent`` told to write one message (an outbound text's ``prompt``): ``instructions`` after its prompt, and
-    no tools to call."""
-    if agent.llm is not None:
-        return Agent(config=agent.config, llm=agent.llm.model_copy(update={
-            "general_prompt": agent.llm.general_prompt + instructions, "general_tools": []}))
-    flow = agent.flow
-    assert flow is not None
-    return Agent(config=agent.config, flow=flow.model_copy(update={"global_prompt": flow.global_prompt + instructions}))
-
-
 async def open_chat(
     rt: Runtime, *, agent_id: str, version: AgentVersion | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
