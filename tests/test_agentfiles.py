@@ -109,8 +109,8 @@ def test_short_silence_is_allowed_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("files", "expected"), [
     ({"frontdesk.yaml": agent_file(timezone="Mars/Olympus")}, "frontdesk.yaml: timezone: Value error, 'Mars/Olympus'"),
     ({"frontdesk.yaml": agent_file(burst_window_ms=-1)}, "frontdesk.yaml: burst_window_ms: Input should be greater"),
-    ({"frontdesk.yaml": {"agent_name": "no llm"}},
-     "frontdesk.yaml: an agent file carries its engine inline, as a mapping: retell_llm or conversation_flow"),
+    ({"frontdesk.yaml": {"agent_name": "no llm"}}, "frontdesk.yaml: an agent file carries its engine inline, as a "
+                                                   "mapping: retell_llm or conversation_flow (exactly one)"),
     ({"frontdesk.yaml": agent_file(retell_llm={"general_tools": [{"type": "custom", "name": "x", "url": "ftp://x"}]})},
      "retell_llm.general_tools.0.custom.url: String should match pattern"),
     ({"frontdesk.yaml": agent_file(retell_llm={"general_tools": [{"type": "teleport"}]})},
