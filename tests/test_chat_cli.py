@@ -240,7 +240,8 @@ async def test_the_example_flow_hands_over_or_ends_when_it_cannot_book(
 ) -> None:
     llm.respond = booking_model
     done = await parley_chat("booking", stdin=said + "\n", redis_url=redis_url,
-                             agents_dir=shipped_examples(tmp_path, receiver.url), llm=llm)
+                             agents_dir=shipped_examples(tmp_path, receiver.url), llm=llm,
+                             PARLEY_OUTBOUND_ALLOW=",".join(TEST_OUTBOUND_ALLOW))
 
     assert done.code == 0, done.err
     out = [line for line in done.out.splitlines() if not line.startswith(("  [tool", "  [result"))]
