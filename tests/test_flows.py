@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, answered, api_json
-from .fakes.openai import Call, Completion, HttpError, last_user_text
+from service.agent.flow_place import tool_names
+
+from .conftest import AGENT_NUMBER, DEFAULT_NUMBERS, USER, MakeParley, Parley, answered, api_json, write_agents
+from .fakes.openai import Call, Completion, FakeOpenAI, HttpError, last_user_text
+from .test_chat_cli import parley_chat
 
 Responder = Callable[[dict[str, Any]], Completion | HttpError]
 
@@ -227,10 +232,12 @@ async def test_each_node_may_have_its_own_model(make_parley: MakeParley) -> None
         ("older", "gpt-choice", 0.3)]
 
 
+API_BOOKING = {**BOOKING, "nodes": [say("greet", "Hi! This is Sunny Dental.", *BOOKING["nodes"][0]["edges"],
+                                        static=True, name="Greeting"), *BOOKING["nodes"][1:]]}
+
+
 async def test_an_api_chat_opens_at_the_start_node_and_walks(make_parley: MakeParley) -> None:
-    flow = {**BOOKING, "nodes": [say("greet", "Hi! This is Sunny Dental.", *BOOKING["nodes"][0]["edges"],
-                                     static=True, name="Greeting"), *BOOKING["nodes"][1:]]}
-    parley = await started(make_parley, flow, BOOKS)
+    parley = await started(make_parley, API_BOOKING, BOOKS)
     chat = await api_json(parley, "POST", "/create-chat", 201, json={"agent_id": "frontdesk"})
     assert [(m["role"], m["content"]) for m in chat["message_with_tool_calls"]] == [
         ("agent", "Hi! This is Sunny Dental.")]
@@ -269,3 +276,24 @@ async def test_a_text_written_from_a_prompt_is_written_at_the_chats_node(make_pa
     assert chat["current_node"] == "Ask day" and moves(chat) == [("greet", "ask_day", "normal")]
     parley.llm.respond = BOOKS
     assert await answered(parley, "Tuesday") == "See you!"
+
+
+async def test_parley_chat_walks_a_flow_in_the_terminal(
+    tmp_path: Path, redis: aioredis.Redis, redis_url: str, fake_llm: FakeOpenAI,
+) -> None:
+    directory = tmp_path / "agents"
+    write_agents(directory, {"frontdesk": flow_agent(API_BOOKING)}, DEFAULT_NUMBERS)
+    fake_llm.respond = BOOKS
+    done = await parley_chat("frontdesk", stdin="I want to book\nTuesday\n", redis_url=redis_url,
+                             agents_dir=directory, llm=fake_llm)
+    assert done.code == 0, done.err
+    assert done.out.splitlines() == [
+        "agent> Hi! This is Sunny Dental.", "  [node Greeting -> Ask day]", "agent> <ask_day>",
+        "  [node Ask day -> Goodbye]", "agent> See you!", "(chat ended)"]
+
+
+def test_transition_tool_names_are_ones_openai_accepts() -> None:
+    names = tool_names(["ask_day", "ask day", "ask_day", "x" * 100, "émoji ✓", "", "/"])
+    assert names[:3] == ["transition_to_ask_day", "transition_to_ask_day_2", "transition_to_ask_day_3"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in names) and len(set(names)) == len(names)
+    assert names[4:] == ["transition_to_moji", "transition_to_node", "transition_to_node_2"]

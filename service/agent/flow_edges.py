@@ -1,7 +1,9 @@
 """The ways out of a conversation flow's node that the walk weighs at a user's text (``flow.FlowTurn``): the node's
 edges, the global nodes (``global_node_setting``: from every node but themselves, not while cooling down) and the
 go-back conditions of a global node the chat entered as one. ``by_equations``: the first whose equations hold, the
-model not asked; ``by_prompts``: the ones the model judges, as transition tools."""
+model not asked; ``by_prompts``: the ones the model judges, as transition tools named ``transition_to_<node id>``
+(the edge's destination, or the global node; an edge out of a component by its own id; ``transition_to_back`` for a
+go-back), described by the condition's prompt."""
 
 from __future__ import annotations
 
@@ -72,9 +74,9 @@ def by_prompts(flow: ConversationFlow, place: Place, path: str, node: Node, valu
         for glob, cond in globals_at(flow, place, path):
             if isinstance(cond, EquationPromptCondition) and cond.prompt_condition is not None and \
                     holds(cond.equations, cond.operator, values):
-                found.append(("global", None, glob.id, glob.label, cond.prompt_condition.prompt))
+                found.append(("global", None, glob.id, glob.id, cond.prompt_condition.prompt))
             elif isinstance(cond, PromptCondition):
-                found.append(("global", None, glob.id, glob.label, cond.prompt))
+                found.append(("global", None, glob.id, glob.id, cond.prompt))
         for edge in go_backs(flow, place, path):
             if isinstance(edge.transition_condition, PromptCondition):
                 found.append(("global_go_back", edge, place.back[-1][0], "back",
