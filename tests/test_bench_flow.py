@@ -68,7 +68,7 @@ async def test_the_bench_flow_stays_at_its_node_or_moves_as_the_fake_model_is_to
     assert await answered(parley, "flow0 round 0") == "You said: flow0 round 0"
     [at_desk] = parley.llm.requests
     assert [t["function"]["name"] for t in at_desk["tools"]] == [
-        "transition_to_booking", "transition_to_goodbye", "transition_to_Wants_a_person"]
+        "transition_to_booking", "transition_to_goodbye", "transition_to_human"]
     assert (await parley.chat_of())["current_node"] == "Front desk"
     # A flow_transition turn: the transition, then the new node's reply; two model calls.
     text = f"{flow_bench.tag('flow_transition', 0)} round 1"
