@@ -199,3 +199,34 @@ async def test_a_function_node_naming_a_shared_tool_takes_its_else_edge(make_par
     last = [m for m in (await parley.chat_of())["message_with_tool_calls"] if m["role"] == "node_transition"][-1]
     assert last["content"].startswith("shared tool 'tool_shared': tools shared across Retell flows are not kept")
     assert parley.llm.requests == []
+
+
+async def test_a_subagent_nodes_agent_swap_tool_hands_the_chat_over(make_parley: MakeParley) -> None:
+    flow = {"nodes": [{"id": "helper", "type": "subagent", "instruction": {"type": "prompt", "text": "[helper] Help."},
+                       "tools": [{"type": "agent_swap", "name": "to_billing", "description": "Billing questions.",
+                                  "agent_id": "billing", "post_call_analysis_setting": "only_destination_agent"}]}]}
+    parley = await make_parley(numbers=NUMBERS, agents={"frontdesk": flow_agent(flow), "billing": BILLING})
+    parley.llm.respond = lambda body: (Completion(tool_calls=[Call("to_billing", "{}")]) if tag(body) == "helper"
+                                       else billing_answers(body))
+    assert await answered(parley, "my bill") == "Billing here (gpt-billing)."
+    chat = await parley.chat_of()
+    assert chat["agent_id"] == "billing"
+    invocation = next(m for m in chat["message_with_tool_calls"] if m["role"] == "tool_call_invocation")
+    assert (invocation["type"], invocation["name"]) == ("agent_swap", "to_billing")
+
+
+async def test_components_nest(make_parley: MakeParley) -> None:
+    flow = {"components": [
+        {"name": "outer", "nodes": [{"id": "inner_call", "type": "component", "component_id": "inner",
+                                     "else_edge": edge("e_outer_done", None, "Else.")}]},
+        {"name": "inner", "nodes": [say("ask", "Ask.", edge("e_answered", None, "The user answered."))]}],
+        "nodes": [{"id": "go", "type": "component", "component_id": "outer",
+                   "else_edge": edge("e_done", "done", "Else.")},
+                  say("done", "Done.", static=True)]}
+    parley = await started(make_parley, flow, model(answer="transition_to_e_answered"))
+    assert await answered(parley, "hi") == "<ask>"
+    assert (await parley.chat_of())["current_node"] == "ask"
+    assert await answered(parley, "my answer") == "Done."
+    assert moves(await parley.chat_of()) == [
+        ("go", "go/inner_call", "normal"), ("go/inner_call", "go/inner_call/ask", "normal"),
+        ("go/inner_call/ask", "go/inner_call", "normal"), ("go/inner_call", "go", "normal"), ("go", "done", "normal")]

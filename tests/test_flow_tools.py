@@ -223,3 +223,16 @@ async def test_an_sms_node_in_an_api_chat_takes_its_failed_edge(make_parley: Mak
     result = next(m for m in chat["message_with_tool_calls"] if m["role"] == "tool_call_result")
     assert (result["content"], result["successful"]) == ("Failed to send: this chat has no phone number.", False)
     assert parley.twilio.messages == []
+
+
+async def test_an_sms_node_to_a_number_that_opted_out_takes_its_failed_edge(make_parley: MakeParley) -> None:
+    manager = "+14155550999"
+    flow = texting({"type": "static_text", "text": "Someone wants a visit."},
+                   sms_destination={"type": "phone_number", "phone_number": manager})
+    parley = await started(make_parley, flow, model())
+    assert (await parley.text("STOP", user=manager)).status == 200   # the manager opted out of this number
+    await parley.idle()
+    assert await answered(parley, "hi") == "I could not text you."
+    assert [m.to for m in parley.twilio.messages] == [USER]
+    result = next(m for m in (await parley.chat_of())["message_with_tool_calls"] if m["role"] == "tool_call_result")
+    assert result["content"] == "Failed to send: the recipient opted out of texts from this number"

@@ -46,15 +46,17 @@ def go_backs(flow: ConversationFlow, place: Place, path: str) -> list[Edge]:
 
 def by_equations(flow: ConversationFlow, place: Place, path: str, node: ConversationNode,
                  values: dict[str, str]) -> Target | None:
+    """The first way out whose equations hold: ``node``'s equation edges, the global nodes' equation conditions
+    (an equation_prompt with no prompt), the go-back equations."""
     for edge in node.edges:
         cond = edge.transition_condition
         if isinstance(cond, EquationCondition) and holds(cond.equations, cond.operator, values):
             return Target("normal", edge)
     for glob, condition in globals_at(flow, place, path):
-        plain = isinstance(condition, EquationCondition) or (isinstance(condition, EquationPromptCondition)
-                                                              and condition.prompt_condition is None)
-        if plain and not isinstance(condition, PromptCondition) and \
-                holds(condition.equations, condition.operator, values):
+        if isinstance(condition, PromptCondition) or (isinstance(condition, EquationPromptCondition)
+                                                      and condition.prompt_condition is not None):
+            continue   # the model judges it (by_prompts)
+        if holds(condition.equations, condition.operator, values):
             return Target("global", to=glob.id)
     for edge in go_backs(flow, place, path):
         cond = edge.transition_condition

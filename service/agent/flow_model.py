@@ -6,10 +6,9 @@ flow's, a local component's, a shared component's)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -27,7 +26,12 @@ from service.retell.models import AgentSwapTool, McpTool
 
 log = logging.getLogger(__name__)
 
-Respond = Callable[..., Awaitable[Reply]]
+
+class Respond(Protocol):
+    """``Responder.respond``: the turn of whichever agent a swap hands the chat to."""
+
+    async def __call__(self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
+                       sms: tools.SmsHook | None = None) -> Reply: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,5 +213,10 @@ def subagent_tools(graph: _Graph, node: SubagentNode) -> list[tools.Offered]:
             out.append(tool)
         elif (server := graph.mcp_server(tool.mcp_id or "")) is not None:
             out.append(tools.ServerTool(tool, server))
-    out += [t for t in (graph.tool(i) for i in node.tool_ids) if isinstance(t, FlowTool)]
+    for tool_id in node.tool_ids:
+        found = graph.tool(tool_id)
+        if isinstance(found, FlowTool):
+            out.append(found)
+        else:   # an integration app: kept and reported (retell.unsupported), not offered
+            log.warning("subagent node's tool is not one Parley runs", extra={"node": node.id, "tool": tool_id})
     return out

@@ -29,9 +29,6 @@ from service.chats.model import Chat, Message, Role
 from service.errors import LLMError
 from service.retell.models import RetellLLM, State
 
-__all__ = ["MAX_TOOL_ROUNDS", "Medium", "Reply", "Responder", "chat_variables", "system_prompt", "to_openai",
-           "window"]
-
 log = logging.getLogger(__name__)
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.address import SMS, Conversation
 from service.agent import variables
-from service.agent.responder import Reply, chat_variables
+from service.agent.reply import Reply, chat_variables
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent
 from service.chats.model import Chat, ChatType, Direction, Message

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.address import Conversation, split_address
 from service.agent import variables
-from service.agent.responder import chat_variables
+from service.agent.reply import chat_variables
 from service.catalog.store import Agent, pick_agent
 from service.chats.model import Chat, ChatType, Direction, Message, Role, TurnResult
 from service.clock import now_ms

@@ -729,6 +729,7 @@ class ChatResponse(BaseModel):
     message_with_tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     collected_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    current_node: str | None = None   # Parley's: the conversation flow's node the chat is at (its name, else id)
     metadata: dict[str, Any] = Field(default_factory=dict)
     custom_attributes: dict[str, str | int | float | bool] | None = None
     data_storage_setting: str | None = None  # Parley's: the setting given to update-chat (None: not set)
@@ -737,7 +738,6 @@ class ChatResponse(BaseModel):
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
     channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
-    current_node: str | None = None        # Parley's: a conversation flow's node the chat is at (name, else id)
 
 
 class ErrorBody(BaseModel):
