@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
+from retell.types import ConversationFlowResponse
 
 from service.catalog import agent_files
 from service.errors import ConfigError
@@ -44,6 +45,35 @@ def test_the_example_agents_load() -> None:
     assert agent.retell_llm.general_tools and isinstance(agent.retell_llm.general_tools[0], EndChatTool)
     assert isinstance(agent.retell_llm.general_tools[1], CustomTool)
     assert list(catalog.numbers) == ["+15035550100"]
+    assert catalog.warnings == [] and catalog.unsupported == {}
+
+
+def _extra_fields(value: Any, path: str = "") -> list[str]:
+    """Every field of a retell-sdk object that is not one of the SDK's (its models keep unknown fields)."""
+    if isinstance(value, BaseModel):
+        found = [f"{path}.{name}" for name in value.model_extra or {}]
+        for name in type(value).model_fields:
+            found += _extra_fields(getattr(value, name), f"{path}.{name}")
+        return found
+    if isinstance(value, list):
+        return [f for index, item in enumerate(value) for f in _extra_fields(item, f"{path}.{index}")]
+    return []
+
+
+def test_the_example_flow_is_a_retell_flow_with_every_main_node_type() -> None:
+    catalog = agent_files.load(settings_for(REPO / "agents"))
+    flow = catalog.agents["booking"].conversation_flow
+    assert flow is not None and flow.warnings() == []
+    kinds = {node.type for node in flow.nodes}
+    assert kinds == {"conversation", "extract_dynamic_variables", "branch", "function", "agent_swap", "end"}
+    assert any(n.global_node_setting and n.global_node_setting.go_back_conditions for n in flow.nodes)
+    # Written in Retell's field names: retell-sdk reads it with nothing left over.
+    exported = yaml.safe_load((REPO / "agents" / "booking.yaml").read_text())["conversation_flow"]
+    sdk = ConversationFlowResponse.model_validate(
+        {**exported, "conversation_flow_id": "cf_booking", "version": 0, "last_modification_timestamp": 0})
+    assert _extra_fields(sdk) == []
+    assert [type(node).__name__.removeprefix("Node") for node in sdk.nodes] == [
+        f"{''.join(part.title() for part in node.type.split('_'))}Node" for node in flow.nodes]
 
 
 def test_defaults_and_agent_id_from_the_file_name(tmp_path: Path) -> None:
@@ -124,7 +154,7 @@ def run_check(directory: Path) -> subprocess.CompletedProcess[str]:
 def test_parley_check_exits_non_zero_on_a_problem(tmp_path: Path) -> None:
     good = run_check(REPO / "agents")
     assert good.returncode == 0, good.stderr
-    assert "ok: 1 agent(s), 1 number(s)" in good.stdout
+    assert "ok: 2 agent(s), 1 number(s)" in good.stdout
     bad = run_check(write(tmp_path / "bad", {"frontdesk.yaml": agent_file(max_reply_segments=0),
                                             "phone-numbers.yaml": NUMBERS}))
     assert bad.returncode != 0
