@@ -72,7 +72,7 @@ def test_the_example_flow_is_a_retell_flow_with_every_main_node_type() -> None:
     sdk = ConversationFlowResponse.model_validate(
         {**exported, "conversation_flow_id": "cf_booking", "version": 0, "last_modification_timestamp": 0})
     assert _extra_fields(sdk) == []
-    assert [type(node).__name__.removeprefix("Node") for node in sdk.nodes] == [
+    assert [type(node).__name__.removeprefix("Node") for node in sdk.nodes or []] == [
         f"{''.join(part.title() for part in node.type.split('_'))}Node" for node in flow.nodes]
 
 
