@@ -254,6 +254,21 @@ async def test_an_api_chat_opens_at_the_start_node_and_walks(make_parley: MakePa
     assert stored["current_node"] == "Ask day"
 
 
+async def test_a_flow_whose_user_speaks_first_opens_silently_and_weighs_the_first_text_at_its_start(
+        make_parley: MakeParley) -> None:
+    parley = await started(make_parley, {**API_BOOKING, "start_speaker": "user"}, BOOKS)
+    chat = await api_json(parley, "POST", "/create-chat", 201, json={"agent_id": "frontdesk"})
+    assert chat["message_with_tool_calls"] == [] and parley.llm.requests == []
+    answer = await api_json(parley, "POST", "/create-chat-completion", 201,
+                            json={"chat_id": chat["chat_id"], "content": "can I book?"})
+    assert [m["role"] for m in answer["messages"]] == ["node_transition", "agent"]
+    assert moves({"message_with_tool_calls": answer["messages"]}) == [("greet", "ask_day", "normal")]
+    await api_json(parley, "POST", "/create-sms-chat", json={"from_number": AGENT_NUMBER, "to_number": USER,
+                                                             "override_agent_id": "frontdesk"})
+    assert parley.twilio.messages == []   # an outbound chat waits for the user too, sending nothing
+    assert await answered(parley, "I'd like to book") == "<ask_day>"
+
+
 async def test_an_outbound_sms_chat_opens_at_the_start_node(make_parley: MakeParley) -> None:
     parley = await started(make_parley, BOOKING, BOOKS)
     await api_json(parley, "POST", "/create-sms-chat", json={"from_number": AGENT_NUMBER, "to_number": USER,

@@ -182,7 +182,7 @@ FLOW_REPORT = [
     "takes its else edge (or its edge), else ends the chat",
     "nodes.2 (book).tool_type: shared tools are kept in Retell's tool store, which Parley does not have: the node "
     "cannot call 't_shared'",
-    "nodes.2 (book).speak_during_execution: a voice-call setting: nothing in a chat uses it",
+    "nodes.2 (book).speak_during_execution: the node has no instruction: there is nothing to say while it runs",
     "nodes.3 (js): code nodes (JavaScript) do not run in Parley: reached at run time, it takes its else edge (or its "
     "edge), else ends the chat",
     "tools.0 (hubspot): an integration_app tool (Retell's app marketplace) does not run in Parley",

@@ -115,7 +115,11 @@ async def agent_for(rt: Runtime, chat: Chat) -> Agent:
 
 
 async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
-    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when ""."""
+    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when "". A
+    conversation flow's start node speaks when its ``start_speaker`` is the agent; when it is the user, the chat
+    waits for the user's first message (which the start node then weighs), as an empty ``begin_message`` does."""
+    if agent.flow is not None and agent.flow.start_speaker == "user":
+        return Reply(text="")
     begin = agent.engine.begin_message
     if begin is None:   # and a conversation flow's opening: its start node
         return await rt.responder.respond(agent, chat, [])

@@ -466,7 +466,7 @@ class ConversationFlow(_Graph):
     is_published: Annotated[bool, IGNORED_IN_REQUESTS] = False
     last_modification_timestamp: Annotated[int, IGNORED_IN_REQUESTS] = 0
     global_prompt: str = ""
-    start_speaker: Literal["user", "agent"] = "user"
+    start_speaker: Literal["user", "agent"] = "agent"   # who opens an API or outbound chat (Retell requires it)
     components: list[Component] = Field(default_factory=list)
     default_dynamic_variables: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str] = Field(
         default_factory=dict)

@@ -127,6 +127,7 @@ def _flow_parts(model: BaseModel) -> list[tuple[str, str]]:
     if isinstance(model, FunctionNode) and model.tool_type == "shared":
         why.append(("tool_type", f"shared tools are kept in Retell's tool store, which Parley does not have: the "
                                  f"node cannot call {model.tool_id!r}"))
-    if isinstance(model, FunctionNode | McpNode) and model.speak_during_execution:
-        why.append(("speak_during_execution", VOICE))
+    if isinstance(model, FunctionNode | McpNode) and model.speak_during_execution and model.instruction is None:
+        # With an instruction, its text is sent before the tool's result (service.agent.flow_nodes).
+        why.append(("speak_during_execution", "the node has no instruction: there is nothing to say while it runs"))
     return why
