@@ -23,6 +23,7 @@ from service.app_state import FILES
 from service.channels.twilio.form import WEBHOOK_TIMEOUT_S
 from service.errors import (
     Conflict,
+    InUse,
     InvalidRequest,
     LimitReached,
     MalformedRequest,
@@ -54,7 +55,7 @@ CONSOLE_PREFIX = "/console"   # the operator console: its own sign-in and sessio
 SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
-    MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
+    MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InUse: 400, InvalidRequest: 422,
     LimitReached: 429, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
 }
 
@@ -85,7 +86,7 @@ def validated(model: type[B], data: object, *, strict: bool = True) -> B:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise InvalidRequest("; ".join(describe(exc))) from None
+        raise InvalidRequest("; ".join(describe(exc, data=data))) from None
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.address import SMS, Conversation
 from service.agent import variables
-from service.agent.responder import Reply, chat_variables
+from service.agent.reply import Reply, chat_variables
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent
 from service.chats.model import Chat, ChatType, Direction, Message
@@ -74,17 +74,6 @@ def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
     return lines
 
 
-def instructed_to_write(agent: Agent, instructions: str) -> Agent:
-    """``agent`` told to write one message (an outbound text's ``prompt``): ``instructions`` after its prompt, and
-    no tools to call."""
-    if agent.llm is not None:
-        return Agent(config=agent.config, llm=agent.llm.model_copy(update={
-            "general_prompt": agent.llm.general_prompt + instructions, "general_tools": []}))
-    flow = agent.flow
-    assert flow is not None
-    return Agent(config=agent.config, flow=flow.model_copy(update={"global_prompt": flow.global_prompt + instructions}))
-
-
 async def open_chat(
     rt: Runtime, *, agent_id: str, version: AgentVersion | None, chat_type: ChatType, conv: Conversation | None = None,
     direction: Direction | None = None, variables: dict[str, str] | None = None,
@@ -126,7 +115,11 @@ async def agent_for(rt: Runtime, chat: Chat) -> Agent:
 
 
 async def opening(rt: Runtime, chat: Chat, agent: Agent) -> Reply:
-    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when ""."""
+    """The chat's first agent message: ``begin_message`` rendered, the LLM's when it is null, none when "". A
+    conversation flow's start node speaks when its ``start_speaker`` is the agent; when it is the user, the chat
+    waits for the user's first message (which the start node then weighs), as an empty ``begin_message`` does."""
+    if agent.flow is not None and agent.flow.start_speaker == "user":
+        return Reply(text="")
     begin = agent.engine.begin_message
     if begin is None:   # and a conversation flow's opening: its start node
         return await rt.responder.respond(agent, chat, [])
