@@ -19,6 +19,7 @@ from service.settings import Settings
 from service.storage import keys
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
+from .test_flows import BOOKING, BOOKS, started
 from .test_sms import status_callback
 
 READ_KEY = "test-read-key"
@@ -283,3 +284,19 @@ async def test_the_list_pages_back_through_older_conversations(parley: Parley,
     assert first in page and second not in page and "Older conversations" not in page
     broken = await parley.client.get("/console/chats?after=nonsense")
     assert broken.status == 422 and "pagination_key" in await broken.text()
+
+
+async def test_a_flow_chat_shows_its_node_and_folds_its_transitions(make_parley: MakeParley) -> None:
+    parley = await started(make_parley, BOOKING, BOOKS)
+    await answered(parley, "hello")
+    await answered(parley, "I want to book")
+    chat_id = (await parley.chat_of())["chat_id"]
+    await sign_in(parley)
+    page = await (await parley.client.get(f"/console/chats/{chat_id}")).text()
+    assert re.search(r'<dd id="current-node">Ask day</dd>', page)
+    assert re.search(r'<li class="folded"><details><summary>Node: Greeting → Ask day</summary>', page)
+    agent = await parley.client.get("/console/agents/frontdesk")
+    text = await agent.text()
+    assert agent.status == 200 and "Its conversation-flow" in text and "&#34;start_node_id&#34;: &#34;greet&#34;" in text
+    listing = await (await parley.client.get("/console/agents")).text()
+    assert "conversation-flow" in listing
