@@ -43,6 +43,7 @@ def _missing() -> str | None:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    expect.set_options(timeout=TIMEOUT_MS)   # a loaded machine runs turns slower than Playwright's default 5 s
     reason = _missing()
     if reason:
         if os.environ.get("PARLEY_BROWSER_TESTS") == "required":

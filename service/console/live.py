@@ -66,6 +66,9 @@ class Hub:
     @contextlib.asynccontextmanager
     async def stream(self) -> AsyncIterator[asyncio.Queue[str]]:
         queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        # What changed between the page's rendering and this stream's joining is not lost: the page first
+        # refreshes its live parts once.
+        queue.put_nowait("reload")
         self._streams.add(queue)
         self._ensure()
         try:
