@@ -207,6 +207,7 @@ async def test_dev_phone_is_a_real_turn_without_twilio_or_counts(parley: Parley)
     counters = cast(dict[str, str], await parley.redis.hgetall(keys.stats(keys.end_day(int(time.time() * 1000)))))
     assert {k.partition(":")[2]: int(v) for k, v in counters.items() if k.split(":")[1] != "lat"} == {
         f"in:{AGENT_NUMBER}": 1, f"out:{AGENT_NUMBER}": 1, f"seg:{AGENT_NUMBER}": 1}
+    assert sum(int(v) for k, v in counters.items() if k.split(":")[1] == "lat") == 1   # the reply's latency
     assert await parley.redis.ttl(keys.stats(keys.end_day(int(time.time() * 1000)))) > 30 * 86_400
 
 

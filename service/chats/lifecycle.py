@@ -111,8 +111,7 @@ class Lifecycle:
         chat.sms_segments += sum(m.billed_segments() for m in result.messages if m.role is not Role.USER)
         cost_before = (chat.cost or {}).get("combined_cost", 0.0)
         self.price(chat)
-        if self._tally is not None and chat.channel != DEV:   # the dev phone's test chats are not counted
-            count(self._tally, chat, result, (chat.cost or {}).get("combined_cost", 0.0) - cost_before)
+        added_cost = (chat.cost or {}).get("combined_cost", 0.0) - cost_before
         events: list[Event] = []
         target = self.target(agent) if agent is not None and not chat.swaps else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
@@ -130,4 +129,9 @@ class Lifecycle:
                 events.append(self.event(target, "transcript_updated", after, messages))
             if wants_end:
                 events.append(self.event(target, "chat_ended", after, messages))
-        return await self._chats.commit(Commit(chat, conv, result, events, analyze=result.end is not None), hold=hold)
+        release = await self._chats.commit(Commit(chat, conv, result, events, analyze=result.end is not None),
+                                           hold=hold)
+        # Counted once written (a fenced commit that lost its lock wrote nothing, and the turn runs again).
+        if self._tally is not None and chat.channel != DEV and release is not Release.LOST:   # not dev tests
+            count(self._tally, chat, result, added_cost)
+        return release
