@@ -123,6 +123,10 @@ class Tally:
         bucket = next((b for b in LATENCY_BUCKETS_MS if ms <= b), LATENCY_BUCKETS_MS[-1])
         self.add(f"lat:{bucket}", at_ms=at_ms)
 
+    def pending(self) -> dict[tuple[str, str], int]:
+        """What was counted since the last flush: (day, field) -> count."""
+        return dict(self._counts)
+
     async def flush(self, redis: aioredis.Redis) -> None:
         """Add what was counted since the last flush to Redis (kept on failure, for the next one)."""
         counts, self._counts = self._counts, {}

@@ -15,6 +15,8 @@ from aiohttp import ClientResponse
 from pydantic import ValidationError
 
 from service.cli.commands import main
+from service.console.overview import Day
+from service.metrics import Tally
 from service.settings import Settings
 from service.storage import keys
 
@@ -306,3 +308,14 @@ async def test_a_flow_chat_shows_its_node_and_folds_its_transitions(make_parley:
     assert "&#34;start_node_id&#34;: &#34;greet&#34;" in text
     listing = await (await parley.client.get("/console/agents")).text()
     assert "conversation-flow" in listing
+
+
+def test_reply_latency_percentiles_come_from_the_buckets() -> None:
+    tally = Tally()
+    for ms in (300,) * 18 + (9_000, 70_000):
+        tally.latency(ms, at_ms=1_800_000_000_000)
+    counted = tally.pending()
+    [day] = {day for day, _ in counted}
+    parsed = Day.parse({field: str(n) for (_, field), n in counted.items()})
+    assert day == "2027-01-15" and parsed.percentile(0.5) == 0.5 and parsed.percentile(0.95) == 13.0
+    assert parsed.percentile(0.99) == 120.0 and Day().percentile(0.5) is None
