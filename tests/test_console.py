@@ -178,6 +178,9 @@ async def test_the_live_feed_works_across_processes(make_parley: MakeParley) -> 
     assert await status_callback(worker, worker.twilio.messages[-1].sid, "sent") == 204
     assert (await post(web, f"/console/chats/{chat_id}/pause", {"csrf": await sign_in(web)})).status == 303
     assert await read_events(stream, chat_id) == [chat_id]   # the pause's; not the stale "sent"
+    # The API's pause and resume are told too: an open conversation shows them.
+    assert (await worker.api("PATCH", f"/update-chat/{chat_id}", json={"agent_paused": False})).status == 200
+    assert await read_events(stream, chat_id) == [chat_id]
     stream.close()
 
 

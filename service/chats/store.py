@@ -122,11 +122,14 @@ class Chats:
         return Chat.from_hash(row), [Message.from_json(raw) for raw in raws]
 
     async def update(self, chat: Chat) -> None:
-        """Write back what update-chat sets: variables, metadata, custom attributes, data storage setting."""
+        """Write back what update-chat sets: variables, metadata, the pause, custom attributes, data storage setting;
+        and tell the console's live views."""
         fields = chat.to_hash()
         names = ("dynamic_variables", "metadata", "agent_paused", "custom_attributes", "data_storage_setting")
-        await self._redis.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names
-                                                                  if name in fields})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names if name in fields})
+            pipe.publish(keys.LIVE, chat.chat_id)   # the console's open views of the chat (a pause, say)
+            await pipe.execute()
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and

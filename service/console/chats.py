@@ -17,10 +17,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from service.api.http import Handler, status_of
-from service.app_state import REDIS, RUNTIME
+from service.app_state import RUNTIME
 from service.chats.model import Chat, ChatStatus, Message, Role
 from service.chats.query import ChatQuery, Cursor
-from service.console import live
 from service.console.pages import render
 from service.console.sessions import require, session_of
 from service.conversations import outreach, takeover
@@ -133,8 +132,7 @@ async def transcript_part(request: web.Request) -> web.Response:
 
 
 async def _act(request: web.Request, chat: Chat) -> web.Response:
-    """After an act: back to the conversation (303), with the act done."""
-    await live.publish(request.app[REDIS], chat.chat_id)
+    """After an act: back to the conversation (303), with the act done (the act's write told the live views)."""
     raise web.HTTPSeeOther(f"/console/chats/{chat.chat_id}")
 
 

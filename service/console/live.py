@@ -1,9 +1,10 @@
 """The console's live views: server-sent events fed from Redis, so they see turns any process committed.
 
 The commit script PUBLISHes the chat id of every turn that wrote messages or ended a chat to ``keys.LIVE`` (one
-command per turn; PUBLISH to a channel nobody listens on costs Redis next to nothing); the console's pause,
-resume and end publish too. Each process that serves console pages holds one subscription (``Hub``, started by
-the first ``GET /console/live`` and stopped with the app), and fans each message out to its open event streams.
+command per turn; PUBLISH to a channel nobody listens on costs Redis next to nothing); so do a status callback
+that moved a message's status and an update of the chat (``Chats.update``: a pause, from the API or here). Each
+process that serves console pages holds one subscription (``Hub``, started by the first ``GET /console/live``
+and stopped with the app), and fans each message out to its open event streams.
 A page's script (``static/console.js``) refreshes the parts the chat id concerns; without JavaScript the pages
 are whole and a reload shows the same.
 """
@@ -90,11 +91,6 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = Hub(app[REDIS])
     yield
     await app[HUB].close()
-
-
-async def publish(redis: aioredis.Redis, chat_id: str) -> None:
-    """Tell the live views a chat changed outside a turn's commit (paused, resumed)."""
-    await redis.publish(keys.LIVE, chat_id)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
