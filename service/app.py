@@ -26,6 +26,7 @@ from service.catalog import agent_files
 from service.catalog.store import Catalog
 from service.channels import CHANNELS
 from service.channels.twilio.gateway import TwilioGateway
+from service.channels.twilio.numbers import NUMBERS, TwilioNumbers
 from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
 from service.conversations.runtime import Runtime
@@ -99,6 +100,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm,
                                          http=http, outbound=outbound, metrics=metrics,
                                          signing_key=app[SIGNING_KEY])
+            app[NUMBERS] = TwilioNumbers(gateway, app[RUNTIME])
             yield
     finally:
         await llm.close()

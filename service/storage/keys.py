@@ -103,6 +103,11 @@ key (``{S}``: the partition)                    type    bound
 {catalog}:components                            SET     ids of known shared components
 {catalog}:number:<E.164>                        STRING  phone number JSON
 {catalog}:numbers                               SET     known phone numbers
+{catalog}:number:<E.164>:twilio                 STRING  what the number's Twilio webhook (and its Messaging
+                                                        Service's) were before Parley set them, JSON; deleted when
+                                                        they are put back (channels/twilio/numbers.py)
+{catalog}:a2p:<id>                              STRING  an A2P 10DLC registration (brand, campaign, status), JSON
+{catalog}:a2ps                                  SET     ids of the registrations; pending ones are polled
 {catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
                                                         TTL 2 days
@@ -328,6 +333,17 @@ def component(component_id: str) -> str:
 
 def number(phone_number: str) -> str:
     return CATALOG + "number:" + phone_number
+
+
+def number_twilio(phone_number: str) -> str:
+    return CATALOG + "number:" + phone_number + ":twilio"
+
+
+A2PS = CATALOG + "a2ps"
+
+
+def a2p(registration_id: str) -> str:
+    return CATALOG + "a2p:" + registration_id
 
 
 def segments(phone_number: str, day: str) -> str:
