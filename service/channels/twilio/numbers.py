@@ -103,7 +103,11 @@ class TwilioNumbers:
         previous = Previous(number_sid=found.sid, account_sid=account, sms_url=found.sms_url,
                             sms_method=found.sms_method)
         service = await self._service_of(client, found.sid)
-        if service is not None:
+        sharing = await self._sharing(number.phone_number, service.sid) if service is not None else None
+        if sharing is not None:   # another Parley number changed the service first: its values are the original
+            previous = previous.model_copy(update=sharing.model_dump(include={
+                "service_sid", "service_field", "service_value", "service_method"}))
+        elif service is not None:
             previous.service_sid = service.sid
             if number.twilio_messaging_service_url:
                 previous.service_field, previous.service_value = "inbound_request_url", service.inbound_request_url
@@ -154,19 +158,22 @@ class TwilioNumbers:
             if exc.code != NOT_FOUND:
                 raise
             log.warning("number no longer in Twilio; nothing to put back", extra={"number": phone_number})
-        if previous.service_sid and not await self._service_shared(phone_number, previous.service_sid):
+        if previous.service_sid and await self._sharing(phone_number, previous.service_sid) is None:
             value = previous.service_value
+            deferred = previous.service_field == "use_inbound_webhook_on_number"
             changes: dict[str, Any] = (
-                {"use_inbound_webhook_on_number": bool(value)} if previous.service_field == "use_inbound_webhook_on_number"
+                {"use_inbound_webhook_on_number": bool(value)} if deferred
                 else {"inbound_request_url": value or "", "inbound_method": previous.service_method or "POST"})
             await call(f"putting back Messaging Service {previous.service_sid}",
                        client.messaging.v1.services(previous.service_sid).update_async(**changes))
         await self._rt.redis.delete(key)
 
-    async def _service_shared(self, phone_number: str, service_sid: str) -> bool:
+    async def _sharing(self, phone_number: str, service_sid: str) -> Previous | None:
+        """What another number Parley connected keeps of the Messaging Service ``service_sid``, if any."""
         others = [n.phone_number for n in await self._rt.catalog.numbers() if n.phone_number != phone_number]
         raws = await self._rt.redis.mget([keys.number_twilio(n) for n in others]) if others else []
-        return any(raw and Previous.model_validate_json(raw).service_sid == service_sid for raw in raws)
+        kept = [Previous.model_validate_json(raw) for raw in raws if raw]
+        return next((p for p in kept if p.service_sid == service_sid), None)
 
     async def pick(self, account: str, *, country: str, area_code: int | None, toll_free: bool) -> str:
         """An SMS-capable number for sale (in ``area_code`` when given)."""
