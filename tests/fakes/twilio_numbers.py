@@ -30,7 +30,7 @@ def sid(prefix: str) -> str:
 
 
 def snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()   # A2PProfile: a2p_profile
 
 
 def _value(name: str, values: list[str]) -> Any:
