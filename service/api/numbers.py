@@ -7,10 +7,9 @@ for the user to do, such as setting ``PARLEY_PUBLIC_URL``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import Field
 
 from service.api import id_forms
 from service.api.http import ensure_writable, model_response, page_of_ids, read_object, read_query, validated
@@ -20,29 +19,13 @@ from service.catalog import targets
 from service.channels.twilio.numbers import NUMBERS
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
-from service.retell.models import E164, PhoneNumber
-from service.retell.requests import PageQuery, PhoneNumberListResponse
+from service.retell.models import PhoneNumber
+from service.retell.requests import CreatePhoneNumberRequest, PageQuery, PhoneNumberAnswer, PhoneNumberListResponse
 
 READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
 BUYING = ("area_code", "country_code", "toll_free", "number_provider")
 TOLL_FREE_WARNING = ("{number} is toll-free: US carriers deliver its texts once Twilio's toll-free verification "
                      "is approved (A2P 10DLC registration does not apply to it)")
-
-
-class PhoneNumberAnswer(PhoneNumber):
-    """Retell's phone-number object, with what is left for the user to do."""
-
-    warnings: list[str] = Field(default_factory=list, description="Parley's: what is left to do (empty: nothing)")
-
-
-class CreatePhoneNumberRequest(PhoneNumber):
-    """Retell's ``create-phone-number`` body (retell-sdk 6.2.x): buy a number, then configure it like an import."""
-
-    phone_number: E164 | None = None  # type: ignore[assignment]
-    area_code: int | None = Field(default=None, ge=200, le=999, description="3 digits; US and Canada")
-    country_code: Literal["US", "CA"] = "US"
-    toll_free: bool = False
-    number_provider: Literal["twilio", "telnyx"] = "twilio"
 
 
 async def _check(rt: Runtime, number: PhoneNumber) -> None:

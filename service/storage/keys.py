@@ -107,6 +107,8 @@ key (``{S}``: the partition)                    type    bound
                                                         Service's) were before Parley set them, JSON; deleted when
                                                         they are put back (channels/twilio/numbers.py)
 {catalog}:a2p:<id>                              STRING  an A2P 10DLC registration (brand, campaign, status), JSON
+{catalog}:a2p:<id>:lock                         STRING  a process reading the registration from Twilio (its
+                                                        token); PX 120 s
 {catalog}:a2ps                                  SET     ids of the registrations; pending ones are polled
 {catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
@@ -344,6 +346,10 @@ A2PS = CATALOG + "a2ps"
 
 def a2p(registration_id: str) -> str:
     return CATALOG + "a2p:" + registration_id
+
+
+def a2p_lock(registration_id: str) -> str:
+    return CATALOG + "a2p:" + registration_id + ":lock"
 
 
 def segments(phone_number: str, day: str) -> str:

@@ -214,7 +214,7 @@ class Registrations:
         for registration in await self.all():
             if registration.status != "pending":
                 continue
-            lock = keys.a2p(registration.registration_id) + ":lock"
+            lock = keys.a2p_lock(registration.registration_id)
             token = secrets.token_hex(8)
             if not await self._rt.redis.set(lock, token, nx=True, px=LOCK_MS):
                 continue   # another process reads it now
