@@ -29,14 +29,15 @@ async def sunny(make_parley: MakeParley, numbers: list[dict[str, Any]] = INBOUND
 
 
 async def registered(parley: Parley, brand_type: str = "standard") -> dict[str, Any]:
-    return await api_json(parley, "POST", "/create-a2p-registration", 201, json={
+    registration: dict[str, Any] = await api_json(parley, "POST", "/create-a2p-registration", 201, json={
         "phone_numbers": [AGENT_NUMBER], "brand_type": brand_type, "business": BUSINESS, "contact": CONTACT})
+    return registration
 
 
 async def until(parley: Parley, registration_id: str, **wanted: Any) -> dict[str, Any]:
     async with asyncio.timeout(10):
         while True:
-            found = await api_json(parley, "GET", f"/get-a2p-registration/{registration_id}")
+            found: dict[str, Any] = await api_json(parley, "GET", f"/get-a2p-registration/{registration_id}")
             if all(found.get(k) == v for k, v in wanted.items()):
                 return found
             await asyncio.sleep(0.02)

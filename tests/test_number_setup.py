@@ -116,6 +116,13 @@ async def test_buying_a_toll_free_number_warns_about_its_verification(parley: Pa
     assert "toll-free verification" in number["warnings"][0]
 
 
+async def test_a_named_number_without_sms_is_bought_with_a_warning(parley: Parley) -> None:
+    parley.twilio.numbers.offer("+15035550903", sms=False)
+    number = await api_json(parley, "POST", "/create-phone-number", 201, json={"phone_number": "+15035550903"})
+    assert number["warnings"] == ["+15035550903 was bought but has no SMS capability in Twilio: it cannot text "
+                                  "(Twilio refuses a text from it with error 21606); release it in the Twilio console"]
+
+
 async def test_telnyx_is_refused(parley: Parley) -> None:
     refused = await api_json(parley, "POST", "/create-phone-number", 422, json={"number_provider": "telnyx"})
     assert "telnyx is not supported" in refused["message"]

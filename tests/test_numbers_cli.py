@@ -11,18 +11,21 @@ from aiohttp import web
 
 from service.app import create_app
 from service.channels.twilio.campaign import Campaign
-from service.channels.twilio.registration import REGISTRATIONS, DraftRequest
+from service.channels.twilio.registration import REGISTRATIONS, DraftRequest, RegistrationRequest
 from service.cli import commands, numbers
 from service.cli.numbers import EXIT_FIX, EXIT_OK, within
 
-from .conftest import ACCOUNT_SID, AGENT_NUMBER, PUBLIC_URL, FakeTwilio, build_settings, write_agents
+from .conftest import ACCOUNT_SID, AGENT_NUMBER, PUBLIC_URL, build_settings, write_agents
 from .fakes.openai import FakeOpenAI
+from .fakes.twilio import FakeTwilio
 from .test_a2p import AGENT, BUSINESS, CONTACT, HELP
 
-FILES = [{"phone_number": AGENT_NUMBER, "help_message": HELP, "inbound_sms_agents": [{"agent_id": "frontdesk",
-                                                                                     "weight": 1}]},
-         {"phone_number": "+15035550120", "twilio_webhooks": False},
-         {"phone_number": "+15035559990"}]   # not in the account
+FILES: list[dict[str, Any]] = [
+    {"phone_number": AGENT_NUMBER, "help_message": HELP,
+     "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]},
+    {"phone_number": "+15035550120", "twilio_webhooks": False},
+    {"phone_number": "+15035559990"},   # not in the account
+]
 
 
 async def run(redis_url: str, tmp_path: Path, twilio: FakeTwilio, work: Any, **settings: Any) -> int:
@@ -75,7 +78,7 @@ async def test_register_then_status(
     request = tmp_path / "registration.yaml"
     request.write_text(yaml.safe_dump({"phone_numbers": [AGENT_NUMBER], "brand_type": "low_volume_standard",
                                        "business": BUSINESS, "contact": CONTACT}))
-    wanted = numbers.read_request(request, commands.RegistrationRequest)
+    wanted = numbers.read_request(request, RegistrationRequest)
     assert await run(redis_url, tmp_path, fake_twilio, numbers.register(wanted)) == EXIT_OK
     assert '"status": "pending"' in capsys.readouterr().out
     assert await run(redis_url, tmp_path, fake_twilio, numbers.status(None)) == EXIT_OK

@@ -94,8 +94,9 @@ async def create_phone_number(request: web.Request) -> web.Response:
         raise Conflict(f"phone number {e164} is already imported")
     number = validated(PhoneNumber, {**fields, "phone_number": e164})
     await _check(rt, number)
-    await numbers.buy(number)
-    warnings = [] if numbers.webhook_url() else await numbers.connect(number)
+    warnings = await numbers.buy(number)
+    if not numbers.webhook_url():
+        warnings += await numbers.connect(number)
     if wanted.toll_free:
         warnings.append(TOLL_FREE_WARNING.format(number=e164))
     return _answer(await rt.catalog.put_number(number), warnings, status=201)

@@ -80,7 +80,7 @@ class NumberResources:
 
     def service(self, account: str, *numbers: str, inbound_request_url: str = "https://old.example.com/sms",
                 use_inbound_webhook_on_number: bool = False) -> dict[str, Any]:
-        record = {"sid": sid("MG"), "account_sid": account, "friendly_name": "existing",
+        record: dict[str, Any] = {"sid": sid("MG"), "account_sid": account, "friendly_name": "existing",
                   "inbound_request_url": inbound_request_url, "inbound_method": "POST",
                   "use_inbound_webhook_on_number": use_inbound_webhook_on_number, "numbers": []}
         for number in numbers:
@@ -183,7 +183,8 @@ class NumberResources:
         return _page("services", [s for s in self.services.values() if s["account_sid"] == request[ACCOUNT]])
 
     async def _create_service(self, request: web.Request) -> web.Response:
-        record = {"sid": sid("MG"), "account_sid": request[ACCOUNT], "use_inbound_webhook_on_number": False,
+        record: dict[str, Any] = {"sid": sid("MG"), "account_sid": request[ACCOUNT],
+                                  "use_inbound_webhook_on_number": False,
                   "inbound_request_url": None, "inbound_method": "POST", "numbers": []}
         record.update(await self._form(request))
         self.services[record["sid"]] = record

@@ -190,8 +190,9 @@ class TwilioNumbers:
         raise NotFound(f"Twilio has no SMS-capable {'toll-free' if toll_free else 'local'} {country} number for "
                        f"sale{area}: try another area_code")
 
-    async def buy(self, number: PhoneNumber) -> None:
-        """Buy ``number.phone_number`` with its SMS webhook pointed at Parley (when PARLEY_PUBLIC_URL is set)."""
+    async def buy(self, number: PhoneNumber) -> list[str]:
+        """Buy ``number.phone_number`` with its SMS webhook pointed at Parley (when PARLEY_PUBLIC_URL is set); the
+        warnings to show."""
         account = self.account(number.twilio_account_sid)
         url = self.webhook_url()
         extra: dict[str, Any] = {"sms_url": url, "sms_method": "POST"} if url and number.twilio_webhooks else {}
@@ -200,6 +201,10 @@ class TwilioNumbers:
         if extra:   # a bought number had no webhook: delete leaves it with none
             previous = Previous(number_sid=bought.sid, account_sid=account, sms_url="", sms_method="POST")
             await self._rt.redis.set(keys.number_twilio(number.phone_number), previous.model_dump_json(), nx=True)
+        if not sms_capable(bought.capabilities):   # a phone_number named in the request was not searched
+            return [f"{number.phone_number} was bought but has no SMS capability in Twilio: it cannot text (Twilio "
+                    f"refuses a text from it with error {NO_SMS}); release it in the Twilio console"]
+        return []
 
 
 NUMBERS = web.AppKey("twilio_numbers", TwilioNumbers)

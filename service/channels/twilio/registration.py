@@ -193,15 +193,15 @@ class Registrations:
 
     async def all(self) -> list[Registration]:
         ids = sorted(str(i) for i in await self._rt.redis.smembers(keys.A2PS))
-        raws = await self._rt.redis.mget([keys.a2p(i) for i in ids]) if ids else []
+        raws = [await self._rt.redis.get(keys.a2p(i)) for i in ids]   # one partition each: no MGET on a cluster
         return sorted((Registration.model_validate_json(r) for r in raws if r), key=lambda r: r.created_timestamp)
 
     async def _save(self, registration: Registration, *, changed: bool) -> None:
         registration.updated_timestamp = now_ms()
         url = self._rt.settings.webhook_url
-        async with self._rt.redis.pipeline(transaction=True) as pipe:
+        await self._rt.redis.sadd(keys.A2PS, registration.registration_id)   # {catalog}: its own write
+        async with self._rt.redis.pipeline(transaction=True) as pipe:   # one partition: the record and its events
             pipe.set(keys.a2p(registration.registration_id), registration.model_dump_json())
-            pipe.sadd(keys.A2PS, registration.registration_id)
             if changed and url:
                 body = orjson.dumps({"event": EVENT, "registration": registration.model_dump(mode="json")}).decode()
                 queue(pipe, Event(event_id=new_id("evt_"), chat_id=registration.registration_id, kind=EVENT, url=url,
