@@ -169,3 +169,15 @@ async def test_a_noncompliant_profile_is_refused_with_twilio_findings(make_parle
     assert "customer profile incomplete: website_url is not reachable" in refused["message"]
     assert parley.twilio.numbers.brands == {}
     assert await api_json(parley, "GET", "/list-a2p-registrations") == []
+
+
+async def test_numbers_without_agents_are_flagged_not_matched(make_parley: MakeParley) -> None:
+    parley = await sunny(make_parley, [{"phone_number": AGENT_NUMBER, "help_message": HELP}])
+    answer = await api_json(parley, "POST", "/draft-a2p-campaign", json={
+        "phone_numbers": [AGENT_NUMBER], "brand_name": BRAND})
+    assert [(f["field"], f["problem"]) for f in answer["findings"]] == [
+        ("description", "still holds [say what the conversations are about]"),
+        ("phone_numbers", "no agent answers or texts from these numbers")]
+    unknown = await api_json(parley, "POST", "/draft-a2p-campaign", 422, json={
+        "phone_numbers": ["+15035550142"], "brand_name": BRAND})
+    assert unknown["message"] == "phone_numbers: +15035550142 is not a Parley number (import it first)"

@@ -125,11 +125,11 @@ def draft(context: Context, agents: Iterable[Agent], help_messages: Iterable[str
     brand = context.brand_name
     purposes = [_first_sentence(a.llm.general_prompt if a.llm else a.flow.global_prompt if a.flow else "")
                 for a in agents]
-    purpose = " ".join(p for p in purposes if p) or "[say what the conversations are about]"
+    purpose = " ".join(f'"{p}"' for p in purposes if p) or "[say what the conversations are about]"
     who = ", ".join(sorted({a.config.agent_name for a in agents if a.config.agent_name})) or "its SMS assistant"
     starts = "texts customers first and answers their replies" if context.outbound else "answers customers who text"
     description = (f"{brand} uses this number for two-way text conversations with its assistant ({who}), which "
-                   f"{starts}. What the conversations are about: {purpose}")
+                   f"{starts}. The assistant is told: {purpose}")
     consent = context.opt_in or "[say where and how customers agree to receive texts from us]"
     flow = (f"Customers opt in before {brand} texts them: {consent}. " if context.outbound else
             f"Customers start every conversation by texting {brand}'s number; the assistant only replies. ")
@@ -213,7 +213,12 @@ def _samples(campaign: Campaign, context: Context, agents: Iterable[Agent]) -> l
     if samples and not any(re.search(r"\bstop\b", s, re.IGNORECASE) for s in samples):
         found.append(Finding(field="message_samples", problem="no sample has opt-out language",
                              fix="end the first message of a conversation with 'Reply STOP to opt out.'"))
-    known = set().union(*(words(agent_text(a)) for a in agents)) if agents else set()
+    agents = list(agents)
+    if not agents:
+        return [*found, Finding(field="phone_numbers", problem="no agent answers or texts from these numbers",
+                                fix="attach agents (inbound_sms_agents, outbound_sms_agents) first: the samples must "
+                                    "match what they send")]
+    known = set().union(*(words(agent_text(a)) for a in agents))
     generic = words(" ".join([context.brand_name, campaign.help_message, campaign.opt_out_message,
                               "reply stop opt out help unsubscribe"]))
     for index, sample in enumerate(samples):
