@@ -175,9 +175,10 @@ async def test_numbers_without_agents_are_flagged_not_matched(make_parley: MakeP
     parley = await sunny(make_parley, [{"phone_number": AGENT_NUMBER, "help_message": HELP}])
     answer = await api_json(parley, "POST", "/draft-a2p-campaign", json={
         "phone_numbers": [AGENT_NUMBER], "brand_name": BRAND})
-    assert [(f["field"], f["problem"]) for f in answer["findings"]] == [
-        ("description", "still holds [say what the conversations are about]"),
-        ("phone_numbers", "no agent answers or texts from these numbers")]
+    problems = [(f["field"], f["problem"]) for f in answer["findings"]]
+    assert ("description", "still holds [say what the conversations are about]") in problems
+    assert problems[-1] == ("phone_numbers", "no agent answers or texts from these numbers")
+    assert not any("mentions nothing" in problem for _, problem in problems)
     unknown = await api_json(parley, "POST", "/draft-a2p-campaign", 422, json={
         "phone_numbers": ["+15035550142"], "brand_name": BRAND})
     assert unknown["message"] == "phone_numbers: +15035550142 is not a Parley number (import it first)"
