@@ -22,7 +22,6 @@ HINTS = {
                   "PARLEY_TWILIO_ACCOUNTS)",
     21421: "the phone number is not valid: write it in E.164 (+15035550100)",
     21422: "the number is not for sale any more: search again, or name another phone_number",
-    21452: "no such number in this account",
 }
 
 
