@@ -32,6 +32,7 @@ async def test_import_through_retell_sdk_answers_its_phone_number_object(parley:
     number = await retell.phone_number.import_(phone_number=NEW, termination_uri="sunny.pstn.twilio.com",
                                                nickname="Sunny")
     assert number.phone_number == NEW and number.nickname == "Sunny"
+    assert number.model_extra and number.model_extra["unsupported"] == ["termination_uri: stored, not used by Parley"]
     assert owned(parley, NEW)["sms_url"] == PARLEY_SMS
 
 

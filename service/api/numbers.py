@@ -21,6 +21,7 @@ from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.retell.models import PhoneNumber
 from service.retell.requests import CreatePhoneNumberRequest, PageQuery, PhoneNumberAnswer, PhoneNumberListResponse
+from service.retell.unsupported import unsupported
 
 READ_ONLY = {"last_modification_timestamp", "phone_number_type"}
 BUYING = ("area_code", "country_code", "toll_free", "number_provider")
@@ -74,7 +75,8 @@ async def import_phone_number(request: web.Request) -> web.Response:
 
 
 def _answer(number: PhoneNumber, warnings: list[str], status: int = 200) -> web.Response:
-    return model_response(PhoneNumberAnswer(**number.model_dump(), warnings=warnings), status=status)
+    return model_response(PhoneNumberAnswer(**number.model_dump(), warnings=warnings, unsupported=unsupported(number)),
+                          status=status)
 
 
 async def create_phone_number(request: web.Request) -> web.Response:

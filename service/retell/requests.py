@@ -400,6 +400,8 @@ class PhoneNumberAnswer(PhoneNumber):
     """Retell's phone-number object, with what is left for the user to do."""
 
     warnings: list[str] = Field(default_factory=list, description="Parley's: what is left to do (empty: nothing)")
+    unsupported: list[str] = Field(default_factory=list, description="Parley's: the fields it stores but does not "
+                                                                     "act on (a voice number's, say)")
 
 
 class CreatePhoneNumberRequest(PhoneNumber):
