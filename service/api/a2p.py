@@ -40,7 +40,7 @@ async def list_a2p_registrations(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/draft-a2p-campaign", draft_a2p_campaign, "Draft and check an A2P 10DLC campaign (Parley's)",
-          body=DraftRequest, response=DraftAnswer, tag="a2p 10dlc", scope="admin"),
+          body=DraftRequest, response=DraftAnswer, tag="a2p 10dlc", scope="write"),
     Route("POST", "/create-a2p-registration", create_a2p_registration, "Register an A2P 10DLC brand and campaign "
           "with Twilio (Parley's)", body=RegistrationRequest, response=Registration, status=201, tag="a2p 10dlc",
           scope="admin", errors=(404, 502)),
