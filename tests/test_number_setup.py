@@ -7,6 +7,8 @@ from typing import Any
 
 from retell import AsyncRetell
 
+from service.channels.twilio.numbers import NUMBERS
+
 from .conftest import ACCOUNT_SID, OTHER_NUMBER, PUBLIC_URL, MakeParley, Parley, api_json
 
 PARLEY_SMS = PUBLIC_URL + "/twilio/sms"
@@ -133,3 +135,13 @@ async def test_telnyx_is_refused(parley: Parley) -> None:
 async def test_a_specific_number_already_imported_is_a_conflict(parley: Parley) -> None:
     await api_json(parley, "POST", "/import-phone-number", 201, json={"phone_number": OTHER_NUMBER})
     await api_json(parley, "POST", "/create-phone-number", 409, json={"phone_number": OTHER_NUMBER})
+
+
+async def test_every_twilio_host_goes_to_the_one_base_url(parley: Parley) -> None:
+    client = parley.client.app[NUMBERS].client(ACCOUNT_SID)
+    assert client.messaging.base_url == "https://messaging.twilio.com"   # the client's own host, rewritten on the way
+    await client.incoming_phone_numbers.list_async(limit=1)                       # api.twilio.com
+    await client.messaging.v1.services.list_async()                              # messaging.twilio.com
+    await client.trusthub.v1.end_users.create_async(friendly_name="x", type="authorized_representative_1")  # trusthub
+    assert [path for _, path in parley.twilio.numbers.requests] == [
+        f"/2010-04-01/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers.json", "/v1/Services", "/v1/EndUsers"]
