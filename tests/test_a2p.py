@@ -67,8 +67,8 @@ async def test_samples_that_mention_nothing_the_agent_does_are_flagged(make_parl
     answer = await api_json(parley, "POST", "/draft-a2p-campaign", json={
         "phone_numbers": [AGENT_NUMBER], "brand_name": BRAND, "campaign": drafted})
     assert [(f["field"], f["problem"]) for f in answer["findings"]] == [
-        ("message_samples.0", "mentions nothing the agents on these numbers do (no word of their prompts, begin "
-                              "messages or tools)")]
+        ("message_samples.0", "mentions nothing the agents on these numbers do (at most one word of their "
+                              "prompts, begin messages or tools)")]
 
 
 async def test_an_outbound_campaign_without_opt_in_brand_or_opt_out_is_flagged(make_parley: MakeParley) -> None:

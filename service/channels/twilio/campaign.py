@@ -97,15 +97,25 @@ def agent_text(agent: Agent) -> str:
         parts += [getattr(tool, "description", "") for tool in agent.llm.general_tools]
     if agent.flow is not None:
         parts.append(agent.flow.global_prompt)
+        parts += [getattr(tool, "description", "") or "" for tool in agent.flow.tools]
         for node in agent.flow.nodes:
             instruction = getattr(node, "instruction", None)
             parts.append(getattr(instruction, "text", "") if instruction is not None else "")
     return "\n".join(p for p in parts if p)
 
 
+def _stem(word: str) -> str:
+    """A plural made singular, crudely (appointments, haircuts, replies): enough to match a prompt's words."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 4 else word
+
+
 def words(text: str) -> set[str]:
-    """The content words of ``text`` (4+ letters, no stop words), lower-cased, variables left out."""
-    return {w.strip("'-") for w in _WORD.findall(_VARIABLE.sub(" ", text.lower()))} - STOPWORDS
+    """The content words of ``text`` (4+ letters, no stop words), lower-cased and singular; variables and URLs
+    left out."""
+    found = _WORD.findall(_URL.sub(" ", _VARIABLE.sub(" ", text.lower())))
+    return {_stem(w.strip("'-")) for w in found} - STOPWORDS
 
 
 def _first_sentence(text: str) -> str:
@@ -116,6 +126,15 @@ def _first_sentence(text: str) -> str:
 
 def _sample(text: str) -> str:
     return " ".join(_VARIABLE.sub(lambda m: f"[{m.group(1)}]", text).split())
+
+
+def _opening(agent: Agent) -> str | None:
+    """What the agent sends first: a Retell LLM's ``begin_message``, a flow's start node's static text."""
+    if agent.llm is not None:
+        return agent.llm.begin_message
+    start = agent.flow.start if agent.flow is not None else None
+    instruction = getattr(start, "instruction", None)
+    return instruction.text if instruction is not None and instruction.type == "static_text" else None
 
 
 def draft(context: Context, agents: Iterable[Agent], help_messages: Iterable[str], *, use_case: UseCase
@@ -137,8 +156,7 @@ def draft(context: Context, agents: Iterable[Agent], help_messages: Iterable[str
              "rates may apply, and that they can reply STOP to opt out and HELP for help.")
     samples: list[str] = []
     for agent in agents:
-        opening = agent.llm.begin_message if agent.llm is not None else None
-        if opening:
+        if opening := _opening(agent):
             samples.append(f"{brand}: {_sample(opening)} Reply STOP to opt out.")
     contact = context.website or "[your website or support phone number]"
     help_text = next((h for h in help_messages if h), None) or f"{brand}: for help, visit {contact}."
@@ -223,9 +241,9 @@ def _samples(campaign: Campaign, context: Context, agents: Iterable[Agent]) -> l
                               "reply stop opt out help unsubscribe"]))
     for index, sample in enumerate(samples):
         own = words(sample) - generic
-        if own and not own & known:
+        if len(own & known) < min(2, len(own)):   # one shared word (a verb like "book") is not a match
             found.append(Finding(field=f"message_samples.{index}", problem="mentions nothing the agents on these "
-                                 "numbers do (no word of their prompts, begin messages or tools)",
+                                 "numbers do (at most one word of their prompts, begin messages or tools)",
                                  fix="use a message the agent really sends; carriers reject traffic that does not "
                                      "match the samples"))
     joined = " ".join(samples)
