@@ -12,8 +12,8 @@ FLOW = ConversationFlow.model_validate({
     "global_prompt": "You book haircuts and beard trims for Clip Salon customers.", "start_speaker": "agent",
     "nodes": [{"id": "start", "type": "conversation", "edges": [], "instruction": {
         "type": "static_text", "text": "Hi {{name}}, Clip Salon here: want to book a haircut?"}}]})
-SALON = Agent(config=ChatAgent(agent_id="salon", agent_name="Clip desk", response_engine={
-    "type": "conversation-flow", "conversation_flow_id": "cf_salon"}), flow=FLOW)
+SALON = Agent(config=ChatAgent.model_validate({"agent_id": "salon", "agent_name": "Clip desk", "response_engine": {
+    "type": "conversation-flow", "conversation_flow_id": "cf_salon"}}), flow=FLOW)
 CONTEXT = Context(brand_name="Clip Salon", website="https://clip.example.com")
 
 
