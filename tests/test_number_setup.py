@@ -75,6 +75,19 @@ async def test_the_parley_field_leaves_twilio_alone(parley: Parley) -> None:
     assert parley.twilio.numbers.requests == []
 
 
+async def test_an_update_switching_twilio_webhooks_puts_back_or_sets_again(parley: Parley) -> None:
+    owned(parley, NEW)["sms_url"] = "https://mine.example.com"
+    await api_json(parley, "POST", "/import-phone-number", 201, json={"phone_number": NEW})
+    await api_json(parley, "PATCH", f"/update-phone-number/{NEW}", json={"twilio_webhooks": False})
+    assert owned(parley, NEW)["sms_url"] == "https://mine.example.com"
+    await api_json(parley, "PATCH", f"/update-phone-number/{NEW}", json={"nickname": "no rewiring"})
+    assert owned(parley, NEW)["sms_url"] == "https://mine.example.com"
+    await api_json(parley, "PATCH", f"/update-phone-number/{NEW}", json={"twilio_webhooks": True})
+    assert owned(parley, NEW)["sms_url"] == PARLEY_SMS
+    await api_json(parley, "DELETE", f"/delete-phone-number/{NEW}", 204)
+    assert owned(parley, NEW)["sms_url"] == "https://mine.example.com"
+
+
 async def test_without_a_public_url_import_works_and_says_what_to_set(make_parley: MakeParley) -> None:
     parley = await make_parley(public_url=None)
     number = await api_json(parley, "POST", "/import-phone-number", 201, json={"phone_number": NEW})

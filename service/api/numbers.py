@@ -120,7 +120,20 @@ async def update_phone_number(request: web.Request) -> web.Response:
         merged.pop("inbound_sms_agents" if "inbound_sms_agent_id" in data else "outbound_sms_agents")
     number = _body({**merged, **data})
     await _check(rt, number)
-    return model_response(await rt.catalog.put_number(number))
+    warnings = await _rewire(request, current, number)
+    return _answer(await rt.catalog.put_number(number), warnings)
+
+
+async def _rewire(request: web.Request, current: PhoneNumber, number: PhoneNumber) -> list[str]:
+    """An update that turns ``twilio_webhooks`` off puts Twilio's values back; one that turns it on, or
+    changes how a Messaging Service is handled, points the number at Parley again."""
+    numbers = request.app[NUMBERS]
+    wiring = ("twilio_webhooks", "twilio_messaging_service_url", "twilio_account_sid")
+    if all(getattr(current, f) == getattr(number, f) for f in wiring):
+        return []
+    if current.twilio_webhooks:
+        await numbers.disconnect(current.phone_number)
+    return await numbers.connect(number)
 
 
 async def delete_phone_number(request: web.Request) -> web.Response:
@@ -154,8 +167,9 @@ ROUTES = [
           scope="admin", errors=(404, 409, 502)),
     Route("GET", "/get-phone-number/{phone_number}", get_phone_number, "Get a phone number", response=PhoneNumber,
           tag="phone numbers", scope="read"),
-    Route("PATCH", "/update-phone-number/{phone_number}", update_phone_number, "Update a phone number",
-          body=PhoneNumber, response=PhoneNumber, tag="phone numbers", scope="admin", errors=(409,)),
+    Route("PATCH", "/update-phone-number/{phone_number}", update_phone_number, "Update a phone number (and its "
+          "Twilio webhooks when twilio_webhooks changes)", body=PhoneNumber, response=PhoneNumberAnswer,
+          tag="phone numbers", scope="admin", errors=(404, 409, 502)),
     Route("DELETE", "/delete-phone-number/{phone_number}", delete_phone_number, "Delete a phone number (its "
           "Twilio webhooks are put back)", status=204, tag="phone numbers", scope="admin", errors=(409, 422, 502)),
     Route("GET", "/list-phone-numbers", list_phone_numbers, "List phone numbers", response=PhoneNumber, many=True,
