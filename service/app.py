@@ -4,7 +4,7 @@ Each resource is one cleanup context, started in order and stopped in reverse: R
 Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, and the outbound
 policy's HTTP session for tools, events and chat_inbound) and the ``Runtime`` built on them, with the
 channels registered in ``service.channels``, then the workers and the background loops (inactivity,
-events, analysis, resends), which therefore stop first. The routes are listed in ``api.routes``.
+events, analysis, resends, A2P registrations), which therefore stop first. The routes are listed in ``api.routes``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from service.catalog.store import Catalog
 from service.channels import CHANNELS
 from service.channels.dev import DevGateway
 from service.channels.twilio.gateway import TwilioGateway
+from service.channels.twilio.numbers import NUMBERS, TwilioNumbers
+from service.channels.twilio.registration import REGISTRATIONS, Registrations
 from service.console import routes as console
 from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
@@ -123,6 +125,8 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm,
                                          http=http, outbound=outbound, metrics=metrics,
                                          signing_key=app[SIGNING_KEY])
+            app[NUMBERS] = TwilioNumbers(twilio, app[RUNTIME])   # Twilio's own API (numbers, A2P)
+            app[REGISTRATIONS] = Registrations(app[NUMBERS], app[RUNTIME])
             yield
     finally:
         await llm.close()
@@ -140,6 +144,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(interval, rt.outbox.tick, "events"), name="parley-events"),
         asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
         asyncio.create_task(every(interval, Resender(rt).tick, "resends"), name="parley-resends"),
+        asyncio.create_task(every(rt.settings.a2p_poll_s, app[REGISTRATIONS].tick, "a2p"), name="parley-a2p"),
     ]
     yield
     for task in reversed(loops):

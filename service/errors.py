@@ -15,6 +15,8 @@
     ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
     │   ├── RecipientUnsubscribed   Twilio error 21610: record the opt-out
     │   └── SendDeferred     Twilio created nothing and may take it later (429, 5xx, refused connection)
+    ├── TwilioRefused          Twilio refused or failed a request that sets up numbers or A2P registrations (from
+    │                          TwilioException / aiohttp errors; HTTP 404, 422 or 502, with Twilio's error code)
     ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
     ├── OutboundRefused        the outbound policy refused a URL a user's request would reach (service.outbound)
     ├── McpUnavailable         an MCP server failed, timed out or could not be reached (from the mcp SDK's and
@@ -87,6 +89,17 @@ class SendDeferred(SendError):
                  retry_after_s: float | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.retry_after_s = retry_after_s
+
+
+class TwilioRefused(ParleyError):
+    """Twilio refused (or failed) a request that sets up a number or an A2P registration. ``code``: Twilio's error
+    code when it gave one; ``http_status``: what Parley answers (404: Twilio has no such resource, 502: Twilio
+    failed or did not answer, else 422)."""
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
 
 
 class LLMError(ParleyError):

@@ -276,6 +276,10 @@ class Settings(BaseSettings):
     scheduler_interval_ms: int = Field(
         default=1_000, ge=10, validation_alias=_env("PARLEY_SCHEDULER_INTERVAL_MS", "scheduler_interval_ms")
     )
+    # How often pending A2P 10DLC registrations are read from Twilio (brand and campaign reviews take days).
+    a2p_poll_s: float = Field(
+        default=300.0, ge=0.01, le=86_400, validation_alias=_env("PARLEY_A2P_POLL_S", "a2p_poll_s")
+    )
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> Settings:

@@ -45,6 +45,8 @@ AGENT_NUMBER = "+15035550100"
 OTHER_NUMBER = "+15035550199"
 USER = "+14155550123"
 TEST_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]
+# The numbers the test accounts own in the fake Twilio (tests import them); OTHER_NUMBER is in both accounts.
+OWNED_NUMBERS = [AGENT_NUMBER, OTHER_NUMBER, *(f"+150355501{n:02d}" for n in range(1, 80))]
 
 
 async def pending_wakeups(redis: aioredis.Redis) -> int:
@@ -249,6 +251,9 @@ async def retell(parley: Parley) -> AsyncIterator[AsyncRetell]:
 @pytest.fixture
 async def fake_twilio() -> AsyncIterator[FakeTwilio]:
     fake = FakeTwilio(accounts={ACCOUNT_SID: AUTH_TOKEN, OTHER_ACCOUNT_SID: OTHER_AUTH_TOKEN})
+    for number in OWNED_NUMBERS:
+        fake.numbers.own(ACCOUNT_SID, number)
+    fake.numbers.own(OTHER_ACCOUNT_SID, OTHER_NUMBER)
     async with TestServer(fake.app()) as server:
         fake.url = str(server.make_url("/")).rstrip("/")
         yield fake

@@ -156,8 +156,9 @@ def booking_model(body: dict[str, Any]) -> Completion:
     return Completion(content=next(reply for instruction, reply in REPLIES.items() if instruction in prompt))
 
 
-def shipped_examples(tmp_path: Path, book_visit_url: str) -> Path:
-    """agents/ as shipped, with the booking tool's URL (the one a user replaces) at the test's endpoint."""
+def shipped_examples(tmp_path: Path, book_visit_url: str, **variables: str) -> Path:
+    """agents/ as shipped, with the booking tool's URL (the one a user replaces) at the test's endpoint (and the
+    flow's default ``variables`` changed as a user may change them)."""
     directory = tmp_path / "agents"
     directory.mkdir()
     for name in ("receptionist.yaml", "phone-numbers.yaml"):
@@ -166,6 +167,7 @@ def shipped_examples(tmp_path: Path, book_visit_url: str) -> Path:
     [tool] = booking["conversation_flow"]["tools"]
     assert tool["url"] == "https://example.com/parley-tools/book-visit"
     tool["url"] = book_visit_url
+    booking["conversation_flow"]["default_dynamic_variables"].update(variables)
     (directory / "booking.yaml").write_text(yaml.safe_dump(booking))
     return directory
 
@@ -223,30 +225,38 @@ async def test_the_example_flow_walks_in_the_terminal_from_greeting_to_goodbye(
                                         "booked_day": "Tuesday"}
 
 
-@pytest.mark.parametrize(("said", "shown", "agent_id", "path"), [
-    ("I have a toothache and it hurts", [
+@pytest.mark.parametrize(("said", "variables", "shown", "agent_id", "path"), [
+    ("I have a toothache and it hurts", {}, [
         "  [node Greeting -> Qualify]", "  [node Qualify -> Route]", "  [node Route -> Urgent care]",
         "  [node Urgent care -> End]",
         "agent> I'm sorry you're in pain. Please call us now at (503) 555-0100 so we can see you today. If your face "
         "is swelling or you have a fever, go to an emergency room.", "(chat ended)"],
      "booking", [("greeting", "qualify"), ("qualify", "route"), ("route", "urgent"), ("urgent", "end_now")]),
-    ("What are your hours?", [
+    ("What are your hours?", {}, [
         "  [node Greeting -> Front desk]", "agent> We are open Monday to Friday, 8 AM to 5 PM."],
      "receptionist", [("greeting", "to_front_desk")]),
-], ids=["in pain: urgent care, then the end", "a question: handed to the receptionist agent"])
+    ("I'd like a cleaning", {"booking_open": "false"}, [
+        "  [node Greeting -> Booking closed]", "  [node Booking closed -> End]",
+        "agent> We aren't booking visits by text right now. Please call us at (503) 555-0100, Monday to Friday, "
+        "8 AM to 5 PM.", "(chat ended)"],
+     "booking", [("greeting", "closed"), ("closed", "end_now")]),
+], ids=["in pain: urgent care, then the end", "a question: handed to the receptionist agent",
+        "booking closed: the equation edge, before the model"])
 async def test_the_example_flow_hands_over_or_ends_when_it_cannot_book(
     tmp_path: Path, redis: aioredis.Redis, redis_url: str, llm: FakeOpenAI, receiver: Receiver, said: str,
-    shown: list[str], agent_id: str, path: list[tuple[str, str]],
+    variables: dict[str, str], shown: list[str], agent_id: str, path: list[tuple[str, str]],
 ) -> None:
     llm.respond = booking_model
     done = await parley_chat("booking", stdin=said + "\n", redis_url=redis_url,
-                             agents_dir=shipped_examples(tmp_path, receiver.url), llm=llm,
+                             agents_dir=shipped_examples(tmp_path, receiver.url, **variables), llm=llm,
                              PARLEY_OUTBOUND_ALLOW=",".join(TEST_OUTBOUND_ALLOW))
 
     assert done.code == 0, done.err
     out = [line for line in done.out.splitlines() if not line.startswith(("  [tool", "  [result"))]
     assert out == ["agent> Hi, this is Sunny Dental! What visit would you like?", *shown]
     assert receiver.received == []   # nothing was booked
+    if variables:   # the equation edge was taken without asking the model: it only wrote the greeting
+        assert llm.user_texts() == [""]
     [chat_key] = [key async for key in redis.scan_iter(match="parley:{*}:chat:chat_*")
                   if not key.endswith(":messages")]
     chats = Chats(redis, ttl_s=3_600, lock_ttl_ms=30_000)

@@ -30,12 +30,14 @@ from .fakes.twilio import FakeTwilio
 SPEC = document(routes())
 # Routes whose schema-valid requests Parley may still refuse (422) for what no JSON schema can say, by operation
 # id: the objects a body names must exist, a number must be one Parley sends from, weights must sum to 1, a
-# cursor must be one Parley returned, two numbers must be on one channel, a URL must pass the outbound policy.
+# cursor must be one Parley returned, two numbers must be on one channel, a URL must pass the outbound policy,
+# Twilio must take the account's credentials (this fake knows no account) and have the number.
 # The positive-data check accepts a 422 there; every other check holds as for any route.
 STATEFUL_422 = ["create_chat", "create_sms_chat", "send_sms", "list_chats", "clear_opt_out", "create_chat_agent",
                 "update_chat_agent", "create_retell_llm", "update_retell_llm", "import_phone_number",
-                "update_phone_number", "create_conversation_flow", "update_conversation_flow",
-                "create_conversation_flow_component", "update_conversation_flow_component"]
+                "update_phone_number", "create_phone_number", "draft_a2p_campaign", "create_a2p_registration",
+                "create_conversation_flow", "update_conversation_flow", "create_conversation_flow_component",
+                "update_conversation_flow_component"]
 POSITIVE = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 # The coverage phase (every boundary and negative variant of every schema, deterministically: some 3,000 requests)
 # takes about a minute and a half: PARLEY_TEST_FUZZ_COVERAGE=1 runs it too. By default the run is random

@@ -36,9 +36,10 @@ async def read_bytes(request: web.Request) -> bytes:
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object (400 when it is not one), at most ``MAX_JSON_DEPTH`` deep (422); empty is ``{}``."""
+    """``raw`` as a JSON object (400 when it is not one), at most ``MAX_JSON_DEPTH`` deep (422); empty is ``{}``
+    (a body of only whitespace is not empty: it is not JSON either)."""
     try:
-        data = orjson.loads(raw) if raw.strip() else {}
+        data = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):   # orjson's own limit (1,024 levels): the same answer as ours
             raise InvalidRequest(TOO_DEEP) from None

@@ -131,10 +131,20 @@ async def _component_body(request: web.Request, data: dict[str, Any], component_
     return component
 
 
+async def _links(catalog: Catalog) -> dict[str, list[str]]:
+    """By shared component id: the flows whose nodes, in any version, name it. One pass over every flow version,
+    however many components are answered."""
+    links: dict[str, list[str]] = {}
+    for flow_id in await catalog.flows.ids():
+        named = {node.component_id for flow in await catalog.flows.versions(flow_id)
+                 for _, node in components.shared_nodes(flow)}
+        for component_id in named:
+            links.setdefault(component_id, []).append(flow_id)
+    return links
+
+
 async def _linked(catalog: Catalog, component_id: str) -> list[str]:
-    """The flows whose nodes, in any version, name the shared component."""
-    return [flow_id for flow_id in await catalog.flows.ids()
-            if any(components.names(flow, component_id) for flow in await catalog.flows.versions(flow_id))]
+    return (await _links(catalog)).get(component_id, [])
 
 
 async def _answer(catalog: Catalog, component: ConversationFlowComponent, status: int = 200) -> web.Response:
@@ -187,12 +197,9 @@ async def delete_conversation_flow_component(request: web.Request) -> web.Respon
 async def list_conversation_flow_components(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     ids, more, key = page_of_ids(await rt.catalog.component_ids(), read_query(request, PageQuery), str)
-    items = []
-    for component_id in ids:
-        component = await rt.catalog.get_component(component_id)
-        items.append(ComponentAnswer.model_validate({**component.model_dump(),
-                                                     "linked_conversation_flow_ids": await _linked(rt.catalog,
-                                                                                                   component_id)}))
+    links = await _links(rt.catalog) if ids else {}
+    items = [ComponentAnswer.model_validate({**(await rt.catalog.get_component(i)).model_dump(),
+                                             "linked_conversation_flow_ids": links.get(i, [])}) for i in ids]
     return model_response(ComponentListResponse(items=items, has_more=more, pagination_key=key))
 
 

@@ -34,6 +34,7 @@ from service.errors import (
     RequestTimeout,
     SendError,
     StoreUnavailable,
+    TwilioRefused,
 )
 from service.retell.requests import PageQuery
 from service.storage.outages import is_outage
@@ -104,8 +105,8 @@ def read_query(request: web.Request, model: type[B]) -> B:
     return validated(model, dict(request.query), strict=False)   # a query's values are all strings
 
 
-def error(status: int, message: str) -> web.Response:
-    return json_response({"status": "error", "message": message}, status=status)
+def error(status: int, message: str, **extra: object) -> web.Response:
+    return json_response({"status": "error", "message": message, **extra}, status=status)
 
 
 @web.middleware
@@ -128,6 +129,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         if "Allow" in exc.headers:   # a 405 says which methods the path takes
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except TwilioRefused as exc:   # Twilio's own error code beside the message (``twilio_code``)
+        return error(exc.http_status, str(exc), **({"twilio_code": exc.code} if exc.code is not None else {}))
     except ParleyError as exc:
         return error(status_of(exc), str(exc))
     except RedisError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import agents, chats, flows, health, numbers, sms, versions
+from service.api import a2p, agents, chats, flows, health, numbers, sms, versions
 from service.api.http import json_response
 from service.api.openapi import Route, document
 from service.channels.twilio.form import InboundForm, StatusForm
@@ -29,8 +29,8 @@ def routes(*, web_routes: bool = True) -> list[Route]:
     if not web_routes:
         return health.ROUTES
     own = [Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations")]
-    return (chats.ROUTES + sms.ROUTES + agents.ROUTES + versions.ROUTES + flows.ROUTES + numbers.ROUTES + TWILIO + own
-            + health.ROUTES)
+    return (chats.ROUTES + sms.ROUTES + agents.ROUTES + versions.ROUTES + flows.ROUTES + numbers.ROUTES + a2p.ROUTES
+            + TWILIO + own + health.ROUTES)
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-"""The ``parley`` command (also ``python -m service``): serve, worker, check, chat, console-user. No logic lives
-here."""
+"""The ``parley`` command (also ``python -m service``): serve, worker, check, chat, numbers, a2p, console-user.
+No logic lives here."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ import gc
 import getpass
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from service import logs
 from service.app import create_app
 from service.catalog import agent_files
-from service.cli import serving, terminal_chat
+from service.channels.twilio.registration import DraftRequest, RegistrationRequest
+from service.cli import numbers, serving, terminal_chat
 from service.console import users
 from service.errors import ConfigError
 from service.settings import Settings
+from service.validation import describe
 
 
 def _settings() -> Settings:
@@ -95,6 +99,47 @@ def console_user(args: argparse.Namespace) -> None:
     print(json.dumps(entry))
 
 
+def numbers_sync(_: argparse.Namespace) -> None:
+    raise SystemExit(numbers.run(_settings(), numbers.sync))
+
+
+def a2p_draft(args: argparse.Namespace) -> None:
+    try:
+        wanted = DraftRequest(phone_numbers=args.numbers, brand_name=args.brand, website=args.website,
+                              opt_in=args.opt_in)
+    except ValidationError as exc:
+        raise SystemExit("; ".join(describe(exc))) from None
+    raise SystemExit(numbers.run(_settings(), numbers.draft(wanted)))
+
+
+def a2p_register(args: argparse.Namespace) -> None:
+    wanted = numbers.read_request(args.file, RegistrationRequest)
+    raise SystemExit(numbers.run(_settings(), numbers.register(wanted)))
+
+
+def a2p_status(args: argparse.Namespace) -> None:
+    raise SystemExit(numbers.run(_settings(), numbers.status(args.registration_id)))
+
+
+def _onboarding(commands: Any) -> None:
+    number = commands.add_parser("numbers", help="Twilio numbers").add_subparsers(dest="action", required=True)
+    number.add_parser("sync", help="point every number's Twilio SMS webhook at PARLEY_PUBLIC_URL").set_defaults(
+        func=numbers_sync)
+    a2p = commands.add_parser("a2p", help="A2P 10DLC registration").add_subparsers(dest="action", required=True)
+    drafting = a2p.add_parser("draft", help="draft a campaign from the numbers' agents and check it (sends nothing)")
+    drafting.add_argument("numbers", nargs="+", metavar="NUMBER")
+    drafting.add_argument("--brand", required=True, help="the business's legal name")
+    drafting.add_argument("--website")
+    drafting.add_argument("--opt-in", help="where and how users agree to receive texts")
+    drafting.set_defaults(func=a2p_draft)
+    registering = a2p.add_parser("register", help="register the brand and campaign a YAML or JSON file describes")
+    registering.add_argument("file", type=Path, metavar="FILE")
+    registering.set_defaults(func=a2p_register)
+    watching = a2p.add_parser("status", help="registrations and their status (Twilio's reasons when failed)")
+    watching.add_argument("registration_id", nargs="?", metavar="REGISTRATION_ID")
+    watching.set_defaults(func=a2p_status)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Two-way SMS chat agents on Twilio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     talk.add_argument("agent_id", metavar="AGENT_ID")
     talk.add_argument("--version", type=int, metavar="N", help="the agent version (default: the latest)")
     talk.set_defaults(func=chat)
+    _onboarding(commands)
     user = commands.add_parser("console-user", help="print a PARLEY_CONSOLE_USERS entry (a named console operator)")
     user.add_argument("name", metavar="NAME")
     user.add_argument("--role", choices=("read", "write", "admin"), default="read",

@@ -655,6 +655,12 @@ class PhoneNumber(_Model):
     # Parley's: send at most this many segments a second from the number, across processes (off when unset).
     segments_per_second: float | None = Field(default=None, gt=0, le=1_000)
     allowed_outbound_country_list: list[str] | None = None
+    # Parley's: import (and ``parley numbers sync``) points the number's Twilio SMS webhook at Parley and delete
+    # puts back what was there (service/channels/twilio/numbers.py); false leaves Twilio's configuration alone.
+    twilio_webhooks: bool = True
+    # Parley's: when the number sits in a Messaging Service, point the service's own inbound URL at Parley
+    # instead of turning on the service's UseInboundWebhookOnNumber (the number's webhook then wins).
+    twilio_messaging_service_url: bool = False
 
     @field_validator("allowed_outbound_country_list")
     @classmethod

@@ -419,3 +419,21 @@ class McpToolDefinition(BaseModel):
     name: str
     description: str
     inputSchema: dict[str, Any]   # Retell's (and MCP's) spelling
+
+
+class PhoneNumberAnswer(PhoneNumber):
+    """Retell's phone-number object, with what is left for the user to do."""
+
+    warnings: list[str] = Field(default_factory=list, description="Parley's: what is left to do (empty: nothing)")
+    unsupported: list[str] = Field(default_factory=list, description="Parley's: the fields it stores but does not "
+                                                                     "act on (a voice number's, say)")
+
+
+class CreatePhoneNumberRequest(PhoneNumber):
+    """Retell's ``create-phone-number`` body (retell-sdk 6.2.x): buy a number, then configure it like an import."""
+
+    phone_number: E164 | None = None  # type: ignore[assignment]
+    area_code: int | None = Field(default=None, ge=200, le=999, description="3 digits; US and Canada")
+    country_code: Literal["US", "CA"] = "US"
+    toll_free: bool = False
+    number_provider: Literal["twilio", "telnyx"] = "twilio"

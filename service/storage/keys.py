@@ -91,6 +91,11 @@ key (``{S}``: the partition)                    type    bound
                                                         wrote {S}:chats:indexed: left to expire)
 {S}:optouts                                     ZSET    "<agent address> <user address>" -> opt-out time (ms); one
                                                         member per opted-out pair (no TTL on purpose)
+{S}:a2p:<id>                                    STRING  an A2P 10DLC registration (brand, campaign, status), JSON,
+                                                        in the partition of its id (its events' outbox is there
+                                                        too); no TTL: a record, one per registration
+{S}:a2p:<id>:lock                               STRING  a process reading the registration from Twilio (its
+                                                        token); PX 120 s
 {S}:outgoing:due                                ZSET    conversation id -> when its waiting messages are next tried
                                                         (ms); one member per conversation with messages waiting
 {catalog}:agent:<id>                            HASH    version number -> agent JSON; one field per version
@@ -103,6 +108,11 @@ key (``{S}``: the partition)                    type    bound
 {catalog}:components                            SET     ids of known shared components
 {catalog}:number:<E.164>                        STRING  phone number JSON
 {catalog}:numbers                               SET     known phone numbers
+{catalog}:number:<E.164>:twilio                 STRING  what the number's Twilio webhook (and its Messaging
+                                                        Service's) were before Parley set them, JSON; deleted when
+                                                        they are put back (channels/twilio/numbers.py)
+{catalog}:a2ps                                  SET     ids of the A2P 10DLC registrations; pending ones are
+                                                        polled (one member per registration, no TTL: a record)
 {catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
                                                         TTL 2 days
@@ -336,6 +346,22 @@ def component(component_id: str) -> str:
 
 def number(phone_number: str) -> str:
     return CATALOG + "number:" + phone_number
+
+
+def number_twilio(phone_number: str) -> str:
+    return CATALOG + "number:" + phone_number + ":twilio"
+
+
+A2PS = CATALOG + "a2ps"
+
+
+def a2p(registration_id: str) -> str:
+    """In the partition of its id, beside the outbox its events are queued in (``outbox(registration_id)``)."""
+    return _in(shard_of(registration_id)) + "a2p:" + registration_id
+
+
+def a2p_lock(registration_id: str) -> str:
+    return a2p(registration_id) + ":lock"
 
 
 def segments(phone_number: str, day: str) -> str:

@@ -5,7 +5,8 @@ It checks HTTP Basic auth against the accounts it knows, records every message, 
 (21610 for an unsubscribed recipient), ``fail_next`` makes the next creates fail once each (a 429, a
 503), ``throttle`` answers 429 (20429) with a ``Retry-After`` header to the next creates or until ``release``,
 and ``delay_s`` slows every answer. ``creates`` lists every create request (accepted or not) and
-``max_in_flight`` is the most it ever had in flight at once.
+``max_in_flight`` is the most it ever had in flight at once. ``numbers`` serves the resources a number's
+onboarding touches (``tests/fakes/twilio_numbers.py``), on every Twilio host's paths.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from .twilio_numbers import NumberResources
 
 
 @dataclass
@@ -48,10 +51,15 @@ class FakeTwilio:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     requested: asyncio.Event = field(default_factory=asyncio.Event)   # a create call has started
     url: str = ""
+    numbers: NumberResources = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.numbers = NumberResources(self._authorized)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self._create)
+        self.numbers.routes(app.router)
         return app
 
     def _authorized(self, request: web.Request, account: str) -> bool:

@@ -32,7 +32,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from service.conversations.channel import Sent
-from service.errors import RecipientUnsubscribed, SendDeferred, SendError
+from service.errors import InvalidRequest, RecipientUnsubscribed, SendDeferred, SendError
 from service.metrics import Metrics
 from service.settings import TWILIO_API_BASE_URL, Settings
 
@@ -117,6 +117,15 @@ class TwilioGateway:
 
     async def close(self) -> None:
         await self._http.close()
+
+    def client(self, account_sid: str | None) -> Client:
+        """The official client of ``account_sid`` (every Twilio host through this gateway's HTTP client, so
+        ``TWILIO_API_BASE_URL`` serves them all), for setting up numbers and registrations."""
+        client = self._clients.get(account_sid or "")
+        if client is None:
+            raise InvalidRequest(f"twilio_account_sid: Parley has no auth token for {account_sid or '(none)'} "
+                                 "(set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or PARLEY_TWILIO_ACCOUNTS)")
+        return client
 
     async def send(self, *, account_sid: str, from_: str, to: str, body: str, status_callback: str | None) -> Sent:
         """Create one message, once. ``SendDeferred`` when Twilio created nothing and may later (a 429 or a
