@@ -33,6 +33,7 @@ from service.errors import (
     RequestTimeout,
     SendError,
     StoreUnavailable,
+    TooLarge,
 )
 from service.retell.requests import PageQuery
 from service.storage.outages import is_outage
@@ -54,7 +55,7 @@ SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
     MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
-    LimitReached: 429, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
+    LimitReached: 429, TooLarge: 413, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
 }
 
 

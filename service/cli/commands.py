@@ -13,6 +13,7 @@ from service.app import create_app
 from service.catalog import agent_files
 from service.cli import serving, terminal_chat
 from service.errors import ConfigError
+from service.knowledge import folders
 from service.settings import Settings
 
 
@@ -60,6 +61,7 @@ def check(args: argparse.Namespace) -> None:
     settings = _settings()
     try:
         catalog = agent_files.load(settings)
+        knowledge = folders.load(settings)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
     for warning in catalog.warnings:
@@ -68,7 +70,8 @@ def check(args: argparse.Namespace) -> None:
         print(f"unsupported: {agent}: " + "".join(f"\n  {line}" for line in fields))
     if args.strict and catalog.unsupported:
         raise SystemExit(f"--strict: {len(catalog.unsupported)} agent(s) hold fields Parley does not act on")
-    print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s) in {settings.agents_dir}")
+    print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s), {len(knowledge.bases)} knowledge "
+          f"base folder(s) in {settings.agents_dir}")
 
 
 def chat(args: argparse.Namespace) -> None:

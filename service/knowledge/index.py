@@ -1,0 +1,140 @@
+"""One knowledge base's chunks as a searcher holds them in memory: a float32 matrix of their unit vectors and an
+inverted index of their terms, built from what ``knowledge.store`` keeps in Redis.
+
+Why in process, with numpy: Parley runs on the embedded Valkey, one Redis and Redis Cluster, and none of them
+is sure to have a search module (RediSearch, valkey-search). A matrix-vector product over 20,000 chunks of 512
+dimensions is ~10 M multiply-adds: about a millisecond of numpy (bench.knowledge measures it), cheaper than any
+round trip that would ship the candidates. The price is memory in every process that answers turns: 4 bytes
+per dimension per chunk (README: *Knowledge bases*).
+
+BM25 is computed here over the stored term counts (k1 = 1.2, b = 0.75, the usual constants) with numpy: the
+query has a handful of terms, so its postings are a few small arrays. rank-bm25, the library on PyPI, is a
+dense pure-Python loop over every document per query with no release since 2022; it would cost more than the
+few lines it saves.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from service.knowledge.embeddings import Matrix
+from service.knowledge.store import Chunk
+
+K1 = 1.2
+B = 0.75
+_WORD = re.compile(r"[a-z0-9]+")
+# Words that carry no topic: left out of the keyword side so "what are your ..." matches nothing by itself.
+STOPWORDS = frozenset((
+    "a", "about", "above", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing",
+    "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here",
+    "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "more", "most", "my",
+    "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own",
+    "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there", "these",
+    "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what",
+    "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
+    "yourself", "please", "hi", "hello", "thanks", "thank", "okay", "ok", "tell", "know", "like", "want", "need",
+    "get", "got", "much", "many",
+))
+
+
+def terms(text: str) -> list[str]:
+    """The keyword side's terms of ``text``: lowercase words and numbers, accents dropped, stopwords left out, a
+    plural's final ``s`` cut (``prices`` matches ``price``)."""
+    plain = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    out = []
+    for word in _WORD.findall(plain):
+        if word in STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss") and not word[-2].isdigit():
+            word = word[:-1]
+        out.append(word)
+    return out
+
+
+def term_counts(text: str) -> dict[str, int]:
+    return dict(Counter(terms(text)))
+
+
+def is_identifier(term: str) -> bool:
+    """A SKU, a price, a code: a term with a digit in it, of three characters or more."""
+    return len(term) >= 3 and any(c.isdigit() for c in term)
+
+
+@dataclass
+class Index:
+    """A knowledge base's chunks, searchable: ``ids[i]`` is row ``i`` of ``vectors`` (None when the vectors are of
+    another model than the one asked), with its title and text."""
+
+    version: int
+    model: str
+    ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    vectors: Matrix | None
+    lengths: npt.NDArray[np.float32]
+    postings: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, version: int, model: str, chunks: dict[str, Chunk], vectors: dict[str, bytes]) -> Index:
+        ids = sorted(cid for cid in chunks if cid in vectors) if vectors else sorted(chunks)
+        rows = [np.frombuffer(vectors[cid], dtype=np.float32) for cid in ids] if vectors else []
+        matrix = np.vstack(rows) if rows and len({r.shape[0] for r in rows}) == 1 else None
+        gathered: dict[str, tuple[list[int], list[float]]] = {}
+        lengths = np.zeros(len(ids), dtype=np.float32)
+        for row, cid in enumerate(ids):
+            counts = chunks[cid].terms
+            lengths[row] = sum(counts.values())
+            for term, count in counts.items():
+                where, tfs = gathered.setdefault(term, ([], []))
+                where.append(row)
+                tfs.append(count)
+        postings = {t: (np.asarray(w, dtype=np.int32), np.asarray(f, dtype=np.float32))
+                    for t, (w, f) in gathered.items()}
+        return cls(version=version, model=model, ids=ids, titles=[chunks[c].title for c in ids],
+                   texts=[chunks[c].text for c in ids], vectors=matrix if ids else None, lengths=lengths,
+                   postings=postings)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def idf(self, term: str) -> float:
+        """BM25's idf (the Lucene form, never negative); a term no chunk has gets the highest."""
+        n = len(self.ids)
+        df = len(self.postings[term][0]) if term in self.postings else 0
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+    def keyword_scores(self, query_terms: list[str]) -> npt.NDArray[np.float32]:
+        """Each chunk's BM25 for the query, divided by what a chunk of average length holding each query term once
+        scores (the sum of the terms' idf): 1.0 is "every word of the question is here", 0 "none is"; capped
+        at 1."""
+        scores = np.zeros(len(self.ids), dtype=np.float32)
+        unique = list(dict.fromkeys(query_terms))
+        if not unique or not len(self.ids):
+            return scores
+        average = float(self.lengths.mean()) or 1.0
+        norm = K1 * (1 - B + B * self.lengths / average)
+        for term in unique:
+            if term not in self.postings:
+                continue
+            rows, tfs = self.postings[term]
+            scores[rows] += self.idf(term) * tfs * (K1 + 1) / (tfs + norm[rows])
+        ideal = sum(self.idf(term) for term in unique)
+        capped: npt.NDArray[np.float32] = np.minimum(scores / ideal, 1.0).astype(np.float32)
+        return capped
+
+    def identifier_scores(self, query_terms: list[str]) -> npt.NDArray[np.float32]:
+        """The share of the question's identifiers (``is_identifier``) each chunk holds exactly."""
+        wanted = [t for t in dict.fromkeys(query_terms) if is_identifier(t)]
+        scores = np.zeros(len(self.ids), dtype=np.float32)
+        for term in wanted:
+            if term in self.postings:
+                scores[self.postings[term][0]] += 1.0 / len(wanted)
+        return scores
