@@ -106,7 +106,7 @@ async def test_bad_requests_are_refused_naming_what_was_wrong(parley: Parley, re
     with pytest.raises(UnprocessableEntityError, match="knowledge_base_name"):
         await retell.knowledge_base.create(knowledge_base_name="x" * 40, knowledge_base_texts=[
             {"title": "t", "text": "x"}])
-    with pytest.raises(UnprocessableEntityError, match="min_chunk_size .500. must be less than"):
+    with pytest.raises(UnprocessableEntityError, match=r"min_chunk_size \(500\) must be less than"):
         await retell.knowledge_base.create(knowledge_base_name="kb", min_chunk_size=500, max_chunk_size=500)
     with pytest.raises(UnprocessableEntityError, match=r"knowledge_base_files\[0\].*\.pdf"):
         await retell.knowledge_base.create(knowledge_base_name="kb", knowledge_base_files=[("a.exe", b"MZ")])

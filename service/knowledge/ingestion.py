@@ -4,8 +4,8 @@ schedules the knowledge base; ``Ingestion.tick`` (run by ``tasks.every`` from ``
 run workers) does the work.
 
 **Claiming.** Work is claimed from ``{knowledge}:due`` (knowledge base id -> when), one knowledge base at a time:
-claiming moves its score a lease ahead (``PARLEY_KNOWLEDGE_LEASE_MS``), in one script, so two processes never work on one
-knowledge base at once; the holder renews the lease while it works. A process that dies mid-ingestion leaves
+claiming moves its score a lease ahead (``PARLEY_KNOWLEDGE_LEASE_MS``), in one script, so two processes never
+work on one knowledge base at once; the holder renews the lease while it works. A process that dies mid-ingestion leaves
 the member due when the lease runs out, and the next process finds the sources still ``pending`` (a source is
 written complete with its chunks in one script) and carries on. A holder that stalled past its lease may still
 finish a source another process also did: the commit replaces the source's chunks whole, so the result is the

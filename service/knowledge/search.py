@@ -1,17 +1,19 @@
 """Retrieval: the chunks of some knowledge bases most relevant to a question, ranked by vectors and keywords.
 
-**The score** ``filter_score`` applies to, for each chunk, is the greatest of three numbers in 0..1:
+**The score** ``filter_score`` applies to is, for each chunk, three pieces of evidence in 0..1 fused as a noisy
+OR, ``1 - (1 - similarity)(1 - keywords)(1 - identifiers)``:
 
-- the cosine similarity of the question's embedding and the chunk's (negative counts as 0);
-- the keyword score: the chunk's BM25 for the question's terms over what a chunk of average length holding every
-  term once scores (``Index.keyword_scores``): 1 when every topical word of the question is there;
-- the identifier score: the share of the question's identifiers (a term of 3 or more characters with a digit: a
-  SKU, a price, a code) the chunk holds exactly.
+- ``similarity``: the cosine similarity of the question's embedding and the chunk's (negative counts as 0);
+- ``keywords``: the chunk's BM25 for the question's terms over what a chunk of average length holding every term
+  once scores (``Index.keyword_scores``): 1 when every topical word of the question is there, 0 when none is;
+- ``identifiers``: the share of the question's identifiers (a term of 3 or more characters with a digit: a SKU, a
+  price, a code) the chunk holds exactly.
 
-Taking the greatest ("fused by max") keeps each side's meaning: a paraphrase that shares no word with the chunk
-passes on its similarity, an exact SKU or price that embeddings blur passes on the identifier, and a question
-about something the knowledge base does not hold passes on none, so nothing is retrieved (Retell: chunks under
-``filter_score`` are left out). Ties and order among passing chunks go by the sum of the three.
+Each side alone can carry a chunk over the filter (a paraphrase that shares no word with the chunk on its
+similarity, an exact SKU or price that embeddings blur on the identifier), two sides that half agree reinforce
+each other (0.5 and 0.5 make 0.75), and a question about something the knowledge base does not hold scores near
+0 on all three, so nothing is retrieved (Retell: chunks under ``filter_score`` are left out). The same score
+orders the chunks that pass.
 
 **Caching.** Each process keeps one ``Index`` per knowledge base, built from Redis when first asked and rebuilt
 when its ``version`` (bumped by every change of its chunks) or its model differs from the one cached: a turn
@@ -56,8 +58,7 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class Scores:
-    best: npt.NDArray[np.float32]       # what filter_score applies to
-    order: npt.NDArray[np.float32]      # how passing chunks are ordered
+    best: npt.NDArray[np.float32]       # what filter_score applies to, and the order
     similarity: npt.NDArray[np.float32]
     keywords: npt.NDArray[np.float32]
 
@@ -71,15 +72,15 @@ def rank(index: Index, query_vector: Matrix | None, query_terms: list[str]) -> S
         similarity = np.zeros(n, dtype=np.float32)
     keywords = index.keyword_scores(query_terms)
     identifiers = index.identifier_scores(query_terms)
-    best = np.maximum(np.maximum(similarity, keywords), identifiers)
-    return Scores(best=best, order=similarity + keywords + identifiers, similarity=similarity, keywords=keywords)
+    best = 1 - (1 - similarity) * (1 - keywords) * (1 - identifiers)
+    return Scores(best=best.astype(np.float32), similarity=similarity, keywords=keywords)
 
 
 def top(index: Index, scores: Scores, top_k: int, filter_score: float, kb_id: str) -> list[Hit]:
     passing = np.flatnonzero(scores.best >= filter_score)
     if len(passing) > top_k:
-        passing = passing[np.argpartition(-scores.order[passing], top_k - 1)[:top_k]]
-    ordered = sorted(passing.tolist(), key=lambda row: -float(scores.order[row]))
+        passing = passing[np.argpartition(-scores.best[passing], top_k - 1)[:top_k]]
+    ordered = sorted(passing.tolist(), key=lambda row: -float(scores.best[row]))
     return [Hit(kb_id=kb_id, chunk_id=index.ids[row], title=index.titles[row], text=index.texts[row],
                 score=round(float(scores.best[row]), 4), similarity=round(float(scores.similarity[row]), 4),
                 keywords=round(float(scores.keywords[row]), 4)) for row in ordered]
@@ -139,5 +140,5 @@ class Searcher:
         for kb_id, index in indexes:
             usable = vector if index.model == self._embedder.model else None
             hits += top(index, rank(index, usable, query_terms), top_k, filter_score, kb_id)
-        hits.sort(key=lambda hit: -(hit.score + hit.similarity + hit.keywords))
+        hits.sort(key=lambda hit: -hit.score)
         return hits[:top_k]
