@@ -42,33 +42,36 @@ def _sections(text: str) -> list[tuple[list[str], str]]:
     return [(p, body.strip()) for p, body in found if body.strip() or p]
 
 
-def _units(body: str, max_size: int) -> list[str]:
+def _units(body: str, max_size: int) -> list[tuple[str, bool]]:
     """Paragraphs, or the sentences of a paragraph longer than ``max_size`` (a sentence longer still: cut
-    between words)."""
-    units: list[str] = []
+    between words); each with whether it continues the paragraph before it (then it is joined with a space)."""
+    units: list[tuple[str, bool]] = []
     for paragraph in _PARAGRAPHS.split(body):
         paragraph = paragraph.strip()
         if not paragraph:
             continue
         if len(paragraph) <= max_size:
-            units.append(paragraph)
+            units.append((paragraph, False))
             continue
+        first = True
         for sentence in _SENTENCE_END.split(paragraph):
             while len(sentence) > max_size:
                 cut = sentence.rfind(" ", 0, max_size)
                 cut = cut if cut > max_size // 2 else max_size
-                units.append(sentence[:cut].strip())
-                sentence = sentence[cut:].strip()
+                units.append((sentence[:cut].strip(), not first))
+                sentence, first = sentence[cut:].strip(), False
             if sentence:
-                units.append(sentence)
+                units.append((sentence, not first))
+                first = False
     return units
 
 
-def _pack(units: list[str], max_size: int) -> list[str]:
+def _pack(units: list[tuple[str, bool]], max_size: int) -> list[str]:
     packed: list[str] = []
-    for unit in units:
-        if packed and len(packed[-1]) + 2 + len(unit) <= max_size:
-            packed[-1] = f"{packed[-1]}\n\n{unit}"
+    for unit, continues in units:
+        joiner = " " if continues else "\n\n"
+        if packed and len(packed[-1]) + len(joiner) + len(unit) <= max_size:
+            packed[-1] = f"{packed[-1]}{joiner}{unit}"
         else:
             packed.append(unit)
     return packed

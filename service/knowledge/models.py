@@ -89,7 +89,8 @@ class _Sources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     knowledge_base_texts: list[KnowledgeBaseText] = Field(default_factory=list)
-    knowledge_base_urls: list[str] = Field(default_factory=list, max_length=100)
+    knowledge_base_urls: list[Annotated[str, Field(pattern=r"^https?://", max_length=2_048)]] = Field(
+        default_factory=list, max_length=100)
     knowledge_base_files: list[bytes] = Field(
         default_factory=list, max_length=MAX_FILES,
         json_schema_extra={"items": {"type": "string", "format": "binary"}},
