@@ -29,7 +29,8 @@ def minimal_pdf(lines: list[str]) -> bytes:
     objects = [
         "<< /Type /Catalog /Pages 2 0 R >>",
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
         f"<< /Length {len(text)} >>\nstream\n{text}\nendstream",
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -73,9 +74,9 @@ def test_what_cannot_be_read_says_why() -> None:
     with pytest.raises(SourceError, match=r"'a\.exe': Parley reads"):
         kind_of("a.exe")
     assert kind_of(None, "text/html; charset=utf-8") == ".html"
-    with pytest.raises(SourceError, match="broken.pdf: could not be read as pdf"):
+    with pytest.raises(SourceError, match=r"broken\.pdf: could not be read as pdf"):
         text_of(b"%PDF-1.4 not really", ".pdf", "broken.pdf")
-    with pytest.raises(SourceError, match="broken.docx: could not be read as docx"):
+    with pytest.raises(SourceError, match=r"broken\.docx: could not be read as docx"):
         text_of(b"PK not a zip", ".docx", "broken.docx")
     with pytest.raises(SourceError, match="holds no text"):
         text_of(b"   \n", ".txt", "empty.txt")
