@@ -135,6 +135,10 @@ async def publish(bases: KnowledgeBases, declared: DeclaredKnowledge) -> None:
         new_urls = [u for u in body.knowledge_base_urls if u not in urls]
         staged += bases.stage(folder.kb_id, [], new_urls, [])
         await bases.store.add_sources(folder.kb_id, staged)
+        if resized:   # new chunk sizes: the URL sources are cut again too
+            for source in snap.sources.values():
+                if isinstance(source, UrlSource) and source.url in body.knowledge_base_urls:
+                    await bases.store.put_source(folder.kb_id, source.model_copy(update={"status": "pending"}))
         for sid, source in snap.sources.items():
             gone_file = isinstance(source, DocumentSource) and sid not in wanted
             gone_url = isinstance(source, UrlSource) and source.url not in body.knowledge_base_urls

@@ -81,6 +81,11 @@ class Index:
     vectors: Matrix | None
     lengths: npt.NDArray[np.float32]
     postings: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = field(default_factory=dict)
+    norms: npt.NDArray[np.float32] = field(init=False)   # BM25's length normalisation, per chunk
+
+    def __post_init__(self) -> None:
+        average = float(self.lengths.mean()) if len(self.lengths) else 1.0
+        self.norms = (K1 * (1 - B + B * self.lengths / (average or 1.0))).astype(np.float32)
 
     @classmethod
     def build(cls, version: int, model: str, chunks: dict[str, Chunk], vectors: dict[str, bytes]) -> Index:
@@ -119,8 +124,13 @@ class Index:
         unique = list(dict.fromkeys(query_terms))
         if not unique or not len(self.ids):
             return scores
-        average = float(self.lengths.mean()) or 1.0
-        norm = K1 * (1 - B + B * self.lengths / average)
+        # A term in more than half the chunks says little about which one is meant (idf at most ln 2, a tenth of a
+        # rare term's at 20,000 chunks) and would cost a pass over most rows: for this knowledge base it is a
+        # stopword, left out of the score and of the ideal alike.
+        unique = [t for t in unique if t not in self.postings or len(self.postings[t][0]) * 2 <= len(self.ids)]
+        if not unique:
+            return scores
+        norm = self.norms
         for term in unique:
             if term not in self.postings:
                 continue
