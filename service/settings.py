@@ -215,6 +215,10 @@ class Settings(BaseSettings):
     # every third of this while it works): how soon a crashed process's ingestion resumes elsewhere.
     knowledge_lease_ms: int = Field(
         default=60_000, ge=500, le=3_600_000, validation_alias=_env("PARLEY_KNOWLEDGE_LEASE_MS", "knowledge_lease_ms"))
+    # The knowledge section of a turn's prompt (service.agent.retrieval): chunks that would pass it are left out.
+    knowledge_prompt_max_chars: int = Field(
+        default=8_000, ge=500, le=100_000,
+        validation_alias=_env("PARLEY_KNOWLEDGE_PROMPT_MAX_CHARS", "knowledge_prompt_max_chars"))
     # Chunks one knowledge base may hold: the searchers keep every chunk's vector in memory (README: Knowledge bases).
     knowledge_max_chunks: int = Field(
         default=50_000, ge=1, validation_alias=_env("PARLEY_KNOWLEDGE_MAX_CHUNKS", "knowledge_max_chunks"))

@@ -737,6 +737,9 @@ class ChatResponse(BaseModel):
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
     channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
+    # Parley's (Retell's calls have knowledge_base_retrieved_contents_url): each turn's knowledge-base retrieval,
+    # oldest first: the question, and the chunks put in the prompt (knowledge base, chunk id, title, score, excerpt).
+    knowledge_base_retrieved_contents: list[dict[str, Any]] | None = None
 
 
 class ErrorBody(BaseModel):
