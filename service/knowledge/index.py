@@ -29,6 +29,7 @@ from service.knowledge.store import Chunk
 
 K1 = 1.2
 B = 0.75
+COMMON_AFTER = 50   # chunks from which a term in more than half of them is a stopword
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that carry no topic: left out of the keyword side so "what are your ..." matches nothing by itself.
 STOPWORDS = frozenset((
@@ -90,19 +91,28 @@ class Index:
     @classmethod
     def build(cls, version: int, model: str, chunks: dict[str, Chunk], vectors: dict[str, bytes]) -> Index:
         ids = sorted(cid for cid in chunks if cid in vectors) if vectors else sorted(chunks)
-        rows = [np.frombuffer(vectors[cid], dtype=np.float32) for cid in ids] if vectors else []
-        matrix = np.vstack(rows) if rows and len({r.shape[0] for r in rows}) == 1 else None
-        gathered: dict[str, tuple[list[int], list[float]]] = {}
+        vector_rows = [np.frombuffer(vectors[cid], dtype=np.float32) for cid in ids] if vectors else []
+        matrix = np.vstack(vector_rows) if vector_rows and len({r.shape[0] for r in vector_rows}) == 1 else None
+        # The postings, built flat and grouped with numpy (a Python loop per posting takes seconds at 20,000 chunks).
+        all_terms: list[str] = []
+        counts: list[int] = []
+        rows_of: list[int] = []
         lengths = np.zeros(len(ids), dtype=np.float32)
         for row, cid in enumerate(ids):
-            counts = chunks[cid].terms
-            lengths[row] = sum(counts.values())
-            for term, count in counts.items():
-                where, tfs = gathered.setdefault(term, ([], []))
-                where.append(row)
-                tfs.append(count)
-        postings = {t: (np.asarray(w, dtype=np.int32), np.asarray(f, dtype=np.float32))
-                    for t, (w, f) in gathered.items()}
+            found = chunks[cid].terms
+            all_terms.extend(found)
+            counts.extend(found.values())
+            rows_of.extend([row] * len(found))
+            lengths[row] = sum(found.values())
+        vocabulary: dict[str, int] = {}
+        term_ids = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for t in all_terms), dtype=np.int64,
+                               count=len(all_terms))
+        order = np.argsort(term_ids, kind="stable")
+        rows = np.asarray(rows_of, dtype=np.int32)[order]
+        tfs = np.asarray(counts, dtype=np.float32)[order]
+        ends = np.cumsum(np.bincount(term_ids, minlength=len(vocabulary)))
+        starts = ends - np.bincount(term_ids, minlength=len(vocabulary))
+        postings = {t: (rows[starts[i]:ends[i]], tfs[starts[i]:ends[i]]) for t, i in vocabulary.items()}
         return cls(version=version, model=model, ids=ids, titles=[chunks[c].title for c in ids],
                    texts=[chunks[c].text for c in ids], vectors=matrix if ids else None, lengths=lengths,
                    postings=postings)
@@ -124,10 +134,11 @@ class Index:
         unique = list(dict.fromkeys(query_terms))
         if not unique or not len(self.ids):
             return scores
-        # A term in more than half the chunks says little about which one is meant (idf at most ln 2, a tenth of a
-        # rare term's at 20,000 chunks) and would cost a pass over most rows: for this knowledge base it is a
-        # stopword, left out of the score and of the ideal alike.
-        unique = [t for t in unique if t not in self.postings or len(self.postings[t][0]) * 2 <= len(self.ids)]
+        # In a knowledge base of some size, a term in more than half the chunks says little about which one is meant
+        # (idf at most ln 2, a tenth of a rare term's at 20,000 chunks) and would cost a pass over most rows: there
+        # it is a stopword, left out of the score and of the ideal alike. (In a handful of chunks, every term is.)
+        n = len(self.ids)
+        unique = [t for t in unique if n < COMMON_AFTER or t not in self.postings or len(self.postings[t][0]) * 2 <= n]
         if not unique:
             return scores
         norm = self.norms
