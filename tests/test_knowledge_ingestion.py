@@ -146,3 +146,20 @@ async def test_a_failing_embeddings_endpoint_leaves_sources_pending_and_is_tried
     parley.llm.embed_error = None
     await parley.redis.zadd("parley:{knowledge}:due", {kb_id: 0})   # the retry's time, brought forward
     assert (await until_done(parley, kb_id))["status"] == "complete"
+
+
+async def test_a_knowledge_base_deleted_mid_ingestion_stays_deleted(parley: Parley) -> None:
+    parley.llm.embed_delay_s = 0.2
+    created = await api_json(parley, "POST", "/create-knowledge-base", 201, json={
+        "knowledge_base_name": "Handbook", "knowledge_base_texts": TEXTS[:3]})
+    kb_id = created["knowledge_base_id"]
+    await kb_where(parley, kb_id, lambda kb: any(s["status"] == "complete" for s in kb["knowledge_base_sources"]))
+    await api_json(parley, "DELETE", f"/delete-knowledge-base/{kb_id}", 204)
+    await asyncio.sleep(0.8)   # the ingestion under way finishes its source, then finds the knowledge base gone
+    assert not [k async for k in parley.redis.scan_iter(match=f"parley:{{kb:{kb_id}}}:*")]
+    assert (await parley.api("GET", f"/get-knowledge-base/{kb_id}")).status == 404
+    assert await parley.redis.zscore("parley:{knowledge}:due", kb_id) is None
+    parley.llm.embed_delay_s = 0.0
+    later = await api_json(parley, "POST", "/create-knowledge-base", 201, json={
+        "knowledge_base_name": "Later", "knowledge_base_texts": TEXTS[3:4]})
+    assert (await until_done(parley, later["knowledge_base_id"]))["status"] == "complete"   # the loop goes on

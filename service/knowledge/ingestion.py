@@ -80,7 +80,10 @@ class Ingestion:
             return 0
         kb_id, leased = claimed
         async with self._lease(kb_id, leased) as lease:
-            when = await self._work(kb_id)
+            try:
+                when = await self._work(kb_id)
+            except NotFound:   # deleted while it was worked on: nothing left to do (delete removed it from due)
+                return 1
         await self._store.release(kb_id, lease[0], when)
         return 1
 

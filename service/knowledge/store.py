@@ -113,8 +113,9 @@ return 1
 """
 
 # KEYS: kb, vectors, vectors:next, chunks.  ARGV: model. The re-embedded vectors replace the old ones; vectors of
-# chunks deleted meanwhile are dropped.
+# chunks deleted meanwhile are dropped; a knowledge base deleted meanwhile is left deleted.
 _SWAP = """
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then redis.call('DEL', KEYS[3]) return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[2]) else redis.call('DEL', KEYS[2]) end
 for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
   if redis.call('HEXISTS', KEYS[4], id) == 0 then redis.call('HDEL', KEYS[2], id) end
@@ -198,7 +199,10 @@ class KnowledgeStore:
             await pipe.execute()
 
     async def put_record(self, record: Record) -> None:
-        await self._redis.hset(keys.kb(record.knowledge_base_id), "record", record.dumps())
+        """Update a knowledge base's own fields, unless it was deleted meanwhile (then nothing is written)."""
+        await self._redis.eval(
+            "if redis.call('HEXISTS', KEYS[1], 'record') == 1 then redis.call('HSET', KEYS[1], 'record', ARGV[1]) "
+            "end return 0", 1, keys.kb(record.knowledge_base_id), record.dumps())
 
     async def add_sources(self, kb_id: str, sources: list[tuple[DocumentSource | TextSource | UrlSource,
                                                                 bytes | None]]) -> None:
