@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import docx
@@ -78,6 +79,11 @@ def test_what_cannot_be_read_says_why() -> None:
         text_of(b"%PDF-1.4 not really", ".pdf", "broken.pdf")
     with pytest.raises(SourceError, match=r"broken\.docx: could not be read as docx"):
         text_of(b"PK not a zip", ".docx", "broken.docx")
+    broken_word = io.BytesIO()
+    with zipfile.ZipFile(broken_word, "w") as archive:   # a .docx whose XML is broken: lxml's own error
+        archive.writestr("[Content_Types].xml", "<Types><broken")
+    with pytest.raises(SourceError, match=r"broken\.docx: could not be read as docx"):
+        text_of(broken_word.getvalue(), ".docx", "broken.docx")
     with pytest.raises(SourceError, match="holds no text"):
         text_of(b"   \n", ".txt", "empty.txt")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import zipfile
 from pathlib import PurePath
 
 from service.errors import SourceError
@@ -57,8 +56,10 @@ def text_of(data: bytes, kind: str, name: str) -> str:
             text = _decode(data)
     except SourceError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OSError, zipfile.BadZipFile, csv.Error,
-            RecursionError) as exc:   # pypdf's and python-docx's errors derive from these
+    except Exception as exc:   # the boundary: see below
+        # The bytes are a user's, and the parsers raise what their internals meet on a broken file (ValueError,
+        # struct.error, lxml's XMLSyntaxError, zipfile.BadZipFile, RecursionError...): whatever it is, it is this
+        # file that cannot be read, said on its source, and never the ingestion loop's end.
         raise SourceError(f"{name}: could not be read as {kind.lstrip('.')}: {type(exc).__name__}: {exc}") from exc
     text = re.sub(r"[ \t\r\f\v]+\n", "\n", text).strip()
     if not text:
