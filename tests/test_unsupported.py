@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Shaped as Retell's API returns them: voice settings, a code tool (it needs Retell's sandbox), PII scrubbing.
 EXPORTED_LLM = {
     "general_prompt": "Hi", "model_high_priority": True, "tool_call_strict_mode": True,
-    "knowledge_base_ids": ["kb_1"],
+    "knowledge_base_ids": ["kb_1"], "kb_config": {"top_k": 2},   # acted on: not reported
     "general_tools": [
         {"type": "end_call", "name": "end_chat", "description": "End.", "speak_during_execution": False},
         {"type": "code", "name": "compute", "code": "return 1", "response_variables": {"x": "x"}},
@@ -38,7 +38,6 @@ def test_every_field_not_acted_on_is_named() -> None:
     assert unsupported(llm) == [
         f"model_high_priority: {NOT_USED}",
         f"tool_call_strict_mode: {NOT_USED}",
-        f"knowledge_base_ids: {NOT_USED}",
         "model_config.primary.tier: 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
         "same way whatever the tier",
         f"general_tools.0 (end_chat).speak_during_execution: {NOT_USED}",
@@ -84,8 +83,7 @@ async def test_the_api_answers_say_what_is_not_acted_on(make_parley: MakeParley)
     updated = await api_json(parley, "PATCH", f"/update-retell-llm/{llm['llm_id']}", json={
         "general_tools": [], "model_config": None, "model_high_priority": None})
     # An unknown field set to null is still stored: Retell's null clears a value; the key stays reported.
-    assert updated["unsupported"] == [f"model_high_priority: {NOT_USED}", f"tool_call_strict_mode: {NOT_USED}",
-                                      f"knowledge_base_ids: {NOT_USED}"]
+    assert updated["unsupported"] == [f"model_high_priority: {NOT_USED}", f"tool_call_strict_mode: {NOT_USED}"]
     agent = await api_json(parley, "POST", "/create-chat-agent", status=201, json={
         "response_engine": {"type": "retell-llm", "llm_id": llm["llm_id"]}, "voice_id": "11labs-Adrian"})
     assert agent["unsupported"] == [f"voice_id: {NOT_USED}"]
@@ -102,7 +100,7 @@ async def test_startup_logs_one_warning_per_agent(make_parley: MakeParley, caplo
     found = [r for r in caplog.records if r.getMessage() == "agent holds fields Parley stores but does not act on"]
     assert len(found) == 1
     assert str(found[0].agent).endswith("frontdesk.yaml: agent frontdesk")   # type: ignore[attr-defined]
-    assert len(found[0].fields) == 7   # type: ignore[attr-defined]
+    assert len(found[0].fields) == 6   # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("honor", "header"), [

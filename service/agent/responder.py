@@ -20,6 +20,7 @@ import aiohttp
 
 from service.agent import tools, variables
 from service.agent.llm import LLM, ToolCall
+from service.agent.retrieval import KnowledgeUse, Retriever
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message, Role
 from service.errors import LLMError, NotFound
@@ -124,12 +125,26 @@ class Responder:
     """Runs the LLM tool loop for one turn."""
 
     def __init__(self, llm: LLM, http: aiohttp.ClientSession, media: Mapping[str, Medium], catalog: Catalog,
-                 *, signing_key: str | None = None) -> None:
+                 *, signing_key: str | None = None, retriever: Retriever | None = None) -> None:
         self._llm = llm
+        self._retriever = retriever   # knowledge-base retrieval (service.agent.retrieval); None: none
         self._http = http
         self._catalog = catalog   # the destinations of agent swaps
         self._signing_key = signing_key   # the webhook key: signs custom-tool requests as Retell does
         self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
+
+    async def _knowledge(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime) -> str:
+        """The prompt's knowledge section for this turn (its record kept on the chat), from the LLM's knowledge
+        bases."""
+        config = llm.kb_config
+        use = KnowledgeUse.of(llm.knowledge_base_ids, config.top_k if config else None,
+                              config.filter_score if config else None)
+        if self._retriever is None or use is None:
+            return ""
+        section, entry = await self._retriever.context(use, history, _ms(now))
+        if entry is not None:
+            chat.retrieved(entry)
+        return section
 
     async def respond(
         self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
@@ -145,7 +160,8 @@ class Responder:
             log.warning("the chat's state is not one of its agent's; starting over", extra={
                 "chat_id": chat.chat_id, "state": chat.current_state})
         values = chat_variables(agent, chat, now)
-        prompt = system_prompt(agent, llm, values, now, medium, state)
+        knowledge = await self._knowledge(llm, chat, history, now)
+        prompt = system_prompt(agent, llm, values, now, medium, state) + knowledge
         messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
@@ -199,7 +215,8 @@ class Responder:
             if moved or swapped:   # the rest of the turn runs in the new state (or agent): its prompt and tools
                 state = llm.state(chat.current_state)
                 values = chat_variables(agent, chat, now)
-                messages[0] = {"role": "system", "content": system_prompt(agent, llm, values, now, medium, state)}
+                messages[0] = {"role": "system",
+                               "content": system_prompt(agent, llm, values, now, medium, state) + knowledge}
                 available = tools.offered(llm, state)
                 definitions = tools.definitions(available)
             if reply.end_chat and completion.content.strip():

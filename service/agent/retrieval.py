@@ -1,9 +1,10 @@
 """Knowledge-base retrieval in the turn: the question asked of the agent's knowledge bases, the section their
 chunks make in the prompt, and what the chat records of it.
 
-The question is this turn's texts (the user messages after the agent last wrote) and, before them, the exchange
-they answer (the agent's last message and the user's before it), newest last, at most ``QUESTION_CHARS``: "yes,
-how much is it?" is searched with what "it" was. The chunks found go into the system prompt as Retell puts them,
+The question is this turn's texts (the user messages after the agent last wrote), at most ``QUESTION_CHARS``; a
+follow-up without a topical word ("yes, how much is it?") is searched with the exchange before it (the user's
+last text and the agent's answer), so "it" is found; a question on a new topic is searched alone, so the last
+topic's chunks do not follow it. The chunks found go into the system prompt as Retell puts them,
 a labelled section (``## Related knowledge base contexts``) with each chunk under its source's title, after the
 agent's own prompt; the section is at most ``PARLEY_KNOWLEDGE_PROMPT_MAX_CHARS`` (its share of the prompt budget:
 chunks that would pass it are left out, best kept), and the model is told to use them only when they answer.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.chats.model import Message, Role
+from service.knowledge.index import terms
 from service.knowledge.search import DEFAULT_FILTER_SCORE, DEFAULT_TOP_K, Hit, Searcher
 
 QUESTION_CHARS = 1_000
@@ -46,12 +48,13 @@ class KnowledgeUse:
 
 
 def question(history: list[Message]) -> str:
-    """What to search for: this turn's texts, after the exchange they answer (see the module's docstring)."""
+    """What to search for: this turn's texts; a follow-up without a topical word ("ok, how much is it?") is
+    searched with the exchange before it (the user's last text and the agent's answer)."""
     spoken = [m for m in history if m.role in (Role.USER, Role.AGENT) and m.content]
     turn: list[str] = []
     while spoken and spoken[-1].role is Role.USER:
         turn.insert(0, spoken.pop().content)
-    before = [m.content for m in spoken[-2:]]
+    before = [m.content for m in spoken[-2:]] if not terms(" ".join(turn)) else []
     text = "\n".join([*before, *turn]).strip()
     return text[-QUESTION_CHARS:]
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from service.agent.analysis import Analyzer
 from service.agent.llm import LLM
 from service.agent.responder import Responder
+from service.agent.retrieval import Retriever
 from service.catalog.store import Catalog
 from service.chats.delivery import Delivery
 from service.chats.lifecycle import Lifecycle
@@ -75,6 +76,7 @@ class Runtime:
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog)
         kb_store = KnowledgeStore(redis)
+        searcher = Searcher(kb_store, embedder)
         return cls(
             settings=settings,
             redis=redis,
@@ -96,8 +98,9 @@ class Runtime:
             sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
                           Pacing(redis)),
             outgoing=outgoing,
-            responder=Responder(llm, http, channels, catalog, signing_key=signing_key),
+            responder=Responder(llm, http, channels, catalog, signing_key=signing_key,
+                                retriever=Retriever(searcher, settings.knowledge_prompt_max_chars)),
             knowledge=KnowledgeBases(kb_store, outbound),
             ingestion=Ingestion(settings, kb_store, embedder, http),
-            searcher=Searcher(kb_store, embedder),
+            searcher=searcher,
         )
