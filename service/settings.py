@@ -201,6 +201,10 @@ class Settings(BaseSettings):
         default=64, ge=1, le=2_048, validation_alias=_env("PARLEY_EMBEDDING_BATCH", "embedding_batch"))
     embedding_timeout_s: float = Field(
         default=30.0, gt=0, le=600, validation_alias=_env("PARLEY_EMBEDDING_TIMEOUT_S", "embedding_timeout_s"))
+    # A turn's question: how long its embedding may take (not retried); past it the turn searches by keywords alone.
+    embedding_query_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        validation_alias=_env("PARLEY_EMBEDDING_QUERY_TIMEOUT_S", "embedding_query_timeout_s"))
     # One create or add-sources request's body (its files together): 413 beyond.
     knowledge_max_upload_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1_024, le=1024 * 1024 * 1024,

@@ -6,6 +6,7 @@ texted; the ``chat_inbound`` webhook's ``agent_override`` may replace the knowle
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 from service.agent.retrieval import HEADING
 
 from .conftest import AGENT_NUMBER, MakeParley, Parley, Receiver, agent_file, answered, api_json
+from .fakes.openai import HttpError
 from .test_knowledge_api import until_done
 from .test_knowledge_search import OFFICE
 
@@ -131,3 +133,15 @@ async def test_the_example_agent_answers_from_the_example_office_knowledge_base(
     assert "### insurance.md › Insurance" in prompt and "Delta Dental PPO" in prompt
     await answered(parley, "How much is whitening?")
     assert "$395" in system_prompt(parley.llm.requests[-1])
+
+
+async def test_a_failing_or_slow_embeddings_endpoint_leaves_the_keyword_side(make_parley: MakeParley) -> None:
+    parley, _ = await answering(make_parley, {"knowledge_base_ids": [KB]}, embedding_query_timeout_s=0.3)
+    parley.llm.embed_error = HttpError(500, "down")
+    await answered(parley, "How much is a cleaning?")
+    assert "### Prices" in system_prompt(parley.llm.requests[-1])
+    parley.llm.embed_error, parley.llm.embed_delay_s = None, 2.0
+    started = asyncio.get_running_loop().time()
+    await answered(parley, "Which insurance plans do you accept, Aetna?")
+    assert asyncio.get_running_loop().time() - started < 1.8   # the question's embedding was not waited for
+    assert "### Insurance" in system_prompt(parley.llm.requests[-1])

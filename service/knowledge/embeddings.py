@@ -43,6 +43,7 @@ class Embedder:
         self.model = settings.embedding_model + (f"@{self.dimensions}" if self.dimensions else "")
         self._served = settings.embedding_model
         self.batch = settings.embedding_batch
+        self._query_timeout_s = settings.embedding_query_timeout_s
         key = settings.embedding_api_key or settings.openai_api_key
         self._client: AsyncOpenAI | None = None
         if key is not None and key.get_secret_value():
@@ -59,13 +60,16 @@ class Embedder:
         if self._client is not None:
             await self._client.close()
 
-    async def embed(self, texts: list[str]) -> Matrix:
-        """One unit row per text, in order."""
+    async def embed(self, texts: list[str], *, quick: bool = False) -> Matrix:
+        """One unit row per text, in order. ``quick``: a turn's question, which waits at most
+        ``PARLEY_EMBEDDING_QUERY_TIMEOUT_S`` and is not retried (the search falls back to keywords instead of
+        holding the reply)."""
         if self._client is None:
             raise EmbeddingError("no key for the embeddings endpoint: set PARLEY_EMBEDDING_API_KEY or OPENAI_API_KEY")
+        client = self._client.with_options(timeout=self._query_timeout_s, max_retries=0) if quick else self._client
         rows: list[Matrix] = []
         for start in range(0, len(texts), self.batch):
-            rows.append(await self._batch(self._client, texts[start:start + self.batch]))
+            rows.append(await self._batch(client, texts[start:start + self.batch]))
         if not rows:
             return np.zeros((0, self.dimensions or 0), dtype=np.float32)
         return normalised(np.vstack(rows))

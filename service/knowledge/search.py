@@ -132,7 +132,7 @@ class Searcher:
         vector = None
         if any(index.model == self._embedder.model and index.vectors is not None for _, index in indexes):
             try:
-                vector = (await self._embedder.embed([query]))[0]
+                vector = (await self._embedder.embed([query], quick=True))[0]
             except EmbeddingError as exc:
                 log.warning("the question could not be embedded: keyword search only", extra={"error": str(exc)})
         query_terms = terms(query)
