@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -163,3 +164,34 @@ async def test_a_knowledge_base_deleted_mid_ingestion_stays_deleted(parley: Parl
     later = await api_json(parley, "POST", "/create-knowledge-base", 201, json={
         "knowledge_base_name": "Later", "knowledge_base_texts": TEXTS[3:4]})
     assert (await until_done(parley, later["knowledge_base_id"]))["status"] == "complete"   # the loop goes on
+
+
+async def test_auto_refresh_fetches_url_sources_again_a_day_later(parley: Parley) -> None:
+    page = {"text": "Opening hours: 9 to 5."}
+    app = web.Application()
+
+    async def hours(_: web.Request) -> web.Response:
+        return web.Response(text=page["text"], content_type="text/plain")
+
+    app.router.add_get("/hours", hours)
+    async with TestServer(app) as server:
+        created = await api_json(parley, "POST", "/create-knowledge-base", 201, json={
+            "knowledge_base_name": "Site", "knowledge_base_urls": [str(server.make_url("/hours"))],
+            "enable_auto_refresh": True})
+        kb_id = created["knowledge_base_id"]
+        first = await until_done(parley, kb_id)
+        due = await parley.redis.zscore("parley:{knowledge}:due", kb_id)
+        assert due == first["last_refreshed_timestamp"] + 86_400_000   # the next refresh, a day later
+        page["text"] = "Opening hours: 7 to 7, every day."
+        assert await parley.redis.zadd("parley:{knowledge}:due", {kb_id: 0}) == 0   # due early: nothing to do
+        await asyncio.sleep(0.3)
+        assert (await api_json(parley, "GET", f"/get-knowledge-base/{kb_id}")) == first
+        record = orjson.loads(await parley.redis.hget(f"parley:{{kb:{kb_id}}}:kb", "record"))
+        record["last_refreshed_timestamp"] -= 86_400_000   # the day has passed
+        await parley.redis.hset(f"parley:{{kb:{kb_id}}}:kb", "record", orjson.dumps(record))
+        await parley.redis.zadd("parley:{knowledge}:due", {kb_id: 0})
+        kb = await kb_where(parley, kb_id, lambda kb: kb["last_refreshed_timestamp"] > first["last_refreshed_timestamp"]
+                            and kb["status"] == "complete")
+    chunks = await parley.redis.hvals(f"parley:{{kb:{kb_id}}}:chunks")
+    assert len(chunks) == 1 and "every day" in chunks[0]
+    assert kb["knowledge_base_sources"][0]["status"] == "complete"

@@ -121,32 +121,32 @@ class Ingestion:
         return (record.last_refreshed_timestamp or 0) + REFRESH_MS
 
     async def _work(self, kb_id: str) -> int | None:
-        """Do what the knowledge base needs; answers when it next needs work (None: not until asked)."""
-        try:
-            snap = await self._store.snapshot(kb_id)
-        except NotFound:
-            return None
+        """Do what the knowledge base needs; answers when it next needs work (None: not until asked). ``NotFound``
+        when it was deleted meanwhile."""
+        snap = await self._store.snapshot(kb_id)
         if (due := self._refresh_due(snap)) is not None and due <= now_ms():
             for source in snap.sources.values():
                 if isinstance(source, UrlSource) and source.status != "pending":
                     await self._store.put_source(kb_id, source.model_copy(update={"status": "pending"}))
             snap = await self._store.snapshot(kb_id)
+        pending = [s for s in snap.sources.values() if s.status == "pending"]
         try:
             if self._needs_reembedding(snap):
                 await self._reembed(kb_id)
-            for source in [s for s in snap.sources.values() if s.status == "pending"]:
+            for source in pending:
                 await self._ingest(snap, source)
         except EmbeddingError as exc:
             log.warning("knowledge base ingestion waits for the embeddings endpoint",
                         extra={"knowledge_base_id": kb_id, "error": str(exc)})
             return now_ms() + RETRY_MS
         snap = await self._store.snapshot(kb_id)
-        if not any(s.status == "pending" for s in snap.sources.values()):
+        if any(s.status == "pending" for s in snap.sources.values()):
+            return now_ms()   # added while this pass ran: at once
+        if pending or not snap.record.ingested_once:   # a pass that read sources (a refresh too): its time
             snap.record.ingested_once = True
             snap.record.last_refreshed_timestamp = now_ms()
             await self._store.put_record(snap.record)
-            return self._refresh_due(snap)
-        return now_ms()
+        return self._refresh_due(snap)
 
     async def _ingest(self, snap: Snapshot, source: AnySource) -> None:
         kb_id = snap.record.knowledge_base_id

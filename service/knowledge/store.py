@@ -75,11 +75,13 @@ class Snapshot:
 
 
 def status_of(record: Record, sources: Iterable[DocumentSource | TextSource | UrlSource]) -> Status:
-    """Retell's status: work pending is ``in_progress`` the first time and ``refreshing_in_progress`` later; a
-    failed source makes it ``error`` (the others stay searchable); else ``complete``."""
+    """Retell's status: ``in_progress`` until the first ingestion pass has ended, ``refreshing_in_progress`` while
+    later work is pending; a failed source makes it ``error`` (the others stay searchable); else ``complete``."""
     states = {source.status for source in sources}
+    if not record.ingested_once:   # until the first pass has ended (its time written), whatever its sources say
+        return "in_progress"
     if "pending" in states:
-        return "refreshing_in_progress" if record.ingested_once else "in_progress"
+        return "refreshing_in_progress"
     return "error" if "error" in states else "complete"
 
 
