@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -152,3 +153,21 @@ async def test_read_keys_read_and_only_admin_keys_change(make_parley: MakeParley
         assert response.status == status
     listed = await parley.client.get("/list-knowledge-bases", headers={"Authorization": "Bearer reader"})
     assert listed.status == 200 and await listed.json() == []
+
+
+async def test_a_form_may_repeat_its_list_fields_as_curl_sends_them(parley: Parley, site: str) -> None:
+    form = aiohttp.FormData()
+    form.add_field("knowledge_base_name", "Curl")
+    form.add_field("knowledge_base_urls", f"{site}/insurance")
+    form.add_field("knowledge_base_texts", '{"title": "Hours", "text": "Open 9 to 5."}')
+    form.add_field("knowledge_base_files", b"# Prices\n\nCleaning: $120.", filename="prices.md",
+                   content_type="text/markdown")
+    form.add_field("enable_auto_refresh", "false")
+    created = await api_json(parley, "POST", "/create-knowledge-base", 201, data=form)
+    assert sorted(s["type"] for s in created["knowledge_base_sources"]) == ["document", "text", "url"]
+    assert created["enable_auto_refresh"] is False
+    bad = aiohttp.FormData()
+    bad.add_field("knowledge_base_name", "Curl")
+    bad.add_field("knowledge_base_texts", "not json")
+    response = await parley.api("POST", "/create-knowledge-base", data=bad)
+    assert response.status == 422 and "knowledge_base_texts" in (await response.json())["message"]

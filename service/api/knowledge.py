@@ -83,6 +83,21 @@ async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]
             files.append(Upload(part.filename or "upload.txt", data))
         else:
             fields.setdefault(part.name or "", []).append(data.decode("utf-8", "replace"))
+    return _body_of(fields), files
+
+
+async def _form(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
+    if request.content_type == "multipart/form-data":
+        return await _multipart(request)
+    fields: dict[str, list[str]] = {}   # urlencoded (curl -d): no files, and within the app's 1 MiB body limit
+    for name, value in (await request.post()).items():
+        fields.setdefault(name, []).append(str(value))
+    return _body_of(fields), []
+
+
+def _body_of(fields: dict[str, list[str]]) -> dict[str, Any]:
+    """A form's fields as the body's: list fields gathered, the boolean read, the others as given (the model
+    converts numbers)."""
     body: dict[str, Any] = {}
     for name, values in fields.items():
         if name in _LISTS:
@@ -91,7 +106,7 @@ async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]
             body[name] = {"true": True, "false": False}.get(values[-1].strip().lower(), values[-1])
         else:
             body[name] = values[-1]
-    return body, files
+    return body
 
 
 async def _read(request: web.Request, model: type[CreateKnowledgeBase] | type[AddSources]) -> tuple[Any, list[Upload]]:
@@ -101,20 +116,20 @@ async def _read(request: web.Request, model: type[CreateKnowledgeBase] | type[Ad
     cap = settings.knowledge_max_upload_bytes
     if request.content_length is not None and request.content_length > cap:
         raise TooLarge(f"the body is {request.content_length} bytes; at most {cap} (PARLEY_KNOWLEDGE_MAX_UPLOAD_BYTES)")
-    if request.content_type == "multipart/form-data":
+    if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         timeout_s = settings.body_timeout_s + cap / MIB
         try:
             async with asyncio.timeout(timeout_s):
-                data, files = await _multipart(request)
+                data, files = await _form(request)
         except TimeoutError:
             raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
         except (ValueError, AssertionError, web.RequestPayloadError) as exc:   # aiohttp's multipart errors
-            raise MalformedRequest(f"the multipart body could not be read: {exc}") from None
+            raise MalformedRequest(f"the form could not be read: {exc}") from None
     elif request.content_type in ("application/json", "application/octet-stream", ""):
         data, files = await read_object(request), []
     else:
-        raise MalformedRequest(f"expected multipart/form-data (as Retell's SDK sends it) or JSON, got "
-                               f"{request.content_type}")
+        raise MalformedRequest(f"expected multipart/form-data (as Retell's SDK sends it), a urlencoded form or JSON, "
+                               f"got {request.content_type}")
     if len(files) > MAX_FILES:
         raise InvalidRequest(f"knowledge_base_files: {len(files)} files; at most {MAX_FILES}")
     data.pop("knowledge_base_files", None)
