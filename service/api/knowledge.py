@@ -1,7 +1,7 @@
 """Retell's knowledge-base routes. Create and add-sources take ``multipart/form-data`` as Retell's SDK sends it (a
-JSON body with the same fields is also taken, for texts and URLs): texts and URLs are stored and the knowledge
-base scheduled; reading, chunking and embedding happen in the background (``knowledge.ingestion``), so the answer
-is ``in_progress`` and ``GET /get-knowledge-base/{id}`` shows the progress.
+JSON body or a urlencoded form with the same fields is also taken, for texts and URLs): texts and URLs are stored
+and the knowledge base scheduled; reading, chunking and embedding happen in the background (``knowledge.ingestion``),
+so the answer is ``in_progress`` and ``GET /get-knowledge-base/{id}`` shows the progress.
 
 A request's body, files included, is at most ``PARLEY_KNOWLEDGE_MAX_UPLOAD_BYTES`` (50 MiB by default; 413
 beyond, counted as it arrives whatever the headers say) and must arrive within ``PARLEY_BODY_TIMEOUT_S`` plus a
