@@ -1,7 +1,9 @@
 """The fake OpenAI server of ``tests/fakes/openai.py`` as its own process, for the benchmark.
 
 ``python -m bench.fake_openai --port P [--delay-s 1.5]``. It answers like the test fake (echoing the
-user's last text), after ``delay_s``. By default it does not keep the request bodies, only counts them
+user's last text), after ``delay_s``, except that it takes a conversation flow's transition when the user's last
+text holds ``[move]`` (``move_or_echo``: the first ``transition_to_*`` tool offered, so a flow's walk is the same
+on every run). By default it does not keep the request bodies, only counts them
 (``--keep-messages`` keeps them, unbounded).
 
 ``GET /stats`` answers the counts and the concurrency seen; ``POST /config {"delay_s": 1.5}`` changes the
@@ -16,7 +18,19 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import Call, Completion, FakeOpenAI, echo, last_user_text
+
+MOVE = "[move]"
+
+
+def move_or_echo(body: dict[str, Any]) -> Completion:
+    """With ``[move]`` in the user's last text and a conversation flow's transition offered, call the first one;
+    otherwise echo, as the test fake does."""
+    if MOVE in last_user_text(body):
+        for tool in body.get("tools", []):
+            if tool["function"]["name"].startswith("transition_to_"):
+                return Completion(tool_calls=[Call(tool["function"]["name"], "{}")])
+    return echo(body)
 
 
 @dataclass
@@ -70,7 +84,7 @@ def main() -> None:
     parser.add_argument("--delay-s", type=float, default=0.0, help="answer after this long (the LLM's latency)")
     parser.add_argument("--keep-messages", action="store_true", help="keep every request body (unbounded)")
     args = parser.parse_args()
-    fake = BenchOpenAI(delay_s=args.delay_s)
+    fake = BenchOpenAI(respond=move_or_echo, delay_s=args.delay_s)
     if not args.keep_messages:
         fake.requests = Count()  # type: ignore[assignment]
         fake.analyses = Count()  # type: ignore[assignment]

@@ -41,6 +41,7 @@ import yaml
 from service.channels.twilio.signature import sign
 from service.storage import keys
 
+from . import flow as flow_bench
 from .procs import (
     ROOT,
     Procs,
@@ -73,6 +74,7 @@ TARGETS = {
     "slow_reply_p99_ms": "< 1.5 s + burst window + 250 ms",
     "slow_rss_mb": "< 300 MB peak RSS (per process)",
     "redis_cmds_per_msg": "<= 20 per inbound message",
+    "flow_cpu_ratio": flow_bench.TARGET,
 }
 
 
@@ -140,8 +142,9 @@ class Setup:
     parley_workers: list[str] = field(default_factory=list)  # the Parley processes that run workers
 
 
-def write_agents(directory: Path, plan: Plan) -> None:
-    """One agent (no burst window) and one number, as ``tests/conftest.py`` writes them."""
+def write_agents(directory: Path, plan: Plan, flow: bool = False) -> None:
+    """One agent (no burst window) and one number, as ``tests/conftest.py`` writes them; with ``flow``, also the
+    conversation-flow agent of ``bench/flow.py`` on a number of its own."""
     directory.mkdir()
     agent = {"agent_name": "Bench", "burst_window_ms": plan.burst_window_ms, "end_chat_after_silence_ms": 3_600_000,
              "retell_llm": {"model": "gpt-test",
@@ -152,7 +155,12 @@ def write_agents(directory: Path, plan: Plan) -> None:
               "inbound_sms_agents": [{"agent_id": "bench", "weight": 1}],
               "daily_segment_limit": 100_000_000}   # the default 6,000 a day would refuse the bench's replies
     (directory / "bench.yaml").write_text(yaml.safe_dump(agent))
-    (directory / "phone-numbers.yaml").write_text(yaml.safe_dump([number]))
+    numbers = [number]
+    if flow:
+        (directory / f"{flow_bench.FLOW_AGENT_ID}.yaml").write_text(
+            yaml.safe_dump(flow_bench.flow_agent(plan.burst_window_ms)))
+        numbers.append(flow_bench.flow_number())
+    (directory / "phone-numbers.yaml").write_text(yaml.safe_dump(numbers))
 
 
 def parley_env(setup: Setup, plan: Plan, port: int) -> dict[str, str]:
@@ -195,9 +203,9 @@ def wait_parley(setup: Setup) -> None:
     wait_consumers(setup.procs, setup.parley_workers, setup.redis_port, wakeup_streams(), keys.WORKER_GROUP)
 
 
-def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
+def start_all(setup: Setup, plan: Plan, pin: bool, flow: bool = False) -> None:
     """redis x2, fake Twilio, fake OpenAI, Parley (one process or several), floor. With ``pin``: Parley (every
-    process of it) and the floor on CPU 0, the rest on the other CPUs."""
+    process of it) and the floor on CPU 0, the rest on the other CPUs. With ``flow``: the flow agent too."""
     procs = setup.procs
     cpus = sorted(os.sched_getaffinity(0))
     app_cpus = {cpus[0]} if pin and len(cpus) > 1 else None
@@ -213,7 +221,7 @@ def start_all(setup: Setup, plan: Plan, pin: bool) -> None:
     setup.twilio_url, setup.llm_url = f"http://127.0.0.1:{twilio_port}", f"http://127.0.0.1:{llm_port}/v1"
     wait_http(procs, "fake-twilio", setup.twilio_url + "/stats")
     wait_http(procs, "fake-openai", f"http://127.0.0.1:{llm_port}/stats")
-    write_agents(setup.work_dir / "agents", plan)
+    write_agents(setup.work_dir / "agents", plan, flow)
     start_parley(setup, plan, app_cpus)
     procs.start("floor", python_module(
         "bench.floor", "--port", str(floor_port), "--redis-url", f"redis://127.0.0.1:{setup.floor_redis_port}/0",
@@ -253,12 +261,12 @@ class Driver:
         self.seq = 0
         self.url = PUBLIC_URL + HOOK_PATH
 
-    def prepare(self, user: str, body: str) -> Prepared:
+    def prepare(self, user: str, body: str, to: str = AGENT_NUMBER) -> Prepared:
         self.seq += 1
         sid = f"SM{os.getpid():08x}{self.seq:024x}"
         form = {"ToCountry": "US", "ToState": "OR", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "PORTLAND",
                 "FromZip": "94105", "SmsSid": sid, "FromState": "CA", "SmsStatus": "received",
-                "FromCity": "SAN FRANCISCO", "Body": body, "FromCountry": "US", "To": AGENT_NUMBER,
+                "FromCity": "SAN FRANCISCO", "Body": body, "FromCountry": "US", "To": to,
                 "ToZip": "97201", "NumSegments": "1", "MessageSid": sid, "AccountSid": ACCOUNT_SID, "From": user,
                 "ApiVersion": "2010-04-01"}
         headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "TwilioProxy/1.1",
@@ -432,11 +440,12 @@ def turn_users(plan: Plan, run: int) -> list[str]:
     return [user_number(TURN_USERS + run * TURN_RUN_STRIDE + i) for i in range(plan.turns_conversations)]
 
 
-async def turns_run(driver: Driver, base: str, users: list[str], rounds: int, tag: str) -> dict[str, Any]:
+async def turns_run(driver: Driver, base: str, users: list[str], rounds: int, tag: str,
+                    to: str = AGENT_NUMBER) -> dict[str, Any]:
     """One closed-loop run: a warm-up round (which opens the chats), then ``rounds`` timed rounds; each round
-    sends one text to each of the K conversations and waits for K replies."""
+    sends one text to each of the K conversations (on the number ``to``) and waits for K replies."""
     k = len(users)
-    batches = [[driver.prepare(u, f"{tag} round {r}") for u in users] for r in range(rounds + 1)]
+    batches = [[driver.prepare(u, f"{tag} round {r}", to) for u in users] for r in range(rounds + 1)]
     await driver.reset_fakes()
     await driver.flood(base, batches[0])
     reached, _, _ = await driver.wait_replies(k, within_s=60)
@@ -480,6 +489,23 @@ async def phase_turns(driver: Driver, plan: Plan) -> dict[str, Any]:
     floor = out["floor_turns_per_s"]
     out["ratio"] = round(out["parley_turns_per_s"] / floor, 3) if floor else 0.0
     return out
+
+
+async def phase_flow(driver: Driver, plan: Plan) -> dict[str, Any]:
+    """``--agent flow``: the single-prompt agent, the flow agent staying at its node and the flow agent moving,
+    ``plan.repeats`` times each, in turn, each run on conversations of its own; medians and the ratios of CPU per
+    turn (``bench/flow.py``)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in flow_bench.AGENTS}
+    for i in range(plan.repeats):
+        for name in flow_bench.AGENTS:
+            to = AGENT_NUMBER if name == "single" else flow_bench.FLOW_NUMBER
+            users = flow_bench.flow_users(plan.turns_conversations, i, name)
+            result = await turns_run(driver, driver.setup.parley_url, users, plan.turns_rounds,
+                                     flow_bench.tag(name, i), to)
+            runs[name].append(result)
+            print(f"  flow run {i + 1}/{plan.repeats} {name}: {result.get('cpu_ms_per_turn')} CPU ms per turn, "
+                  f"{result.get('turns_per_s')} turns/s {result.get('error', '')}", file=sys.stderr, flush=True)
+    return {"conversations": plan.turns_conversations, "rounds": plan.turns_rounds, **flow_bench.summarize(runs)}
 
 
 # --------------------------------------------------------------------------------------------- phase 3
@@ -738,6 +764,8 @@ def verdicts(results: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
         ("slow_rss_mb", slow.get("parley_peak_rss_mb"), lambda v: v < 300),    # the largest Parley process
         ("redis_cmds_per_msg", count.get("commands_per_msg"), lambda v: v <= 20),
     ]
+    if "flow" in results:   # only with --agent flow: the default run's report is unchanged
+        rows.append(("flow_cpu_ratio", results["flow"].get("cpu_ratio"), lambda v: v <= flow_bench.TARGET_RATIO))
     out = []
     for name, value, ok in rows:
         passed = None if value is None or value != value else bool(ok(value))
@@ -791,6 +819,9 @@ def table(results: dict[str, Any], plan: Plan, machine: dict[str, Any]) -> str:
         ("4.   of which sent by Parley / run in Lua", f"{fmt(count.get('client_sent_per_msg'))} / "
          f"{fmt(count.get('in_lua_per_msg'))}", "", ""),
     ]
+    if "flow" in results:
+        *first, (name, value) = flow_bench.rows(results["flow"])
+        rows += [(n, v, "", "") for n, v in first] + [(name, value, *mark("flow_cpu_ratio"))]
     dirty = " + uncommitted changes" if machine.get("service_changed_since_commit") else ""
     layout = (f"split layout (serve --web-only + {plan.worker_procs} worker process"
               f"{'es' if plan.worker_procs > 1 else ''})" if split else "single layout (one serve process)")
@@ -825,6 +856,7 @@ async def drive(setup: Setup, plan: Plan, phases: set[str], profile: Path | None
         steps: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
             ("ack", lambda: phase_ack(driver, plan)), ("turns", lambda: phase_turns(driver, plan)),
             ("profile", lambda: phase_profile(driver, plan, profile or Path("."))),
+            ("flow", lambda: phase_flow(driver, plan)),
             ("count", lambda: phase_count(driver, plan, redis)),
             ("slow", lambda: phase_slow(driver, plan, cpu, profile))]
         for name, step in steps:
@@ -886,6 +918,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pin", action="store_true",
                         help="pin Parley and the floor to CPU 0 and everything else to the other CPUs")
     parser.add_argument("--phases", default="ack,turns,count,slow", help="comma-separated subset to run")
+    parser.add_argument("--agent", choices=("single", "flow"), default="single",
+                        help="flow: also run the flow phase, the turns of a conversation-flow agent against the "
+                             "single-prompt agent's, in the same run (bench/flow.py)")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (the path is printed)")
     parser.add_argument("--workers", type=int, default=None, help="PARLEY_WORKERS (and the floor's)")
@@ -903,6 +938,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--worker-procs must be at least 1")
     if args.worker_procs != 1 and args.layout != "split":
         parser.error("--worker-procs goes with --layout split")
+    phases = args.phases.split(",")
+    if "flow" in phases and args.agent != "flow":
+        parser.error("the flow phase needs --agent flow")
+    if args.agent == "flow" and "flow" not in phases:
+        args.phases = ",".join([*phases, "flow"])
     return args
 
 
@@ -921,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_at_start = os.getloadavg()
     try:
-        start_all(setup, plan, args.pin)
+        start_all(setup, plan, args.pin, flow=args.agent == "flow")
         results = asyncio.run(drive(setup, plan, set(args.phases.split(",")), args.py_spy))
     except KeyboardInterrupt as exc:
         print(f"interrupted ({exc}); stopping everything", file=sys.stderr)

@@ -8,6 +8,7 @@
     ├── RequestTimeout         the client did not send its body within PARLEY_BODY_TIMEOUT_S (HTTP 408)
     ├── NotFound               an id the caller named does not exist (HTTP 404)
     ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
+    ├── InUse                  the object to delete is still named by others (HTTP 400, as Retell answers it)
     ├── InvalidRequest         a request body failed validation (HTTP 422)
     ├── TooLarge               a request body is larger than its route takes (HTTP 413)
     ├── OptedOut               the user has opted out of this number; nothing may be sent
@@ -50,6 +51,10 @@ class NotFound(ParleyError):
 
 class Conflict(ParleyError):
     """The object is read-only, or its state does not allow the operation."""
+
+
+class InUse(ParleyError):
+    """The object cannot be deleted while others name it (a conversation flow an agent answers with)."""
 
 
 class InvalidRequest(ParleyError):

@@ -106,7 +106,7 @@ async def test_an_agent_in_use_by_a_number_cannot_be_deleted(parley: Parley) -> 
      "no auth token for AC" + "c" * 32),
     ("/create-chat-agent", {"agent_name": "no engine"}, "needs response_engine"),
     ("/create-chat-agent", {"response_engine": {"type": "retell-llm", "llm_id": "llm_ghost"}},
-     "response_engine.llm_id: no Retell LLM 'llm_ghost'"),
+     "response_engine.llm_id: no retell llm 'llm_ghost'"),
     ("/create-chat-agent", {"response_engine": {"type": "retell-llm", "llm_id": "llm_frontdesk"},
                             "timezone": "Mars/Base"}, "timezone"),
     ("/create-retell-llm", {"model_temperature": 7}, "model_temperature: Input should be less than or equal to 2"),

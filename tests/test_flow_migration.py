@@ -37,7 +37,7 @@ def _edge(edge_id: str, to: str, prompt: str | None = None, **equation: Any) -> 
 
 # As Retell's API answers GET /get-conversation-flow: canvas positions, fine-tune examples and voice settings
 # included, as an export carries them.
-RETELL_FLOW = {
+RETELL_FLOW: dict[str, Any] = {
     "conversation_flow_id": "conversation_flow_9a1e", "version": 2, "last_modification_timestamp": 1_764_000_000_000,
     "start_speaker": "user", "start_node_id": "start-node-1764", "begin_tag_display_position": {"x": 0, "y": 0},
     "global_prompt": "You are Bright Plumbing's intake assistant. Keep texts short.",
@@ -94,7 +94,7 @@ def test_a_retell_flow_export_drops_in(tmp_path: Path, fake_twilio: FakeTwilio, 
     assert [node.id for node in flow.nodes] == [node["id"] for node in RETELL_FLOW["nodes"]]
     # Nothing is lost on the way through: the flow gives back every field it was given.
     assert flow.model_dump(mode="json", by_alias=True, exclude_unset=True)["nodes"][0]["finetune_transition_examples"] \
-        == RETELL_FLOW["nodes"][0]["finetune_transition_examples"]   # type: ignore[index]
+        == RETELL_FLOW["nodes"][0]["finetune_transition_examples"]
     # The voice-only node is named, with what happens when a chat reaches it.
     reported = "\n".join(unsupported(declared.agents["agent_c41d"]))
     assert "nodes.3" in reported and "transfer_call" in reported
@@ -132,7 +132,7 @@ async def test_the_flow_export_answers_texts(make_parley: MakeParley,
                                              booking: tuple[str, list[dict[str, Any]]]) -> None:
     url, booked = booking
     flow = {**{k: v for k, v in RETELL_FLOW.items() if k != "version"},
-            "tools": [{**RETELL_FLOW["tools"][0], "url": url}]}   # type: ignore[index]
+            "tools": [{**RETELL_FLOW["tools"][0], "url": url}]}
     agent = {k: v for k, v in RETELL_AGENT.items() if k not in ("response_engine", "version", "is_published")}
     parley = await make_parley(agents={"agent_c41d": {**agent, "burst_window_ms": 0, "conversation_flow": flow}},
                                numbers=[{"phone_number": AGENT_NUMBER,

@@ -232,3 +232,27 @@ async def test_get_mcp_tools_through_the_sdk(make_parley: MakeParley, mcp_server
         with pytest.raises(APIStatusError) as missing:
             await client.mcp_tool.get_mcp_tools("frontdesk", mcp_id="billing")
         assert missing.value.status_code == 404 and "no MCP server 'billing'" in missing.value.message
+
+
+async def test_get_mcp_tools_of_a_flow_component(make_parley: MakeParley, mcp_server: McpFixture) -> None:
+    crm: Any = {"name": "crm", "url": mcp_server.url, "timeout_ms": 5000}
+    ask: Any = {"id": "ask", "type": "conversation", "instruction": {"type": "prompt", "text": "Ask."}}
+    run = {"id": "run", "type": "component", "component_id": "Lookup", "component_type": "local"}
+    flow = {"nodes": [run], "components": [{"name": "Lookup", "nodes": [ask], "mcps": [crm]}]}
+    desk = {k: v for k, v in agent_file().items() if k != "retell_llm"}
+    parley: Parley = await make_parley(numbers=NUMBERS, agent={**desk, "conversation_flow": flow})
+    client = AsyncRetell(api_key=API_KEY, base_url=str(parley.client.make_url("")).rstrip("/"), max_retries=0)
+    async with client:
+        local = await client.mcp_tool.get_mcp_tools("frontdesk", mcp_id="crm", component_id="Lookup")
+        assert [t.name for t in local] == ["lookup", "broken", "slow"]
+        shared = await client.conversation_flow_component.create(name="Shared lookup", nodes=[ask], mcps=[crm])
+        found = await client.mcp_tool.get_mcp_tools("frontdesk", mcp_id="crm",
+                                                    component_id=shared.conversation_flow_component_id)
+        assert [t.name for t in found] == ["lookup", "broken", "slow"]
+        with pytest.raises(APIStatusError) as missing:
+            await client.mcp_tool.get_mcp_tools("frontdesk", mcp_id="crm")   # the flow itself has no mcps
+        assert missing.value.status_code == 404 and "agent 'frontdesk' has no MCP server 'crm' (mcps: none)" in \
+            missing.value.message
+        with pytest.raises(APIStatusError) as unknown:
+            await client.mcp_tool.get_mcp_tools("frontdesk", mcp_id="crm", component_id="component_gone")
+        assert unknown.value.status_code == 404 and "component 'component_gone' not found" in unknown.value.message

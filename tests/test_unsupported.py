@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from retell import AsyncRetell
 
+from service.retell.flows import ConversationFlow
 from service.retell.models import ChatAgent, RetellLLM
 from service.retell.unsupported import NOT_USED, unsupported
 
@@ -120,25 +122,85 @@ async def test_honor_internal_dnc_is_accepted_and_said_when_not_obeyed(
     assert response.headers.get("X-Parley-Unsupported") == header
 
 
-def test_parley_check_names_a_conversation_flow_agent_it_cannot_run(tmp_path: Path) -> None:
+def test_parley_check_asks_a_file_to_carry_its_flow_inline(tmp_path: Path) -> None:
     (tmp_path / "flow.yaml").write_text(yaml.safe_dump({
         "agent_name": "Flow", "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}}))
     (tmp_path / "phone-numbers.yaml").write_text("[]")
     done = run_check(tmp_path)
     assert done.returncode != 0
-    assert ("flow.yaml: response_engine.type 'conversation-flow': conversation-flow agents (Retell's node graphs) "
-            "do not run in Parley yet; only Retell LLM agents (an inline retell_llm) run") in done.stderr
+    assert ("flow.yaml: an agent file carries its engine inline, as a mapping: retell_llm or conversation_flow "
+            "(exactly one); response_engine cannot name a Retell LLM or conversation flow kept by the API: files are "
+            "read on their own (parley check reads no store), so put it in the file under retell_llm or "
+            "conversation_flow") in done.stderr
 
 
 async def test_the_api_refuses_an_engine_it_cannot_run_saying_why(make_parley: MakeParley) -> None:
     parley = await make_parley()
     refused = await parley.api("POST", "/create-chat-agent", json={
-        "response_engine": {"type": "conversation-flow", "conversation_flow_id": "cf_1"}})
+        "response_engine": {"type": "custom-llm", "llm_websocket_url": "wss://example.com/llm"}})
     assert refused.status == 422
-    assert "'conversation-flow': conversation-flow agents (Retell's node graphs) do not run in Parley yet" in (
-        await refused.json())["message"]
+    assert ("'custom-llm': custom-llm agents (your own LLM websocket) do not run in Parley; retell-llm and "
+            "conversation-flow agents run") in (await refused.json())["message"]
 
 
 def test_a_language_other_than_the_default_is_named() -> None:
     assert unsupported(ChatAgent.model_validate(agent_file(language="es-ES"))) == [
         "language: 'es-ES' is not passed to the model: say in the prompt which language to write in"]
+
+
+# Shaped as Retell exports a flow: its canvas, defaults spelled out, voice settings, nodes a chat cannot run.
+EXPORTED_FLOW: dict[str, Any] = {
+    "start_speaker": "agent", "start_node_id": "greet", "flex_mode": False, "is_transfer_cf": False,
+    "tool_call_strict_mode": True, "begin_tag_display_position": {"x": 0, "y": 0}, "notes": [],
+    "knowledge_base_ids": ["kb_1"], "kb_config": {"top_k": 3, "filter_score": 0.6},
+    "backup_model": {"type": "cascading", "model": "gpt-4o"},
+    "tools": [{"type": "integration_app", "name": "hubspot", "tool_id": "t_app"}],
+    "nodes": [
+        {"id": "greet", "type": "conversation", "instruction": {"type": "prompt", "text": "Hi"},
+         "display_position": {"x": 10, "y": 20}, "interruption_sensitivity": 0.8, "finetune_transition_examples": [],
+         "edges": [{"id": "e1", "destination_node_id": "to_human",
+                    "transition_condition": {"type": "prompt", "prompt": "Wants a human"}}]},
+        {"id": "to_human", "type": "transfer_call", "transfer_destination": {"type": "predefined", "number": "+1"},
+         "edge": {"id": "e2", "destination_node_id": "book", "transition_condition": {"type": "prompt",
+                                                                                     "prompt": "Transfer failed"}}},
+        {"id": "book", "type": "function", "tool_id": "t_shared", "tool_type": "shared",
+         "speak_during_execution": True,
+         "else_edge": {"id": "e3", "destination_node_id": "js", "transition_condition": {"type": "prompt",
+                                                                                        "prompt": "Else"}}},
+        {"id": "js", "type": "code", "code": "return 1"},
+    ],
+}
+FLOW_REPORT = [
+    "knowledge_base_ids: knowledge bases are not searched yet: the model answers without them",
+    "tool_call_strict_mode: not passed to the model: Parley does not ask it for strict tool calls",
+    "backup_model: Retell does not let chat agents use an engine with a backup_model; Parley does not use it "
+    "(model_config.backup is the backup it uses)",
+    "nodes.0 (greet).interruption_sensitivity: a voice-call setting: nothing in a chat uses it",
+    "nodes.1 (to_human): transfer_call nodes are for voice calls and do nothing in a chat: reached at run time, it "
+    "takes its else edge (or its edge), else ends the chat",
+    "nodes.2 (book).tool_type: shared tools are kept in Retell's tool store, which Parley does not have: the node "
+    "cannot call 't_shared'",
+    "nodes.2 (book).speak_during_execution: a voice-call setting: nothing in a chat uses it",
+    "nodes.3 (js): code nodes (JavaScript) do not run in Parley: reached at run time, it takes its else edge (or its "
+    "edge), else ends the chat",
+    "tools.0 (hubspot): an integration_app tool (Retell's app marketplace) does not run in Parley",
+]
+
+
+def test_what_a_flow_keeps_without_acting_on_is_named_but_not_its_canvas() -> None:
+    # Not named: the canvas (display_position, notes, begin_tag_display_position), settings left false or empty
+    # (flex_mode, is_transfer_cf, finetune_transition_examples), kb_config without knowledge bases of its own.
+    assert unsupported(ConversationFlow.model_validate(EXPORTED_FLOW)) == FLOW_REPORT
+    runs_whole = {**EXPORTED_FLOW, "knowledge_base_ids": [], "tool_call_strict_mode": False, "backup_model": None,
+                  "tools": [], "nodes": [{**EXPORTED_FLOW["nodes"][0], "interruption_sensitivity": None,
+                                          "edges": []}]}
+    assert unsupported(ConversationFlow.model_validate(runs_whole)) == []
+
+
+async def test_the_flow_routes_answer_what_is_not_acted_on(retell: AsyncRetell) -> None:
+    created = await retell.conversation_flow.create(**EXPORTED_FLOW)   # the SDK sends its fields in its own order
+    assert sorted((created.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT)
+    updated = await retell.conversation_flow.update(created.conversation_flow_id, knowledge_base_ids=[])
+    assert sorted((updated.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT[1:])
+    component = await retell.conversation_flow_component.create(name="Wrap up", nodes=EXPORTED_FLOW["nodes"][3:])
+    assert (component.model_extra or {})["unsupported"] == [FLOW_REPORT[7].replace("nodes.3", "nodes.0")]

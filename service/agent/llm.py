@@ -116,12 +116,17 @@ class LLM:
     async def complete(
         self, *, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
         allow_tools: bool = True, response_format: dict[str, Any] | None = None, backup: str | None = None,
-        names: Mapping[str, str] | None = None,
+        names: Mapping[str, str] | None = None, require: str | None = None,
     ) -> Completion:
-        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text.
-        When ``model`` fails and there is a ``backup`` model, the backup answers; ``names`` as in ``served``."""
+        """One completion; with ``allow_tools=False`` the tools stay declared but the model must answer in text;
+        ``require`` makes it call a tool: ``"any"`` one of them, else the one of that name (OpenAI's
+        ``tool_choice``). When ``model`` fails and there is a ``backup`` model, the backup answers; ``names`` as in
+        ``served``."""
+        choice: str | dict[str, Any] = "auto" if allow_tools else "none"
+        if require is not None:
+            choice = "required" if require == "any" else {"type": "function", "function": {"name": require}}
         try:
-            completion = await self._complete(self.served(model, names), temperature, messages, tools, allow_tools,
+            completion = await self._complete(self.served(model, names), temperature, messages, tools, choice,
                                               response_format)
             return replace(completion, model=model)
         except LLMError as exc:
@@ -129,13 +134,13 @@ class LLM:
                 raise
             log.warning("the primary model failed; asking the backup", extra={
                 "model": model, "backup": backup, "error": str(exc)})
-        completion = await self._complete(self.served(backup, names), temperature, messages, tools, allow_tools,
+        completion = await self._complete(self.served(backup, names), temperature, messages, tools, choice,
                                           response_format)
         return replace(completion, model=backup)
 
     async def _complete(
         self, model: str, temperature: float, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-        allow_tools: bool, response_format: dict[str, Any] | None,
+        choice: str | dict[str, Any], response_format: dict[str, Any] | None,
     ) -> Completion:
         if self._client is None:
             raise LLMError("OPENAI_API_KEY is not set")
@@ -143,7 +148,7 @@ class LLM:
         kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
         if tools:
             kwargs["tools"] = tools
-            kwargs["tool_choice"] = "auto" if allow_tools else "none"
+            kwargs["tool_choice"] = choice
         if response_format is not None:
             kwargs["response_format"] = response_format
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from service.agent import mcp
 from service.api import id_forms
@@ -71,7 +72,7 @@ def _policy(request: web.Request) -> OutboundPolicy:
     return request.app[RUNTIME].outbound
 
 
-def _refuse(problems: list[str]) -> None:
+def refuse(problems: list[str]) -> None:
     """A 422 naming each URL the outbound policy refuses and each header that cannot be sent."""
     if problems:
         raise InvalidRequest("; ".join(problems))
@@ -81,20 +82,24 @@ def _agent_body(data: dict[str, Any], agent_id: str, policy: OutboundPolicy) -> 
     if "retell_llm" in data:
         raise InvalidRequest("retell_llm: not accepted here; create the LLM with /create-retell-llm and name it "
                              "in response_engine")
+    if "conversation_flow" in data:
+        raise InvalidRequest("conversation_flow: not accepted here; create the flow with /create-conversation-flow "
+                             "and name it in response_engine")
     clean = {k: v for k, v in data.items() if k not in READ_ONLY}
     agent = validated(ChatAgent, {**clean, "agent_id": agent_id})
-    _refuse(targets.agent_problems(agent, policy))
+    refuse(targets.agent_problems(agent, policy))
     return agent
 
 
-def _reported(model: ChatAgent | RetellLLM, status: int = 200) -> web.Response:
-    """A created or updated agent or Retell LLM, with Parley's additive ``unsupported``: the fields it holds that
-    Parley stores but does not act on (``service.retell.unsupported``), so nothing is ignored silently."""
-    return json_response({**model.model_dump(mode="json", exclude_none=True), "unsupported": unsupported(model)},
-                         status)
+def reported(model: BaseModel, status: int = 200, **more: Any) -> web.Response:
+    """A created or updated agent, Retell LLM, conversation flow or component (and ``more`` fields), with Parley's
+    additive ``unsupported``: the fields it holds that Parley stores but does not act on
+    (``service.retell.unsupported``), so nothing is ignored silently."""
+    return json_response({**model.model_dump(mode="json", exclude_none=True), **more,
+                          "unsupported": unsupported(model)}, status)
 
 
-def _given_id(value: Any, prefix: str) -> Any:
+def given_id(value: Any, prefix: str) -> Any:
     """The id a create body gives, or a new one when it gives none (or ""). Anything but a string (null too) is
     left for the body's check to refuse (422), never made into a string."""
     return new_id(prefix) if value == "" else value
@@ -103,12 +108,12 @@ def _given_id(value: Any, prefix: str) -> Any:
 async def create_chat_agent(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     data = await read_object(request)
-    agent_id = _given_id(data.pop("agent_id", ""), "agent_")
+    agent_id = given_id(data.pop("agent_id", ""), "agent_")
     # A malformed id is not looked up: the body check below refuses it, saying why.
     if id_forms.is_object_id(agent_id) and await rt.catalog.agents.exists(agent_id):
         raise Conflict(f"agent {agent_id!r} already exists")
     agent = await _pin_llm(request, _agent_body(data, agent_id, _policy(request)))
-    return _reported(await rt.catalog.agents.create(agent), status=201)
+    return reported(await rt.catalog.agents.create(agent), status=201)
 
 
 async def get_chat_agent(request: web.Request) -> web.Response:
@@ -125,10 +130,11 @@ async def update_chat_agent(request: web.Request) -> web.Response:
     rt.catalog.agents.refuse_published(current)
     data = await read_object(request)
     data.pop("agent_id", None)
-    agent = _agent_body({**current.model_dump(exclude={"retell_llm"}), **data}, agent_id, _policy(request))
+    stored = current.model_dump(exclude={"retell_llm", "conversation_flow"})
+    agent = _agent_body({**stored, **data}, agent_id, _policy(request))
     agent = await _pin_llm(request, agent.model_copy(update={
         "version": current.version, "base_version": current.base_version}))
-    return _reported(await rt.catalog.agents.edit(agent))
+    return reported(await rt.catalog.agents.edit(agent))
 
 
 async def delete_chat_agent(request: web.Request) -> web.Response:
@@ -174,17 +180,17 @@ async def list_agents_v2(request: web.Request) -> web.Response:
 def _llm_body(data: dict[str, Any], llm_id: str, policy: OutboundPolicy) -> RetellLLM:
     clean = {k: v for k, v in data.items() if k not in READ_ONLY}
     llm = validated(RetellLLM, {**clean, "llm_id": llm_id})
-    _refuse(targets.llm_problems(llm, policy))
+    refuse(targets.llm_problems(llm, policy))
     return llm
 
 
 async def create_retell_llm(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     data = await read_object(request)
-    llm_id = _given_id(data.pop("llm_id", ""), "llm_")
+    llm_id = given_id(data.pop("llm_id", ""), "llm_")
     if id_forms.is_object_id(llm_id) and await rt.catalog.llms.exists(llm_id):   # as in create_chat_agent
         raise Conflict(f"retell llm {llm_id!r} already exists")
-    return _reported(await rt.catalog.llms.create(_llm_body(data, llm_id, _policy(request))), status=201)
+    return reported(await rt.catalog.llms.create(_llm_body(data, llm_id, _policy(request))), status=201)
 
 
 async def get_retell_llm(request: web.Request) -> web.Response:
@@ -206,7 +212,7 @@ async def update_retell_llm(request: web.Request) -> web.Response:
         # Retell's rule: each key of model_config given replaces the current one; the others are kept.
         data["model_config"] = {**current.models.model_dump(mode="json"), **given}
     llm = _llm_body({**current.model_dump(), **data}, llm_id, _policy(request))
-    return _reported(await rt.catalog.llms.edit(llm.model_copy(update={"version": current.version})))
+    return reported(await rt.catalog.llms.edit(llm.model_copy(update={"version": current.version})))
 
 
 async def delete_retell_llm(request: web.Request) -> web.Response:
@@ -236,17 +242,22 @@ async def list_retell_llms_v2(request: web.Request) -> web.Response:
 
 async def get_mcp_tools(request: web.Request) -> web.Response:
     """``GET /get-mcp-tools/{agent_id}?mcp_id=``: the tools the agent's MCP server lists, asked now (the server's
-    headers and query parameters rendered with the LLM's ``default_dynamic_variables``)."""
+    headers and query parameters rendered with the engine's ``default_dynamic_variables``). With
+    ``component_id``, the server is one of that component's ``mcps``: a local component of the agent's flow
+    (by name or id), else a shared one."""
     rt = request.app[RUNTIME]
     query = read_query(request, McpToolsQuery)
-    if query.component_id is not None:
-        raise NotFound(f"component {query.component_id!r}: Parley has no conversation-flow components")
     agent = await rt.catalog.resolve(id_forms.agent_id(request.match_info["agent_id"]), query.version)
     engine = agent.engine
-    server = next((s for s in engine.mcps if s.known_as(query.mcp_id)), None)
+    servers, owner = engine.mcps, f"agent {agent.config.agent_id!r}"
+    if query.component_id is not None:
+        local = agent.flow.component(query.component_id) if agent.flow is not None else None
+        component = local or await rt.catalog.get_component(id_forms.component_id(query.component_id))
+        servers, owner = component.mcps, f"component {query.component_id!r}"
+    server = next((s for s in servers if s.known_as(query.mcp_id)), None)
     if server is None:
-        known = ", ".join(s.name for s in engine.mcps) or "none"
-        raise NotFound(f"agent {agent.config.agent_id!r} has no MCP server {query.mcp_id!r} (mcps: {known})")
+        known = ", ".join(s.name for s in servers) or "none"
+        raise NotFound(f"{owner} has no MCP server {query.mcp_id!r} (mcps: {known})")
     found = await mcp.list_tools(rt.http, server, engine.default_dynamic_variables)
     return model_response([McpToolDefinition(name=t.name, description=t.description, inputSchema=t.input_schema)
                            for t in found])

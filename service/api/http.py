@@ -23,6 +23,7 @@ from service.app_state import FILES
 from service.channels.twilio.form import WEBHOOK_TIMEOUT_S
 from service.errors import (
     Conflict,
+    InUse,
     InvalidRequest,
     LimitReached,
     MalformedRequest,
@@ -54,8 +55,9 @@ OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
 SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
-    MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InvalidRequest: 422,
-    LimitReached: 429, TooLarge: 413, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
+    MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InUse: 400, InvalidRequest: 422,
+    LimitReached: 429, TooLarge: 413, SendError: 502, McpUnavailable: 502, OutboundRefused: 422,
+    StoreUnavailable: 503,
 }
 
 
@@ -80,7 +82,7 @@ def validated(model: type[B], data: object, *, strict: bool = True) -> B:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise InvalidRequest("; ".join(describe(exc))) from None
+        raise InvalidRequest("; ".join(describe(exc, data=data))) from None
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:

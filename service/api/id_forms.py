@@ -4,7 +4,7 @@ them before any of them becomes part of a Redis key.
 A malformed id names nothing, so it is "not found" (``NotFound``: 404, or the 422 a body field naming a missing
 object gets), with the form that was expected. It never reaches Redis: there ``chat_x:messages`` would address
 another key of the schema (a WRONGTYPE error, or another object's fields), and ``a:b`` would read a key no
-object has. The forms: chat ids as ``storage.keys.new_chat_id`` draws them, agent and LLM ids as
+object has. The forms: chat ids as ``storage.keys.new_chat_id`` draws them, agent, LLM, flow and component ids as
 ``retell.models`` accepts them, phone numbers in E.164.
 """
 
@@ -29,7 +29,7 @@ def chat_id(value: str) -> str:
 
 
 def is_object_id(value: object) -> bool:
-    """True when ``value`` can be an agent's or a Retell LLM's id."""
+    """True when ``value`` can be an agent's, a Retell LLM's, a conversation flow's or a component's id."""
     return isinstance(value, str) and OBJECT_ID_RE.fullmatch(value) is not None
 
 
@@ -44,6 +44,20 @@ def llm_id(value: str) -> str:
     """``value`` when it can be a Retell LLM's id; else ``NotFound``."""
     if not is_object_id(value):
         raise NotFound(f"retell llm {value!r} not found: an LLM id is {OBJECT_ID_FORM}")
+    return value
+
+
+def flow_id(value: str) -> str:
+    """``value`` when it can be a conversation flow's id; else ``NotFound``."""
+    if not is_object_id(value):
+        raise NotFound(f"conversation flow {value!r} not found: a conversation flow id is {OBJECT_ID_FORM}")
+    return value
+
+
+def component_id(value: str) -> str:
+    """``value`` when it can be a shared conversation flow component's id; else ``NotFound``."""
+    if not is_object_id(value):
+        raise NotFound(f"conversation flow component {value!r} not found: a component id is {OBJECT_ID_FORM}")
     return value
 
 

@@ -63,7 +63,8 @@ class Route:
 
 # What each error status means, wherever it is answered.
 ERRORS = {
-    400: "The body is not JSON (a webhook: not the form expected)", 401: "Missing or wrong API key",
+    400: "The body is not JSON (a webhook: not the form expected; a delete: the object is still in use)",
+    401: "Missing or wrong API key",
     403: "Forbidden (a webhook: invalid X-Twilio-Signature)", 404: "No such object",
     408: "The body did not arrive within PARLEY_BODY_TIMEOUT_S", 409: "The object is read-only or in the wrong state",
     413: "The body is too large", 422: "The body or the query failed validation",

@@ -1,6 +1,8 @@
 """Reading ``agents/``: one chat agent per ``*.yaml``/``*.json`` file, numbers in ``phone-numbers.yaml``.
 
-``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
+An agent carries its engine inline: a Retell LLM under ``retell_llm`` or a conversation flow under
+``conversation_flow`` (each becomes its own read-only object, ``llm_<agent id>`` or ``cf_<agent id>`` unless the
+file gives the id). ``load(settings)`` validates everything and raises one ``ConfigError`` listing every problem as
 ``<file>: <field>: <what was expected>``; ``parley serve`` stops on it and ``parley check`` prints it. The
 URLs Parley will call and a tool's headers are checked against the outbound policy (``catalog.targets``),
 and so is ``PARLEY_WEBHOOK_URL``. What a file holds that Parley does not act on (``retell.unsupported``) is
@@ -17,9 +19,10 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from service.catalog import targets
+from service.catalog import components, targets
 from service.errors import ConfigError, OutboundRefused
 from service.outbound import OutboundPolicy
+from service.retell.flows import AgentSwapNode
 from service.retell.models import ENGINES_NOT_RUN, AgentSwapTool, ChatAgent, PhoneNumber
 from service.retell.unsupported import unsupported
 from service.settings import Settings
@@ -33,15 +36,15 @@ AGENT_SUFFIXES = (".yaml", ".yml", ".json")
 class Declared:
     """What the files declare, validated: agents by id, numbers by E.164, and the file of each object.
 
-    ``files`` maps (kind, id) to the file that declares it, kind being ``agent``, ``retell llm`` or
-    ``number``: such objects are read-only through the API.
+    ``files`` maps (kind, id) to the file that declares it, kind being ``agent``, ``retell llm``, ``conversation
+    flow`` or ``number``: such objects are read-only through the API.
     """
 
     agents: dict[str, ChatAgent] = field(default_factory=dict)
     numbers: dict[str, PhoneNumber] = field(default_factory=dict)
     files: dict[tuple[str, str], Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # By "<file>: agent <id>": the fields it (and its inline Retell LLM) holds that Parley does not act on.
+    # By "<file>: agent <id>": the fields it (and its inline Retell LLM or flow) holds that Parley does not act on.
     unsupported: dict[str, list[str]] = field(default_factory=dict)
 
     def declared_in(self, kind: str, object_id: str) -> Path | None:
@@ -53,6 +56,12 @@ def _read(path: Path) -> Any:
     if path.suffix == ".json":
         return orjson.loads(text)
     return yaml.safe_load(text)
+
+
+# Files are self-contained: ``parley check`` reads them without Redis, and a file's agent must not change when an
+# object the API owns does. So a file does not name a stored engine in response_engine.
+_NAMED = ("; response_engine cannot name a Retell LLM or conversation flow kept by the API: files are read on "
+          "their own (parley check reads no store), so put it in the file under retell_llm or conversation_flow")
 
 
 def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: OutboundPolicy) -> None:
@@ -69,7 +78,7 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     inline = [name for name in ("retell_llm", "conversation_flow") if isinstance(data.get(name), dict)]
     if len(inline) != 1:
         problems.append(f"{path}: an agent file carries its engine inline, as a mapping: retell_llm or "
-                        "conversation_flow (exactly one)")
+                        "conversation_flow (exactly one)" + (_NAMED if not inline and engine is not None else ""))
         return
     engine_kind, engine_id_field, prefix = (("retell llm", "llm_id", "llm_") if inline == ["retell_llm"]
                                             else ("conversation flow", "conversation_flow_id", "cf_"))
@@ -77,7 +86,7 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     try:
         agent = ChatAgent.model_validate(data)
     except ValidationError as exc:
-        problems.extend(f"{path}: {line}" for line in describe(exc))
+        problems.extend(f"{path}: {line}" for line in describe(exc, data=data))
         return
     if agent.agent_id in catalog.agents:
         problems.append(f"{path}: agent_id {agent.agent_id!r} is already declared in "
@@ -87,8 +96,12 @@ def _load_agent(path: Path, catalog: Declared, problems: list[str], policy: Outb
     catalog.agents[agent.agent_id] = agent
     catalog.files[("agent", agent.agent_id)] = path
     catalog.files[(engine_kind, engine_id)] = path
-    catalog.warnings.extend(f"{path}: conversation_flow.{w}" for w in (
-        agent.conversation_flow.warnings() if agent.conversation_flow is not None else []))
+    if agent.conversation_flow is not None:
+        catalog.warnings.extend(f"{path}: conversation_flow.{w}" for w in agent.conversation_flow.warnings())
+        catalog.warnings.extend(
+            f"{path}: conversation_flow.{where}: names the shared component {node.component_id!r}, which the API "
+            "must have created (POST /create-conversation-flow-component): a file cannot check it"
+            for where, node in components.shared_nodes(agent.conversation_flow))
     catalog.warnings.extend(f"{path}: {w}" for w in agent.warnings())
     if not_acted_on := unsupported(agent):
         catalog.unsupported[f"{path}: agent {agent.agent_id}"] = not_acted_on
@@ -118,16 +131,24 @@ def _load_numbers(path: Path, catalog: Declared, problems: list[str], policy: Ou
 
 
 def _swap_targets(catalog: Declared, settings: Settings) -> None:
-    """An ``agent_swap`` to an agent no file declares works only if the API created it: said at load."""
+    """An ``agent_swap`` (tool or flow node) to an agent no file declares works only if the API created it: said
+    at load."""
     for agent_id, agent in catalog.agents.items():
+        where = catalog.files[("agent", agent_id)]
+        unknown = f"which no file in {settings.agents_dir} declares: the swap works only if the API created it"
         llm = agent.retell_llm
         tools = [*llm.general_tools, *(t for state in llm.states for t in state.tools)] if llm else []
         for tool in tools:
             if isinstance(tool, AgentSwapTool) and tool.agent_id not in catalog.agents:
-                catalog.warnings.append(
-                    f"{catalog.files[('agent', agent_id)]}: agent_swap tool {tool.name!r} names agent "
-                    f"{tool.agent_id!r}, which no file in {settings.agents_dir} declares: the swap works only if "
-                    "the API created it (otherwise the model is told it failed)")
+                catalog.warnings.append(f"{where}: agent_swap tool {tool.name!r} names agent {tool.agent_id!r}, "
+                                        f"{unknown} (otherwise the model is told it failed)")
+        flow = agent.conversation_flow
+        graphs = [("", flow), *((f"components ({c.name}) ", c) for c in flow.components)] if flow else []
+        for label, graph in graphs:
+            for node in graph.nodes:
+                if isinstance(node, AgentSwapNode) and node.agent_id not in catalog.agents:
+                    catalog.warnings.append(f"{where}: conversation_flow {label}agent_swap node {node.id!r} names "
+                                            f"agent {node.agent_id!r}, {unknown} (otherwise the node takes its edge)")
 
 
 def _cross_check(catalog: Declared, settings: Settings, problems: list[str]) -> None:

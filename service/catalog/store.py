@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
+from service.catalog import components
 from service.catalog.agent_files import Declared
 from service.catalog.cache import Parsed, Recent
 from service.clock import now_ms
@@ -419,9 +420,32 @@ class Catalog:
             await pipe.execute()
         return component
 
-    async def delete_component(self, component_id: str) -> bool:
+    async def delete_component(self, component_id: str) -> list[str]:
+        """Delete the shared component ``component_id`` and, in the same transaction, give every flow version that
+        names it a local copy of it instead (Retell's rule: ``catalog.components.with_local_copy``), so no version,
+        published or not, loses what it runs. The ids of those flows; ``NotFound`` without the component."""
+        async def build(pipe: Pipeline) -> list[str]:
+            raw = await pipe.get(keys.component(component_id))
+            if not raw:
+                raise NotFound(f"conversation flow component {component_id!r} not found")
+            shared = self._parse_component(str(raw))
+            relinked = [components.with_local_copy(flow, shared)
+                        for flow_id in await self.flows.ids()
+                        for flow in (await self.flows.read_all(pipe, flow_id)).values()
+                        if components.names(flow, component_id)]
+            pipe.multi()  # type: ignore[no-untyped-call]
+            for flow in relinked:
+                self.flows.stage(pipe, flow)
+            pipe.delete(keys.component(component_id))
+            pipe.srem(keys.COMPONENTS, component_id)
+            return sorted({flow.conversation_flow_id for flow in relinked})
         self._components.clear()
-        return await _delete_indexed(self._redis, keys.component(component_id), keys.COMPONENTS, component_id)
+        self.flows.forget()
+        try:
+            return await _transaction(self._redis, [keys.component(component_id)], build)
+        finally:
+            self._components.clear()
+            self.flows.forget()
 
     async def component_ids(self) -> list[str]:
         return sorted(str(i) for i in await self._redis.smembers(keys.COMPONENTS))

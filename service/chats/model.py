@@ -317,6 +317,7 @@ class Chat:
             message_with_tool_calls=[m.to_retell() for m in messages],
             retell_llm_dynamic_variables=self.dynamic_variables,
             collected_dynamic_variables=self.collected_variables,
+            current_node=(self.flow_state or {}).get("node_name"),
             metadata=self.metadata,
             custom_attributes=self.custom_attributes or None,
             data_storage_setting=self.data_storage_setting,

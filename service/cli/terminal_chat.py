@@ -162,6 +162,12 @@ def _format(message: dict[str, Any]) -> str | None:
         return f"  [result: {_shorten(str(message.get('content', '')))}]"
     if role == "state_transition":
         return f"  [state {message.get('former_state_name') or '-'} -> {message.get('new_state_name', '?')}]"
+    if role == "node_transition":   # a conversation flow moved: where the chat is now, how it got there, and why
+        how = {"global": " (global)", "global_go_back": " (back)"}.get(message.get("transition_type") or "", "")
+        former = message.get("former_node_name") or message.get("former_node_id") or "-"
+        new = message.get("new_node_name") or message.get("new_node_id") or "the end"
+        why = f": {message['content']}" if message.get("content") else ""
+        return f"  [node {former} -> {new}{how}{why}]"
     return None
 
 

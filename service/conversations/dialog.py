@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from service.address import SMS, Conversation
 from service.agent import variables
-from service.agent.responder import Reply, chat_variables
+from service.agent.reply import Reply, chat_variables
 from service.agent.tools import SmsHook
 from service.catalog.store import Agent
 from service.chats.model import Chat, ChatType, Direction, Message
@@ -72,17 +72,6 @@ def override_unsupported(agent: Agent, overridden: Agent) -> list[str]:
         known = set(unsupported(before))
         lines += [f"agent_override.{part}.{line}" for line in unsupported(after) if line not in known]
     return lines
-
-
-def instructed_to_write(agent: Agent, instructions: str) -> Agent:
-    """``agent`` told to write one message (an outbound text's ``prompt``): ``instructions`` after its prompt, and
-    no tools to call."""
-    if agent.llm is not None:
-        return Agent(config=agent.config, llm=agent.llm.model_copy(update={
-            "general_prompt": agent.llm.general_prompt + instructions, "general_tools": []}))
-    flow = agent.flow
-    assert flow is not None
-    return Agent(config=agent.config, flow=flow.model_copy(update={"global_prompt": flow.global_prompt + instructions}))
 
 
 async def open_chat(

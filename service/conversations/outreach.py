@@ -15,7 +15,7 @@ from typing import Any
 
 from service.address import Conversation, split_address
 from service.agent import variables
-from service.agent.responder import chat_variables
+from service.agent.reply import chat_variables
 from service.catalog.store import Agent, pick_agent
 from service.chats.model import Chat, ChatType, Direction, Message, Role, TurnResult
 from service.clock import now_ms
@@ -109,8 +109,7 @@ async def _write(rt: Runtime, chat: Chat, agent: Agent, req: Request, context: l
     if req.exact is not None:
         return variables.render(req.exact, values, now=now), True
     history = await rt.chats.messages(chat.chat_id, last=rt.settings.history_window)
-    instructed = dialog.instructed_to_write(agent, WRITE_INSTRUCTIONS.format(prompt=req.prompt))
-    reply = await rt.responder.respond(instructed, chat, history + context)
+    reply = await rt.responder.write(agent, chat, history + context, WRITE_INSTRUCTIONS.format(prompt=req.prompt))
     return reply.text, False
 
 

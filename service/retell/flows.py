@@ -14,12 +14,15 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from service.retell.models import (
     IGNORED_IN_REQUESTS,
     INFO_COLLECTION_TEXT,
     VARIABLE_NAME_PATTERN,
+    ChatAgent,
     CustomTool,
     ExtractedVariable,
     KBConfig,
@@ -30,6 +33,7 @@ from service.retell.models import (
     SmsSender,
     Tool,
 )
+from service.validation import Problems
 
 
 class _Model(BaseModel):
@@ -99,12 +103,23 @@ class Edge(_Model):
     destination_node_id: str | None = None
 
 
+class _OrPlainText:
+    """In the JSON schema (``/openapi.json``), a plain string is accepted beside the objects, as the validator
+    reads it: a prompt condition."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [{"type": "string", "minLength": 1}, handler(schema)]}
+
+
+_OR_PLAIN_TEXT = _OrPlainText()
+
+
 class GlobalNodeSetting(_Model):
     """Makes a node reachable from every node while ``condition`` holds; ``go_back_conditions`` return to the
     node the chat came from; ``cool_down``: that many node steps after leaving it, it is not offered again."""
 
     condition: Annotated[PromptCondition | EquationCondition | EquationPromptCondition,
-                         Field(discriminator="type")]
+                         Field(discriminator="type"), _OR_PLAIN_TEXT]
     cool_down: float | None = Field(default=None, ge=0)
     go_back_conditions: list[Edge] = Field(default_factory=list)
 
@@ -435,7 +450,7 @@ class ConversationFlowComponent(Component):
     @model_validator(mode="after")
     def _holds_together(self) -> ConversationFlowComponent:
         if problems := self.problems(inside_component=True):
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
 
@@ -473,7 +488,7 @@ class ConversationFlow(_Graph):
                 problems.append(f"nodes.{index} ({node.id}).component_id: no component in components is named "
                                 f"{node.component_id!r} (components: {', '.join(names) or 'none'})")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Problems(problems)
         return self
 
     def component(self, component_id: str) -> Component | None:
@@ -508,3 +523,7 @@ def model_of(config: ModelConfig | None, choice: ModelChoice | None) -> str | No
     if config is not None and config.primary is not None:
         return config.primary.model
     return choice.model if choice is not None else None
+
+
+# ChatAgent holds an inline ConversationFlow (agent files): complete it now that the class exists (retell.models).
+ChatAgent.model_rebuild(_types_namespace={"ConversationFlow": ConversationFlow})

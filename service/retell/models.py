@@ -8,7 +8,7 @@ from Retell's API drops in), plus Parley's own fields. Fields Retell has and Par
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 from service.settings import TWILIO_SID_PATTERN
+
+if TYPE_CHECKING:
+    from service.retell.flows import ConversationFlow
 
 # ASCII digits: in Python ``\d`` matches every script's digits, which Twilio would refuse.
 E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
@@ -351,7 +354,7 @@ class ModelConfig(_Model):
     """Retell's ``model_config``: the model that answers (``primary``), the one that answers when it fails
     (``backup``), and the temperature. Only the ``cascading`` type (a text LLM) can run a chat."""
 
-    type: Literal["cascading"] = "cascading"
+    type: Literal["cascading"] | None = "cascading"   # null (as the SDK allows) is read as cascading
     primary: ModelRef | None = None
     backup: BackupModelRef | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -740,6 +743,7 @@ class ChatResponse(BaseModel):
     message_with_tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     retell_llm_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     collected_dynamic_variables: dict[str, str] = Field(default_factory=dict)
+    current_node: str | None = None   # Parley's: the conversation flow's node the chat is at (its name, else id)
     metadata: dict[str, Any] = Field(default_factory=dict)
     custom_attributes: dict[str, str | int | float | bool] | None = None
     data_storage_setting: str | None = None  # Parley's: the setting given to update-chat (None: not set)
@@ -760,8 +764,7 @@ class ErrorBody(BaseModel):
     message: str
 
 
-# A conversation flow's shapes use the tools above, and an agent file may hold one inline: imported last, so the
-# flows module finds this one complete, then the agent's field resolved.
-from service.retell.flows import ConversationFlow  # noqa: E402
-
-ChatAgent.model_rebuild()
+# A conversation flow's shapes use the tools above, and an agent file may hold one inline: the flows module is
+# imported last, so it finds this one complete, and it completes ChatAgent once ConversationFlow exists (whichever
+# of the two modules is imported first).
+import service.retell.flows  # noqa: E402,F401

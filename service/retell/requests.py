@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.retell.flows import ConversationFlow, ConversationFlowComponent
 from service.retell.models import (
     E164,
     OBJECT_ID_PATTERN,
@@ -285,6 +286,30 @@ class LLMListResponse(BaseModel):
     pagination_key: str | None = None
 
 
+class FlowListResponse(BaseModel):
+    items: list[ConversationFlow]
+    has_more: bool
+    pagination_key: str | None = None
+
+
+class ComponentAnswer(ConversationFlowComponent):
+    """A shared conversation flow component as the API answers it: with the flows whose nodes (in any version)
+    name it."""
+
+    linked_conversation_flow_ids: list[str] = Field(default_factory=list)
+
+
+class ComponentListResponse(BaseModel):
+    items: list[ComponentAnswer]
+    has_more: bool
+    pagination_key: str | None = None
+
+
+class DeleteFlowQuery(_Body):
+    force_delete: bool = Field(default=False, description="Delete it even if agents still name it (they then name "
+                                                          "a conversation flow that no longer exists)")
+
+
 class PhoneNumberListResponse(BaseModel):
     items: list[PhoneNumber]
     has_more: bool
@@ -379,9 +404,9 @@ class ClearOptOutRequest(_Body):
 
 
 class McpToolsQuery(_Body):
-    """``GET /get-mcp-tools/{agent_id}``'s query: the server (``mcp_id``, a name in the agent's LLM's ``mcps``),
-    and the agent version (the latest when left out). ``component_id`` is for conversation-flow components,
-    which Parley does not have."""
+    """``GET /get-mcp-tools/{agent_id}``'s query: the server (``mcp_id``, a name in the ``mcps`` of the agent's
+    engine, or of the conversation-flow component ``component_id``), and the agent version (the latest when left
+    out)."""
 
     mcp_id: str = Field(min_length=1)
     component_id: str | None = None
