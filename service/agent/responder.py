@@ -55,9 +55,17 @@ class Responder:
         self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
         self._flow_parts = Parts(llm, http, catalog, signing_key, self.respond)
 
-    async def _knowledge(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime) -> str:
+    async def _knowledge(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime,
+                         found: dict[str, str]) -> str:
         """The prompt's knowledge section for this turn (its record kept on the chat), from the LLM's knowledge
-        bases."""
+        bases; searched once per LLM in a turn (``found``: by LLM id), so a state move does not search again and a
+        swap searches the destination's."""
+        if llm.llm_id in found:
+            return found[llm.llm_id]
+        found[llm.llm_id] = await self._search(llm, chat, history, now)
+        return found[llm.llm_id]
+
+    async def _search(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime) -> str:
         config = llm.kb_config
         use = KnowledgeUse.of(llm.knowledge_base_ids, config.top_k if config else None,
                               config.filter_score if config else None)
@@ -94,8 +102,9 @@ class Responder:
         """A Retell LLM's turn: the model and its tools, up to ``MAX_TOOL_ROUNDS`` rounds."""
         state = _state(llm, chat)
         values = chat_variables(agent, chat, now)
-        knowledge = await self._knowledge(llm, chat, history, now)
-        prompt = system_prompt(agent, llm, values, now, medium, state) + knowledge
+        searched: dict[str, str] = {}
+        prompt = system_prompt(agent, llm, values, now, medium, state) + await self._knowledge(
+            llm, chat, history, now, searched)
         messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
@@ -148,8 +157,7 @@ class Responder:
                 return _joined(reply, await self.respond(agent, chat, history, now=now, sms=sms), agent)
             if moved or swapped:   # the rest of the turn runs in the new state (or agent): its prompt and tools
                 llm = agent.llm or llm
-                if swapped:   # the destination's knowledge bases
-                    knowledge = await self._knowledge(llm, chat, history, now)
+                knowledge = await self._knowledge(llm, chat, history, now, searched)
                 state = llm.state(chat.current_state)
                 values = chat_variables(agent, chat, now)
                 messages[0] = {"role": "system",
