@@ -170,8 +170,7 @@ EXPORTED_FLOW: dict[str, Any] = {
         {"id": "js", "type": "code", "code": "return 1"},
     ],
 }
-FLOW_REPORT = [
-    "knowledge_base_ids: knowledge bases are not searched yet: the model answers without them",
+FLOW_REPORT = [   # knowledge_base_ids and kb_config are acted on (service.agent.retrieval): not named
     "tool_call_strict_mode: not passed to the model: Parley does not ask it for strict tool calls",
     "backup_model: Retell does not let chat agents use an engine with a backup_model; Parley does not use it "
     "(model_config.backup is the backup it uses)",
@@ -189,7 +188,7 @@ FLOW_REPORT = [
 
 def test_what_a_flow_keeps_without_acting_on_is_named_but_not_its_canvas() -> None:
     # Not named: the canvas (display_position, notes, begin_tag_display_position), settings left false or empty
-    # (flex_mode, is_transfer_cf, finetune_transition_examples), kb_config without knowledge bases of its own.
+    # (flex_mode, is_transfer_cf, finetune_transition_examples).
     assert unsupported(ConversationFlow.model_validate(EXPORTED_FLOW)) == FLOW_REPORT
     runs_whole = {**EXPORTED_FLOW, "knowledge_base_ids": [], "tool_call_strict_mode": False, "backup_model": None,
                   "tools": [], "nodes": [{**EXPORTED_FLOW["nodes"][0], "interruption_sensitivity": None,
@@ -201,6 +200,6 @@ async def test_the_flow_routes_answer_what_is_not_acted_on(retell: AsyncRetell) 
     created = await retell.conversation_flow.create(**EXPORTED_FLOW)   # the SDK sends its fields in its own order
     assert sorted((created.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT)
     updated = await retell.conversation_flow.update(created.conversation_flow_id, knowledge_base_ids=[])
-    assert sorted((updated.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT[1:])
+    assert sorted((updated.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT)   # acted on either way
     component = await retell.conversation_flow_component.create(name="Wrap up", nodes=EXPORTED_FLOW["nodes"][3:])
-    assert (component.model_extra or {})["unsupported"] == [FLOW_REPORT[7].replace("nodes.3", "nodes.0")]
+    assert (component.model_extra or {})["unsupported"] == [FLOW_REPORT[6].replace("nodes.3", "nodes.0")]

@@ -53,7 +53,7 @@ class Responder:
         self._catalog = catalog   # the destinations of agent swaps
         self._signing_key = signing_key   # the webhook key: signs custom-tool requests as Retell does
         self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
-        self._flow_parts = Parts(llm, http, catalog, signing_key, self.respond)
+        self._flow_parts = Parts(llm, http, catalog, signing_key, self.respond, retriever)
 
     async def _knowledge(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime,
                          found: dict[str, str]) -> str:
