@@ -17,6 +17,7 @@ from service.agent.retrieval import HEADING
 
 from .conftest import AGENT_NUMBER, MakeParley, Parley, Receiver, agent_file, answered, api_json
 from .fakes.openai import HttpError
+from .test_flows import edge, flow_agent, model, say
 from .test_knowledge_api import until_done
 from .test_knowledge_search import OFFICE
 
@@ -145,3 +146,28 @@ async def test_a_failing_or_slow_embeddings_endpoint_leaves_the_keyword_side(mak
     await answered(parley, "Which insurance plans do you accept, Aetna?")
     assert asyncio.get_running_loop().time() - started < 1.8   # the question's embedding was not waited for
     assert "### Insurance" in system_prompt(parley.llm.requests[-1])
+
+
+async def test_a_flow_searches_its_knowledge_bases_and_a_node_its_own(make_parley: MakeParley) -> None:
+    creator = await make_parley(run_workers=False)
+    office = await office_kb(creator)
+    billing = await office_kb(creator, "Billing", [
+        {"title": "Invoices", "text": "Invoices for a cleaning are $999 at the billing desk."}])
+    flow = {"global_prompt": "You are Sunny Dental's assistant.", "start_node_id": "front",
+            "knowledge_base_ids": [office], "kb_config": {"top_k": 2},
+            "nodes": [say("front", "Answer questions.", edge("e_bill", "billing", "The user asks about a bill.")),
+                      say("billing", "Help with the bill.", knowledge_base_ids=[billing],
+                          kb_config={"filter_score": 0.3})]}
+    parley = await make_parley(agent=flow_agent(flow))
+    parley.llm.respond = model(invoice="transition_to_billing")
+    await until_done(parley, office)
+    await until_done(parley, billing)
+
+    await answered(parley, "How much is a cleaning?")
+    prompt = system_prompt(parley.llm.requests[-1])
+    assert "### Prices\nA routine cleaning costs $120." in prompt and "$999" not in prompt
+    await answered(parley, "About my invoice: how much is a cleaning?")
+    at_billing = system_prompt(parley.llm.requests[-1])
+    assert "[billing]" in at_billing and "$999" in at_billing and "$120" not in at_billing
+    retrieved = (await parley.chat_of())["knowledge_base_retrieved_contents"]
+    assert [entry["knowledge_base_ids"] for entry in retrieved] == [[office], [office], [billing]]
