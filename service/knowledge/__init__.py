@@ -4,6 +4,7 @@
 
     models.py     Retell's knowledge-base shapes (pydantic), with Parley's additive fields
     store.py      a knowledge base's record, sources, chunks and vectors in Redis ({kb:<id>} keys)
+    due.py        the ingestion work queue ({knowledge}:due), claimed with a lease
     bases.py      what the API asks: create, add sources (stored pending, checked at once)
     folders.py    knowledge bases declared as folders under agents/knowledge/
     parsing.py    files to text (pypdf, python-docx, Beautiful Soup, csv)

@@ -104,12 +104,12 @@ class KnowledgeBases:
                         max_chunk_size=body.max_chunk_size, min_chunk_size=body.min_chunk_size,
                         enable_auto_refresh=body.enable_auto_refresh, created_ms=now_ms(), declared_in=declared_in)
         await self.store.create(record, staged)
-        await self.store.schedule(kb_id)
+        await self.store.due.schedule(kb_id)
         return await self.store.response(kb_id)
 
     async def add(self, kb_id: str, texts: list[KnowledgeBaseText], urls: list[str],
                   files: list[Upload]) -> KnowledgeBaseResponse:
         await self.store.snapshot(kb_id)   # NotFound first
         await self.store.add_sources(kb_id, self.stage(kb_id, texts, urls, files))
-        await self.store.schedule(kb_id)
+        await self.store.due.schedule(kb_id)
         return await self.store.response(kb_id)

@@ -145,7 +145,7 @@ async def publish(bases: KnowledgeBases, declared: DeclaredKnowledge) -> None:
             if gone_file or gone_url or not isinstance(source, DocumentSource | UrlSource):
                 await bases.store.delete_source(folder.kb_id, sid)
         if staged or resized:
-            await bases.store.schedule(folder.kb_id)
+            await bases.store.due.schedule(folder.kb_id)
 
 
 def _same(source: object, data: bytes) -> bool:

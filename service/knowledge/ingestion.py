@@ -70,12 +70,12 @@ class Ingestion:
             work = self._has_work(snap)
             if work or self._refresh_due(snap) is not None:
                 # Only if not due already: a knowledge base another process holds keeps its lease.
-                count += await self._store.schedule(kb_id, None if work else self._refresh_due(snap), only_new=True)
+                count += await self._store.due.schedule(kb_id, None if work else self._refresh_due(snap), only_new=True)
         return count
 
     async def tick(self) -> int:
         """Work on one due knowledge base; 1 if there was one."""
-        claimed = await self._store.claim(now_ms(), self._settings.knowledge_lease_ms)
+        claimed = await self._store.due.claim(now_ms(), self._settings.knowledge_lease_ms)
         if claimed is None:
             return 0
         kb_id, leased = claimed
@@ -84,7 +84,7 @@ class Ingestion:
                 when = await self._work(kb_id)
             except NotFound:   # deleted while it was worked on: nothing left to do (delete removed it from due)
                 return 1
-        await self._store.release(kb_id, lease[0], when)
+        await self._store.due.release(kb_id, lease[0], when)
         return 1
 
     @contextlib.asynccontextmanager
@@ -96,7 +96,7 @@ class Ingestion:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(lease_ms / 3000)
-                current[0] = await self._store.extend(kb_id, current[0], now_ms() + lease_ms)
+                current[0] = await self._store.due.extend(kb_id, current[0], now_ms() + lease_ms)
 
         task = asyncio.create_task(renew(), name=f"parley-kb-lease-{kb_id}")
         try:

@@ -20,8 +20,8 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter
 
-from service.clock import now_ms
 from service.errors import NotFound
+from service.knowledge.due import WorkQueue
 from service.knowledge.models import DocumentSource, KnowledgeBaseResponse, Source, Status, TextSource, UrlSource
 from service.storage import keys
 
@@ -127,25 +127,6 @@ return redis.call('HINCRBY', KEYS[1], 'version', 1)
 """
 
 
-# KEYS: due.  ARGV: now ms, lease ms.  The earliest due knowledge base, leased: {id, leased score}, or nil.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
-if #due == 0 then return false end
-local leased = tonumber(ARGV[1]) + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], leased, due[1])
-return {due[1], tostring(leased)}
-"""
-
-# KEYS: due.  ARGV: id, leased score, new score ('' to remove).  Only while the lease is still the caller's: a
-# knowledge base the API scheduled meanwhile stays due.
-_MOVE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-return 1
-"""
-
-
 class KnowledgeStore:
     """Knowledge bases in Redis."""
 
@@ -153,8 +134,7 @@ class KnowledgeStore:
         self._redis = redis
         self._commit = redis.register_script(_COMMIT)
         self._swap = redis.register_script(_SWAP)
-        self._claim = redis.register_script(_CLAIM)
-        self._move = redis.register_script(_MOVE)
+        self.due = WorkQueue(redis)
 
     async def ids(self) -> list[str]:
         return sorted(str(i) for i in await self._redis.smembers(keys.KNOWLEDGE_BASES))
@@ -186,8 +166,7 @@ class KnowledgeStore:
             status=status_of(record, sources), enable_auto_refresh=record.enable_auto_refresh,
             knowledge_base_sources=sources, last_refreshed_timestamp=record.last_refreshed_timestamp,
             max_chunk_size=record.max_chunk_size, min_chunk_size=record.min_chunk_size,
-            error_messages=errors or None, chunk_count=sum(s.chunk_count for s in sources if s.status != "pending"
-                                                           or s.chunk_count),
+            error_messages=errors or None, chunk_count=sum(s.chunk_count for s in sources),
             embedding_model=snap.model or None)
 
     async def create(self, record: Record, sources: list[tuple[DocumentSource | TextSource | UrlSource,
@@ -308,26 +287,6 @@ class KnowledgeStore:
                 vectors = {k.decode(): v for k, v in (raw or {}).items()}
                 return version, model, chunks, vectors
 
-    async def schedule(self, kb_id: str, when: int | None = None, *, only_new: bool = False) -> int:
-        """Ask for ingestion work on ``kb_id`` at ``when`` (now when None); ``only_new``: unless it is due already.
-        Answers 1 when scheduled."""
-        added = await self._redis.zadd(keys.KNOWLEDGE_DUE, {kb_id: now_ms() if when is None else when}, nx=only_new)
-        return int(added or 0) if only_new else 1
-
-
-    async def claim(self, now: int, lease_ms: int) -> tuple[str, int] | None:
-        """The earliest due knowledge base, leased to the caller until ``now + lease_ms``."""
-        found = await self._claim(keys=[keys.KNOWLEDGE_DUE], args=[now, lease_ms])
-        return (str(found[0]), int(float(found[1]))) if found else None
-
-    async def extend(self, kb_id: str, leased: int, until: int) -> int:
-        """Move the caller's lease to ``until``; the lease it holds now (unchanged if it lost it)."""
-        moved = await self._move(keys=[keys.KNOWLEDGE_DUE], args=[kb_id, leased, until])
-        return until if moved else leased
-
-    async def release(self, kb_id: str, leased: int, when: int | None) -> None:
-        """End the caller's lease: due again at ``when``, or not due (None)."""
-        await self._move(keys=[keys.KNOWLEDGE_DUE], args=[kb_id, leased, "" if when is None else when])
 
 def _name(source: DocumentSource | TextSource | UrlSource) -> str:
     if isinstance(source, DocumentSource):
