@@ -57,8 +57,10 @@ class EndReason(StrEnum):
     SEND_FAILED = "sms_send_failed"
 
 
+# Turns of knowledge-base retrieval a chat keeps (Chat.knowledge_retrieved): a few kB of the chat's hash.
+KNOWLEDGE_RETRIEVED_CAP = 20
+
 # What earlier releases stored, read as today's values.
-KNOWLEDGE_RETRIEVED_CAP = 50   # turns of knowledge-base retrieval a chat keeps (Chat.knowledge_retrieved)
 _LEGACY_REASONS = {"user_opted_out": EndReason.USER_OPTED_OUT.value, "api_ended": EndReason.API.value}
 
 
