@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.knowledge", description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[1_000, 20_000])
     parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--dimensions", type=int, default=512)
+    parser.add_argument("--dimensions", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results-knowledge.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
