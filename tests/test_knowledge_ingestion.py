@@ -186,7 +186,9 @@ async def test_auto_refresh_fetches_url_sources_again_a_day_later(parley: Parley
         assert await parley.redis.zadd("parley:{knowledge}:due", {kb_id: 0}) == 0   # due early: nothing to do
         await asyncio.sleep(0.3)
         assert (await api_json(parley, "GET", f"/get-knowledge-base/{kb_id}")) == first
-        record = orjson.loads(await parley.redis.hget(f"parley:{{kb:{kb_id}}}:kb", "record"))
+        stored = await parley.redis.hget(f"parley:{{kb:{kb_id}}}:kb", "record")
+        assert stored is not None
+        record = orjson.loads(stored)
         record["last_refreshed_timestamp"] -= 86_400_000   # the day has passed
         await parley.redis.hset(f"parley:{{kb:{kb_id}}}:kb", "record", orjson.dumps(record))
         await parley.redis.zadd("parley:{knowledge}:due", {kb_id: 0})
