@@ -63,6 +63,9 @@ def create_app(
     settings = settings or Settings()
     files = agent_files.load(settings)  # fail fast, before anything starts
     knowledge_files = folders.load(settings)
+    for agent_id, kb_id in folders.unknown(knowledge_files, files.agents):
+        log.warning("agent names a knowledge base no folder declares: it is searched only if the API created it",
+                    extra={"agent": agent_id, "knowledge_base_id": kb_id})
     for warning in files.warnings:
         log.warning(warning)
     for agent, fields in files.unsupported.items():   # one line per agent; `parley check` lists them

@@ -157,3 +157,18 @@ def test_parley_check_names_a_bad_folder(tmp_path: Path) -> None:
     assert "a.exe: Parley reads .txt" in result.stderr
     assert "max_chunk_size" in result.stderr
 
+
+
+def test_parley_check_warns_of_a_knowledge_base_no_folder_declares(tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    (agents / "knowledge" / "dental").mkdir(parents=True)
+    (agents / "knowledge" / "dental" / "hours.md").write_text("# Hours\n\nOpen 9 to 5.")
+    (agents / "frontdesk.yaml").write_text(yaml.safe_dump(agent_file(retell_llm={
+        "knowledge_base_ids": ["dental", "made_by_the_api"]})))
+    env = {**os.environ, "PARLEY_AGENTS_DIR": str(agents)}
+    result = subprocess.run([sys.executable, "-m", "service", "check"], env=env, capture_output=True, text=True,
+                            check=False, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert "knowledge base 'made_by_the_api' is declared by no folder" in result.stdout
+    assert "'dental'" not in result.stdout
+    assert "1 knowledge base folder(s)" in result.stdout

@@ -66,6 +66,9 @@ def check(args: argparse.Namespace) -> None:
         raise SystemExit(str(exc)) from None
     for warning in catalog.warnings:
         print(f"warning: {warning}")
+    for agent_id, kb_id in folders.unknown(knowledge, catalog.agents):
+        print(f"warning: {catalog.declared_in('agent', agent_id)}: knowledge base {kb_id!r} is declared by no folder "
+              f"in {settings.agents_dir / folders.FOLDER}: it is searched only if the API created it")
     for agent, fields in catalog.unsupported.items():
         print(f"unsupported: {agent}: " + "".join(f"\n  {line}" for line in fields))
     if args.strict and catalog.unsupported:

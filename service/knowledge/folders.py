@@ -28,7 +28,8 @@ from service.knowledge import parsing
 from service.knowledge.bases import KnowledgeBases, Upload, sha256
 from service.knowledge.models import CreateKnowledgeBase, DocumentSource, UrlSource
 from service.knowledge.store import Record
-from service.retell.models import OBJECT_ID_PATTERN
+from service.retell.flows import ConversationNode
+from service.retell.models import OBJECT_ID_PATTERN, ChatAgent
 from service.settings import Settings
 from service.validation import describe
 
@@ -146,6 +147,26 @@ async def publish(bases: KnowledgeBases, declared: DeclaredKnowledge) -> None:
                 await bases.store.delete_source(folder.kb_id, sid)
         if staged or resized:
             await bases.store.due.schedule(folder.kb_id)
+
+
+def named_by(agent: ChatAgent) -> set[str]:
+    """The knowledge bases an agent file's engine names: its Retell LLM's, or its flow's and its nodes' (its
+    local components' included)."""
+    if agent.retell_llm is not None:
+        return set(agent.retell_llm.knowledge_base_ids or [])
+    flow = agent.conversation_flow
+    if flow is None:
+        return set()
+    graphs = [flow, *flow.components]
+    return set(flow.knowledge_base_ids).union(*(n.knowledge_base_ids for g in graphs for n in g.nodes
+                                                if isinstance(n, ConversationNode)))
+
+
+def unknown(declared: DeclaredKnowledge, agents: dict[str, ChatAgent]) -> list[tuple[str, str]]:
+    """(agent id, knowledge base id) for each knowledge base an agent file names that no folder declares: it works
+    only if the API created it (else it is searched as empty), so ``parley check`` and the start warn."""
+    return sorted((agent_id, kb_id) for agent_id, agent in agents.items() for kb_id in named_by(agent)
+                  if kb_id not in declared.bases)
 
 
 def _same(source: object, data: bytes) -> bool:
