@@ -25,6 +25,7 @@ from service.knowledge.due import WorkQueue
 from service.knowledge.models import DocumentSource, KnowledgeBaseResponse, Source, Status, TextSource, UrlSource
 from service.storage import keys
 
+READ_ATTEMPTS = 3   # reads of a knowledge base being written to before the searcher takes what it read
 SOURCE = TypeAdapter[DocumentSource | TextSource | UrlSource](Source)
 
 
@@ -275,17 +276,19 @@ class KnowledgeStore:
         return [None if version is None else (int(version), str(model or "")) for version, model in found]
 
     async def searchable(self, kb_id: str) -> tuple[int, str, dict[str, Chunk], dict[str, bytes]]:
-        """Everything a searcher caches: version, model, chunks and vectors, read at one version (read again if a
-        write came between the reads). Vectors are read as bytes (``NEVER_DECODE``), one command each, since the
-        connection decodes answers as UTF-8 and a pipeline cannot ask for bytes."""
-        while True:
+        """Everything a searcher caches: version, model, chunks and vectors, read at one version (read again, up to
+        ``READ_ATTEMPTS`` times, if a write came between the reads; then as read, with version -1 so that the next
+        search reads again). Vectors are read as bytes (``NEVER_DECODE``), one command each, since the connection
+        decodes answers as UTF-8 and a pipeline cannot ask for bytes."""
+        for _ in range(READ_ATTEMPTS):
             version, model = (await self.versions([kb_id]))[0] or (0, "")
             chunks = await self.chunks(kb_id)
             raw = await self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "HGETALL", keys.kb_vectors(kb_id), NEVER_DECODE=True)
+            vectors = {k.decode(): v for k, v in (raw or {}).items()}
             if (await self.versions([kb_id]))[0] == (version, model):
-                vectors = {k.decode(): v for k, v in (raw or {}).items()}
                 return version, model, chunks, vectors
+        return -1, model, chunks, vectors
 
 
 def _name(source: DocumentSource | TextSource | UrlSource) -> str:
