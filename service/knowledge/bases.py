@@ -64,8 +64,9 @@ class KnowledgeBases:
 
     def stage(self, kb_id: str, texts: list[KnowledgeBaseText], urls: list[str], files: list[Upload],
               source_ids: dict[str, str] | None = None) -> Staged:
-        """New pending sources, checked (422 naming each problem); ``source_ids`` gives the ids of some files (a
-        folder's: by file name), the others get new ids."""
+        """New pending sources, checked (422 naming each problem); ``source_ids`` gives the ids of some files and
+        URLs (a folder's: by file name and by URL, so that processes starting together agree), the others get new
+        ids."""
         problems: list[str] = []
         staged: Staged = []
         for n, text in enumerate(texts):
@@ -81,7 +82,7 @@ class KnowledgeBases:
             except OutboundRefused as exc:
                 problems.append(f"knowledge_base_urls[{n}]: {exc}")
                 continue
-            staged.append((UrlSource(source_id=new_source_id(), url=url), None))
+            staged.append((UrlSource(source_id=(source_ids or {}).get(url) or new_source_id(), url=url), None))
         for n, upload in enumerate(files):
             try:
                 parsing.kind_of(upload.filename)

@@ -54,8 +54,10 @@ class DeclaredKnowledge:
         return found.path if found else None
 
 
-def file_source_id(filename: str) -> str:
-    return "file_" + hashlib.sha256(filename.encode()).hexdigest()[:16]
+def file_source_id(name: str) -> str:
+    """A folder's source id for a file name or a URL: the same in every process, so two that start together
+    write one source, not two."""
+    return "file_" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _folder(path: Path, problems: list[str]) -> Folder | None:
@@ -134,7 +136,7 @@ async def publish(bases: KnowledgeBases, declared: DeclaredKnowledge) -> None:
                    if s.source_id in snap.sources else s, raw) for s, raw in staged]
         urls = {s.url: sid for sid, s in snap.sources.items() if isinstance(s, UrlSource)}
         new_urls = [u for u in body.knowledge_base_urls if u not in urls]
-        staged += bases.stage(folder.kb_id, [], new_urls, [])
+        staged += bases.stage(folder.kb_id, [], new_urls, [], {url: file_source_id(url) for url in new_urls})
         await bases.store.add_sources(folder.kb_id, staged)
         if resized:   # new chunk sizes: the URL sources are cut again too
             for source in snap.sources.values():
