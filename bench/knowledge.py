@@ -44,6 +44,7 @@ from service.knowledge.ingestion import Ingestion
 from service.knowledge.models import CreateKnowledgeBase, KnowledgeBaseText
 from service.knowledge.search import Searcher, rank, top
 from service.knowledge.store import KnowledgeStore
+from service.metrics import Metrics
 from service.outbound import OutboundPolicy
 from service.settings import Settings
 from tests.fakes.openai import FakeOpenAI
@@ -86,7 +87,8 @@ async def measure(size: int, queries: int, dimensions: int, redis: aioredis.Redi
     words = vocabulary(5_000, rng)
     pages = [page(n, words, rng) for n in range(size)]
     store = KnowledgeStore(redis)
-    embedder = Embedder(settings)
+    metrics = Metrics()
+    embedder = Embedder(settings, metrics)
     bases = KnowledgeBases(store, OutboundPolicy())
     await redis.flushdb()
     before = int((await redis.info("memory"))["used_memory"])
@@ -97,7 +99,7 @@ async def measure(size: int, queries: int, dimensions: int, redis: aioredis.Redi
     async with aiohttp.ClientSession() as http:
         created = await bases.create(CreateKnowledgeBase(knowledge_base_name=f"bench {size}",
                                                          knowledge_base_texts=texts), [])
-        ingestion = Ingestion(settings, store, embedder, http)
+        ingestion = Ingestion(settings, store, embedder, http, metrics)
         while await ingestion.tick():
             pass
     ingest_s = time.perf_counter() - started
@@ -107,7 +109,7 @@ async def measure(size: int, queries: int, dimensions: int, redis: aioredis.Redi
     assert described.status == "complete", described
     chunks = described.chunk_count
 
-    searcher = Searcher(store, embedder)
+    searcher = Searcher(store, embedder, metrics)
     gc.collect()
     rss_before = rss_kb()
     first = time.perf_counter()

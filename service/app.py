@@ -111,7 +111,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     gateway = TwilioGateway(settings, metrics)  # needs the running loop
     llm = LLM(settings, metrics)
-    embedder = Embedder(settings)
+    embedder = Embedder(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
     outbound = OutboundPolicy.from_settings(settings)
     try:   # the clients are closed whatever happens, a Runtime that fails to build included

@@ -66,6 +66,11 @@ async def test_the_relevant_chunks_go_into_the_prompt_and_the_chat_records_them(
     chat = await parley.chat_of()
     assert chat["knowledge_base_retrieved_contents"][-1]["chunks"] == []
     assert all(HEADING not in m.body and "Prices" not in m.body for m in parley.twilio.messages)
+    scraped = await (await parley.client.get("/metrics")).text()
+    assert 'parley_knowledge_searches_total{outcome="hits"} 1.0' in scraped
+    assert 'parley_knowledge_searches_total{outcome="nothing"} 1.0' in scraped
+    assert 'parley_knowledge_sources_total{outcome="complete"} 5.0' in scraped
+    assert 'parley_embedding_calls_total{outcome="ok"}' in scraped
 
 
 async def test_top_k_bounds_what_is_retrieved(make_parley: MakeParley) -> None:

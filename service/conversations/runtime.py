@@ -76,7 +76,7 @@ class Runtime:
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog)
         kb_store = KnowledgeStore(redis)
-        searcher = Searcher(kb_store, embedder)
+        searcher = Searcher(kb_store, embedder, metrics)
         return cls(
             settings=settings,
             redis=redis,
@@ -101,6 +101,6 @@ class Runtime:
             responder=Responder(llm, http, channels, catalog, signing_key=signing_key,
                                 retriever=Retriever(searcher, settings.knowledge_prompt_max_chars)),
             knowledge=KnowledgeBases(kb_store, outbound),
-            ingestion=Ingestion(settings, kb_store, embedder, http),
+            ingestion=Ingestion(settings, kb_store, embedder, http, metrics),
             searcher=searcher,
         )

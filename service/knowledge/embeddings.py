@@ -22,6 +22,7 @@ import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from service.errors import EmbeddingError
+from service.metrics import Metrics
 from service.settings import Settings
 
 Matrix = npt.NDArray[np.float32]
@@ -37,7 +38,8 @@ def normalised(rows: Matrix) -> Matrix:
 class Embedder:
     """Texts to unit vectors."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
         self.dimensions = settings.embedding_dimensions
         # What is stored with a knowledge base's vectors: the model, and the dimensions asked of it.
         self.model = settings.embedding_model + (f"@{self.dimensions}" if self.dimensions else "")
@@ -81,7 +83,9 @@ class Embedder:
         try:
             answer = await client.embeddings.create(**kwargs)
         except openai.APIError as exc:
+            self._metrics.embedding_calls.labels(exc.__class__.__name__).inc()
             raise EmbeddingError(f"the embeddings endpoint failed: {exc.__class__.__name__}: {exc}") from exc
+        self._metrics.embedding_calls.labels("ok").inc()
         data = sorted(answer.data, key=lambda item: item.index)
         if len(data) != len(texts) or len({len(item.embedding) for item in data}) != 1:
             raise EmbeddingError(f"the embeddings endpoint answered {len(data)} vectors of sizes "

@@ -36,6 +36,7 @@ from service.knowledge.embeddings import Embedder
 from service.knowledge.index import term_counts
 from service.knowledge.models import DocumentSource, TextSource, UrlSource
 from service.knowledge.store import Chunk, KnowledgeStore, Snapshot
+from service.metrics import Metrics
 from service.outbound import fetch
 from service.settings import Settings
 
@@ -52,7 +53,8 @@ class Ingestion:
     """The ingestion loop's work (``tick``) and what the API asks of it (``schedule``)."""
 
     def __init__(self, settings: Settings, store: KnowledgeStore, embedder: Embedder,
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._store = store
         self._embedder = embedder
@@ -163,6 +165,7 @@ class Ingestion:
                                                                "source_id": source.source_id, "error": str(exc)})
             await self._store.put_source(kb_id, source.model_copy(update={
                 "status": "error", "error_message": str(exc), "chunk_count": 0}))
+            self._metrics.knowledge_sources.labels("error").inc()
             return
         try:
             vectors = await self._embedder.embed([f"{p.title}\n{p.text}" for p in pieces])
@@ -176,6 +179,7 @@ class Ingestion:
         if result == -1:   # the stored vectors are another model's: re-embed them, then write this source
             await self._reembed(kb_id)
             result = await self._store.commit(kb_id, done, source.chunk_count, self._embedder.model, chunks)
+        self._metrics.knowledge_sources.labels("complete").inc()
         log.info("knowledge base source ingested", extra={"knowledge_base_id": kb_id, "source_id": source.source_id,
                                                           "chunks": len(chunks), "written": result == 1})
 

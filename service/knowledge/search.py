@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from service.errors import EmbeddingError
 from service.knowledge.embeddings import Embedder, Matrix
 from service.knowledge.index import Index, terms
 from service.knowledge.store import KnowledgeStore
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ def top(index: Index, scores: Scores, top_k: int, filter_score: float, kb_id: st
 class Searcher:
     """Knowledge-base search for one process, with its cached indexes."""
 
-    def __init__(self, store: KnowledgeStore, embedder: Embedder) -> None:
+    def __init__(self, store: KnowledgeStore, embedder: Embedder, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._store = store
         self._embedder = embedder
         self._indexes: dict[str, Index] = {}
@@ -125,20 +128,24 @@ class Searcher:
                      filter_score: float = DEFAULT_FILTER_SCORE) -> list[Hit]:
         """The ``top_k`` chunks of ``kb_ids`` whose score (the module's docstring) is at least ``filter_score``,
         best first. When the embeddings endpoint fails, the keyword side still answers (logged)."""
+        started = time.perf_counter()
         indexes = [(kb_id, index) for kb_id, index in await self.indexes(kb_ids) if len(index)]
         query = query.strip()
         if not indexes or not query:
             return []
-        vector = None
+        vector, outcome = None, "hits"
         if any(index.model == self._embedder.model and index.vectors is not None for _, index in indexes):
             try:
                 vector = (await self._embedder.embed([query], quick=True))[0]
             except EmbeddingError as exc:
                 log.warning("the question could not be embedded: keyword search only", extra={"error": str(exc)})
+                outcome = "keywords_only"
         query_terms = terms(query)
         hits: list[Hit] = []
         for kb_id, index in indexes:
             usable = vector if index.model == self._embedder.model else None
             hits += top(index, rank(index, usable, query_terms), top_k, filter_score, kb_id)
         hits.sort(key=lambda hit: -hit.score)
+        self._metrics.knowledge_search_seconds.observe(time.perf_counter() - started)
+        self._metrics.knowledge_searches.labels(outcome if hits else "nothing").inc()
         return hits[:top_k]
