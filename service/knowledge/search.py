@@ -106,7 +106,7 @@ class Searcher:
             cached = self._indexes.get(kb_id)
             if cached is None or (cached.version, cached.model) != (version, model):
                 loaded_version, loaded_model, chunks, vectors = await self._store.searchable(kb_id)
-                cached = Index.build(loaded_version, loaded_model, chunks, vectors)
+                cached = await asyncio.to_thread(Index.load, loaded_version, loaded_model, chunks, vectors)
                 self._indexes[kb_id] = cached
                 log.info("knowledge base loaded", extra={"knowledge_base_id": kb_id, "chunks": len(cached),
                                                          "version": loaded_version})

@@ -275,14 +275,15 @@ class KnowledgeStore:
             found = await pipe.execute()
         return [None if version is None else (int(version), str(model or "")) for version, model in found]
 
-    async def searchable(self, kb_id: str) -> tuple[int, str, dict[str, Chunk], dict[str, bytes]]:
-        """Everything a searcher caches: version, model, chunks and vectors, read at one version (read again, up to
+    async def searchable(self, kb_id: str) -> tuple[int, str, dict[str, str], dict[str, bytes]]:
+        """Everything a searcher caches: version, model, chunks (as stored: ``Chunk.loads`` reads them) and
+        vectors, read at one version (read again, up to
         ``READ_ATTEMPTS`` times, if a write came between the reads; then as read, with version -1 so that the next
         search reads again). Vectors are read as bytes (``NEVER_DECODE``), one command each, since the connection
         decodes answers as UTF-8 and a pipeline cannot ask for bytes."""
         for _ in range(READ_ATTEMPTS):
             version, model = (await self.versions([kb_id]))[0] or (0, "")
-            chunks = await self.chunks(kb_id)
+            chunks = {str(k): str(v) for k, v in (await self._redis.hgetall(keys.kb_chunks(kb_id))).items()}
             raw = await self._redis.execute_command(  # type: ignore[no-untyped-call]
                 "HGETALL", keys.kb_vectors(kb_id), NEVER_DECODE=True)
             vectors = {k.decode(): v for k, v in (raw or {}).items()}
