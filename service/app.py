@@ -4,7 +4,8 @@ Each resource is one cleanup context, started in order and stopped in reverse: R
 Valkey) with the agents published into it, then the outside clients (Twilio, the LLM, and the outbound
 policy's HTTP session for tools, events and chat_inbound) and the ``Runtime`` built on them, with the
 channels registered in ``service.channels``, then the workers and the background loops (inactivity,
-events, analysis, resends, A2P registrations), which therefore stop first. The routes are listed in ``api.routes``.
+events, analysis, resends, A2P registrations, knowledge-base ingestion), which therefore stop first. The routes
+are listed in ``api.routes``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from service.api.auth import key_roles
 from service.api.encoding import encoding_middleware
 from service.api.http import api_middleware
 from service.api.routes import routes
-from service.app_state import API_KEYS, FILES, METRICS, READY, REDIS, ROUTE_SCOPES, RUNTIME, SETTINGS, SIGNING_KEY
+from service.app_state import (
+    API_KEYS,
+    FILES,
+    KNOWLEDGE_FILES,
+    METRICS,
+    READY,
+    REDIS,
+    ROUTE_SCOPES,
+    RUNTIME,
+    SETTINGS,
+    SIGNING_KEY,
+)
 from service.catalog import agent_files
 from service.catalog.store import Catalog
 from service.channels import CHANNELS
@@ -35,6 +47,8 @@ from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
 from service.conversations.runtime import Runtime
 from service.conversations.worker import WorkerPool
+from service.knowledge import folders
+from service.knowledge.embeddings import Embedder
 from service.metrics import Metrics, middleware
 from service.outbound import OutboundPolicy
 from service.settings import Settings
@@ -53,6 +67,10 @@ def create_app(
     runs no turns (a web-only tier)."""
     settings = settings or Settings()
     files = agent_files.load(settings)  # fail fast, before anything starts
+    knowledge_files = folders.load(settings)
+    for agent_id, kb_id in folders.unknown(knowledge_files, files.agents):
+        log.warning("agent names a knowledge base no folder declares: it is searched only if the API created it",
+                    extra={"agent": agent_id, "knowledge_base_id": kb_id})
     for warning in files.warnings:
         log.warning(warning)
     for agent, fields in files.unsupported.items():   # one line per agent; `parley check` lists them
@@ -65,6 +83,7 @@ def create_app(
     app[READY] = {}
     app[API_KEYS], app[SIGNING_KEY] = key_roles(settings, split=not (web_routes and workers))
     app[FILES] = files
+    app[KNOWLEDGE_FILES] = knowledge_files
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_redis(settings) as redis:
@@ -118,17 +137,21 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     twilio = TwilioGateway(settings, metrics)  # needs the running loop
     gateway = DevGateway(twilio)   # the console's dev phone texts go nowhere (service/channels/dev.py)
     llm = LLM(settings, metrics)
+    embedder = Embedder(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
     outbound = OutboundPolicy.from_settings(settings)
     try:   # the clients are closed whatever happens, a Runtime that fails to build included
         async with outbound.session() as http:
             app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm,
                                          http=http, outbound=outbound, metrics=metrics,
-                                         signing_key=app[SIGNING_KEY])
+                                         signing_key=app[SIGNING_KEY], embedder=embedder)
             app[NUMBERS] = TwilioNumbers(twilio, app[RUNTIME])   # Twilio's own API (numbers, A2P)
             app[REGISTRATIONS] = Registrations(app[NUMBERS], app[RUNTIME])
+            # Knowledge-base folders are published once the Runtime can schedule their ingestion.
+            await folders.publish(app[RUNTIME].knowledge, app[KNOWLEDGE_FILES])
             yield
     finally:
+        await embedder.close()
         await llm.close()
         await twilio.close()
 
@@ -137,6 +160,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     pool = WorkerPool(rt)
     await rt.queue.ensure_groups()
+    await rt.ingestion.recover()
     interval = rt.settings.scheduler_interval_ms / 1000
     loops = [
         asyncio.create_task(pool.run(), name="parley-workers"),
@@ -145,6 +169,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(interval, rt.analyzer.tick, "analysis"), name="parley-analysis"),
         asyncio.create_task(every(interval, Resender(rt).tick, "resends"), name="parley-resends"),
         asyncio.create_task(every(rt.settings.a2p_poll_s, app[REGISTRATIONS].tick, "a2p"), name="parley-a2p"),
+        asyncio.create_task(every(interval, rt.ingestion.tick, "knowledge"), name="parley-knowledge"),
     ]
     yield
     for task in reversed(loops):

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from service.catalog.agent_files import Declared
 from service.conversations.runtime import Runtime
+from service.knowledge.folders import DeclaredKnowledge
 from service.metrics import Metrics
 from service.settings import Role, Scope, Settings
 
@@ -19,3 +20,4 @@ SIGNING_KEY = web.AppKey("signing_key", str)   # the webhook key: signs what Par
 READY = web.AppKey("ready", dict[str, bool])
 METRICS = web.AppKey("metrics", Metrics)
 FILES = web.AppKey("files", Declared)   # what agents/ declares: read-only through the API
+KNOWLEDGE_FILES = web.AppKey("knowledge_files", DeclaredKnowledge)   # agents/knowledge/: published at start

@@ -10,6 +10,7 @@
     ├── Conflict               the object is read-only or in the wrong state (HTTP 409)
     ├── InUse                  the object to delete is still named by others (HTTP 400, as Retell answers it)
     ├── InvalidRequest         a request body failed validation (HTTP 422)
+    ├── TooLarge               a request body is larger than its route takes (HTTP 413)
     ├── OptedOut               the user has opted out of this number; nothing may be sent
     ├── LimitReached           the number's daily segment limit would be passed (HTTP 429)
     ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
@@ -19,6 +20,9 @@
     │                          TwilioException / aiohttp errors; HTTP 404, 422 or 502, with Twilio's error code)
     ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
     ├── OutboundRefused        the outbound policy refused a URL a user's request would reach (service.outbound)
+    ├── EmbeddingError         the embeddings endpoint failed after the client's retries (from openai.APIError)
+    ├── SourceError            a knowledge-base source could not be fetched or read (a URL's status, size or type,
+    │                          a file no parser reads): recorded on the source, never raised to a client
     ├── McpUnavailable         an MCP server failed, timed out or could not be reached (from the mcp SDK's and
     │                          httpx2's errors; HTTP 502 on /get-mcp-tools)
     └── StoreUnavailable       Redis/Valkey cannot be reached (from redis.ConnectionError/TimeoutError)
@@ -57,6 +61,10 @@ class InUse(ParleyError):
 
 class InvalidRequest(ParleyError):
     """A request is well-formed but its values are not acceptable."""
+
+
+class TooLarge(ParleyError):
+    """A request body is larger than the route takes."""
 
 
 class OptedOut(ParleyError):
@@ -117,3 +125,12 @@ class StoreUnavailable(ParleyError):
 
 class McpUnavailable(ParleyError):
     """An MCP server could not be reached, timed out, or answered with an error (``service.agent.mcp``)."""
+
+
+class EmbeddingError(ParleyError):
+    """The embeddings endpoint did not answer usefully, after the client's own retries (``knowledge.embeddings``)."""
+
+
+class SourceError(ParleyError):
+    """A knowledge-base source could not be fetched or read; the message says why, for the source's
+    ``error_message``."""

@@ -48,6 +48,14 @@ class Metrics:
         self.queue_lag = Gauge("parley_queue_lag", "Wake-ups not yet read by any worker", registry=r)
         self.queue_age = Gauge("parley_queue_oldest_pending_seconds", "Age of the oldest unacknowledged wake-up",
                                registry=r)
+        self.knowledge_searches = Counter(
+            "parley_knowledge_searches_total", "Knowledge-base searches (a turn's question)", ["outcome"], registry=r)
+        self.knowledge_search_seconds = Histogram("parley_knowledge_search_seconds",
+                                                  "Knowledge-base search latency (the question's embedding included)",
+                                                  buckets=LATENCY, registry=r)
+        self.knowledge_sources = Counter("parley_knowledge_sources_total", "Knowledge-base sources ingested",
+                                         ["outcome"], registry=r)
+        self.embedding_calls = Counter("parley_embedding_calls_total", "Embeddings requests", ["outcome"], registry=r)
         self.active_chats = Gauge("parley_active_sms_chats", "Ongoing SMS chats (with a silence timer)", registry=r)
         self.tally = Tally()   # the console overview's counters, kept in Redis
 

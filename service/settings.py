@@ -215,6 +215,49 @@ class Settings(BaseSettings):
         default=30.0, gt=0, validation_alias=_env("PARLEY_LLM_BREAKER_COOLDOWN_S", "llm_breaker_cooldown_s")
     )
 
+    # Knowledge bases (``service.knowledge``). Embeddings come from any OpenAI-compatible /v1/embeddings endpoint:
+    # the chat LLM's (OPENAI_BASE_URL, OPENAI_API_KEY) unless these name another. The model's name is stored with
+    # each knowledge base's vectors: changing it (or the dimensions) re-embeds them.
+    embedding_model: str = Field(
+        default="text-embedding-3-small", min_length=1,
+        validation_alias=_env("PARLEY_EMBEDDING_MODEL", "embedding_model"))
+    embedding_base_url: str | None = Field(
+        default=None, validation_alias=_env("PARLEY_EMBEDDING_BASE_URL", "embedding_base_url"))
+    embedding_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("PARLEY_EMBEDDING_API_KEY", "embedding_api_key"))
+    # Asked of models that can shorten their vectors (text-embedding-3-*); unset: the model's own size.
+    embedding_dimensions: int | None = Field(
+        default=None, ge=16, le=4_096, validation_alias=_env("PARLEY_EMBEDDING_DIMENSIONS", "embedding_dimensions"))
+    embedding_batch: int = Field(
+        default=64, ge=1, le=2_048, validation_alias=_env("PARLEY_EMBEDDING_BATCH", "embedding_batch"))
+    embedding_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, validation_alias=_env("PARLEY_EMBEDDING_TIMEOUT_S", "embedding_timeout_s"))
+    # A turn's question: how long its embedding may take (not retried); past it the turn searches by keywords alone.
+    embedding_query_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        validation_alias=_env("PARLEY_EMBEDDING_QUERY_TIMEOUT_S", "embedding_query_timeout_s"))
+    # One create or add-sources request's body (its files together): 413 beyond.
+    knowledge_max_upload_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1_024, le=1024 * 1024 * 1024,
+        validation_alias=_env("PARLEY_KNOWLEDGE_MAX_UPLOAD_BYTES", "knowledge_max_upload_bytes"))
+    # A knowledge base's URL source: at most this many bytes, within this time (all redirects included).
+    knowledge_url_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1_024, validation_alias=_env("PARLEY_KNOWLEDGE_URL_MAX_BYTES",
+                                                                  "knowledge_url_max_bytes"))
+    knowledge_url_timeout_s: float = Field(
+        default=20.0, gt=0, le=300, validation_alias=_env("PARLEY_KNOWLEDGE_URL_TIMEOUT_S", "knowledge_url_timeout_s"))
+    # How long a process holds a knowledge base it ingests before another may take it over (it renews the hold
+    # every third of this while it works): how soon a crashed process's ingestion resumes elsewhere.
+    knowledge_lease_ms: int = Field(
+        default=60_000, ge=500, le=3_600_000, validation_alias=_env("PARLEY_KNOWLEDGE_LEASE_MS", "knowledge_lease_ms"))
+    # The knowledge section of a turn's prompt (service.agent.retrieval): chunks that would pass it are left out.
+    knowledge_prompt_max_chars: int = Field(
+        default=8_000, ge=500, le=100_000,
+        validation_alias=_env("PARLEY_KNOWLEDGE_PROMPT_MAX_CHARS", "knowledge_prompt_max_chars"))
+    # Chunks one knowledge base may hold: the searchers keep every chunk's vector in memory (README: Knowledge bases).
+    knowledge_max_chunks: int = Field(
+        default=50_000, ge=1, validation_alias=_env("PARLEY_KNOWLEDGE_MAX_CHUNKS", "knowledge_max_chunks"))
+
     twilio_account_sid: str | None = Field(
         default=None, pattern=TWILIO_SID_PATTERN, validation_alias=_env("TWILIO_ACCOUNT_SID", "twilio_account_sid")
     )

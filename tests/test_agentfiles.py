@@ -93,7 +93,6 @@ def test_retell_exports_with_extra_fields_drop_in(tmp_path: Path) -> None:
     directory = write(tmp_path / "a", {"frontdesk.yaml": exported, "phone-numbers.yaml": NUMBERS})
     catalog = agent_files.load(settings_for(directory))
     assert catalog.unsupported[f"{directory / 'frontdesk.yaml'}: agent frontdesk"] == [
-        "retell_llm.knowledge_base_ids: stored, not used by Parley",
         "retell_llm.general_tools.0 (transfer): a transfer_call tool does not run in a chat: the model is not "
         "offered it",
     ]

@@ -179,7 +179,7 @@ async def test_an_agent_override_field_parley_does_not_act_on_is_named(
     make_parley: MakeParley, receiver: Receiver,
 ) -> None:
     receiver.answers = [(200, {"chat_inbound": {"agent_override": {
-        "retell_llm": {"model_temperature": 0.5, "knowledge_base_ids": ["kb_1"]}}}})]
+        "retell_llm": {"model_temperature": 0.5, "start_speaker": "user"}}}})]
     numbers = [{"phone_number": AGENT_NUMBER, "inbound_sms_webhook_url": receiver.url,
                 "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}]}]
     parley = await make_parley(numbers=numbers)
@@ -188,7 +188,7 @@ async def test_an_agent_override_field_parley_does_not_act_on_is_named(
     await parley.idle()
     assert parley.llm.requests[0]["temperature"] == 0.5   # applied
     chat = await parley.chat_of()
-    assert "agent_override.retell_llm.knowledge_base_ids: stored, not used by Parley" in chat["inbound_webhook_error"]
+    assert "agent_override.retell_llm.start_speaker: stored, not used by Parley" in chat["inbound_webhook_error"]
 
 
 OUTBOUND = {"phone_number": AGENT_NUMBER, "inbound_sms_agents": [{"agent_id": "frontdesk", "weight": 1}],

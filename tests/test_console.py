@@ -22,6 +22,7 @@ from service.storage import keys
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
 from .test_flows import BOOKING, BOOKS, started
+from .test_knowledge_turn import KB, answering
 from .test_sms import status_callback
 
 READ_KEY = "test-read-key"
@@ -322,3 +323,17 @@ def test_reply_latency_percentiles_come_from_the_buckets() -> None:
     parsed = Day.parse({field: str(n) for (_, field), n in counted.items()})
     assert day == "2027-01-15" and parsed.percentile(0.5) == 0.5 and parsed.percentile(0.95) == 13.0
     assert parsed.percentile(0.99) == 120.0 and Day().percentile(0.5) is None
+
+
+async def test_a_chat_shows_the_knowledge_each_turn_used(make_parley: MakeParley) -> None:
+    parley, kb_id = await answering(make_parley, {"knowledge_base_ids": [KB]})
+    await answered(parley, "How much is a cleaning?")
+    await answered(parley, "What is the capital of France?")
+    chat_id = (await parley.chat_of())["chat_id"]
+    await sign_in(parley)
+    page = await (await parley.client.get(f"/console/chats/{chat_id}")).text()
+    section = page[page.index('<h2 id="k-title">Knowledge used</h2>'):page.index('<h2 id="a-title">')]
+    newest, oldest = section.split("<details")[1:]
+    assert "“What is the capital of France?” · 0 chunks" in newest and "Nothing relevant was found." in newest
+    assert "“How much is a cleaning?” · 1 chunk<" in oldest
+    assert "<strong>Prices</strong>" in oldest and kb_id in oldest and "A routine cleaning costs $120." in oldest

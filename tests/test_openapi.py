@@ -37,7 +37,7 @@ STATEFUL_422 = ["create_chat", "create_sms_chat", "send_sms", "list_chats", "cle
                 "update_chat_agent", "create_retell_llm", "update_retell_llm", "import_phone_number",
                 "update_phone_number", "create_phone_number", "draft_a2p_campaign", "create_a2p_registration",
                 "create_conversation_flow", "update_conversation_flow", "create_conversation_flow_component",
-                "update_conversation_flow_component"]
+                "update_conversation_flow_component", "create_knowledge_base", "add_knowledge_base_sources"]
 POSITIVE = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 # The coverage phase (every boundary and negative variant of every schema, deterministically: some 3,000 requests)
 # takes about a minute and a half: PARLEY_TEST_FUZZ_COVERAGE=1 runs it too. By default the run is random

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Shaped as Retell's API returns them: voice settings, a code tool (it needs Retell's sandbox), PII scrubbing.
 EXPORTED_LLM = {
     "general_prompt": "Hi", "model_high_priority": True, "tool_call_strict_mode": True,
-    "knowledge_base_ids": ["kb_1"],
+    "knowledge_base_ids": ["kb_1"], "kb_config": {"top_k": 2},   # acted on: not reported
     "general_tools": [
         {"type": "end_call", "name": "end_chat", "description": "End.", "speak_during_execution": False},
         {"type": "code", "name": "compute", "code": "return 1", "response_variables": {"x": "x"}},
@@ -40,7 +40,6 @@ def test_every_field_not_acted_on_is_named() -> None:
     assert unsupported(llm) == [
         f"model_high_priority: {NOT_USED}",
         f"tool_call_strict_mode: {NOT_USED}",
-        f"knowledge_base_ids: {NOT_USED}",
         "model_config.primary.tier: 'fast' is a Retell capacity tier; Parley calls the configured LLM server the "
         "same way whatever the tier",
         f"general_tools.0 (end_chat).speak_during_execution: {NOT_USED}",
@@ -86,8 +85,7 @@ async def test_the_api_answers_say_what_is_not_acted_on(make_parley: MakeParley)
     updated = await api_json(parley, "PATCH", f"/update-retell-llm/{llm['llm_id']}", json={
         "general_tools": [], "model_config": None, "model_high_priority": None})
     # An unknown field set to null is still stored: Retell's null clears a value; the key stays reported.
-    assert updated["unsupported"] == [f"model_high_priority: {NOT_USED}", f"tool_call_strict_mode: {NOT_USED}",
-                                      f"knowledge_base_ids: {NOT_USED}"]
+    assert updated["unsupported"] == [f"model_high_priority: {NOT_USED}", f"tool_call_strict_mode: {NOT_USED}"]
     agent = await api_json(parley, "POST", "/create-chat-agent", status=201, json={
         "response_engine": {"type": "retell-llm", "llm_id": llm["llm_id"]}, "voice_id": "11labs-Adrian"})
     assert agent["unsupported"] == [f"voice_id: {NOT_USED}"]
@@ -104,7 +102,7 @@ async def test_startup_logs_one_warning_per_agent(make_parley: MakeParley, caplo
     found = [r for r in caplog.records if r.getMessage() == "agent holds fields Parley stores but does not act on"]
     assert len(found) == 1
     assert str(found[0].agent).endswith("frontdesk.yaml: agent frontdesk")   # type: ignore[attr-defined]
-    assert len(found[0].fields) == 7   # type: ignore[attr-defined]
+    assert len(found[0].fields) == 6   # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("honor", "header"), [
@@ -172,8 +170,7 @@ EXPORTED_FLOW: dict[str, Any] = {
         {"id": "js", "type": "code", "code": "return 1"},
     ],
 }
-FLOW_REPORT = [
-    "knowledge_base_ids: knowledge bases are not searched yet: the model answers without them",
+FLOW_REPORT = [   # knowledge_base_ids and kb_config are acted on (service.agent.retrieval): not named
     "tool_call_strict_mode: not passed to the model: Parley does not ask it for strict tool calls",
     "backup_model: Retell does not let chat agents use an engine with a backup_model; Parley does not use it "
     "(model_config.backup is the backup it uses)",
@@ -191,7 +188,7 @@ FLOW_REPORT = [
 
 def test_what_a_flow_keeps_without_acting_on_is_named_but_not_its_canvas() -> None:
     # Not named: the canvas (display_position, notes, begin_tag_display_position), settings left false or empty
-    # (flex_mode, is_transfer_cf, finetune_transition_examples), kb_config without knowledge bases of its own.
+    # (flex_mode, is_transfer_cf, finetune_transition_examples).
     assert unsupported(ConversationFlow.model_validate(EXPORTED_FLOW)) == FLOW_REPORT
     runs_whole = {**EXPORTED_FLOW, "knowledge_base_ids": [], "tool_call_strict_mode": False, "backup_model": None,
                   "tools": [], "nodes": [{**EXPORTED_FLOW["nodes"][0], "interruption_sensitivity": None,
@@ -203,6 +200,6 @@ async def test_the_flow_routes_answer_what_is_not_acted_on(retell: AsyncRetell) 
     created = await retell.conversation_flow.create(**EXPORTED_FLOW)   # the SDK sends its fields in its own order
     assert sorted((created.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT)
     updated = await retell.conversation_flow.update(created.conversation_flow_id, knowledge_base_ids=[])
-    assert sorted((updated.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT[1:])
+    assert sorted((updated.model_extra or {})["unsupported"]) == sorted(FLOW_REPORT)   # acted on either way
     component = await retell.conversation_flow_component.create(name="Wrap up", nodes=EXPORTED_FLOW["nodes"][3:])
-    assert (component.model_extra or {})["unsupported"] == [FLOW_REPORT[7].replace("nodes.3", "nodes.0")]
+    assert (component.model_extra or {})["unsupported"] == [FLOW_REPORT[6].replace("nodes.3", "nodes.0")]

@@ -15,13 +15,23 @@ import aiohttp
 from service.agent import tools
 from service.agent.flow_place import NONE_OF_THESE, NONE_TOOL, Place, Target, parent
 from service.agent.llm import LLM, Completion, ToolCall
-from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, to_openai, tool_messages, window
+from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
+from service.agent.retrieval import KnowledgeUse, Retriever
 from service.agent.swap import swap
 from service.agent.variables import render
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message
 from service.errors import NotFound
-from service.retell.flows import ComponentNode, FlowTool, Instruction, Node, SubagentNode, _Graph, model_of
+from service.retell.flows import (
+    ComponentNode,
+    ConversationNode,
+    FlowTool,
+    Instruction,
+    Node,
+    SubagentNode,
+    _Graph,
+    model_of,
+)
 from service.retell.models import AgentSwapTool, McpTool
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,7 @@ class Parts:
     catalog: Catalog
     signing_key: str | None
     respond: Respond
+    retriever: Retriever | None = None   # knowledge-base retrieval (service.agent.retrieval)
 
 
 class Looping(Exception):
@@ -72,6 +83,7 @@ class FlowModel:
         self.said: list[dict[str, Any]] = []   # this turn's texts and tool calls, as the model reads them
         self.entries: list[str] = []
         self._graphs: dict[str, _Graph] = {"": self.flow}
+        self._knowledge: dict[KnowledgeUse, str] = {}   # this turn's searches, by what was searched
 
     # -- where the chat is ---------------------------------------------------------------------------------------
 
@@ -124,6 +136,8 @@ class FlowModel:
                        allow_tools: bool = True, require: str | None = None) -> Completion:
         """One model call at ``node``: its own model (``model_config``/``model_choice``), else the flow's."""
         config = node.models
+        if messages and messages[0].get("role") == "system":   # a fresh list each call (``messages``)
+            messages[0] = {**messages[0], "content": messages[0]["content"] + await self.knowledge(node)}
         completion = await self.parts.llm.complete(
             model=model_of(config, node.model_choice) or self.flow.primary_model,
             backup=config.backup.model if config is not None and config.backup else self.flow.backup_model,
@@ -133,6 +147,24 @@ class FlowModel:
             require=require)
         self.chat.add_tokens(completion.model, completion.prompt_tokens, completion.completion_tokens)
         return completion
+
+    async def knowledge(self, node: Node) -> str:
+        """The knowledge section of the prompt at a conversation (or subagent) node, the nodes that talk: its own
+        ``knowledge_base_ids`` else the flow's, its ``kb_config`` else the flow's. Searched once per turn for each
+        set of knowledge bases and config; the chat records each search."""
+        if not isinstance(node, ConversationNode):
+            return ""
+        config = node.kb_config or self.flow.kb_config
+        use = KnowledgeUse.of(node.knowledge_base_ids or self.flow.knowledge_base_ids, config.top_k if config else None,
+                              config.filter_score if config else None)
+        if use is None or self.parts.retriever is None:
+            return ""
+        if use not in self._knowledge:
+            section, entry = await self.parts.retriever.context(use, self.history, ms(self.now))
+            self._knowledge[use] = section
+            if entry is not None:
+                self.chat.retrieved(entry)
+        return self._knowledge[use]
 
     async def judge(self, node: Node, targets: list[Target]) -> Target | None:
         """The transition the model picks among ``targets``, or None (``none_of_these``, or a text)."""

@@ -23,6 +23,7 @@ from service.agent import tools, variables
 from service.agent.flow import FlowTurn, Parts
 from service.agent.llm import LLM
 from service.agent.reply import MAX_TOOL_ROUNDS, Medium, Reply, chat_variables, ms, to_openai, tool_messages, window
+from service.agent.retrieval import KnowledgeUse, Retriever
 from service.agent.swap import swap
 from service.catalog.store import Agent, Catalog
 from service.chats.model import Chat, Message, Role
@@ -45,13 +46,35 @@ class Responder:
     """Runs the LLM tool loop for one turn."""
 
     def __init__(self, llm: LLM, http: aiohttp.ClientSession, media: Mapping[str, Medium], catalog: Catalog,
-                 *, signing_key: str | None = None) -> None:
+                 *, signing_key: str | None = None, retriever: Retriever | None = None) -> None:
         self._llm = llm
+        self._retriever = retriever   # knowledge-base retrieval (service.agent.retrieval); None: none
         self._http = http
         self._catalog = catalog   # the destinations of agent swaps
         self._signing_key = signing_key   # the webhook key: signs custom-tool requests as Retell does
         self._media = media   # by channel name; an API chat is written as for SMS, the channel it tests
-        self._flow_parts = Parts(llm, http, catalog, signing_key, self.respond)
+        self._flow_parts = Parts(llm, http, catalog, signing_key, self.respond, retriever)
+
+    async def _knowledge(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime,
+                         found: dict[str, str]) -> str:
+        """The prompt's knowledge section for this turn (its record kept on the chat), from the LLM's knowledge
+        bases; searched once per LLM in a turn (``found``: by LLM id), so a state move does not search again and a
+        swap searches the destination's."""
+        if llm.llm_id in found:
+            return found[llm.llm_id]
+        found[llm.llm_id] = await self._search(llm, chat, history, now)
+        return found[llm.llm_id]
+
+    async def _search(self, llm: RetellLLM, chat: Chat, history: list[Message], now: datetime) -> str:
+        config = llm.kb_config
+        use = KnowledgeUse.of(llm.knowledge_base_ids, config.top_k if config else None,
+                              config.filter_score if config else None)
+        if self._retriever is None or use is None:
+            return ""
+        section, entry = await self._retriever.context(use, history, ms(now))
+        if entry is not None:
+            chat.retrieved(entry)
+        return section
 
     async def respond(
         self, agent: Agent, chat: Chat, history: list[Message], *, now: datetime | None = None,
@@ -79,7 +102,9 @@ class Responder:
         """A Retell LLM's turn: the model and its tools, up to ``MAX_TOOL_ROUNDS`` rounds."""
         state = _state(llm, chat)
         values = chat_variables(agent, chat, now)
-        prompt = system_prompt(agent, llm, values, now, medium, state)
+        searched: dict[str, str] = {}
+        prompt = system_prompt(agent, llm, values, now, medium, state) + await self._knowledge(
+            llm, chat, history, now, searched)
         messages: list[dict[str, Any]] = [{"role": "system", "content": prompt}]
         messages += to_openai(window(history), images=agent.config.model_accepts_images)
         reply = Reply(text="")
@@ -132,9 +157,11 @@ class Responder:
                 return _joined(reply, await self.respond(agent, chat, history, now=now, sms=sms), agent)
             if moved or swapped:   # the rest of the turn runs in the new state (or agent): its prompt and tools
                 llm = agent.llm or llm
+                knowledge = await self._knowledge(llm, chat, history, now, searched)
                 state = llm.state(chat.current_state)
                 values = chat_variables(agent, chat, now)
-                messages[0] = {"role": "system", "content": system_prompt(agent, llm, values, now, medium, state)}
+                messages[0] = {"role": "system",
+                               "content": system_prompt(agent, llm, values, now, medium, state) + knowledge}
                 available = tools.offered(llm, state)
                 definitions = tools.definitions(available)
             if reply.end_chat and completion.content.strip():

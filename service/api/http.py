@@ -34,6 +34,7 @@ from service.errors import (
     RequestTimeout,
     SendError,
     StoreUnavailable,
+    TooLarge,
     TwilioRefused,
 )
 from service.retell.requests import PageQuery
@@ -57,7 +58,8 @@ SELF_BOUNDED_PREFIXES = ("/twilio/",)
 
 _STATUS: dict[type[ParleyError], int] = {
     MalformedRequest: 400, NotFound: 404, RequestTimeout: 408, Conflict: 409, InUse: 400, InvalidRequest: 422,
-    LimitReached: 429, SendError: 502, McpUnavailable: 502, OutboundRefused: 422, StoreUnavailable: 503,
+    LimitReached: 429, TooLarge: 413, SendError: 502, McpUnavailable: 502, OutboundRefused: 422,
+    StoreUnavailable: 503,
 }
 
 

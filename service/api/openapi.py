@@ -56,6 +56,9 @@ class Route:
     # A Twilio webhook's form (application/x-www-form-urlencoded, signed with X-Twilio-Signature), documented from
     # this model; the handler reads it with ``twilio.form.read_form``.
     form: type[BaseModel] | None = None
+    # A multipart/form-data body (file uploads: the knowledge-base routes), documented from this model; the handler
+    # reads it itself (``api.knowledge``). A JSON body of the same fields is documented too.
+    multipart: type[BaseModel] | None = None
 
 
 # What each error status means, wherever it is answered.
@@ -75,13 +78,27 @@ SIGNATURE = {"name": "X-Twilio-Signature", "in": "header", "required": True, "sc
 def _implied(route: Route) -> set[int]:
     """The error statuses a route answers because of its shape: its body, its query, its path, its bearer key."""
     implied = set() if route.public else {503}
-    if route.body is not None or route.form is not None:
-        implied |= {400, 408, 413, 422} if route.body is not None else {400, 408, 413}
+    if route.body is not None or route.form is not None or route.multipart is not None:
+        implied |= {400, 408, 413} if route.form is not None else {400, 408, 413, 422}
     if route.query is not None:
         implied.add(422)
     if "{" in route.path:
         implied.add(404)
     return implied
+
+
+def _request_body(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any] | None:
+    if route.body is not None:   # an empty body is {}: required only when {} is not a valid body
+        return {"required": bool(route.body.model_json_schema().get("required")),
+                "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
+    if route.form is not None:
+        return {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": refs[(route.form, "validation")]}}}
+    if route.multipart is not None:
+        schema = refs[(route.multipart, "validation")]
+        return {"required": True, "content": {"multipart/form-data": {"schema": schema},
+                                              "application/json": {"schema": schema}}}
+    return None
 
 
 def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
@@ -95,13 +112,10 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                            "schema": properties[name]})
     if params:
         op["parameters"] = params
-    if route.body is not None:   # an empty body is {}: required only when {} is not a valid body
-        op["requestBody"] = {"required": bool(route.body.model_json_schema().get("required")),
-                             "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
+    if (body := _request_body(route, refs)) is not None:
+        op["requestBody"] = body
     if route.form is not None:
         op["parameters"] = [*op.get("parameters", []), SIGNATURE]
-        op["requestBody"] = {"required": True, "content": {"application/x-www-form-urlencoded": {
-            "schema": refs[(route.form, "validation")]}}}
     if route.response is None:
         ok: dict[str, Any] = {"description": "Done (no content)" if route.status == 204 else "OK"}
     else:
@@ -119,8 +133,9 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         roles = " or ".join(roles_for(route.scope))
         op["responses"]["403"] = {"description": f"The key's role may not call this route (it needs {roles})",
                                   **error}
-    if route.body is not None:
-        op["responses"]["400"] = {"description": "The body is not JSON", **error}
+    if route.body is not None or route.multipart is not None:
+        op["responses"]["400"] = {"description": "The body is not JSON" if route.multipart is None
+                                  else "The body is neither multipart/form-data nor JSON", **error}
         op["responses"]["422"] = {"description": "The body failed validation", **error}
     if "{" in route.path:
         op["responses"]["404"] = {"description": "No such object", **error}
@@ -133,7 +148,8 @@ def document(routes: list[Route]) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``routes``."""
     wanted: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
     for route in routes:
-        for model, mode in ((route.body, "validation"), (route.form, "validation"), (route.response, "serialization")):
+        for model, mode in ((route.body, "validation"), (route.form, "validation"), (route.multipart, "validation"),
+                            (route.response, "serialization")):
             if model is not None and (model, mode) not in wanted:
                 wanted.append((model, mode))
     refs, top = models_json_schema(wanted, ref_template=REF)

@@ -1,15 +1,15 @@
 """Every route Parley serves, in one list: the API's route modules, the channels' webhooks, operations.
 
 A new route goes in its module's ``ROUTES`` (one module per thing served: ``chats``, ``sms``, ``agents``,
-``flows``, ``numbers``); a provider's webhooks are registered here, by their handlers. ``create_app`` serves the
-list and ``GET /openapi.json`` documents it.
+``flows``, ``numbers``, ``knowledge``); a provider's webhooks are registered here, by their handlers.
+``create_app`` serves the list and ``GET /openapi.json`` documents it.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import a2p, agents, chats, flows, health, numbers, sms, versions
+from service.api import a2p, agents, chats, flows, health, knowledge, numbers, sms, versions
 from service.api.http import json_response
 from service.api.openapi import Route, document
 from service.channels.twilio.form import InboundForm, StatusForm
@@ -29,8 +29,9 @@ def routes(*, web_routes: bool = True) -> list[Route]:
     if not web_routes:
         return health.ROUTES
     own = [Route("GET", "/openapi.json", openapi_json, "This document", public=True, tag="operations")]
-    return (chats.ROUTES + sms.ROUTES + agents.ROUTES + versions.ROUTES + flows.ROUTES + numbers.ROUTES + a2p.ROUTES
-            + TWILIO + own + health.ROUTES)
+    api = (chats.ROUTES + sms.ROUTES + agents.ROUTES + versions.ROUTES + flows.ROUTES + numbers.ROUTES + a2p.ROUTES
+           + knowledge.ROUTES)
+    return api + TWILIO + own + health.ROUTES
 
 
 async def openapi_json(request: web.Request) -> web.Response:

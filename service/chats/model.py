@@ -57,6 +57,9 @@ class EndReason(StrEnum):
     SEND_FAILED = "sms_send_failed"
 
 
+# Turns of knowledge-base retrieval a chat keeps (Chat.knowledge_retrieved): a few kB of the chat's hash.
+KNOWLEDGE_RETRIEVED_CAP = 20
+
 # What earlier releases stored, read as today's values.
 _LEGACY_REASONS = {"user_opted_out": EndReason.USER_OPTED_OUT.value, "api_ended": EndReason.API.value}
 
@@ -173,6 +176,8 @@ class Chat:
     agent_override: dict[str, Any] | None = None   # the chat_inbound webhook's agent_override, for this chat
     custom_attributes: dict[str, Any] = field(default_factory=dict)   # set by update-chat, answered and listed by
     data_storage_setting: str | None = None  # set by update-chat; listed by, not applied (Parley keeps everything)
+    # Each turn's knowledge-base retrieval (service.agent.retrieval), the last KNOWLEDGE_RETRIEVED_CAP turns
+    knowledge_retrieved: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def user_number(self) -> str | None:
@@ -184,6 +189,10 @@ class Chat:
     def agent_number(self) -> str | None:
         conv = self.conversation
         return address(conv.channel, conv.agent_number) if conv is not None else None
+
+    def retrieved(self, entry: dict[str, Any]) -> None:
+        """Record a turn's knowledge-base retrieval (the oldest dropped past ``KNOWLEDGE_RETRIEVED_CAP``)."""
+        self.knowledge_retrieved = [*self.knowledge_retrieved, entry][-KNOWLEDGE_RETRIEVED_CAP:]
 
     def add_tokens(self, model: str, prompt: int, completion: int) -> None:
         """Count an LLM call's tokens against the chat (its cost)."""
@@ -217,7 +226,7 @@ class Chat:
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for name, value in asdict(self).items():
-            if value is None or (name == "swaps" and not value):
+            if value is None or (name in ("swaps", "knowledge_retrieved") and not value):
                 continue
             out[name] = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
         return out
@@ -259,6 +268,7 @@ class Chat:
             custom_attributes=orjson.loads(data.get("custom_attributes", "{}")),
             data_storage_setting=data.get("data_storage_setting"),
             swaps=[Swap.from_dict(s) for s in orjson.loads(data.get("swaps", "[]"))],
+            knowledge_retrieved=orjson.loads(data.get("knowledge_retrieved", "[]")),
         )
 
     def turn_fields(self) -> dict[str, str]:
@@ -277,6 +287,8 @@ class Chat:
             out["sms_segments"] = str(self.sms_segments)
         if self.cost is not None:
             out["cost"] = orjson.dumps(self.cost).decode()
+        if self.knowledge_retrieved:
+            out["knowledge_retrieved"] = orjson.dumps(self.knowledge_retrieved).decode()
         if self.swaps:   # the agent the chat goes on with; a state of the agent it left is cleared
             out |= {"agent_id": self.agent_id, "version": str(self.version),
                     "swaps": orjson.dumps([asdict(s) for s in self.swaps]).decode(),
@@ -316,6 +328,7 @@ class Chat:
             inbound_webhook_error=self.inbound_webhook_error,
             agent_paused=self.agent_paused if self.chat_type is ChatType.SMS else None,
             channel=cast(ChannelName, self.channel) if self.chat_type is ChatType.SMS else None,
+            knowledge_base_retrieved_contents=self.knowledge_retrieved or None,
         )
 
 

@@ -21,6 +21,7 @@ from service.channels.twilio.registration import DraftRequest, RegistrationReque
 from service.cli import numbers, serving, terminal_chat
 from service.console import users
 from service.errors import ConfigError
+from service.knowledge import folders
 from service.settings import Settings
 from service.validation import describe
 
@@ -69,15 +70,20 @@ def check(args: argparse.Namespace) -> None:
     settings = _settings()
     try:
         catalog = agent_files.load(settings)
+        knowledge = folders.load(settings)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
     for warning in catalog.warnings:
         print(f"warning: {warning}")
+    for agent_id, kb_id in folders.unknown(knowledge, catalog.agents):
+        print(f"warning: {catalog.declared_in('agent', agent_id)}: knowledge base {kb_id!r} is declared by no folder "
+              f"in {settings.agents_dir / folders.FOLDER}: it is searched only if the API created it")
     for agent, fields in catalog.unsupported.items():
         print(f"unsupported: {agent}: " + "".join(f"\n  {line}" for line in fields))
     if args.strict and catalog.unsupported:
         raise SystemExit(f"--strict: {len(catalog.unsupported)} agent(s) hold fields Parley does not act on")
-    print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s) in {settings.agents_dir}")
+    print(f"ok: {len(catalog.agents)} agent(s), {len(catalog.numbers)} number(s), {len(knowledge.bases)} knowledge "
+          f"base folder(s) in {settings.agents_dir}")
 
 
 def chat(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from service.agent.analysis import Analyzer
 from service.agent.llm import LLM
 from service.agent.responder import Responder
+from service.agent.retrieval import Retriever
 from service.catalog.store import Catalog
 from service.chats.delivery import Delivery
 from service.chats.lifecycle import Lifecycle
@@ -23,6 +24,11 @@ from service.conversations.channel import Channel, Gateway
 from service.conversations.outgoing import Outgoing
 from service.conversations.queue import ConversationQueue
 from service.conversations.sender import Sender
+from service.knowledge.bases import KnowledgeBases
+from service.knowledge.embeddings import Embedder
+from service.knowledge.ingestion import Ingestion
+from service.knowledge.search import Searcher
+from service.knowledge.store import KnowledgeStore
 from service.metrics import Metrics
 from service.outbound import OutboundPolicy
 from service.settings import Settings
@@ -53,11 +59,15 @@ class Runtime:
     sender: Sender
     outgoing: Outgoing         # messages waiting for Twilio (conversations.outgoing)
     responder: Responder
+    knowledge: KnowledgeBases      # the knowledge bases the API manages
+    ingestion: Ingestion           # their background work (a loop of create_app's)
+    searcher: Searcher             # retrieval for the turn, with this process's cached indexes
 
     @classmethod
     def build(
         cls, settings: Settings, redis: aioredis.Redis, *, gateway: Gateway, channels: Mapping[str, Channel], llm: LLM,
         http: aiohttp.ClientSession, outbound: OutboundPolicy, metrics: Metrics, signing_key: str,
+        embedder: Embedder,
     ) -> Runtime:
         optouts = OptOuts(redis, metrics)
         catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
@@ -65,6 +75,8 @@ class Runtime:
         queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog, metrics.tally)
+        kb_store = KnowledgeStore(redis)
+        searcher = Searcher(kb_store, embedder, metrics)
         return cls(
             settings=settings,
             redis=redis,
@@ -86,5 +98,9 @@ class Runtime:
             sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
                           Pacing(redis)),
             outgoing=outgoing,
-            responder=Responder(llm, http, channels, catalog, signing_key=signing_key),
+            responder=Responder(llm, http, channels, catalog, signing_key=signing_key,
+                                retriever=Retriever(searcher, settings.knowledge_prompt_max_chars)),
+            knowledge=KnowledgeBases(kb_store, outbound),
+            ingestion=Ingestion(settings, kb_store, embedder, http, metrics),
+            searcher=searcher,
         )

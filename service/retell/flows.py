@@ -25,6 +25,7 @@ from service.retell.models import (
     ChatAgent,
     CustomTool,
     ExtractedVariable,
+    KBConfig,
     McpServer,
     ModelConfig,
     ResponseVariables,
@@ -162,11 +163,6 @@ class ModelChoice(_Model):
 
     type: Literal["cascading"] = "cascading"
     model: str = Field(min_length=1, max_length=200)
-
-
-class KBConfig(_Model):
-    top_k: int | None = Field(default=None, ge=1)
-    filter_score: float | None = None
 
 
 NODE_ID_PATTERN = r"^[^/\s][^/]{0,199}$"   # "/" joins a component node's id and its inner node's in a chat's place

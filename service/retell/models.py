@@ -368,6 +368,14 @@ class ModelConfig(_Model):
         return "cascading" if value is None else value
 
 
+class KBConfig(_Model):
+    """Retell's ``kb_config``: how many knowledge-base chunks a turn retrieves, and the least relevance they need
+    (``service.knowledge.search``); what is left out takes Retell's defaults, 3 and 0.6."""
+
+    top_k: int | None = Field(default=None, ge=1, le=10)
+    filter_score: float | None = Field(default=None, ge=0, le=1)
+
+
 class RetellLLM(_Model):
     """The response engine: prompt, first message, model, tools. Versioned with its agents: an update edits a
     draft version in place; publishing an agent version publishes the LLM version it names (``catalog.store``).
@@ -394,6 +402,9 @@ class RetellLLM(_Model):
     starting_state: str | None = None
     default_dynamic_variables: dict[str, str] = Field(default_factory=dict)
     mcps: list[McpServer] = Field(default_factory=list)
+    # Searched every turn; the chunks found go into the prompt (service.agent.retrieval).
+    knowledge_base_ids: list[Annotated[str, Field(pattern=OBJECT_ID_PATTERN)]] | None = None
+    kb_config: KBConfig | None = None
 
     @property
     def primary_model(self) -> str:
@@ -748,6 +759,9 @@ class ChatResponse(BaseModel):
     agent_paused: bool | None = None
     # Parley's: the channel of an sms_chat ("sms" or "whatsapp"; "dev": a test chat from the console's dev phone)
     channel: ChannelName | Literal["dev"] | None = None
+    # Parley's (Retell's calls have knowledge_base_retrieved_contents_url): each turn's knowledge-base retrieval,
+    # oldest first: the question, and the chunks put in the prompt (knowledge base, chunk id, title, score, excerpt).
+    knowledge_base_retrieved_contents: list[dict[str, Any]] | None = None
 
 
 class ErrorBody(BaseModel):

@@ -26,7 +26,6 @@ from service.retell.flows import (
     AppTool,
     BranchNode,
     ComponentNode,
-    ConversationFlow,
     ConversationNode,
     EndNode,
     ExtractNode,
@@ -56,7 +55,6 @@ FLOW_EXTRAS = {
     **dict.fromkeys(("finetune_conversation_examples", "finetune_transition_examples"),
                     "fine-tuning examples are not given to the model"),
 }
-NO_KNOWLEDGE_BASES = "knowledge bases are not searched yet: the model answers without them"
 
 
 def unsupported(model: BaseModel) -> list[str]:
@@ -121,9 +119,6 @@ def _not_acted_on(model: BaseModel) -> list[tuple[str, str]]:
 def _flow_parts(model: BaseModel) -> list[tuple[str, str]]:
     """What a flow or one of its nodes sets that Parley does not act on."""
     why = []
-    # kb_config alone is not named: without knowledge bases it tunes nothing, in Retell too.
-    if isinstance(model, ConversationFlow | ConversationNode) and model.knowledge_base_ids:
-        why.append(("knowledge_base_ids", NO_KNOWLEDGE_BASES))
     if isinstance(model, FunctionNode) and model.tool_type == "shared":
         why.append(("tool_type", f"shared tools are kept in Retell's tool store, which Parley does not have: the "
                                  f"node cannot call {model.tool_id!r}"))

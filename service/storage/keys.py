@@ -9,7 +9,9 @@ SHARDS``, and a conversation's chat id is drawn so that it lands in its conversa
 (``new_chat_id``).
 Each partition has its own wake-up stream, timer set, outbox queue, analysis queue, chat index and
 opt-out list; workers and schedulers go through all of them. Agents, LLMs and numbers share the tag
-``{catalog}``. ``SHARDS`` is fixed: changing it would strand the data already written.
+``{catalog}``; a knowledge base's keys share ``{kb:<id>}`` (its multi-key writes are one MULTI in one slot), and
+the list of knowledge bases and their work queue share ``{knowledge}``. ``SHARDS`` is fixed: changing it would
+strand the data already written.
 
 ==============================================  ======  =======================================================
 key (``{S}``: the partition)                    type    bound
@@ -114,6 +116,24 @@ key (``{S}``: the partition)                    type    bound
 {catalog}:a2ps                                  SET     ids of the A2P 10DLC registrations; pending ones are
                                                         polled (one member per registration, no TTL: a record)
 {catalog}:lock                                  STRING  a catalog change in progress (its token), PX 10 s
+{kb:K}:kb                                       HASH    knowledge base K: ``record`` (its JSON: name, chunk sizes,
+                                                        auto refresh, times), ``version`` (bumped by every change of
+                                                        its chunks: the searchers' caches compare it), ``model``
+                                                        (the embedding model its vectors are from); one per KB
+{kb:K}:sources                                  HASH    source id -> the source's JSON (type, title/filename/url,
+                                                        state, error, chunk count); one field per source
+{kb:K}:raw:<source id>                          STRING  an uploaded file or text not ingested yet; deleted once
+                                                        ingested, bounded by the upload cap (knowledge_max_upload_bytes)
+{kb:K}:chunks                                   HASH    "<source id>:<n>" -> the chunk's JSON (title, text, term
+                                                        counts); one field per chunk, removed with its source
+{kb:K}:vectors                                  HASH    "<source id>:<n>" -> its embedding, float32, normalised;
+                                                        one field per chunk
+{kb:K}:vectors:next                             HASH    a re-embedding in progress (a new model): renamed over
+                                                        {kb:K}:vectors when complete
+{knowledge}:kbs                                 SET     ids of the knowledge bases
+{knowledge}:due                                 ZSET    knowledge base id -> when it next needs ingestion work (ms):
+                                                        pending sources, a re-embedding, a daily URL refresh; leased
+                                                        while a process works on it (storage.dueset)
 segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
                                                         TTL 2 days
 idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
@@ -386,3 +406,36 @@ LIVE = PREFIX + "console:live"   # pub/sub channel: the chat id of every committ
 def stats(day: str) -> str:
     """``day``: a UTC date, ``YYYY-MM-DD``."""
     return f"{PREFIX}stats:{day}"
+
+
+KNOWLEDGE = PREFIX + "{knowledge}:"
+KNOWLEDGE_BASES = KNOWLEDGE + "kbs"
+KNOWLEDGE_DUE = KNOWLEDGE + "due"
+
+
+def _kb(kb_id: str) -> str:
+    return f"{PREFIX}{{kb:{kb_id}}}:"
+
+
+def kb(kb_id: str) -> str:
+    return _kb(kb_id) + "kb"
+
+
+def kb_sources(kb_id: str) -> str:
+    return _kb(kb_id) + "sources"
+
+
+def kb_raw(kb_id: str, source_id: str) -> str:
+    return _kb(kb_id) + "raw:" + source_id
+
+
+def kb_chunks(kb_id: str) -> str:
+    return _kb(kb_id) + "chunks"
+
+
+def kb_vectors(kb_id: str) -> str:
+    return _kb(kb_id) + "vectors"
+
+
+def kb_vectors_next(kb_id: str) -> str:
+    return _kb(kb_id) + "vectors:next"

@@ -1,16 +1,27 @@
-"""A local OpenAI-compatible server: ``POST /v1/chat/completions``, with tool calls, as the real one answers.
+"""A local OpenAI-compatible server: ``POST /v1/chat/completions``, with tool calls, as the real one answers, and
+``POST /v1/embeddings``.
 
 Its answer comes from ``respond(body)`` (conversation turns) or ``analyze(body)`` (post-chat analyses, asked
 with a ``json_schema`` response format), functions a test may set; by default the first echoes the last
 user message and the second fills the schema with plausible values. Either may return a ``Completion``
 (text and/or tool calls), or an ``HttpError`` to make the endpoint fail the way OpenAI fails. Every request
 body is recorded: conversation turns in ``requests``, post-chat analyses in ``analyses``.
+
+Embeddings are deterministic but meaningful: a text's vector is its bag of *concepts*, hashed into
+``dimensions`` (256 unless the request asks) and normalised. A concept is a word, lowercased, stopwords left out,
+a plural's ``s`` cut, or the name of the small synonym group it belongs to (``SYNONYMS``: "open", "hours" and
+"closed" are one concept), so a paraphrase lands near the text it paraphrases and an unrelated question lands
+nowhere near. The hash is seeded with the model's name: two models' vectors are unrelated, as real models' are.
+Texts embedded are recorded in ``embedded``; ``embed_error`` makes the endpoint fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +96,45 @@ def echo(body: dict[str, Any]) -> Completion:
     return Completion(content=f"You said: {last_user_text(body)}")
 
 
+SYNONYMS = {
+    "hours": "open opening hour close closed closing schedule time when",
+    "price": "price cost fee charge much pay expensive cheap afford dollar",
+    "insurance": "insurance insurer coverage cover covered plan network accept accepted take ppo hmo",
+    "appointment": "appointment book booking visit reschedule slot available availability",
+    "cleaning": "cleaning clean hygiene checkup exam polish",
+    "weekend": "saturday sunday weekend",
+    "location": "where address located location parking park street",
+    "whitening": "whitening whiten white bleach bleaching",
+}
+CONCEPT = {word: concept for concept, words in SYNONYMS.items() for word in words.split()}
+FAKE_STOPWORDS = frozenset(" ".join((
+    "a an the and or of to in on at for is are was be do does did you your we our us i me my it its this that",
+    "what how can could would will with from by as if any there have has about please hi hello",
+)).split())
+
+
+def concepts(text: str) -> list[str]:
+    out = []
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if word in FAKE_STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        out.append(CONCEPT.get(word, word))
+    return out
+
+
+def fake_embedding(text: str, model: str, dimensions: int) -> list[float]:
+    """``text``'s hashed bag of concepts, normalised (see the module's docstring)."""
+    vector = [0.0] * dimensions
+    for concept in concepts(text):
+        digest = hashlib.blake2b(f"{model}|{concept}".encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % dimensions
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
 @dataclass
 class FakeOpenAI:
     respond: Responder = echo
@@ -97,11 +147,33 @@ class FakeOpenAI:
     url: str = ""
     called: asyncio.Event = field(default_factory=asyncio.Event)
     analysed: asyncio.Event = field(default_factory=asyncio.Event)
+    embedded: list[str] = field(default_factory=list)
+    embed_error: HttpError | None = None
+    embed_delay_s: float = 0.0
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/v1/embeddings", self._embed)
         return app
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer sk-test":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        body = await request.json()
+        if self.embed_delay_s:
+            await asyncio.sleep(self.embed_delay_s)
+        if self.embed_error is not None:
+            return web.json_response({"error": {"message": self.embed_error.message, "type": "server_error"}},
+                                     status=self.embed_error.status)
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        self.embedded += texts
+        dimensions = int(body.get("dimensions") or 256)
+        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t, body["model"], dimensions)}
+                for i, t in enumerate(texts)]
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": sum(len(t.split()) for t in texts),
+                                            "total_tokens": sum(len(t.split()) for t in texts)}})
 
     async def _complete(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Bearer sk-test":
