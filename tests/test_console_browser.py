@@ -196,3 +196,22 @@ async def test_refusals(console: Console) -> None:
     await page.get_by_role("button", name="Sign out").click()
     await page.goto(console.url("/console/overview"))
     await expect(page.get_by_label("API key, or your password")).to_be_visible()
+
+
+async def test_without_javascript_the_pages_still_work(make_parley: MakeParley, browser: Browser) -> None:
+    parley = await make_parley()
+    await answered(parley, "Hello")
+    context = await browser.new_context(java_script_enabled=False)
+    tab = Console(parley, await context.new_page())
+    try:
+        await tab.sign_in()
+        await tab.page.locator("#rows a").first.click()
+        await tab.page.get_by_role("button", name="Pause the agent").click()   # a plain form: POST, 303, reload
+        await expect(tab.page.get_by_role("button", name="Resume the agent")).to_be_visible()
+        await tab.page.get_by_label("Send as a human").fill("A person here.")
+        await tab.page.get_by_role("button", name="Send", exact=True).click()
+        await expect(tab.page.locator("ol.transcript li.human")).to_contain_text("A person here.")
+        assert parley.twilio.messages[-1].body == "A person here."
+    finally:
+        await context.close()
+    assert tab.violations == []
