@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 
 SMS = "sms"   # the channel a conversation is on unless it says otherwise (and the only one before channels)
+DEV = "dev"   # the console's dev phone (``service.channels.dev``): test chats, kept out of metrics and caps
 SHARDS = 16   # Parley's data is split into this many partitions (``storage.keys``); fixed once data exists
 
 

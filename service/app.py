@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from service.agent.llm import LLM
 from service.api.auth import key_roles
@@ -37,9 +38,11 @@ from service.app_state import (
 from service.catalog import agent_files
 from service.catalog.store import Catalog
 from service.channels import CHANNELS
+from service.channels.dev import DevGateway
 from service.channels.twilio.gateway import TwilioGateway
 from service.channels.twilio.numbers import NUMBERS, TwilioNumbers
 from service.channels.twilio.registration import REGISTRATIONS, Registrations
+from service.console import routes as console
 from service.conversations.inactivity import Inactivity
 from service.conversations.resend import Resender
 from service.conversations.runtime import Runtime
@@ -90,6 +93,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(_tally_ctx)
     app.cleanup_ctx.append(_clients_ctx)
     if workers:
         app.cleanup_ctx.append(_workers_ctx)
@@ -99,7 +103,26 @@ def create_app(
     for route in served:
         app.router.add_route(route.method, route.path, route.handler)
     app[ROUTE_SCOPES] = {(route.method, route.path): route.scope for route in served if not route.public}
+    if web_routes:
+        console.setup(app)   # /console: the operator console (service/console), with its own sign-in
     return app
+
+
+async def _tally_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Add the console overview's counters to Redis every few seconds, and once more when stopping."""
+    tally, redis = app[METRICS].tally, app[REDIS]
+
+    async def flush() -> int:
+        await tally.flush(redis)
+        return 0
+
+    task = asyncio.create_task(every(tally.FLUSH_S, flush, "overview counters"), name="parley-tally")
+    yield
+    await stop_task(task)
+    try:
+        await tally.flush(redis)
+    except RedisError as exc:
+        log.warning("the overview's last counts were not saved", extra={"error": str(exc)})
 
 
 async def _print_api_key(app: web.Application) -> None:
@@ -111,7 +134,8 @@ async def _print_api_key(app: web.Application) -> None:
 async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    gateway = TwilioGateway(settings, metrics)  # needs the running loop
+    twilio = TwilioGateway(settings, metrics)  # needs the running loop
+    gateway = DevGateway(twilio)   # the console's dev phone texts go nowhere (service/channels/dev.py)
     llm = LLM(settings, metrics)
     embedder = Embedder(settings, metrics)
     # Every request made on a user's behalf (tools, events, chat_inbound) goes through the outbound policy.
@@ -121,7 +145,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             app[RUNTIME] = Runtime.build(settings, app[REDIS], gateway=gateway, channels=CHANNELS, llm=llm,
                                          http=http, outbound=outbound, metrics=metrics,
                                          signing_key=app[SIGNING_KEY], embedder=embedder)
-            app[NUMBERS] = TwilioNumbers(gateway, app[RUNTIME])
+            app[NUMBERS] = TwilioNumbers(twilio, app[RUNTIME])   # Twilio's own API (numbers, A2P)
             app[REGISTRATIONS] = Registrations(app[NUMBERS], app[RUNTIME])
             # Knowledge-base folders are published once the Runtime can schedule their ingestion.
             await folders.publish(app[RUNTIME].knowledge, app[KNOWLEDGE_FILES])
@@ -129,7 +153,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await embedder.close()
         await llm.close()
-        await gateway.close()
+        await twilio.close()
 
 
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:

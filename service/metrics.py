@@ -57,6 +57,7 @@ class Metrics:
                                          ["outcome"], registry=r)
         self.embedding_calls = Counter("parley_embedding_calls_total", "Embeddings requests", ["outcome"], registry=r)
         self.active_chats = Gauge("parley_active_sms_chats", "Ongoing SMS chats (with a silence timer)", registry=r)
+        self.tally = Tally()   # the console overview's counters, kept in Redis
 
     async def scrape(self, redis: aioredis.Redis) -> bytes:
         """The text exposition, with the Redis-side gauges read if they are older than the cache window."""
@@ -100,6 +101,56 @@ class Metrics:
         self.queue_lag.set(lag)
         self.active_chats.set(active)
         self._gauges_read_at = time.monotonic()
+
+
+# Reply latency buckets (ms) of the console overview: a reply counts in the first bucket at or above it.
+LATENCY_BUCKETS_MS = (250, 500, 1_000, 2_000, 3_000, 5_000, 8_000, 13_000, 20_000, 30_000, 60_000, 120_000)
+
+
+class Tally:
+    """The console overview's counters (``service/console/overview.py``), by UTC hour: counted in this process
+    where things happen (a turn's commit, the LLM client) and added to Redis by ``flush``, every
+    ``FLUSH_S`` and when the process stops, one pipeline of HINCRBYs for everything since the last. So a text
+    costs no Redis command of its own; a crash loses at most ``FLUSH_S`` of counts, an overview's not a bill's.
+    Names: ``in:<number>``, ``out:<number>``, ``seg:<number>``, ``cost:<number>`` (millicents), ``lat:<ms>`` (a
+    bucket of ``LATENCY_BUCKETS_MS``), ``optouts``, ``llm_errors``, ``twilio_errors``."""
+
+    FLUSH_S = 5.0
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}   # (day, "<hour>:<name>") -> count since the last flush
+
+    def add(self, name: str, amount: int = 1, *, at_ms: int | None = None) -> None:
+        if amount <= 0:
+            return
+        when = time.gmtime((at_ms / 1000) if at_ms is not None else time.time())
+        key = (time.strftime("%Y-%m-%d", when), f"{when.tm_hour:02d}:{name}")
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def latency(self, ms: int, *, at_ms: int | None = None) -> None:
+        bucket = next((b for b in LATENCY_BUCKETS_MS if ms <= b), LATENCY_BUCKETS_MS[-1])
+        self.add(f"lat:{bucket}", at_ms=at_ms)
+
+    def pending(self) -> dict[tuple[str, str], int]:
+        """What was counted since the last flush: (day, field) -> count."""
+        return dict(self._counts)
+
+    async def flush(self, redis: aioredis.Redis) -> None:
+        """Add what was counted since the last flush to Redis (kept on failure, for the next one)."""
+        counts, self._counts = self._counts, {}
+        if not counts:
+            return
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for (day, field), amount in counts.items():
+                    pipe.hincrby(keys.stats(day), field, amount)
+                for day in {day for day, _ in counts}:
+                    pipe.expire(keys.stats(day), keys.STATS_TTL_S, nx=True)
+                await pipe.execute()
+        except RedisError:
+            for key, amount in counts.items():
+                self._counts[key] = self._counts.get(key, 0) + amount
+            raise
 
 
 def _ms(entry_id: object) -> int:

@@ -36,6 +36,27 @@ class ScopedKey(BaseModel):
     role: Role
 
 
+PASSWORD_HASH_RE = re.compile(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
+
+
+class ConsoleUser(BaseModel):
+    """A named operator of the console: a role (as an API key's) and an scrypt hash of the password, as
+    ``parley console-user NAME`` prints it (``service/console/users.py``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["admin", "write", "read"]
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _hashed(cls, value: SecretStr) -> SecretStr:
+        if not PASSWORD_HASH_RE.fullmatch(value.get_secret_value()):
+            raise ValueError("expected a password hash, scrypt$N$r$p$salt$hash, as `parley console-user NAME` prints "
+                             "it (never the password itself)")
+        return value
+
+
 class _Pairs(list[tuple[str, Any]]):
     """A JSON object's members in order, duplicates kept (so a key given twice is an error, not the last one)."""
 
@@ -136,6 +157,16 @@ class Settings(BaseSettings):
     # How long the Redis-side gauges of /metrics (queue depth, lag and age, active chats) are reused.
     metrics_cache_ms: int = Field(
         default=5_000, ge=0, le=300_000, validation_alias=_env("PARLEY_METRICS_CACHE_MS", "metrics_cache_ms")
+    )
+    # Named operators of the console, as JSON: {"<name>": {"role": "read|write|admin", "password": "scrypt$..."}}
+    # (``parley console-user NAME`` prints an entry). API keys sign in too.
+    console_users: dict[str, ConsoleUser] = Field(
+        default_factory=dict, validation_alias=_env("PARLEY_CONSOLE_USERS", "console_users")
+    )
+    # How long a sign-in to the operator console (/console) lasts, from the sign-in.
+    console_session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, le=30 * 86_400,
+        validation_alias=_env("PARLEY_CONSOLE_SESSION_TTL_S", "console_session_ttl_s"),
     )
     agents_dir: Path = Field(default=Path("./agents"), validation_alias=_env("PARLEY_AGENTS_DIR", "agents_dir"))
     webhook_url: str | None = Field(default=None, validation_alias=_env("PARLEY_WEBHOOK_URL", "webhook_url"))

@@ -64,7 +64,10 @@ async def test_the_document_covers_every_route(make_parley: MakeParley) -> None:
     registered = {(r.method, r.resource.canonical) for r in parley.client.app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}
     documented = {(method.upper(), path) for path, ops in served["paths"].items() for method in ops}
-    assert registered == documented
+    # The operator console's pages (service/console) are not API routes: served, not documented.
+    console = {(method, path) for method, path in registered if path.startswith("/console")}
+    assert console and not {path for _, path in documented if path.startswith("/console")}
+    assert registered - console == documented
     create_chat = served["paths"]["/create-chat"]["post"]
     assert create_chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("CreateChatRequest")
     assert set(create_chat["responses"]) >= {"201", "400", "401", "422"}

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app_state import RUNTIME
 from service.channels.twilio import form as form_module
-from service.channels.twilio import messages
 from service.channels.twilio.form import EMPTY_TWIML, MAX_BODY_BYTES, _read_at_most, fail, read_form, twiml
 from service.channels.twilio.signature import sign
+from service.conversations import inbound
 from service.conversations.items import Item, ItemKind, Media
 from service.storage import keys
 
@@ -56,7 +56,7 @@ SID = "SM" + "4" * 32
 
 @pytest.fixture
 async def parley(make_parley: MakeParley, monkeypatch: pytest.MonkeyPatch) -> Parley:
-    monkeypatch.setattr(messages, "now_ms", lambda: NOW)
+    monkeypatch.setattr(inbound, "now_ms", lambda: NOW)   # the received time of every item
     return await make_parley(numbers=NUMBERS, run_workers=False)
 
 

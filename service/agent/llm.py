@@ -167,10 +167,12 @@ class LLM:
         except openai.APIError as exc:
             breaker.failed()
             self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
+            self._metrics.tally.add("llm_errors")
             raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
         except LLMError:
             breaker.failed()
             self._metrics.llm_calls.labels("not_a_completion").inc()
+            self._metrics.tally.add("llm_errors")
             raise
         finally:
             self._metrics.llm_seconds.observe(time.perf_counter() - started)

@@ -14,7 +14,7 @@ from service.catalog.store import Agent, pick_agent
 from service.chats.model import Chat, ChatStatus, ChatType, Direction, EndReason, Message, Role, TurnResult
 from service.chats.query import ChatQuery, Cursor
 from service.clock import now_ms
-from service.conversations import dialog, outreach
+from service.conversations import dialog, outreach, takeover
 from service.conversations.runtime import Runtime
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.retell.models import AgentVersion, ChatResponse
@@ -198,14 +198,8 @@ async def update_chat(request: web.Request) -> web.Response:
             raise InvalidRequest(f"data_storage_setting: chat {chat.chat_id} is {current!r}, which cannot be "
                                  f"changed to the less restrictive {setting!r}")
         chat.data_storage_setting = setting
-    if body.agent_paused is not None and body.agent_paused != chat.agent_paused:
-        if chat.chat_type is not ChatType.SMS or chat.chat_status is not ChatStatus.ONGOING:
-            raise Conflict("agent_paused: only an ongoing SMS chat can be handed to a human")
-        chat.agent_paused = body.agent_paused
-        # Silence does not close a chat a human has taken over; resuming starts the clock again.
-        silence = (await dialog.agent_for(rt, chat)).config.end_chat_after_silence_ms
-        await rt.chats.set_deadline(chat.chat_id, None if chat.agent_paused else now_ms() + silence)
-        log.info("agent paused" if chat.agent_paused else "agent resumed", extra={"chat_id": chat.chat_id})
+    if body.agent_paused is not None:
+        await takeover.set_paused(rt, chat, body.agent_paused)
     await rt.chats.update(chat)
     response = model_response(await _response(rt, chat))
     if setting is not None and setting != STORAGE_ORDER[0]:
@@ -217,11 +211,7 @@ async def update_chat(request: web.Request) -> web.Response:
 async def end_chat(request: web.Request) -> web.Response:
     """``PATCH /end-chat/{chat_id}``: ends the chat the way any end does; 204."""
     rt = request.app[RUNTIME]
-    chat = await _chat(rt, request.match_info["chat_id"])
-    if chat.chat_status is not ChatStatus.ONGOING:
-        raise Conflict(f"chat {chat.chat_id} has already ended")
-    await rt.lifecycle.commit(chat, chat.conversation, TurnResult(end=EndReason.API, end_timestamp=now_ms()))
-    log.info("chat ended by the api", extra={"chat_id": chat.chat_id})
+    await takeover.end(rt, await _chat(rt, request.match_info["chat_id"]))
     return web.Response(status=204)
 
 

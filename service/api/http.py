@@ -50,6 +50,7 @@ K = TypeVar("K", str, int)
 # Routes that Twilio, load balancers and Prometheus call: no bearer key, no JSON envelope. (/metrics may ask
 # for PARLEY_METRICS_TOKEN: service/api/health.py.)
 OPEN_PREFIXES = ("/twilio/", "/healthz", "/readyz", "/metrics", "/openapi.json")
+CONSOLE_PREFIX = "/console"   # the operator console: its own sign-in and session (service/console)
 # How long those may wait (on Redis: nothing else) before answering 503: WEBHOOK_TIMEOUT_S, from when their
 # body is in. The Twilio webhooks read their form first and then bound themselves (``twilio.form.webhook``);
 # the others read no body and are bounded here.
@@ -60,6 +61,11 @@ _STATUS: dict[type[ParleyError], int] = {
     LimitReached: 429, TooLarge: 413, SendError: 502, McpUnavailable: 502, OutboundRefused: 422,
     StoreUnavailable: 503,
 }
+
+
+def status_of(exc: ParleyError) -> int:
+    """The HTTP status a ``ParleyError`` is answered with (the console answers with the same)."""
+    return next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -107,7 +113,10 @@ def error(status: int, message: str, **extra: object) -> web.Response:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer auth and Retell's error envelope for the API; open routes pass through untouched."""
+    """Bearer auth and Retell's error envelope for the API; open routes pass through untouched, and so does the
+    console, which signs its operators in with a session cookie of its own (``service.console.sessions``)."""
+    if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
+        return await handler(request)
     if request.path.startswith(OPEN_PREFIXES):
         return await _open(request, handler)
     refused = refusal(request)   # the key's role against the route's scope: 401 or 403
@@ -125,8 +134,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except TwilioRefused as exc:   # Twilio's own error code beside the message (``twilio_code``)
         return error(exc.http_status, str(exc), **({"twilio_code": exc.code} if exc.code is not None else {}))
     except ParleyError as exc:
-        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
-        return error(status, str(exc))
+        return error(status_of(exc), str(exc))
     except RedisError as exc:
         return error(*_redis_failed(request, exc))
 

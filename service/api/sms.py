@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.address import Conversation, address, split_address
+from service.address import address
 from service.api import id_forms
 from service.api.http import json_response, model_response, read_body, read_query
 from service.api.openapi import Route
@@ -17,7 +17,7 @@ from service.app_state import RUNTIME
 from service.chats.model import ChatStatus, Message
 from service.conversations import outreach
 from service.conversations.runtime import Runtime
-from service.errors import Conflict, InvalidRequest, NotFound, ParleyError
+from service.errors import Conflict, NotFound, ParleyError
 from service.retell.requests import (
     ClearOptOutRequest,
     OptOutItem,
@@ -134,14 +134,7 @@ async def clear_opt_out(request: web.Request) -> web.Response:
     """``POST /clear-opt-out``: an operator clears an opt-out, stating how the user consented again."""
     rt = request.app[RUNTIME]
     body = await read_body(request, ClearOptOutRequest)
-    (channel, to), (from_channel, from_number) = split_address(body.to_number), split_address(body.from_number)
-    if from_channel != channel:
-        raise InvalidRequest(f"to_number: {body.to_number} is on {channel}, from_number {body.from_number} is not: "
-                             "write both numbers with the same channel prefix (whatsapp:+1...) or neither")
-    if not await rt.optouts.clear(Conversation(from_number, to, channel)):
-        raise NotFound(f"{body.to_number} has not opted out of {body.from_number}")
-    log.warning("opt-out cleared by an operator", extra={"from": body.from_number, "to": body.to_number,
-                                                          "consent": body.consent})
+    await rt.optouts.clear_by_operator(body.from_number, body.to_number, body.consent)
     return web.Response(status=204)
 
 

@@ -40,6 +40,7 @@ if old then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])   -- the console's live views show the new status
 return 1
 """
 
@@ -83,7 +84,8 @@ class Delivery:
         if rank is None:
             return False
         state = orjson.dumps({"status": status, "error_code": error_code, "rank": rank}).decode()
-        return bool(await self._advance(keys=[keys.delivery(chat_id)], args=[message_sid, state, rank, self._ttl_s]))
+        return bool(await self._advance(keys=[keys.delivery(chat_id)],
+                                        args=[message_sid, state, rank, self._ttl_s, keys.LIVE, chat_id]))
 
     async def apply(self, chat_id: str, messages: list[Message], also: Mapping[str, str] | None = None
                     ) -> list[Message]:

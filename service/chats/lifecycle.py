@@ -13,16 +13,36 @@ from typing import Any
 
 import orjson
 
-from service.address import Conversation
+from service.address import DEV, Conversation
 from service.catalog.store import Catalog
 from service.chats.cost import estimate
-from service.chats.model import Chat, ChatStatus, Message, Role, TurnResult, new_id
+from service.chats.model import Chat, ChatStatus, EndReason, Message, Role, TurnResult, new_id
 from service.chats.store import Chats, Commit
 from service.errors import NotFound
+from service.metrics import Tally
 from service.retell.models import DEFAULT_EVENTS, ChatAgent
 from service.settings import Settings
 from service.storage.locks import Hold, Release
 from service.webhooks.events import Event
+
+
+def count(tally: Tally, chat: Chat, result: TurnResult, cost_cents: float) -> None:
+    """A turn in the console overview's counters: texts in and out and segments by number, the cost the turn
+    added (millicents), the reply latency (from the turn's last text in to its first text out), opt-outs and
+    sends that failed."""
+    number = chat.agent_number or "-"
+    texts_in = [m for m in result.messages if m.role is Role.USER]
+    sent = [m for m in result.messages if m.role is Role.AGENT and m.status is not None]   # SMS, WhatsApp
+    delivered = [m for m in sent if m.status != "failed"]
+    tally.add(f"in:{number}", len(texts_in))
+    tally.add(f"out:{number}", len(delivered))
+    tally.add(f"seg:{number}", sum(m.billed_segments() for m in delivered))
+    tally.add(f"cost:{number}", round(cost_cents * 1000))
+    tally.add("twilio_errors", len(sent) - len(delivered))
+    if texts_in and delivered:
+        tally.latency(max(0, delivered[0].created_timestamp - texts_in[-1].created_timestamp))
+    if result.end is EndReason.USER_OPTED_OUT:
+        tally.add("optouts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +58,11 @@ def event_body(kind: str, chat: dict[str, Any]) -> str:
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, chats: Chats, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, chats: Chats, catalog: Catalog, tally: Tally | None = None) -> None:
         self._settings = settings
         self._chats = chats
         self._catalog = catalog
+        self._tally = tally
 
     def target(self, agent: ChatAgent) -> Target | None:
         """Where this agent's events go, and which ones; None when nowhere."""
@@ -88,7 +109,9 @@ class Lifecycle:
         if chat is None:
             return await self._chats.commit(Commit(None, conv, result), hold=hold)
         chat.sms_segments += sum(m.billed_segments() for m in result.messages if m.role is not Role.USER)
+        cost_before = (chat.cost or {}).get("combined_cost", 0.0)
         self.price(chat)
+        added_cost = (chat.cost or {}).get("combined_cost", 0.0) - cost_before
         events: list[Event] = []
         target = self.target(agent) if agent is not None and not chat.swaps else await self.target_of(chat)
         # A text that could not be sent is always reported, whatever webhook_events says.
@@ -106,4 +129,9 @@ class Lifecycle:
                 events.append(self.event(target, "transcript_updated", after, messages))
             if wants_end:
                 events.append(self.event(target, "chat_ended", after, messages))
-        return await self._chats.commit(Commit(chat, conv, result, events, analyze=result.end is not None), hold=hold)
+        release = await self._chats.commit(Commit(chat, conv, result, events, analyze=result.end is not None),
+                                           hold=hold)
+        # Counted once written (a fenced commit that lost its lock wrote nothing, and the turn runs again).
+        if self._tally is not None and chat.channel != DEV and release is not Release.LOST:   # not dev tests
+            count(self._tally, chat, result, added_cost)
+        return release

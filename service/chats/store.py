@@ -122,11 +122,14 @@ class Chats:
         return Chat.from_hash(row), [Message.from_json(raw) for raw in raws]
 
     async def update(self, chat: Chat) -> None:
-        """Write back what update-chat sets: variables, metadata, custom attributes, data storage setting."""
+        """Write back what update-chat sets: variables, metadata, the pause, custom attributes, data storage setting;
+        and tell the console's live views."""
         fields = chat.to_hash()
         names = ("dynamic_variables", "metadata", "agent_paused", "custom_attributes", "data_storage_setting")
-        await self._redis.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names
-                                                                  if name in fields})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names if name in fields})
+            pipe.publish(keys.LIVE, chat.chat_id)   # the console's open views of the chat (a pause, say)
+            await pipe.execute()
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and
@@ -250,6 +253,7 @@ class Chats:
                 # left (KEYS[18..]); the start time stays its score.
                 "reindex": bool(chat.swaps),
                 "start": str(chat.start_timestamp),
+                "live": keys.LIVE,   # the console's live views (service/console/live.py)
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -314,7 +318,8 @@ class Commit:
 # kept); with a chat: chat (its id), messages and events (arrays of JSON), refresh (refresh the TTLs), analyze,
 # deadline (the silence deadline in ms, '' leave it), waiting (outgoing-queue entries of the messages that wait
 # for Twilio), conv_id, waiting_ttl (s), fields (chat fields to set: collected variables, state, a swap's agent),
-# reindex (list the chat under KEYS[17], not KEYS[18..]), start (its start time) and, when ending, end (the fields
+# reindex (list the chat under KEYS[17], not KEYS[18..]), start (its start time), live (the pub/sub channel told the
+# chat id when the turn wrote messages or ended the chat) and, when ending, end (the fields
 # that end it, and the chat's start time and trim bound for the indexes 15 and 16).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
@@ -363,6 +368,7 @@ if p.chat then
     redis.call('ZADD', KEYS[10], 'NX', p.now, chat_id)
   end
   if p.analyze then redis.call('ZADD', KEYS[8], p.now, chat_id) end
+  if #p.messages > 0 or p['end'] then redis.call('PUBLISH', p.live, chat_id) end
   if #p.waiting > 0 then
     redis.call('RPUSH', KEYS[11], unpack(p.waiting))
     redis.call('EXPIRE', KEYS[11], p.waiting_ttl)

@@ -1,11 +1,14 @@
-"""The ``parley`` command (also ``python -m service``): serve, worker, check, chat, numbers, a2p. No logic lives
-here."""
+"""The ``parley`` command (also ``python -m service``): serve, worker, check, chat, numbers, a2p, console-user.
+No logic lives here."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import getpass
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from service.app import create_app
 from service.catalog import agent_files
 from service.channels.twilio.registration import DraftRequest, RegistrationRequest
 from service.cli import numbers, serving, terminal_chat
+from service.console import users
 from service.errors import ConfigError
 from service.knowledge import folders
 from service.settings import Settings
@@ -86,6 +90,21 @@ def chat(args: argparse.Namespace) -> None:
     raise SystemExit(terminal_chat.run(_settings(), args.agent_id, args.version))
 
 
+def console_user(args: argparse.Namespace) -> None:
+    """Print a PARLEY_CONSOLE_USERS entry for a named operator, with the password (asked for, or read from stdin
+    when it is not a terminal) hashed; the password itself is shown and stored nowhere."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise SystemExit("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise SystemExit("a console password needs at least 12 characters")
+    entry = {args.name: {"role": args.role, "password": users.hash_password(password)}}
+    print(json.dumps(entry))
+
+
 def numbers_sync(_: argparse.Namespace) -> None:
     raise SystemExit(numbers.run(_settings(), numbers.sync))
 
@@ -145,5 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     talk.add_argument("--version", type=int, metavar="N", help="the agent version (default: the latest)")
     talk.set_defaults(func=chat)
     _onboarding(commands)
+    user = commands.add_parser("console-user", help="print a PARLEY_CONSOLE_USERS entry (a named console operator)")
+    user.add_argument("name", metavar="NAME")
+    user.add_argument("--role", choices=("read", "write", "admin"), default="read",
+                      help="what the operator may do (as an API key's role; default read)")
+    user.set_defaults(func=console_user)
     args = parser.parse_args(argv)
     args.func(args)

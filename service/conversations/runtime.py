@@ -74,7 +74,7 @@ class Runtime:
         chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms)
         queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
-        lifecycle = Lifecycle(settings, chats, catalog)
+        lifecycle = Lifecycle(settings, chats, catalog, metrics.tally)
         kb_store = KnowledgeStore(redis)
         searcher = Searcher(kb_store, embedder, metrics)
         return cls(

@@ -185,7 +185,7 @@ class Sender:
             return None
         message.message_sid, message.status = result.sid, result.status
         message.error_code = message.error = None
-        if measure:
+        if measure and channel.counts_segments:   # not the dev phone's test texts
             self._metrics.segments.labels(measure.encoding.value).inc(measure.segments)
         log.info("message sent", extra={"conv": conv.id, "message_sid": result.sid, "channel": conv.channel,
                                         "segments": reserved})

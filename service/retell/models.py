@@ -757,7 +757,8 @@ class ChatResponse(BaseModel):
     analysis_error: str | None = None
     inbound_webhook_error: str | None = None
     agent_paused: bool | None = None
-    channel: ChannelName | None = None     # Parley's: the channel of an sms_chat ("sms" or "whatsapp")
+    # Parley's: the channel of an sms_chat ("sms" or "whatsapp"; "dev": a test chat from the console's dev phone)
+    channel: ChannelName | Literal["dev"] | None = None
     # Parley's (Retell's calls have knowledge_base_retrieved_contents_url): each turn's knowledge-base retrieval,
     # oldest first: the question, and the chunks put in the prompt (knowledge base, chunk id, title, score, excerpt).
     knowledge_base_retrieved_contents: list[dict[str, Any]] | None = None

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from service.address import Conversation, address, split_address
 from service.clock import now_ms
+from service.errors import InvalidRequest, NotFound
 from service.metrics import Metrics
 from service.storage import keys
 
@@ -56,6 +57,18 @@ class OptOuts:
 
     async def is_opted_out(self, conv: Conversation) -> bool:
         return bool(await self._redis.exists(keys.optout(conv)))
+
+    async def clear_by_operator(self, from_number: str, to_number: str, consent: str) -> None:
+        """An operator clears ``to_number``'s opt-out of ``from_number`` (addresses, as listed), stating how the
+        user consented again (logged). ``InvalidRequest`` for numbers on two channels, ``NotFound`` when there
+        is no such opt-out. The API's ``/clear-opt-out`` and the console both clear through here."""
+        (channel, to), (from_channel, agent) = split_address(to_number), split_address(from_number)
+        if from_channel != channel:
+            raise InvalidRequest(f"to_number: {to_number} is on {channel}, from_number {from_number} is not: "
+                                 "write both numbers with the same channel prefix (whatsapp:+1...) or neither")
+        if not await self.clear(Conversation(agent, to, channel)):
+            raise NotFound(f"{to_number} has not opted out of {from_number}")
+        log.warning("opt-out cleared by an operator", extra={"from": from_number, "to": to_number, "consent": consent})
 
     async def all(self, agent_number: str | None = None) -> list[OptOut]:
         """Every opt-out (of one number, if given), oldest first."""

@@ -63,6 +63,11 @@ def measure(text: str) -> Measure:
     return Measure(encoding, units, _count_segments(costs, units, single, multi))
 
 
+def not_gsm(text: str) -> list[str]:
+    """The characters of ``text`` that GSM-7 cannot carry (any one makes the whole text UCS-2), each once."""
+    return list(dict.fromkeys(char for char in text if char not in _GSM))
+
+
 def _count_segments(costs: list[int], units: int, single: int, multi: int) -> int:
     if units <= single:
         return 1 if units else 0

@@ -139,6 +139,13 @@ segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the n
 idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
 pace:<E.164>                                    STRING  when the paced number's next message may go (ms); TTL until
                                                         then + 1 s (sms/pacing.py)
+console:session:<id>                            STRING  a console sign-in (its role and CSRF token, JSON); TTL
+                                                        console_session_ttl_s, from sign-in (service/console)
+stats:<YYYY-MM-DD>                              HASH    the console overview's counters for that UTC day, field
+                                                        <hour>:<name>[:<number>] -> count; TTL STATS_TTL_S (35
+                                                        days) from its first write (chats/stats.py)
+console:live (a pub/sub channel, not a key)     -       the chat id of each committed turn, for the console's live
+                                                        views (PUBLISHed by the commit script)
 ==============================================  ======  =======================================================
 """
 
@@ -164,6 +171,7 @@ WAKEUPS_MAXLEN = 100_000
 IDEMPOTENCY_TTL_S = 86_400
 OUTGOING_CAP = 100          # messages waiting for Twilio in one conversation before more fail at once
 OUTGOING_TTL_S = 86_400     # a bound, not a policy: waiting messages fail after send_retry_for_s (<= 12 h)
+STATS_TTL_S = 35 * 86_400   # the overview's days
 DEFERRED_TTL_S = 300        # outlives a turn; a crashed turn's marker only makes the next messages queue
 
 
@@ -386,6 +394,18 @@ def idempotency(key: str) -> str:
 
 def pace(phone_number: str) -> str:
     return f"{PREFIX}pace:{phone_number}"
+
+
+def console_session(session_id: str) -> str:
+    return f"{PREFIX}console:session:{session_id}"
+
+
+LIVE = PREFIX + "console:live"   # pub/sub channel: the chat id of every committed turn (service/console/live.py)
+
+
+def stats(day: str) -> str:
+    """``day``: a UTC date, ``YYYY-MM-DD``."""
+    return f"{PREFIX}stats:{day}"
 
 
 KNOWLEDGE = PREFIX + "{knowledge}:"

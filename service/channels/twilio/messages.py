@@ -1,10 +1,11 @@
 """``POST /twilio/sms``: Twilio's inbound message webhook, for SMS and WhatsApp alike.
 
 Verify the signature with the auth token of the account that owns ``To``, route to the number and the
-channel (``whatsapp:+1...`` is WhatsApp; the number must list it in ``channels``), handle carrier keywords,
-then drop a repeated ``MessageSid`` and append to the conversation's mailbox with a wake-up, in one script
-(``conversations.queue``), and answer empty TwiML. Nothing here waits on the LLM or on Twilio: the answer
-takes milliseconds. On a channel with a session window, the same write notes that the user wrote.
+channel (``whatsapp:+1...`` is WhatsApp; the number must list it in ``channels``), then hand the text to
+``conversations.inbound`` (shared with the console's dev phone): carrier keywords, then drop a repeated
+``MessageSid`` and append to the conversation's mailbox with a wake-up, in one script (``conversations.queue``),
+and answer empty TwiML. Nothing here waits on the LLM or on Twilio: the answer takes milliseconds.
+On a channel with a session window, the same write notes that the user wrote.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from multidict import MultiDictProxy
 from service.address import Conversation, split_address
 from service.app_state import RUNTIME
 from service.channels.twilio.form import fail, twiml, verify, webhook
-from service.clock import now_ms
-from service.conversations.items import Item, ItemKind, Media
+from service.conversations import inbound
+from service.conversations.items import Media
 from service.conversations.queue import Enqueued
 from service.conversations.runtime import Runtime
 from service.logs import redact
 from service.retell.models import E164_RE, PhoneNumber
-from service.sms import keywords
-from service.sms.keywords import Keyword
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +73,8 @@ async def twilio_sms(request: web.Request, form: MultiDictProxy[str]) -> web.Res
     if isinstance(routed, web.Response):
         return routed
     conv, number = routed
-    session_ttl_s = rt.channels[conv.channel].session_window_s
-    body = form.get("Body", "")
-    keyword = keywords.classify(body, form.get("OptOutType"))
-    if keyword in (Keyword.HELP, Keyword.OPT_IN) and session_ttl_s:
-        await rt.queue.note_session(conv, session_ttl_s)   # any message from the user opens the window
-    if keyword is Keyword.HELP:
-        # help_message "" leaves HELP to Twilio's own keyword replies (Advanced Opt-Out).
-        if number.help_message == "" or await rt.optouts.is_opted_out(conv):
-            return twiml()
-        return twiml(number.help_message or keywords.default_help(number.nickname))
-    if keyword is Keyword.OPT_IN and await rt.optouts.clear(conv):
-        log.info("opt-out cleared", extra={"conv": redact(conv.id), "message_sid": sid})
-        return twiml()
-    if keyword is Keyword.OPT_OUT:
-        await rt.optouts.record(conv)
-        item = Item(ItemKind.OPT_OUT, received_ms=now_ms(), body=body, message_sid=sid)
-    else:
-        item = Item(ItemKind.TEXT, received_ms=now_ms(), body=body, message_sid=sid, media=_media(form))
-    result = await rt.queue.put(conv, item, dedupe_id=sid, session_ttl_s=session_ttl_s)
-    log.info("sms received", extra={"conv": redact(conv.id), "message_sid": sid, "result": result.name.lower()})
-    if result is Enqueued.MAILBOX_FULL:
+    received = await inbound.receive(rt, conv, number, form.get("Body", ""), sid, media=_media(form),
+                                     opt_out_type=form.get("OptOutType"))
+    if received.queued is Enqueued.MAILBOX_FULL:
         return fail(503, "this conversation has too many unanswered messages; try again later")
-    return twiml()
+    return twiml(received.reply)
