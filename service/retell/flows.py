@@ -31,6 +31,7 @@ from service.retell.models import (
     ResponseVariables,
     SmsDestination,
     SmsSender,
+    SwapVersion,
     Tool,
 )
 from service.validation import Problems
@@ -291,22 +292,11 @@ class AgentSwapNode(_Node):
 
     type: Literal["agent_swap"]
     agent_id: str = Field(min_length=1)
-    agent_version: int | None = Field(default=None, ge=0)
+    agent_version: SwapVersion = None
     post_call_analysis_setting: Literal["both_agents", "only_destination_agent"] = "both_agents"
     webhook_setting: Literal["both_agents", "only_destination_agent", "only_source_agent"] | None = None
     instruction: Instruction | None = None
     edge: Edge | None = None
-
-    @field_validator("agent_version", mode="before")
-    @classmethod
-    def _version_number(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.strip().isdigit():
-                return int(value)
-            if value.strip().lower() == "latest":
-                return None
-            raise ValueError(f"{value!r} is not a version number (or \"latest\")")
-        return value
 
 
 class ComponentNode(_Node):

@@ -273,6 +273,21 @@ class McpTool(_Model):
     response_variables: ResponseVariables = Field(default_factory=dict)
 
 
+def _swap_version(value: Any) -> Any:
+    # Retell's SDK types it str | int: a number written as a string is read as one, "latest" as none.
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            return int(value)
+        if value.strip().lower() == "latest":
+            return None
+        raise ValueError(f"{value!r} is not a version number (or \"latest\")")
+    return value
+
+
+# The agent version an agent swap goes to (None: the destination's latest).
+SwapVersion = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_swap_version)]
+
+
 class AgentSwapTool(_Model):
     """Retell's ``agent_swap``: the chat goes on with another agent (``agent_version``, else its latest), its
     prompt, tools and model. ``post_call_analysis_setting`` says whose ``post_chat_analysis_data`` the analysis
@@ -282,21 +297,9 @@ class AgentSwapTool(_Model):
     name: str = Field(pattern=TOOL_NAME_RE)
     description: str = "Hand the conversation to another agent."
     agent_id: str = Field(pattern=OBJECT_ID_PATTERN)
-    agent_version: int | None = Field(default=None, ge=0)
+    agent_version: SwapVersion = None
     post_call_analysis_setting: Literal["both_agents", "only_destination_agent"]
     webhook_setting: Literal["both_agents", "only_destination_agent", "only_source_agent"] | None = None
-
-    @field_validator("agent_version", mode="before")
-    @classmethod
-    def _version_number(cls, value: Any) -> Any:
-        # Retell's SDK types it str | int: a number written as a string is read as one, "latest" as none.
-        if isinstance(value, str):
-            if value.strip().isdigit():
-                return int(value)
-            if value.strip().lower() == "latest":
-                return None
-            raise ValueError(f"{value!r} is not a version number (or \"latest\")")
-        return value
 
 
 class UnsupportedTool(_Model):
