@@ -61,6 +61,14 @@ return redis.call('HGET', KEYS[1], tostring(top))
 """
 
 
+async def _put_indexed(redis: aioredis.Redis, key: str, value: str, index: str, member: str) -> None:
+    """Write ``key`` and add its ``member`` to the ``index`` set together."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, value)
+        pipe.sadd(index, member)
+        await pipe.execute()
+
+
 async def _delete_indexed(redis: aioredis.Redis, key: str, index: str, member: str) -> bool:
     """Delete ``key`` and its ``member`` of the ``index`` set together; True if the key existed."""
     async with redis.pipeline(transaction=True) as pipe:
@@ -414,10 +422,9 @@ class Catalog:
         """Store a shared component (a new one, or a replacement), stamped now."""
         self._components.clear()
         component = component.model_copy(update={"user_modified_timestamp": now_ms()})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.component(component.conversation_flow_component_id), component.model_dump_json())
-            pipe.sadd(keys.COMPONENTS, component.conversation_flow_component_id)
-            await pipe.execute()
+        component_id = component.conversation_flow_component_id
+        await _put_indexed(self._redis, keys.component(component_id), component.model_dump_json(), keys.COMPONENTS,
+                           component_id)
         return component
 
     async def delete_component(self, component_id: str) -> list[str]:
@@ -460,10 +467,8 @@ class Catalog:
     async def put_number(self, number: PhoneNumber) -> PhoneNumber:
         self._numbers.clear()
         number = number.model_copy(update={"last_modification_timestamp": now_ms()})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.number(number.phone_number), number.model_dump_json())
-            pipe.sadd(keys.NUMBERS, number.phone_number)
-            await pipe.execute()
+        await _put_indexed(self._redis, keys.number(number.phone_number), number.model_dump_json(), keys.NUMBERS,
+                           number.phone_number)
         return number
 
     async def delete_number(self, phone_number: str) -> bool:
