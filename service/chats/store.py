@@ -126,10 +126,11 @@ class Chats:
         and tell the console's live views."""
         fields = chat.to_hash()
         names = ("dynamic_variables", "metadata", "agent_paused", "custom_attributes", "data_storage_setting")
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.chat(chat.chat_id), mapping={name: fields[name] for name in names if name in fields})
-            pipe.publish(keys.LIVE, chat.chat_id)   # the console's open views of the chat (a pause, say)
-            await pipe.execute()
+        await self._redis.hset(keys.chat(chat.chat_id),
+                               mapping={name: fields[name] for name in names if name in fields})
+        # The console's open views of the chat (a pause, say). Its own command: redis-py's cluster pipelines refuse
+        # PUBLISH.
+        await self._redis.publish(keys.LIVE, chat.chat_id)
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and
