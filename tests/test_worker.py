@@ -770,23 +770,25 @@ async def _groups_back(redis: aioredis.Redis, rt: Runtime) -> bool:
 async def test_the_lock_is_renewed_every_third_of_its_ttl_while_a_turn_runs(
     make_parley: MakeParley, start_pool: StartPool,
 ) -> None:
-    parley, rt = await build(make_parley, lock_ttl_ms=1_000)
+    # A 1.5 s TTL: a loaded CI machine may stall the loop for a few hundred ms, which a 1 s TTL did not survive (the
+    # LLM's 5 s timeout in tests bounds how long the turn can be held).
+    parley, rt = await build(make_parley, lock_ttl_ms=1_500)
     await start_pool(rt)
     held(parley).gate.clear()
     await put(rt, "slow")
     await held(parley).wait_for(lambda: held(parley).arrivals == 1)
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
-    while time.monotonic() - started < 2.5:                   # two and a half TTLs
+    while time.monotonic() - started < 3.75:                  # two and a half TTLs
         samples.append((time.monotonic(), int(await parley.redis.pttl(keys.lock(CONV)))))
         await asyncio.sleep(0.01)
     assert min(ttl for _, ttl in samples) > 0, "the lock expired while the turn ran"
     renewals = [at for (_, before), (at, ttl) in itertools.pairwise(samples) if ttl > before]
     gaps = [b - a for a, b in itertools.pairwise(renewals)]
-    assert 5 <= len(renewals) <= 9, renewals                   # every 1/3 s over 2.5 s
-    assert 0.25 < (renewals[-1] - renewals[0]) / len(gaps) < 0.45, gaps
-    assert min(gaps) > 0.2, gaps
-    assert max(ttl for _, ttl in samples) > 900                # renewed to the whole TTL
+    assert 5 <= len(renewals) <= 9, renewals                   # every 1/2 s over 3.75 s
+    assert 0.375 < (renewals[-1] - renewals[0]) / len(gaps) < 0.675, gaps
+    assert min(gaps) > 0.3, gaps
+    assert max(ttl for _, ttl in samples) > 1_350              # renewed to the whole TTL
     held(parley).gate.set()
     [sent] = await parley.twilio.wait_for(1)
     assert sent.body == "You said: slow"
