@@ -14,11 +14,13 @@ import pytest
 from aiohttp import ClientResponse
 from pydantic import ValidationError
 
+from service.app_state import RUNTIME
 from service.cli.commands import main
 from service.console.overview import Day
 from service.metrics import Tally
 from service.settings import Settings
 from service.storage import keys
+from service.storage.watchers import REFRESH_S
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
 from .test_flows import BOOKING, BOOKS, started
@@ -183,6 +185,27 @@ async def test_the_live_feed_works_across_processes(make_parley: MakeParley) -> 
     assert (await worker.api("PATCH", f"/update-chat/{chat_id}", json={"agent_paused": False})).status == 200
     assert await read_events(stream, chat_id) == [chat_id]
     stream.close()
+
+
+async def test_commits_publish_only_while_a_live_view_is_open(make_parley: MakeParley) -> None:
+    web = await make_parley(run_workers=False, **ROLES)
+    worker = await make_parley(**ROLES)
+    async with worker.redis.pubsub() as feed:
+        await feed.subscribe(keys.LIVE)   # a plain subscriber: not a console view
+        await answered(worker, "Hello")
+        await asyncio.sleep(0)
+        assert await feed.get_message(ignore_subscribe_messages=True, timeout=0.2) is None   # nobody watched
+        await sign_in(web)
+        stream = await web.client.get("/console/live")
+        await read_events(stream, "reload")
+        assert await worker.redis.ttl(keys.LIVE_WATCHED) > 0
+        worker.client.app[RUNTIME].watchers._read_at -= REFRESH_S   # the worker's last look: a second old by now
+        await answered(worker, "Again")
+        published = await feed.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert published is not None and published["data"] == (await worker.chat_of())["chat_id"]
+        # The view's late refresh: what other processes committed before they saw it is shown too.
+        assert (await read_events(stream, "reload")).count("reload") >= 1
+        stream.close()
 
 
 async def test_dev_phone_is_a_real_turn_without_twilio_or_counts(parley: Parley) -> None:

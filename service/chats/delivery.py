@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from service.chats.model import Message
 from service.storage import keys
+from service.storage.watchers import Watchers
 
 RETRYING = "retrying"   # Parley holds the message: Twilio refused it for now, or an earlier one still waits
 
@@ -40,7 +41,7 @@ if old then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])   -- the console's live views show the new status
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end   -- the console's live views, while open
 return 1
 """
 
@@ -73,8 +74,9 @@ def _lay(message: Message, state: dict[str, Any]) -> None:
 
 
 class Delivery:
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, watchers: Watchers | None = None) -> None:
         self._redis = redis
+        self._watchers = watchers or Watchers(redis)
         self._ttl_s = ttl_s
         self._advance = redis.register_script(_ADVANCE)
 
@@ -85,7 +87,8 @@ class Delivery:
             return False
         state = orjson.dumps({"status": status, "error_code": error_code, "rank": rank}).decode()
         return bool(await self._advance(keys=[keys.delivery(chat_id)],
-                                        args=[message_sid, state, rank, self._ttl_s, keys.LIVE, chat_id]))
+                                        args=[message_sid, state, rank, self._ttl_s, await self._watchers.channel(),
+                                              chat_id]))
 
     async def apply(self, chat_id: str, messages: list[Message], also: Mapping[str, str] | None = None
                     ) -> list[Message]:

@@ -27,6 +27,7 @@ from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult
 from service.clock import now_ms
 from service.storage import keys
 from service.storage.locks import Hold, Locks, Release
+from service.storage.watchers import Watchers
 from service.webhooks.events import Event, queue
 
 SENTIMENTS = ("Negative", "Positive", "Neutral", "Unknown")   # Retell's user_sentiment values
@@ -67,9 +68,11 @@ def analysis_indexes(chat: Chat) -> list[str]:
 class Chats:
     """Reads and writes chats."""
 
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, lock_ttl_ms: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, lock_ttl_ms: int, watchers: Watchers | None = None,
+                 ) -> None:
         self._redis = redis
         self.ttl_s = ttl_s
+        self._watchers = watchers or Watchers(redis)   # whether to tell the console's live views
         self._locks = Locks(redis, ttl_ms=lock_ttl_ms)
         self._commit = redis.register_script(_COMMIT)
 
@@ -130,7 +133,8 @@ class Chats:
                                mapping={name: fields[name] for name in names if name in fields})
         # The console's open views of the chat (a pause, say). Its own command: redis-py's cluster pipelines refuse
         # PUBLISH.
-        await self._redis.publish(keys.LIVE, chat.chat_id)
+        if channel := await self._watchers.channel():
+            await self._redis.publish(channel, chat.chat_id)
 
     async def store_analysis(self, chat: Chat, events: Sequence[Event] = ()) -> None:
         """Write the chat's analysis (or the error that stopped it), its place in the chat_successful and
@@ -254,7 +258,7 @@ class Chats:
                 # left (KEYS[18..]); the start time stays its score.
                 "reindex": bool(chat.swaps),
                 "start": str(chat.start_timestamp),
-                "live": keys.LIVE,   # the console's live views (service/console/live.py)
+                "live": await self._watchers.channel(),   # the console's live views, while open ('' none)
             }
             if ending:
                 plan["end"] = {"chat_status": ChatStatus.ENDED.value, "end_timestamp": str(result.end_timestamp),
@@ -369,7 +373,7 @@ if p.chat then
     redis.call('ZADD', KEYS[10], 'NX', p.now, chat_id)
   end
   if p.analyze then redis.call('ZADD', KEYS[8], p.now, chat_id) end
-  if #p.messages > 0 or p['end'] then redis.call('PUBLISH', p.live, chat_id) end
+  if p.live ~= '' and (#p.messages > 0 or p['end']) then redis.call('PUBLISH', p.live, chat_id) end
   if #p.waiting > 0 then
     redis.call('RPUSH', KEYS[11], unpack(p.waiting))
     redis.call('EXPIRE', KEYS[11], p.waiting_ttl)

@@ -1,8 +1,9 @@
 """The console's live views: server-sent events fed from Redis, so they see turns any process committed.
 
-The commit script PUBLISHes the chat id of every turn that wrote messages or ended a chat to ``keys.LIVE`` (one
-command per turn; PUBLISH to a channel nobody listens on costs Redis next to nothing); so do a status callback
-that moved a message's status and an update of the chat (``Chats.update``: a pause, from the API or here). Each
+While some live view is open, in any process (``storage.watchers``: this process at once, the others within
+about a second), the commit script PUBLISHes the chat id of every turn that wrote messages or ended a chat to
+``keys.LIVE``; so do a status callback that moved a message's status and an update of the chat (``Chats.update``:
+a pause, from the API or here). With no view open nothing is published: no command per turn for nobody. Each
 process that serves console pages holds one subscription (``Hub``, started by the first ``GET /console/live``
 and stopped with the app), and fans each message out to its open event streams.
 A page's script (``static/console.js``) refreshes the parts the chat id concerns; without JavaScript the pages
@@ -20,8 +21,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service.app_state import REDIS
+from service.app_state import REDIS, RUNTIME
 from service.storage import keys
+from service.storage.watchers import REFRESH_S, Watchers
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,9 @@ RECONNECT_S = 1.0
 class Hub:
     """One Redis subscription, fanned out to this process's event streams."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, watchers: Watchers) -> None:
         self._redis = redis
+        self._watchers = watchers
         self._streams: set[asyncio.Queue[str]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -73,9 +76,21 @@ class Hub:
         self._streams.add(queue)
         self._ensure()
         try:
-            yield queue
+            async with self._watchers.watching():
+                # Other processes learn that a view is open within REFRESH_S: what they committed meanwhile is
+                # shown by one more refresh, after that.
+                late = asyncio.get_running_loop().call_later(REFRESH_S + 0.5, self._late_reload, queue)
+                try:
+                    yield queue
+                finally:
+                    late.cancel()
         finally:
             self._streams.discard(queue)
+
+    @staticmethod
+    def _late_reload(queue: asyncio.Queue[str]) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait("reload")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -88,7 +103,7 @@ HUB = web.AppKey("console_hub", Hub)
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[HUB] = Hub(app[REDIS])
+    app[HUB] = Hub(app[REDIS], app[RUNTIME].watchers)
     yield
     await app[HUB].close()
 

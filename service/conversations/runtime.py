@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.sms.limits import DailySegments
 from service.sms.optouts import OptOuts
 from service.sms.pacing import Pacing
+from service.storage.watchers import Watchers
 from service.webhooks.events import Outbox
 
 
@@ -62,6 +63,7 @@ class Runtime:
     knowledge: KnowledgeBases      # the knowledge bases the API manages
     ingestion: Ingestion           # their background work (a loop of create_app's)
     searcher: Searcher             # retrieval for the turn, with this process's cached indexes
+    watchers: Watchers             # whether the console's live views are open (what commits publish to)
 
     @classmethod
     def build(
@@ -71,7 +73,8 @@ class Runtime:
     ) -> Runtime:
         optouts = OptOuts(redis, metrics)
         catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
-        chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms)
+        watchers = Watchers(redis)
+        chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms, watchers=watchers)
         queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
         lifecycle = Lifecycle(settings, chats, catalog, metrics.tally)
@@ -94,7 +97,7 @@ class Runtime:
             outbox=Outbox(redis, http, metrics, signing_key=signing_key, max_attempts=settings.event_max_attempts,
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
-            delivery=Delivery(redis, ttl_s=settings.chat_ttl_s),
+            delivery=Delivery(redis, ttl_s=settings.chat_ttl_s, watchers=watchers),
             sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
                           Pacing(redis)),
             outgoing=outgoing,
@@ -103,4 +106,5 @@ class Runtime:
             knowledge=KnowledgeBases(kb_store, outbound),
             ingestion=Ingestion(settings, kb_store, embedder, http, metrics),
             searcher=searcher,
+            watchers=watchers,
         )

@@ -145,7 +145,9 @@ stats:<YYYY-MM-DD>                              HASH    the console overview's c
                                                         <hour>:<name>[:<number>] -> count; TTL STATS_TTL_S (35
                                                         days) from its first write (chats/stats.py)
 console:live (a pub/sub channel, not a key)     -       the chat id of each committed turn, for the console's live
-                                                        views (PUBLISHed by the commit script)
+                                                        views (PUBLISHed by the commit script while they are open)
+console:watched                                 STRING  set while a process has console live views open; TTL 30 s,
+                                                        renewed every 10 s (storage/watchers.py)
 ==============================================  ======  =======================================================
 """
 
@@ -401,6 +403,7 @@ def console_session(session_id: str) -> str:
 
 
 LIVE = PREFIX + "console:live"   # pub/sub channel: the chat id of every committed turn (service/console/live.py)
+LIVE_WATCHED = PREFIX + "console:watched"   # set while some process has live views open (storage/watchers.py)
 
 
 def stats(day: str) -> str:
