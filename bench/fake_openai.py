@@ -88,6 +88,7 @@ def main() -> None:
     if not args.keep_messages:
         fake.requests = Count()  # type: ignore[assignment]
         fake.analyses = Count()  # type: ignore[assignment]
+        fake.wire = Count()  # type: ignore[assignment]
     web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -18,7 +18,7 @@
     │   └── SendDeferred     Twilio created nothing and may take it later (429, 5xx, refused connection)
     ├── TwilioRefused          Twilio refused or failed a request that sets up numbers or A2P registrations (from
     │                          TwilioException / aiohttp errors; HTTP 404, 422 or 502, with Twilio's error code)
-    ├── LLMError               the LLM call failed after the SDK's retries (from openai.APIError)
+    ├── LLMError               the LLM call failed after its retries (agent/completions.py: CompletionError)
     ├── OutboundRefused        the outbound policy refused a URL a user's request would reach (service.outbound)
     ├── EmbeddingError         the embeddings endpoint failed after the client's retries (from openai.APIError)
     ├── SourceError            a knowledge-base source could not be fetched or read (a URL's status, size or type,

@@ -1,6 +1,7 @@
-"""The LLM, through the official ``openai`` client (any OpenAI-compatible endpoint).
+"""The LLM: any OpenAI-compatible chat-completions endpoint, through ``agent.completions`` (the request and
+the retries of the official ``openai`` client, without its per-call CPU).
 
-The SDK retries 408/409/429/5xx, timeouts and connection errors itself (``PARLEY_LLM_MAX_RETRIES``);
+408/409/429/5xx, timeouts and connection errors are retried as the client retries them (``PARLEY_LLM_MAX_RETRIES``);
 what still fails becomes ``LLMError`` here. A 200 whose body is not a chat completion (an HTML proxy
 page parses as a plain ``str``) is an ``LLMError`` too.
 
@@ -17,11 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx2  # the openai client's HTTP layer: its raw response
-import openai
 import orjson
-from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from service.agent.completions import CompletionError, Completions
 from service.errors import LLMError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -29,6 +28,7 @@ from service.settings import Settings
 # A reply longer than this is cut: an SMS is at most 1,600 characters, and a runaway model must not
 # fill Redis or the worker's memory.
 MAX_CONTENT_CHARS = 8_000
+OPENAI_BASE_URL = "https://api.openai.com/v1"   # the openai client's default
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,10 @@ class LLM:
         self._breaker_settings = (settings.llm_breaker_failures, settings.llm_breaker_cooldown_s)
         self._breakers: dict[str, Breaker] = {}   # by served model name
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        self._client: AsyncOpenAI | None = None
+        self._client: Completions | None = None
         if key:
-            self._client = AsyncOpenAI(
-                api_key=key, base_url=settings.openai_base_url, timeout=settings.llm_timeout_s,
-                max_retries=settings.llm_max_retries,
-                # The client's aiohttp transport: about half the CPU per call of its default HTTP stack.
-                http_client=DefaultAioHttpClient(),
-            )
+            self._client = Completions(api_key=key, base_url=settings.openai_base_url or OPENAI_BASE_URL,
+                                       timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -158,17 +154,12 @@ class LLM:
             raise
         started = time.perf_counter()
         try:
-            # The client's own POST (its retries, timeouts and errors) without ``create``'s per-call rewrite of
-            # the whole request body, and without its model building: the body is read here (``_completion``).
-            # The body goes as bytes (orjson), which the client sends as they are instead of encoding it again.
-            response = await self._client.post("/chat/completions", content=orjson.dumps(kwargs),
-                                               cast_to=httpx2.Response)
-            completion, usage = _completion(response.content)
-        except openai.APIError as exc:
+            completion, usage = _completion(await self._client.create(kwargs))
+        except CompletionError as exc:
             breaker.failed()
-            self._metrics.llm_calls.labels(exc.__class__.__name__).inc()
+            self._metrics.llm_calls.labels(exc.kind).inc()
             self._metrics.tally.add("llm_errors")
-            raise LLMError(f"LLM call failed: {exc.__class__.__name__}: {exc}") from exc
+            raise LLMError(f"LLM call failed: {exc.kind}: {exc}") from exc
         except LLMError:
             breaker.failed()
             self._metrics.llm_calls.labels("not_a_completion").inc()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 
@@ -49,6 +50,7 @@ class HttpError:
     message: str = "server error"
     delay_s: float = 0.0
     should_retry: bool | None = None   # sets x-should-retry; None leaves the SDK's own policy
+    retry_after_ms: int | None = None  # sets retry-after-ms (the wait the client is asked for)
 
 
 @dataclass
@@ -148,6 +150,7 @@ class FakeOpenAI:
     called: asyncio.Event = field(default_factory=asyncio.Event)
     analysed: asyncio.Event = field(default_factory=asyncio.Event)
     embedded: list[str] = field(default_factory=list)
+    wire: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)   # each completion's raw body, headers
     embed_error: HttpError | None = None
     embed_delay_s: float = 0.0
 
@@ -178,7 +181,9 @@ class FakeOpenAI:
     async def _complete(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Bearer sk-test":
             return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
-        body = await request.json()
+        raw = await request.read()
+        self.wire.append((raw, dict(request.headers)))
+        body = orjson.loads(raw)
         analysis = (body.get("response_format") or {}).get("type") == "json_schema"
         if analysis:
             self.analyses.append(body)      # post-chat analyses are kept apart from conversation turns
@@ -197,6 +202,8 @@ class FakeOpenAI:
         if isinstance(answer, HttpError):
             await asyncio.sleep(answer.delay_s)
             headers = {} if answer.should_retry is None else {"x-should-retry": str(answer.should_retry).lower()}
+            if answer.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(answer.retry_after_ms)
             return web.json_response({"error": {"message": answer.message, "type": "server_error", "code": None}},
                                      status=answer.status, headers=headers)
         if isinstance(answer, Raw):
