@@ -150,6 +150,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
             # Knowledge-base folders are published once the Runtime can schedule their ingestion.
             await folders.publish(app[RUNTIME].knowledge, app[KNOWLEDGE_FILES])
             yield
+            await app[RUNTIME].daily.give_back()   # the segments taken and not sent: others may send them
     finally:
         await embedder.close()
         await llm.close()

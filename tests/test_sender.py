@@ -54,9 +54,9 @@ from service.conversations.resend import (
 )
 from service.conversations.runtime import Runtime
 from service.conversations.sender import BEHIND, QUEUE_FULL, outside_window
-from service.errors import SendDeferred
+from service.errors import LimitReached, SendDeferred
 from service.retell.models import PhoneNumber
-from service.sms.limits import DailySegments
+from service.sms.limits import LEASE, DailySegments, pacific_day
 from service.storage import keys
 from service.storage.locks import Hold
 from service.tasks import stop_task
@@ -202,6 +202,9 @@ async def test_a_reply_goes_part_by_part_with_what_twilio_answered(rig: Rig) -> 
         assert (message.status, message.encoding, message.segments) == ("queued", "GSM-7", 1)
         assert message.error is None and message.error_code is None
     assert rig.metric("parley_segments_sent_total", encoding="GSM-7") == 3
+    # The day's counter holds the process's block (one command for the three sends) until it gives back the rest.
+    assert await DailySegments(rig.redis).used(await rig.number()) == LEASE
+    await rig.rt.daily.give_back()
     assert await DailySegments(rig.redis).used(await rig.number()) == 3
     assert rig.sleeps == [], "an unpaced number does not wait for a slot"
 
@@ -251,6 +254,7 @@ async def test_a_number_sends_through_its_own_account_else_the_default_one(
     assert failed.status == "failed" and failed.message_sid is None
     assert failed.error == f"no Twilio account for {LIMITED} (set TWILIO_ACCOUNT_SID)"
     assert len(rig.twilio.creates) == 1
+    await rig.rt.daily.give_back()   # the refunded segment went back to the process's block; now to the counter
     assert await DailySegments(rig.redis).used(await rig.number(LIMITED)) == 0, "the reserved segment is refunded"
 
 
@@ -306,6 +310,7 @@ async def test_a_deferred_part_and_everything_after_it_wait(rig: Rig, low_jitter
     assert second.error is not None and second.error.startswith("Twilio did not take the message for now")
     assert (third.status, third.error) == (RETRYING, BEHIND)
     assert len(rig.twilio.creates) == 2, "the third part was not offered while the second waits"
+    await rig.rt.daily.give_back()
     assert await DailySegments(rig.redis).used(await rig.number(LIMITED)) == 1, "the deferred part's is refunded"
     assert 290 <= await rig.redis.ttl(keys.deferred(conv)) <= keys.DEFERRED_TTL_S
     due = await rig.redis.zscore(keys.outgoing_due(conv.shard), conv.id)
@@ -385,7 +390,7 @@ async def test_the_daily_limit_fails_the_part_over_it(rig: Rig) -> None:
     assert [m.status for m in sent] == ["queued", "queued", "failed"]
     assert sent[2].error is not None and "daily_segment_limit of 2 segments" in sent[2].error
     assert len(rig.twilio.creates) == 2
-    await DailySegments(rig.redis).refund(await rig.number(LIMITED), 2)
+    await rig.redis.delete(keys.segments(LIMITED, pacific_day()))   # a new day
     [two] = await rig.send("a" * 200, conv=conv, max_segments=2)    # one message of two segments counts two
     assert (two.status, two.segments) == ("queued", 2)
     assert await DailySegments(rig.redis).used(await rig.number(LIMITED)) == 2
@@ -900,3 +905,24 @@ async def test_a_retry_honours_twilios_retry_after_and_keeps_its_latest_error(
     clock.now += 1_000
     assert await Resender(turns.rt).tick() == 1
     assert await due_score(turns) == clock.now + 7_000, "not before Twilio's Retry-After"
+
+
+async def test_segments_are_taken_in_blocks_that_shrink_near_the_limit(rig: Rig) -> None:
+    number = (await rig.number()).model_copy(update={"daily_segment_limit": 200})
+    daily, key = DailySegments(rig.redis), keys.segments(AGENT_NUMBER, pacific_day())
+    await daily.reserve(number, 1)
+    assert int(await rig.redis.get(key)) == min(LEASE, 200 // 8)   # a block: an eighth of what is left, at most
+    for _ in range(24):
+        await daily.reserve(number, 1)                              # spent from the block: no command
+    assert int(await rig.redis.get(key)) == 25
+    other = DailySegments(rig.redis)   # another process
+    await other.reserve(number, 150)   # more than a block: what it needs
+    assert int(await rig.redis.get(key)) == 175
+    for _ in range(25):                 # the last 25: blocks of an eighth of what is left, then of one
+        await daily.reserve(number, 1)
+    assert int(await rig.redis.get(key)) == 200
+    with pytest.raises(LimitReached):
+        await daily.reserve(number, 1)
+    await other.refund(number, 2)
+    await other.give_back()
+    assert int(await rig.redis.get(key)) == 198   # never above the limit; given back, others may send them

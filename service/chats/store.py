@@ -117,9 +117,19 @@ class Chats:
     async def ongoing_with_history(self, chat_id: str, last: int) -> tuple[Chat | None, list[Message]]:
         """Chat ``chat_id`` if it is ongoing, with its last ``last`` messages, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.chat(chat_id))
-            pipe.lrange(keys.chat_messages(chat_id), -last, -1)
+            self.read_with_history(pipe, chat_id, last)
             row, raws = await pipe.execute()
+        return self.ongoing_from(row, raws)
+
+    @staticmethod
+    def read_with_history(pipe: Any, chat_id: str, last: int) -> None:
+        """Add the reads of ``ongoing_with_history`` to ``pipe`` (a caller's round trip); ``ongoing_from``
+        reads their two replies."""
+        pipe.hgetall(keys.chat(chat_id))
+        pipe.lrange(keys.chat_messages(chat_id), -last, -1)
+
+    @staticmethod
+    def ongoing_from(row: dict[str, str], raws: list[str]) -> tuple[Chat | None, list[Message]]:
         if not row or row.get("chat_status") != ChatStatus.ONGOING.value:
             return None, []
         return Chat.from_hash(row), [Message.from_json(raw) for raw in raws]

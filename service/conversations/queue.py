@@ -31,7 +31,7 @@ release of its conversation must be one atomic write. It takes the holder's ``Ho
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -106,6 +106,10 @@ class Wakeup:
     reclaimed: bool = False
 
 
+# Adds reads of the caller's to ``take``'s and ``peek``'s pipeline (keys of the conversation's partition).
+Reads = Callable[[Any], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """What ``take`` and ``peek`` read in their round trip."""
@@ -113,6 +117,7 @@ class Taken:
     taken: bool                   # the lock is now the caller's (always True for ``peek``)
     items: list[Item]             # the whole mailbox
     values: list[str | None]      # the strings at the ``with_keys`` asked for
+    also: list[Any]               # the replies to the ``also`` reads, in their order
 
 
 class ConversationQueue:
@@ -185,16 +190,18 @@ class ConversationQueue:
 
     # The workers' side: the lock and the mailbox.
 
-    async def take(self, conv: Conversation, token: str, *, with_keys: Sequence[str] = ()) -> Taken:
-        """Take the conversation's lock with ``token``, and read its mailbox and ``with_keys`` (strings in the
-        conversation's partition), in one round trip."""
-        return await self._read(conv, token, with_keys)
+    async def take(self, conv: Conversation, token: str, *, with_keys: Sequence[str] = (), also: Reads | None = None,
+                   ) -> Taken:
+        """Take the conversation's lock with ``token``, and read its mailbox, ``with_keys`` (strings in the
+        conversation's partition) and what ``also`` adds, in one round trip."""
+        return await self._read(conv, token, with_keys, also)
 
-    async def peek(self, conv: Conversation, *, with_keys: Sequence[str] = ()) -> Taken:
-        """Read the mailbox and ``with_keys`` (the holder, between turns)."""
-        return await self._read(conv, None, with_keys)
+    async def peek(self, conv: Conversation, *, with_keys: Sequence[str] = (), also: Reads | None = None) -> Taken:
+        """Read the mailbox, ``with_keys`` and ``also`` (the holder, between turns)."""
+        return await self._read(conv, None, with_keys, also)
 
-    async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str]) -> Taken:
+    async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str], also: Reads | None,
+                    ) -> Taken:
         # A transaction would only wrap these reads of one slot in MULTI/EXEC: nothing a caller can see.
         async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (MULTI changes nothing)
             if token is not None:
@@ -204,10 +211,12 @@ class ConversationQueue:
                 # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots;
                 # these share the conversation's.
                 pipe.execute_command("MGET", *with_keys)  # pragma: no mutate (commands are case-insensitive)
+            if also is not None:
+                also(pipe)
             replies = await pipe.execute()
         taken = bool(replies.pop(0)) if token is not None else True
         values = list(replies[1]) if with_keys else []
-        return Taken(taken, [Item.from_json(raw) for raw in replies[0]], values)
+        return Taken(taken, [Item.from_json(raw) for raw in replies[0]], values, replies[2 if with_keys else 1:])
 
     async def keep(self, hold: Hold, consumer: str) -> bool:
         """Renew the holder's lock and keep its wake-up from looking abandoned; False once the lock is lost."""

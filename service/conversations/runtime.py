@@ -64,6 +64,7 @@ class Runtime:
     ingestion: Ingestion           # their background work (a loop of create_app's)
     searcher: Searcher             # retrieval for the turn, with this process's cached indexes
     watchers: Watchers             # whether the console's live views are open (what commits publish to)
+    daily: DailySegments           # the numbers' daily segment counts, taken in blocks (given back at the end)
 
     @classmethod
     def build(
@@ -74,6 +75,7 @@ class Runtime:
         optouts = OptOuts(redis, metrics)
         catalog = Catalog(redis, cache_ms=settings.catalog_cache_ms)
         watchers = Watchers(redis)
+        daily = DailySegments(redis)
         chats = Chats(redis, ttl_s=settings.chat_ttl_s, lock_ttl_ms=settings.lock_ttl_ms, watchers=watchers)
         queue = ConversationQueue(redis, lock_ttl_ms=settings.lock_ttl_ms)
         outgoing = Outgoing(redis, chat_ttl_s=settings.chat_ttl_s)
@@ -98,7 +100,7 @@ class Runtime:
                           retry_base_ms=settings.event_retry_base_ms),
             optouts=optouts,
             delivery=Delivery(redis, ttl_s=settings.chat_ttl_s, watchers=watchers),
-            sender=Sender(settings, gateway, channels, queue, optouts, DailySegments(redis), metrics, outgoing,
+            sender=Sender(settings, gateway, channels, queue, optouts, daily, metrics, outgoing,
                           Pacing(redis)),
             outgoing=outgoing,
             responder=Responder(llm, http, channels, catalog, signing_key=signing_key,
@@ -107,4 +109,5 @@ class Runtime:
             ingestion=Ingestion(settings, kb_store, embedder, http, metrics),
             searcher=searcher,
             watchers=watchers,
+            daily=daily,
         )

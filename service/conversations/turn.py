@@ -10,7 +10,9 @@ accepting the reply and that commit. Texts from a user who opted out are dropped
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from service.address import SMS, Conversation, split_address
 from service.agent.tools import SmsHook
@@ -19,6 +21,7 @@ from service.chats.model import Chat, ChatType, Direction, EndReason, Message, R
 from service.clock import now_ms
 from service.conversations import dialog
 from service.conversations.items import Item, ItemKind
+from service.conversations.queue import Reads
 from service.conversations.runtime import Runtime
 from service.errors import InvalidRequest, NotFound
 from service.retell.models import E164_RE, ChatAgent, PhoneNumber
@@ -30,6 +33,7 @@ from service.webhooks import chat_inbound
 log = logging.getLogger(__name__)
 
 DEFAULT_FALLBACK: str = ChatAgent.model_fields["fallback_message"].default
+KNOWN_CHATS = 20_000   # conversations whose chat a process remembers (``Turns.take``); about 150 bytes each
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,28 +57,58 @@ def _answering_agent(ctx: Context) -> str | None:
 class Turns:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        # The ongoing chat of conversations this process ran turns of, most recent last: the next turn reads
+        # that chat in the round trip that takes the lock (``take``), and only reads it again in a second one
+        # when the conversation has gone on to another chat since.
+        self._chat_ids: OrderedDict[str, str] = OrderedDict()
 
     async def take(self, conv: Conversation, token: str) -> tuple[list[Item], Context] | None:
-        """Take the conversation's lock with ``token`` and ``load``, in the same round trips; None (having
-        read for nothing) when another worker holds the lock."""
-        taken = await self._rt.queue.take(conv, token, with_keys=self._context_keys(conv))
-        return (taken.items, await self._context(conv, taken.values)) if taken.taken else None
+        """Take the conversation's lock with ``token`` and ``load``, in the same round trip when this process
+        knows the conversation's chat; None (having read for nothing) when another worker holds the lock."""
+        guess = self._chat_ids.get(conv.id)
+        taken = await self._rt.queue.take(conv, token, with_keys=self._context_keys(conv), also=self._reads(guess))
+        return (taken.items, await self._context(conv, taken.values, guess, taken.also)) if taken.taken else None
 
     async def load(self, conv: Conversation) -> tuple[list[Item], Context]:
-        """The mailbox and the context of its next turn, in two round trips (pipelines of one partition)."""
-        read = await self._rt.queue.peek(conv, with_keys=self._context_keys(conv))
-        return read.items, await self._context(conv, read.values)
+        """The mailbox and the context of its next turn, in one round trip (two when the chat changed)."""
+        guess = self._chat_ids.get(conv.id)
+        read = await self._rt.queue.peek(conv, with_keys=self._context_keys(conv), also=self._reads(guess))
+        return read.items, await self._context(conv, read.values, guess, read.also)
 
     @staticmethod
     def _context_keys(conv: Conversation) -> list[str]:
         return [keys.current_chat(conv), keys.optout(conv)]
 
-    async def _context(self, conv: Conversation, values: list[str | None]) -> Context:
+    def _reads(self, chat_id: str | None) -> Reads | None:
+        if chat_id is None:
+            return None
+        window = self._rt.settings.history_window
+        return lambda pipe: self._rt.chats.read_with_history(pipe, chat_id, window)
+
+    async def _context(self, conv: Conversation, values: list[str | None], guess: str | None, read: list[Any],
+                       ) -> Context:
         chat_id, opted_out = values
-        chat, history = (await self._rt.chats.ongoing_with_history(chat_id, self._rt.settings.history_window)
-                         if chat_id else (None, []))
+        chat: Chat | None
+        history: list[Message]
+        if chat_id is None:
+            chat, history = None, []
+        elif chat_id == guess:
+            chat, history = self._rt.chats.ongoing_from(*read)
+        else:
+            chat, history = await self._rt.chats.ongoing_with_history(chat_id, self._rt.settings.history_window)
+        self.remember(conv, chat.chat_id if chat is not None else None)
         number = await self._rt.catalog.get_number(conv.agent_number)
         return Context(number, chat, history, opted_out is not None)
+
+    def remember(self, conv: Conversation, chat_id: str | None) -> None:
+        """``chat_id`` is ``conv``'s ongoing chat now (None: it has none)."""
+        if chat_id is None:
+            self._chat_ids.pop(conv.id, None)
+            return
+        self._chat_ids[conv.id] = chat_id
+        self._chat_ids.move_to_end(conv.id)
+        if len(self._chat_ids) > KNOWN_CHATS:
+            self._chat_ids.popitem(last=False)
 
     async def fallback(self, hold: Hold, batch: list[Item], ctx: Context) -> Release:
         """After a turn failed for good: answer its texts with the agent's ``fallback_message`` (recorded in the
@@ -194,6 +228,7 @@ class Turns:
             if opened is None:
                 return await self._rt.lifecycle.commit(None, conv, TurnResult(consumed=len(batch)), hold=hold)
             chat, agent = opened
+            self.remember(conv, chat.chat_id)
         else:
             agent = await dialog.agent_for(self._rt, chat)
         user = [self._user_message(item) for item in batch]

@@ -26,6 +26,7 @@ PACIFIC = ZoneInfo("America/Los_Angeles")
 DEFAULT_DAILY_SEGMENTS = 6_000
 DEFAULT_COUNTRIES = ("US",)
 COUNTER_TTL_S = 2 * 86_400
+LEASE = 32   # segments a process takes from the day's counter at once, when the day has room (DailySegments)
 
 
 def country_of(e164: str) -> str:
@@ -56,31 +57,60 @@ def pacific_day(now: datetime | None = None) -> str:
     return (now or datetime.now(PACIFIC)).astimezone(PACIFIC).date().isoformat()
 
 
+# KEYS: the day's counter.  ARGV: limit, segments needed, most to take, counter TTL s.  Takes what is needed and,
+# when there is room, up to an eighth of what is left (at most ARGV[3]); returns what it took, 0 when the need
+# does not fit.
+_TAKE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local need, free = tonumber(ARGV[2]), tonumber(ARGV[1]) - used
+if need > free then return 0 end
+local take = math.min(math.max(need, math.floor(free / 8)), math.max(need, tonumber(ARGV[3])))
+if redis.call('INCRBY', KEYS[1], take) == take then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return take
+"""
+
+
 class DailySegments:
     """Segments sent per number per US-Pacific day, against its ``daily_segment_limit``.
 
-    A reservation is one ``INCRBY``; one that goes over the limit is given back (``DECRBY``) and refused. So
-    the counter never stays above the limit, and near it a send that races another may be refused while the
-    other's reservation is briefly counted."""
+    The counter in Redis is what every process has taken. A process takes segments in blocks (``LEASE``, and
+    at most an eighth of what the day has left, so near the limit blocks shrink to the send's own need) and
+    spends them with no Redis command until the block is used up: most sends cost none. So the counter may run
+    ahead of what was sent by what processes hold unspent (given back when the process stops, ``give_back``),
+    and near the limit a send may be refused while another process still holds a few segments; it never lets
+    more than the limit be sent."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._take = redis.register_script(_TAKE)
+        self._held: dict[str, int] = {}   # counter key -> segments taken and not yet spent, by this process
 
     async def reserve(self, number: PhoneNumber, segments: int) -> None:
         """Count ``segments`` against today's limit, or raise ``LimitReached`` (counting nothing)."""
-        limit = number.daily_segment_limit or DEFAULT_DAILY_SEGMENTS
         key = keys.segments(number.phone_number, pacific_day())
-        used = int(await self._redis.incrby(key, segments))
-        if used == segments:   # the day's first send: the counter is new
-            await self._redis.expire(key, COUNTER_TTL_S)
-        if used > limit:
-            await self._redis.decrby(key, segments)
-            raise LimitReached(f"{number.phone_number} reached its daily_segment_limit of {limit} segments for "
-                               f"{pacific_day()} (US Pacific); nothing was sent")
+        held = self._held.get(key, 0)
+        if held < segments:
+            limit = number.daily_segment_limit or DEFAULT_DAILY_SEGMENTS
+            taken = int(await self._take(keys=[key], args=[limit, segments - held, LEASE, COUNTER_TTL_S]))
+            if not taken:
+                raise LimitReached(f"{number.phone_number} reached its daily_segment_limit of {limit} segments for "
+                                   f"{pacific_day()} (US Pacific); nothing was sent")
+            held += taken
+            day = key.rsplit(":", 1)[1]   # what is held of other days is no longer counted anywhere
+            self._held = {k: v for k, v in self._held.items() if k.endswith(day)}
+        self._held[key] = held - segments
 
     async def refund(self, number: PhoneNumber, segments: int) -> None:
-        """Give back segments Twilio did not send."""
-        await self._redis.decrby(keys.segments(number.phone_number, pacific_day()), segments)
+        """Give back segments Twilio did not send (to this process's block: the next send spends them)."""
+        key = keys.segments(number.phone_number, pacific_day())
+        self._held[key] = self._held.get(key, 0) + segments
+
+    async def give_back(self) -> None:
+        """Return the unspent segments of today's blocks to the counters (the process is stopping)."""
+        held, self._held = self._held, {}
+        for key, segments in held.items():
+            if segments:
+                await self._redis.decrby(key, segments)
 
     async def used(self, number: PhoneNumber) -> int:
         return int(await self._redis.get(keys.segments(number.phone_number, pacific_day())) or 0)

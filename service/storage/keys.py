@@ -134,8 +134,8 @@ key (``{S}``: the partition)                    type    bound
 {knowledge}:due                                 ZSET    knowledge base id -> when it next needs ingestion work (ms):
                                                         pending sources, a re-embedding, a daily URL refresh; leased
                                                         while a process works on it (storage.dueset)
-segments:<E.164>:<YYYY-MM-DD>                   STRING  segments sent from the number on that US-Pacific day;
-                                                        TTL 2 days
+segments:<E.164>:<YYYY-MM-DD>                   STRING  segments the processes took for the number on that
+                                                        US-Pacific day, in blocks (sms/limits.py); TTL 2 days
 idempotency:<key>                               STRING  a send-sms result for its Idempotency-Key; TTL 24 h
 pace:<E.164>                                    STRING  when the paced number's next message may go (ms); TTL until
                                                         then + 1 s (sms/pacing.py)
