@@ -926,3 +926,10 @@ async def test_segments_are_taken_in_blocks_that_shrink_near_the_limit(rig: Rig)
     await other.refund(number, 2)
     await other.give_back()
     assert int(await rig.redis.get(key)) == 198   # never above the limit; given back, others may send them
+
+
+async def test_sends_at_once_share_the_block_one_of_them_takes(rig: Rig) -> None:
+    number = await rig.number()
+    daily = DailySegments(rig.redis)
+    await asyncio.gather(*(daily.reserve(number, 1) for _ in range(LEASE)))
+    assert int(await rig.redis.get(keys.segments(AGENT_NUMBER, pacific_day()))) == LEASE   # one block, not 32

@@ -12,6 +12,7 @@ process; a send that would pass ``daily_segment_limit`` (default 6,000) is refus
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -84,20 +85,28 @@ class DailySegments:
         self._redis = redis
         self._take = redis.register_script(_TAKE)
         self._held: dict[str, int] = {}   # counter key -> segments taken and not yet spent, by this process
+        self._taking: dict[str, asyncio.Future[None]] = {}   # counter key -> a block being taken now
 
     async def reserve(self, number: PhoneNumber, segments: int) -> None:
         """Count ``segments`` against today's limit, or raise ``LimitReached`` (counting nothing)."""
         key = keys.segments(number.phone_number, pacific_day())
-        held = self._held.get(key, 0)
-        if held < segments:
-            limit = number.daily_segment_limit or DEFAULT_DAILY_SEGMENTS
-            taken = int(await self._take(keys=[key], args=[limit, segments - held, LEASE, COUNTER_TTL_S]))
+        while (held := self._held.get(key, 0)) < segments:
+            taking = self._taking.get(key)
+            if taking is not None:   # another send of this process is taking a block: wait for it, then look
+                await asyncio.shield(taking)
+                continue
+            self._taking[key] = asyncio.get_running_loop().create_future()
+            try:
+                limit = number.daily_segment_limit or DEFAULT_DAILY_SEGMENTS
+                taken = int(await self._take(keys=[key], args=[limit, segments - held, LEASE, COUNTER_TTL_S]))
+            finally:
+                self._taking.pop(key).set_result(None)
             if not taken:
                 raise LimitReached(f"{number.phone_number} reached its daily_segment_limit of {limit} segments for "
                                    f"{pacific_day()} (US Pacific); nothing was sent")
-            held += taken
             day = key.rsplit(":", 1)[1]   # what is held of other days is no longer counted anywhere
             self._held = {k: v for k, v in self._held.items() if k.endswith(day)}
+            self._held[key] = self._held.get(key, 0) + taken
         self._held[key] = held - segments
 
     async def refund(self, number: PhoneNumber, segments: int) -> None:
