@@ -31,6 +31,13 @@ def _clean(value: Any) -> Any:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record; with ``process``, each line names the process that wrote it (``parley serve``
+    names its supervisor and children, whose lines share one stderr)."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self._process = process
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -38,6 +45,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": redact(record.getMessage()),
         }
+        if self._process is not None:
+            line["process"] = self._process
         for name, value in vars(record).items():
             if name not in _STANDARD:
                 line[name] = _clean(value)
@@ -46,15 +55,20 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure(level: str, *, twilio_level: str = "WARNING") -> None:
-    """Send JSON lines to stderr at ``level``; quiet the access log and chatty libraries.
+def configure(level: str, *, twilio_level: str = "WARNING", process: str | None = None) -> None:
+    """Send JSON lines to stderr at ``level``, each with a ``process`` field when ``process`` is given; quiet the
+    access log and chatty libraries.
+
+    ``logging.StreamHandler`` writes a record and its newline in one ``write``, and stderr (line-buffered, or
+    unbuffered) hands each line to the kernel in one ``write(2)``: processes sharing a pipe or a file never
+    interleave within a line shorter than ``PIPE_BUF`` (4 KiB on Linux), nor, on a file, within any line.
 
     The twilio library logs each request and response in about ten INFO lines, with URLs and headers: most of
     what a busy process would log. Its whole tree (``twilio.http_client``, ``twilio.async_http_client``...)
     logs at ``twilio_level`` (``PARLEY_TWILIO_LOG_LEVEL``), WARNING unless asked.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(process))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("PARLEY_OUTBOUND_ALLOW", "outbound_allow")
     )
     workers: int = Field(default=512, ge=1, le=100_000, validation_alias=_env("PARLEY_WORKERS", "workers"))
+    # Processes `parley serve` runs (``service/cli/supervisor.py``): 0, as many as the cores this process may use;
+    # 1, one process with the web tier, the workers and the scheduler; from 2, a supervisor, one web process and
+    # the others workers. ``serve --processes N`` overrides it.
+    processes: int = Field(default=0, ge=0, le=1_024, validation_alias=_env("PARLEY_PROCESSES", "processes"))
+    # The ``process`` field of every log line (unset: no field). `parley serve`'s supervisor names its children
+    # with it (web, worker-1...).
+    process_name: str | None = Field(
+        default=None, min_length=1, validation_alias=_env("PARLEY_PROCESS_NAME", "process_name")
+    )
     log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL", "log_level"))
     # The twilio library logs every request and response (URLs, headers) at INFO: quiet unless asked.
     twilio_log_level: str = Field(

@@ -45,7 +45,7 @@ def parley(command: str, data_dir: Path, **extra_env: str) -> Iterator[Running]:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = Running(url=f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and status != 200:
             try:
@@ -61,8 +61,9 @@ def parley(command: str, data_dir: Path, **extra_env: str) -> Iterator[Running]:
         running.returncode = process.returncode
 
 
-def test_serve_starts_with_embedded_valkey_and_stops_cleanly(tmp_path: Path) -> None:
-    with parley("serve", tmp_path / "var") as running:
+@pytest.mark.parametrize("processes", ["1", "2"])   # one process; a supervisor, a web and a worker child
+def test_serve_starts_with_embedded_valkey_and_stops_cleanly(tmp_path: Path, processes: str) -> None:
+    with parley(f"serve --processes {processes}", tmp_path / "var") as running:
         assert (tmp_path / "var" / "valkey").is_dir()
     assert running.returncode == 0, running.stderr
     assert "this run's API key is: key_" in running.stderr

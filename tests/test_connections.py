@@ -28,7 +28,7 @@ async def serve(redis: Any, redis_url: str, tmp_path: Path) -> AsyncIterator[Pro
     write_agents(tmp_path / "agents", {"frontdesk": agent_file()}, DEFAULT_NUMBERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
     env.update({**redis_env(redis_url), "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY,
-                "PARLEY_LOG_LEVEL": "WARNING", "PARLEY_DRAIN_TIMEOUT_S": "1",
+                "PARLEY_LOG_LEVEL": "WARNING", "PARLEY_DRAIN_TIMEOUT_S": "1", "PARLEY_PROCESSES": "1",
                 "PARLEY_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "PARLEY_KEEPALIVE_TIMEOUT_S": str(KEEPALIVE_S)})
     process = await Process(env, tmp_path / "parley.log").start()
     yield process

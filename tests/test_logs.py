@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -75,3 +76,12 @@ def test_the_twilio_log_level_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_TWILIO_LOG_LEVEL", "loud")
     with pytest.raises(ValidationError, match="'loud' is not a log level"):
         Settings()
+
+
+def test_a_named_process_names_itself_in_every_line() -> None:
+    record = logging.LogRecord("service.x", logging.INFO, __file__, 1, "turn ran", None, None)
+    record.chat_id = "chat_1"
+    assert orjson.loads(logs.JsonFormatter("worker-2").format(record)) == {
+        "ts": round(record.created, 3), "level": "info", "logger": "service.x", "event": "turn ran",
+        "process": "worker-2", "chat_id": "chat_1"}
+    assert "process" not in orjson.loads(logs.JsonFormatter().format(record))   # one process: lines as before

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Process:
-    """``python -m service serve`` on its own port."""
+    """``python -m service serve`` on its own port (one process unless ``PARLEY_PROCESSES`` says otherwise)."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = unused_port()
@@ -52,7 +52,7 @@ class Process:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "service", "serve", *args, cwd=REPO, env=self.env,
                 stdout=asyncio.subprocess.DEVNULL, stderr=log)
-        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(60):   # a supervisor's children start together
             while True:
                 try:
                     async with http.get(f"http://127.0.0.1:{self.port}/readyz") as response:
@@ -70,19 +70,26 @@ class Process:
             return await self.proc.wait()
 
 
-@pytest.fixture
-async def launch(
-    redis: Any, redis_url: str, tmp_path: Path, fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
-) -> AsyncIterator[Callable[..., Any]]:
+def process_env(tmp_path: Path, fake_twilio: FakeTwilio, fake_llm: FakeOpenAI) -> dict[str, str]:
+    """A Parley process's environment with the test agent and the fakes, none of the test run's settings, no
+    Redis (``redis_env`` adds it) and one process per ``serve``."""
     write_agents(tmp_path / "agents", {"frontdesk": agent_file()}, DEFAULT_NUMBERS)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
-    base.update({
-        **redis_env(redis_url), "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY,
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "PARLEY_", "TWILIO_", "OPENAI_"))}
+    env.update({
+        "PARLEY_AGENTS_DIR": str(tmp_path / "agents"), "PARLEY_API_KEY": API_KEY, "PARLEY_PROCESSES": "1",
         "PARLEY_PUBLIC_URL": PUBLIC_URL, "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_API_BASE_URL": fake_twilio.url, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_llm.url,
         "PARLEY_LLM_MAX_RETRIES": "0", "PARLEY_RECLAIM_IDLE_MS": "1000", "PARLEY_LOCK_TTL_MS": "2000",
         "PARLEY_SCHEDULER_INTERVAL_MS": "100", "PARLEY_LOG_LEVEL": "WARNING", "PARLEY_DRAIN_TIMEOUT_S": "5",
     })
+    return env
+
+
+@pytest.fixture
+async def launch(
+    redis: Any, redis_url: str, tmp_path: Path, fake_twilio: FakeTwilio, fake_llm: FakeOpenAI,
+) -> AsyncIterator[Callable[..., Any]]:
+    base = {**process_env(tmp_path, fake_twilio, fake_llm), **redis_env(redis_url)}
     started: list[Process] = []
 
     async def start(**env: str) -> Process:

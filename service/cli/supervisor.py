@@ -1,0 +1,224 @@
+"""``parley serve`` on several cores: a supervisor process and its children.
+
+With ``PARLEY_PROCESSES`` (or ``serve --processes N``) at 2 or more, and by default on a machine with several
+cores, ``parley serve`` runs no app itself. It starts one *web* child (``serve --web-only``: the webhooks, the
+API and the console on ``PARLEY_HOST:PARLEY_PORT``) and N-1 *worker* children (``worker``: the workers and the
+scheduler, with no listener), so that a webhook never waits behind turns on a busy event loop. Each child is a
+fresh ``python -m service`` process (not a fork: an app holds sockets and threads), with ``PARLEY_PROCESS_NAME``
+(``web``, ``worker-1``...) naming it in its log lines, and ``--supervised PID``, which makes it die with the
+supervisor (``die_with_parent``) and keeps a worker child off the port.
+
+The supervisor:
+
+- checks the settings and the agent files first, so a mistake fails at once, with the message one process
+  gives;
+- starts the embedded Valkey once when ``REDIS_URL`` is unset and hands its URL to every child, and makes up
+  the run's API key once when none is set (children of one run must share it), printing it as one process does;
+- restarts a child that exits while it is not stopping, after ``BACKOFF_FIRST_S``, doubling per recent death of
+  that child up to ``BACKOFF_MAX_S``; after more than ``RESTARTS_MAX`` deaths within ``RESTARTS_WINDOW_S`` (a
+  crash loop: a port taken, Redis refusing) it stops the others and exits 1;
+- on SIGTERM or SIGINT sends SIGTERM to every child, gives them ``PARLEY_DRAIN_TIMEOUT_S`` + ``STOP_MARGIN_S`` to
+  drain, kills what is left, stops the embedded Valkey, and exits 0 when every child drained (1 otherwise).
+
+Children write to the supervisor's stderr, one whole JSON line per ``write(2)`` (``service/logs.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from service import logs
+from service.api.auth import key_roles
+from service.catalog import agent_files
+from service.errors import ConfigError
+from service.knowledge import folders
+from service.settings import Settings
+from service.storage.connection import server_url
+
+log = logging.getLogger(__name__)
+
+RESTARTS_MAX = 5             # deaths of children within RESTARTS_WINDOW_S that are restarted; one more stops all
+RESTARTS_WINDOW_S = 60.0
+BACKOFF_FIRST_S = 0.5        # before a child is started again, doubling per death of that child in the window
+BACKOFF_MAX_S = 2.0
+STOP_MARGIN_S = 5.0          # past PARLEY_DRAIN_TIMEOUT_S, before a child still draining is killed
+PR_SET_PDEATHSIG = 1         # prctl(2)
+# How a child that stopped cleanly exits: 0 once drained, or killed by the SIGTERM itself while it was still
+# starting (before its handlers were installed: nothing in flight).
+STOPPED = frozenset({0, -signal.SIGTERM})
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Child:
+    """One child: its name (its log lines' ``process``), its ``parley`` arguments, and its recent deaths."""
+
+    name: str
+    args: list[str]
+    deaths: deque[float] = field(default_factory=deque)
+
+
+def children(processes: int) -> list[Child]:
+    """The web child and ``processes - 1`` worker children, each told the supervisor's pid."""
+    parent = ["--supervised", str(os.getpid())]
+    return [Child("web", ["serve", "--web-only", *parent]),
+            *(Child(f"worker-{n}", ["worker", *parent]) for n in range(1, processes))]
+
+
+def run(settings: Settings, processes: int) -> int:
+    """Supervise ``processes`` children (at least 2) until SIGTERM or SIGINT, or until they keep dying; return
+    the exit status."""
+    logs.configure(settings.log_level, twilio_level=settings.twilio_log_level, process="supervisor")
+    try:
+        agent_files.load(settings)   # what each child checks first: a mistake is reported once, here
+        folders.load(settings)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    return asyncio.run(_supervise(settings, processes))
+
+
+async def _supervise(settings: Settings, processes: int) -> int:
+    async with server_url(settings) as url:
+        env = {**os.environ, "REDIS_URL": url, **_run_key(settings)}   # the children read the same settings
+        supervisor = Supervisor(children(processes), env, stop_within_s=settings.drain_timeout_s + STOP_MARGIN_S)
+        log.info("supervisor started", extra={"processes": processes, "pid": os.getpid()})
+        status = await supervisor.run()
+    log.info("supervisor stopped", extra={"exit_code": status})
+    return status
+
+
+def _run_key(settings: Settings) -> dict[str, str]:
+    """With no API key set, the one ``parley serve`` makes up, for every child (``PARLEY_API_KEY``), printed."""
+    if settings.webhook_key() is not None:
+        return {}
+    _, key = key_roles(settings, split=False)
+    print(f"PARLEY_API_KEY is not set (nor PARLEY_API_KEYS): an admin key that also signs events was made up for "
+          f"this run; this run's API key is: {key}", file=sys.stderr, flush=True)
+    return {"PARLEY_API_KEY": key}
+
+
+class Supervisor:
+    """Keeps its children running until told to stop (``stopping``), then drains them."""
+
+    def __init__(self, children: list[Child], env: Mapping[str, str], *, stop_within_s: float) -> None:
+        self.children = children
+        self.stopping = asyncio.Event()
+        self.failed = False
+        self._env = env
+        self._stop_within_s = stop_within_s
+        self._deaths: deque[float] = deque()   # every child's, within RESTARTS_WINDOW_S
+
+    async def run(self) -> int:
+        """0 when every child drained at the stop; 1 when one did not, or children kept dying."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
+        drained = await asyncio.gather(*(self._keep(child) for child in self.children))
+        return 0 if all(drained) and not self.failed else 1
+
+    def _stop(self, sig: signal.Signals) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: SIGTERM to every child", extra={"signal": sig.name})
+        self.stopping.set()
+
+    async def _keep(self, child: Child) -> bool:
+        """Run ``child``, again each time it exits, until the stop; whether it drained then."""
+        while not self.stopping.is_set():
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "service", *child.args, stdin=asyncio.subprocess.DEVNULL,
+                    env={**self._env, "PARLEY_PROCESS_NAME": child.name})
+            except OSError as exc:
+                log.error("a child could not be started: stopping", extra={"child": child.name, "error": str(exc)})
+                self.failed = True
+                self.stopping.set()
+                return True
+            log.info("child started", extra={"child": child.name, "pid": process.pid})
+            exited = asyncio.ensure_future(process.wait())
+            stopped = asyncio.ensure_future(self.stopping.wait())
+            await asyncio.wait((exited, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not exited.done():
+                return await self._drain(child, process, exited)
+            if self.stopping.is_set():   # it was told to stop (a terminal's Ctrl-C reaches the whole group)
+                return process.returncode in STOPPED
+            if not self._restartable(child, process):
+                return True
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self._backoff_s(child))
+        return True
+
+    def _restartable(self, child: Child, process: asyncio.subprocess.Process) -> bool:
+        """Count a child's death; whether it may be started again (not a crash loop)."""
+        now = time.monotonic()
+        for deaths in (self._deaths, child.deaths):
+            deaths.append(now)
+            while deaths[0] < now - RESTARTS_WINDOW_S:
+                deaths.popleft()
+        exit_ = {"child": child.name, "pid": process.pid, **_exit(process.returncode)}
+        if len(self._deaths) > RESTARTS_MAX:
+            log.error("children keep dying: stopping the others and exiting 1",
+                      extra={**exit_, "deaths": len(self._deaths), "within_s": RESTARTS_WINDOW_S})
+            self.failed = True
+            self.stopping.set()
+            return False
+        log.warning("child exited: restarting it", extra={**exit_, "after_s": self._backoff_s(child)})
+        return True
+
+    @staticmethod
+    def _backoff_s(child: Child) -> float:
+        return float(min(BACKOFF_FIRST_S * 2 ** (len(child.deaths) - 1), BACKOFF_MAX_S))
+
+    async def _drain(self, child: Child, process: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> bool:
+        """SIGTERM to ``process``; kill it if it has not exited within the drain timeout and margin."""
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._stop_within_s):
+                code = await asyncio.shield(exited)
+        except TimeoutError:
+            log.warning("child still draining: killed", extra={"child": child.name, "pid": process.pid,
+                                                              "waited_s": self._stop_within_s})
+            with suppress(ProcessLookupError):
+                process.kill()
+            await exited
+            return False
+        if code not in STOPPED:
+            log.warning("child exited badly while stopping", extra={"child": child.name, "pid": process.pid,
+                                                                     **_exit(code)})
+        return code in STOPPED
+
+
+def _exit(returncode: int | None) -> dict[str, object]:
+    if returncode is not None and returncode < 0:
+        return {"signal": signal.Signals(-returncode).name}
+    return {"exit_code": returncode}
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGTERM this process when its parent dies (SIGKILL included), so that no child of
+    ``parley serve`` outlives the supervisor ``parent``; exit now if it is already gone. Linux only: elsewhere
+    a supervisor killed outright leaves its children running."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
+    if os.getppid() != parent:
+        raise SystemExit(f"the supervisor (pid {parent}) is gone")
