@@ -79,14 +79,14 @@ class Budget:
 # load (the benchmark's ``count`` phase); "uncached catalog": read from Redis every time (``catalog_cache_ms=0``).
 BUDGETS = {
     "cached catalog": {
-        "first text": Budget(commands=47, request_round_trips=1, turn_round_trips=5),
-        "follow-up": Budget(commands=21, request_round_trips=1, turn_round_trips=5),
-        "api message": Budget(commands=11, request_round_trips=6, turn_round_trips=0),
+        "first text": Budget(commands=45, request_round_trips=1, turn_round_trips=4),
+        "follow-up": Budget(commands=19, request_round_trips=1, turn_round_trips=3),
+        "api message": Budget(commands=10, request_round_trips=6, turn_round_trips=0),
     },
     "uncached catalog": {
-        "first text": Budget(commands=56, request_round_trips=2, turn_round_trips=9),
-        "follow-up": Budget(commands=26, request_round_trips=2, turn_round_trips=9),
-        "api message": Budget(commands=14, request_round_trips=9, turn_round_trips=0),
+        "first text": Budget(commands=54, request_round_trips=2, turn_round_trips=8),
+        "follow-up": Budget(commands=24, request_round_trips=2, turn_round_trips=7),
+        "api message": Budget(commands=13, request_round_trips=9, turn_round_trips=0),
     },
 }
 CATALOG_CACHE_MS = {"cached catalog": 60_000, "uncached catalog": 0}
