@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import unused_port
 from openai import AsyncOpenAI
 
-from service.agent.completions import CompletionError, Completions, retry_delay_s, should_retry
+from service.agent.completions import CompletionError, Completions, env_proxy, retry_delay_s, should_retry
 from service.agent.llm import LLM
 from service.errors import LLMError
 from service.metrics import Metrics
@@ -124,3 +124,11 @@ def test_the_retry_policy_is_the_clients() -> None:
     assert retry_delay_s(0, {"retry-after": "3"}) == 3.0
     for taken, most in ((0, 0.5), (1, 1.0), (2, 2.0), (5, 8.0)):   # 0.5 s doubling to 8 s, up to 25 % less
         assert most * 0.75 <= retry_delay_s(taken, None) <= most
+
+
+def test_the_environments_proxy_is_used_unless_the_host_is_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "llm.internal")
+    assert env_proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
+    assert env_proxy("https://llm.internal/v1/chat/completions") is None
+    assert env_proxy("http://127.0.0.1:8000/v1/chat/completions") is None   # no HTTP_PROXY

@@ -28,7 +28,9 @@ import email.utils
 import math
 import random
 import time
+import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -90,6 +92,16 @@ def retry_delay_s(retries_taken: int, headers: Any | None) -> float:
     return backoff * (1 - 0.25 * random.random())
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``), as the
+    client's ``trust_env`` would use it; read once (aiohttp's ``trust_env`` reads it, and ``.netrc``, in a thread
+    on every request)."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
+
+
 class Completions:
     """``POST {base_url}/chat/completions``; one per process (``LLM``)."""
 
@@ -99,13 +111,13 @@ class Completions:
                          "Accept": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_retries = max_retries
+        self._proxy = env_proxy(self._url)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # As the client's: up to 1,000 connections, and the proxy settings of the environment.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000), trust_env=True,
-                                                  json_serialize=lambda value: orjson.dumps(value).decode())
+            # As the client's: up to 1,000 connections.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
         return self._session
 
     async def close(self) -> None:
@@ -119,7 +131,7 @@ class Completions:
             last = retries_taken == self._max_retries
             headers: Any = None
             try:
-                async with self._http().post(self._url, data=data, headers=self._headers,
+                async with self._http().post(self._url, data=data, headers=self._headers, proxy=self._proxy,
                                              timeout=self._timeout) as response:
                     content = await response.read()
                     if response.status < 300:
