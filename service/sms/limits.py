@@ -13,6 +13,7 @@ process; a send that would pass ``daily_segment_limit`` (default 6,000) is refus
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -30,6 +31,7 @@ COUNTER_TTL_S = 2 * 86_400
 LEASE = 32   # segments a process takes from the day's counter at once, when the day has room (DailySegments)
 
 
+@functools.lru_cache(maxsize=4096)   # every turn prices its messages by the user's country (chats/cost.py)
 def country_of(e164: str) -> str:
     """The ISO country of an E.164 number ("ZZ" when unknown)."""
     try:
