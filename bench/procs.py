@@ -58,12 +58,13 @@ def children(pid: int) -> list[int]:
 
 
 def parent_of(pid: int) -> int | None:
-    """The parent process id of ``pid`` (None when it is gone)."""
+    """The parent process id of ``pid`` (None when it is gone, or dead and not reaped yet: a zombie)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+            state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
         return None
+    return None if state in ("Z", "X") else int(parent)
 
 
 def environ(pid: int) -> dict[str, str]:
