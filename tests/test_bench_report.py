@@ -58,7 +58,7 @@ def test_the_block_is_rewritten_in_place_and_a_readme_without_markers_is_a_clear
     assert text.endswith(f"{report.END}\nafter\n") and "old numbers" not in text
     assert report.main(["--readme", str(readme), "--history", str(hist), "--check"]) == 0
     readme.write_text("# Parley\n")
-    with pytest.raises(ValueError, match="README.md has no benchmark block"):
+    with pytest.raises(ValueError, match=r"README\.md has no benchmark block"):
         report.main(["--readme", str(readme), "--history", str(hist)])
 
 
