@@ -75,7 +75,7 @@ def processes(run: dict[str, Any]) -> str:
 
 def main_table(run: dict[str, Any]) -> list[str]:
     dirty = " + uncommitted changes to service/" if run.get("service_changed") else ""
-    lines = [f"The latest {'full' if run['plan'] == 'full' else 'quick (no full run yet)'} run: `{run['command']}`, "
+    lines = [f"The latest {'full run' if run['plan'] == 'full' else 'run (quick: no full run yet)'}: `{run['command']}`, "
              f"{run['date']}, Parley {run['commit']}{dirty}, {processes(run)}, nproc {run.get('nproc')}; load "
              f"average {value(run.get('load_average_at_start'))} at the start, {value(run.get('load_average'))} at "
              f"the end; other processes used {value(run.get('other_cpu_pct_of_one_core'), ' %')} of one core.",
@@ -108,7 +108,9 @@ def render(runs: list[dict[str, Any]]) -> str:
     run = shown_run(runs)
     if run is None:
         return "No benchmark run in `bench/history.jsonl` yet.\n"
-    lines = [*main_table(run), "", f"The last {min(RECENT, len(runs))} runs of `bench/history.jsonl`, newest first:",
+    shown = min(RECENT, len(runs))
+    lines = [*main_table(run), "", f"The last {shown} run{'s' if shown > 1 else ''} of `bench/history.jsonl`, newest "
+             "first:",
              "", *recent_table(runs)]
     return "\n".join(lines) + "\n"
 

@@ -42,7 +42,8 @@ def test_the_table_shows_the_latest_complete_full_run_and_lists_the_recent_ones(
     assert [row.split(" | ")[0] for row in recent] == ["| d3", "| d2", "| d1"]
     assert "full, partial" in recent[0] and "| 0.4 |" in recent[1]
     only_quick = report.render([line("d2", "quick", ratio=0.4)])
-    assert only_quick.startswith("The latest quick (no full run yet) run:")
+    assert only_quick.startswith("The latest run (quick: no full run yet): `.venv/bin/python -m bench.run`")
+    assert "The last 1 run of `bench/history.jsonl`, newest first:" in only_quick
     assert "| 0.4 | >= 0.6 x floor | FAIL |" in only_quick
     assert report.render([]) == "No benchmark run in `bench/history.jsonl` yet.\n"
 
