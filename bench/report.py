@@ -75,7 +75,8 @@ def processes(run: dict[str, Any]) -> str:
 
 def main_table(run: dict[str, Any]) -> list[str]:
     dirty = " + uncommitted changes to service/" if run.get("service_changed") else ""
-    lines = [f"The latest {'full run' if run['plan'] == 'full' else 'run (quick: no full run yet)'}: `{run['command']}`, "
+    which = "full run" if run["plan"] == "full" else "run (quick: no full run yet)"
+    lines = [f"The latest {which}: `{run['command']}`, "
              f"{run['date']}, Parley {run['commit']}{dirty}, {processes(run)}, nproc {run.get('nproc')}; load "
              f"average {value(run.get('load_average_at_start'))} at the start, {value(run.get('load_average'))} at "
              f"the end; other processes used {value(run.get('other_cpu_pct_of_one_core'), ' %')} of one core.",
