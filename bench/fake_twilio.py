@@ -2,10 +2,12 @@
 
 ``python -m bench.fake_twilio --port P --account AC...:token``. By default it does not keep the messages
 it receives: it counts them and keeps, per ``To`` number, the receive times (wall clock) of the last few,
-so the benchmark can match replies to the texts it sent. ``--keep-messages`` keeps them all (unbounded).
+so the benchmark can match replies to the texts it sent, and the bodies sent to it, to count repeats (a body sent
+twice to one number: the benchmark's texts are all different and the fake LLM echoes them, so a repeat is a
+reply sent twice). ``--keep-messages`` keeps them all (unbounded).
 
-``GET /stats`` answers ``{"count": n, "numbers": k}``; ``GET /replies`` the receive times by ``To``;
-``POST /reset`` forgets both.
+``GET /stats`` answers ``{"count": n, "numbers": k, "repeats": r}``; ``GET /replies`` the receive times by
+``To``; ``POST /reset`` forgets all of it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class ReplyLog:
 
     count: int = 0
     untracked: int = 0
+    repeats: int = 0
     times: dict[str, deque[float]] = field(default_factory=dict)
+    bodies: dict[str, set[str]] = field(default_factory=dict)
 
     def append(self, message: SentSms) -> None:
         self.count += 1
@@ -40,7 +44,13 @@ class ReplyLog:
                 self.untracked += 1
                 return
             slot = self.times[message.to] = deque(maxlen=MAX_PER_NUMBER)
+            self.bodies[message.to] = set()
         slot.append(time.time())
+        sent = self.bodies[message.to]
+        if message.body in sent:
+            self.repeats += 1
+        elif len(sent) < MAX_PER_NUMBER:
+            sent.add(message.body)
 
     def __len__(self) -> int:
         return self.count
@@ -49,8 +59,9 @@ class ReplyLog:
         return iter(())
 
     def clear(self) -> None:
-        self.count = self.untracked = 0
+        self.count = self.untracked = self.repeats = 0
         self.times.clear()
+        self.bodies.clear()
 
 
 class BenchTwilio(FakeTwilio):
@@ -64,7 +75,8 @@ class BenchTwilio(FakeTwilio):
     async def _stats(self, _: web.Request) -> web.Response:
         log = self.messages
         numbers = len(log.times) if isinstance(log, ReplyLog) else len({m.to for m in log})
-        return web.json_response({"count": len(log), "numbers": numbers})
+        repeats = log.repeats if isinstance(log, ReplyLog) else len(log) - len({(m.to, m.body) for m in log})
+        return web.json_response({"count": len(log), "numbers": numbers, "repeats": repeats})
 
     async def _replies(self, _: web.Request) -> web.Response:
         log = self.messages

@@ -47,6 +47,36 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - idle - guest) / CLOCK_TICKS
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``/proc/<pid>/task/*/children``: each thread lists the children it
+    started), oldest first; [] when it has none or is gone."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            found.update(int(child) for child in (task / "children").read_text().split())
+    return sorted(found)
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent process id of ``pid`` (None when it is gone, or dead and not reaped yet: a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, parent = f.read().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if state in ("Z", "X") else int(parent)
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with ({} when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid``, in kB."""
     found: dict[str, int] = {}
@@ -218,9 +248,11 @@ def readers(client: redis.Redis, streams: list[str], group: str) -> int:
 
 
 def wait_consumers(procs: Procs, names: list[str], port: int, streams: list[str], group: str,
-                   within_s: float = 20.0) -> None:
-    """Wait (bounded) until ``names``, the processes that run workers, read ``streams`` in consumer group
-    ``group`` (a fresh Redis: every reader is one of them), failing early if one of them died."""
+                   within_s: float = 20.0, expected: int | None = None) -> None:
+    """Wait (bounded) until ``expected`` readers (default: one per name in ``names``, the processes that run
+    workers) read ``streams`` in consumer group ``group`` (a fresh Redis: every reader is one of Parley's),
+    failing early if one of ``names`` died."""
+    wanted = len(names) if expected is None else expected
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
     deadline = time.monotonic() + within_s
     seen = 0
@@ -229,13 +261,13 @@ def wait_consumers(procs: Procs, names: list[str], port: int, streams: list[str]
             for name in names:
                 procs.check(name)
             seen = readers(client, streams, group)
-            if seen >= len(names):
+            if seen >= wanted:
                 return
             time.sleep(0.05)
     finally:
         client.close()
     tails = "\n".join(f"--- {name} ---\n{procs.tail(name)}" for name in names)
-    raise RuntimeError(f"{seen} of {len(names)} readers in consumer group {group} within {within_s} s:\n{tails}")
+    raise RuntimeError(f"{seen} of {wanted} readers in consumer group {group} within {within_s} s:\n{tails}")
 
 
 def start_redis(procs: Procs, name: str, work_dir: Path, cpus: set[int] | None = None) -> int:

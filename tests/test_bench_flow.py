@@ -13,7 +13,10 @@ from pydantic import SecretStr
 
 from bench import flow as flow_bench
 from bench.fake_openai import move_or_echo
-from bench.run import ACCOUNT_SID, AGENT_NUMBER, QUICK, parse_args, table, verdicts, write_agents
+from bench.plan import DEFAULT_PHASES, QUICK, QUICK_PHASES
+from bench.run import parse_args
+from bench.scores import table, verdicts
+from bench.stack import ACCOUNT_SID, AGENT_NUMBER, write_agents
 from service.catalog import agent_files
 from service.retell.flows import ConversationNode, EquationCondition, PromptCondition
 from service.settings import Settings
@@ -28,14 +31,14 @@ def load(directory: Path) -> agent_files.Declared:
 
 def test_the_default_run_writes_one_agent_and_runs_no_flow_phase(tmp_path: Path) -> None:
     args = parse_args([])
-    assert args.agent == "single" and args.phases == "ack,turns,count,slow"
+    assert args.agent == "single" and args.phases == DEFAULT_PHASES == "ack,turns,cpu,count,slow,slow400"
     write_agents(tmp_path / "agents", QUICK)
     assert sorted(p.name for p in (tmp_path / "agents").iterdir()) == ["bench.yaml", "phone-numbers.yaml"]
     assert list(load(tmp_path / "agents").numbers) == [AGENT_NUMBER]
 
 
 def test_agent_flow_adds_the_flow_agent_on_its_own_number_and_the_phase(tmp_path: Path) -> None:
-    assert parse_args(["--agent", "flow", "--quick"]).phases == "ack,turns,count,slow,flow"
+    assert parse_args(["--agent", "flow", "--quick"]).phases == f"{QUICK_PHASES},flow"
     assert parse_args(["--agent", "flow", "--phases", "flow"]).phases == "flow"
     write_agents(tmp_path / "agents", QUICK, flow=True)
     catalog = load(tmp_path / "agents")
