@@ -13,7 +13,7 @@
     ├── TooLarge               a request body is larger than its route takes (HTTP 413)
     ├── OptedOut               the user has opted out of this number; nothing may be sent
     ├── LimitReached           the number's daily segment limit would be passed (HTTP 429)
-    ├── SendError              Twilio refused or failed a send (from TwilioException / aiohttp errors)
+    ├── SendError              Twilio refused or failed a send (its error JSON, a timeout, aiohttp errors)
     │   ├── RecipientUnsubscribed   Twilio error 21610: record the opt-out
     │   └── SendDeferred     Twilio created nothing and may take it later (429, 5xx, refused connection)
     ├── TwilioRefused          Twilio refused or failed a request that sets up numbers or A2P registrations (from

@@ -1,7 +1,7 @@
 """The sending path, tested directly: the sender (``conversations.sender``), the outgoing queue's Redis side
 (``conversations.outgoing``) and the resend loop (``conversations.resend``).
 
-Real Redis, and the fake Twilio reached through the real twilio client (``TwilioGateway``), as Parley sends. The
+Real Redis, and the fake Twilio reached through ``TwilioGateway`` (its own create, as Parley sends). The
 tests call ``Sender``, ``Outgoing`` and ``Resender`` themselves: no background loop resends here (the resend loop
 of the Parley that runs turns sleeps a minute between ticks), and the tests set the resend loop's clock and the
 backoff's randomness so every due time is exact.

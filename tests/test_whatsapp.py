@@ -1,6 +1,6 @@
 """WhatsApp through Twilio: its own conversations beside SMS, text sent as written, the 24-hour customer
 service window, opt-outs and delivery statuses per channel, and the numbers' ``channels`` field; against real
-Redis, the fake Twilio (through the real ``twilio`` client) and the fake OpenAI server."""
+Redis, the fake Twilio (through ``TwilioGateway``, as Parley sends) and the fake OpenAI server."""
 
 from __future__ import annotations
 

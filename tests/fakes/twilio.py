@@ -4,9 +4,10 @@ It checks HTTP Basic auth against the accounts it knows, records every message, 
 ``errors[to] = (http_status, twilio_code)`` makes sends to that number fail the way Twilio fails them
 (21610 for an unsubscribed recipient), ``fail_next`` makes the next creates fail once each (a 429, a
 503), ``throttle`` answers 429 (20429) with a ``Retry-After`` header to the next creates or until ``release``,
-and ``delay_s`` slows every answer. ``creates`` lists every create request (accepted or not) and
-``max_in_flight`` is the most it ever had in flight at once. ``numbers`` serves the resources a number's
-onboarding touches (``tests/fakes/twilio_numbers.py``), on every Twilio host's paths.
+and ``delay_s`` slows every answer. ``creates`` lists every create request (accepted or not), ``wire`` the
+latest as they came (path, raw body, headers), and ``max_in_flight`` is the most it ever had in flight at once.
+``numbers`` serves the resources a number's onboarding touches (``tests/fakes/twilio_numbers.py``), on every
+Twilio host's paths.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class FakeTwilio:
     refused: int = 0                              # creates answered with an error
     # The latest creates (accepted or not), as (monotonic time, To, Body); bounded for the benchmark's long runs.
     creates: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+    wire: deque[tuple[str, bytes, dict[str, str]]] = field(default_factory=lambda: deque(maxlen=100))
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     requested: asyncio.Event = field(default_factory=asyncio.Event)   # a create call has started
     url: str = ""
@@ -71,6 +73,7 @@ class FakeTwilio:
 
     async def _create(self, request: web.Request) -> web.Response:
         account = request.match_info["account"]
+        self.wire.append((request.path, await request.read(), dict(request.headers)))
         if not self._authorized(request, account):
             return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
         self.requested.set()
