@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from service.errors import InvalidRequest, LimitReached
 from service.retell.models import PhoneNumber
 from service.storage import keys
+
+log = logging.getLogger(__name__)
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 DEFAULT_DAILY_SEGMENTS = 6_000
@@ -119,9 +123,12 @@ class DailySegments:
     async def give_back(self) -> None:
         """Return the unspent segments of today's blocks to the counters (the process is stopping)."""
         held, self._held = self._held, {}
-        for key, segments in held.items():
-            if segments:
-                await self._redis.decrby(key, segments)
+        try:
+            for key, segments in held.items():
+                if segments:
+                    await self._redis.decrby(key, segments)
+        except RedisError as exc:   # Redis is gone as the process stops: those few stay counted for the day
+            log.warning("could not give back the unsent segments of today's blocks", extra={"error": str(exc)})
 
     async def used(self, number: PhoneNumber) -> int:
         return int(await self._redis.get(keys.segments(number.phone_number, pacific_day())) or 0)
