@@ -75,6 +75,7 @@ class Chats:
         self._watchers = watchers or Watchers(redis)   # whether to tell the console's live views
         self._locks = Locks(redis, ttl_ms=lock_ttl_ms)
         self._commit = redis.register_script(_COMMIT)
+        self._create = redis.register_script(_CREATE)
 
     async def create(self, chat: Chat, *, events: Sequence[Event] = ()) -> None:
         """Store a new chat (and queue ``events``); an SMS chat also becomes its conversation's ongoing chat."""
@@ -84,23 +85,17 @@ class Chats:
         # than chat_ttl_s ago).
         indexes = listing_indexes(chat)
         chat.touched_ms = chat.start_timestamp
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for event in events:
-                queue(pipe, event, self.ttl_s)
-            pipe.hset(keys.chat(chat.chat_id), mapping=cast(Any, chat.to_hash()))
-            pipe.expire(keys.chat(chat.chat_id), self.ttl_s)
-            for index in indexes:
-                pipe.zadd(index, {chat.chat_id: chat.start_timestamp})
-                pipe.zremrangebyscore(index, "-inf", f"({chat.start_timestamp - self.ttl_s * 1000}")
-            for index in indexes[1:]:
-                pipe.expire(index, self.ttl_s)
-            # Chats from this one on are indexed here, so the listing indexes only older ones (a release's).
-            pipe.set(keys.chats_indexed(shard), chat.start_timestamp, nx=True)
-            pipe.expire(keys.chats_indexed(shard), self.ttl_s)
-            conv = chat.conversation
-            if conv is not None:
-                pipe.set(keys.current_chat(conv), chat.chat_id, ex=self.ttl_s)
-            await pipe.execute()
+        conv = chat.conversation
+        fields = [part for item in chat.to_hash().items() for part in item]
+        plan = {"chat": chat.chat_id, "fields": fields, "ttl": self.ttl_s, "start": str(chat.start_timestamp),
+                "trim": f"({chat.start_timestamp - self.ttl_s * 1000}", "conv": conv is not None,
+                "events": [e.to_json() for e in events], "now": str(now_ms())}
+        # One script, not a MULTI of 20-30 commands: the same writes, atomic, for a fraction of the client's CPU.
+        await self._create(
+            keys=[keys.chat(chat.chat_id), keys.chats_indexed(shard),
+                  keys.current_chat(conv) if conv is not None else keys.chat(chat.chat_id),
+                  keys.outbox(chat.chat_id), keys.outbox_due(shard), *indexes],
+            args=[orjson.dumps(plan)])
 
     async def get(self, chat_id: str) -> Chat | None:
         data = await self._redis.hgetall(keys.chat(chat_id))
@@ -338,6 +333,29 @@ class Commit:
 # that end it, and the chat's start time and trim bound for the indexes 15 and 16).
 # Returns a Release: -1 when the lock is not the caller's (nothing written), 0 when the mailbox has more work
 # (lock kept), 1 otherwise (a fenced commit has then released the lock and acknowledged the wake-up).
+# KEYS: chat, chats_indexed, current chat (the chat's own key when there is no conversation), outbox, outbox due,
+# then the listing indexes (the first, {S}:chats, has no TTL).  ARGV: the plan (JSON).  Chats.create's writes.
+_CREATE = """
+local p = cjson.decode(ARGV[1])
+if #p.events > 0 then
+  redis.call('RPUSH', KEYS[4], unpack(p.events))
+  redis.call('EXPIRE', KEYS[4], p.ttl)
+  redis.call('ZADD', KEYS[5], 'NX', p.now, p.chat)
+end
+redis.call('HSET', KEYS[1], unpack(p.fields))
+redis.call('EXPIRE', KEYS[1], p.ttl)
+for i = 6, #KEYS do
+  redis.call('ZADD', KEYS[i], p.start, p.chat)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', p.trim)
+  if i > 6 then redis.call('EXPIRE', KEYS[i], p.ttl) end
+end
+-- Chats from this one on are indexed here, so the listing indexes only older ones (a release's).
+redis.call('SET', KEYS[2], p.start, 'NX')
+redis.call('EXPIRE', KEYS[2], p.ttl)
+if p.conv then redis.call('SET', KEYS[3], p.chat, 'EX', p.ttl) end
+return 1
+"""
+
 _COMMIT = """
 local p = cjson.decode(ARGV[1])
 if p.token ~= '' and redis.call('GET', KEYS[1]) ~= p.token then return -1 end
