@@ -225,7 +225,8 @@ class Chat:
 
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for name, value in asdict(self).items():
+        for name in _CHAT_FIELDS:   # not ``asdict``, which deep-copies every value first (orjson reads dataclasses)
+            value = getattr(self, name)
             if value is None or (name in ("swaps", "knowledge_retrieved") and not value):
                 continue
             out[name] = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
@@ -343,3 +344,6 @@ class TurnResult:
     end_timestamp: int | None = None
 
 
+
+
+_CHAT_FIELDS = tuple(f.name for f in fields(Chat))
