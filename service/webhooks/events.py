@@ -109,12 +109,16 @@ class Outbox:
 
     async def _deliver_chat(self, chat_id: str, leased: int) -> None:
         box = keys.outbox(chat_id)
-        while (raw := await self._redis.lindex(box, 0)) is not None:
+        raw = await self._redis.lindex(box, 0)
+        while raw is not None:
             event = Event.from_json(str(raw))
             error, retry = await self._post(event)
             if error is None:
                 self._metrics.events.labels(event.kind, "delivered").inc()
-                await self._redis.lpop(box)
+                async with self._redis.pipeline(transaction=False) as pipe:  # the delivered one off, the next read
+                    pipe.lpop(box)
+                    pipe.lindex(box, 0)
+                    _, raw = await pipe.execute()
                 log.info("event delivered", extra={"chat_id": chat_id, "event": event.kind, "event_id": event.event_id})
                 continue
             event.attempts += 1
@@ -136,7 +140,8 @@ class Outbox:
                 failed = keys.outbox_failed(keys.shard_of(chat_id))
                 pipe.lpush(failed, event.to_json())
                 pipe.ltrim(failed, 0, FAILED_CAP - 1)
-                await pipe.execute()
+                pipe.lindex(box, 0)
+                *_, raw = await pipe.execute()
             log.error("event delivery failed for good", extra={
                 "chat_id": chat_id, "event": event.kind, "attempts": event.attempts, "error": error})
         await self._finish(keys=[box, keys.outbox_due(keys.shard_of(chat_id))], args=[chat_id, leased, now_ms()])
