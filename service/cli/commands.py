@@ -85,6 +85,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
+    if args.supervised is not None:
+        supervisor.yield_to_web()
     _run(_settings(), web_routes=False, supervisor_pid=args.supervised)
 
 

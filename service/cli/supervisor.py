@@ -47,6 +47,7 @@ from service.storage.connection import server_url
 
 log = logging.getLogger(__name__)
 
+WORKER_NICE = 5               # worker children run this much below the web child's priority (yield_to_web)
 RESTARTS_MAX = 5             # deaths of children within RESTARTS_WINDOW_S that are restarted; one more stops all
 RESTARTS_WINDOW_S = 60.0
 BACKOFF_FIRST_S = 0.5        # before a child is started again, doubling per death of that child in the window
@@ -210,6 +211,13 @@ def _exit(returncode: int | None) -> dict[str, object]:
     if returncode is not None and returncode < 0:
         return {"signal": signal.Signals(-returncode).name}
     return {"exit_code": returncode}
+
+
+def yield_to_web() -> None:
+    """Run this worker child at ``WORKER_NICE``: when the machine's cores are all busy, the web child answers
+    Twilio first and turns wait (they wait on the LLM anyway), instead of the webhook waiting behind turns."""
+    with suppress(OSError):   # a platform or container that refuses: the child runs at the usual priority
+        os.nice(WORKER_NICE)
 
 
 def die_with_parent(parent: int) -> None:
