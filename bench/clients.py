@@ -1,10 +1,12 @@
-"""What the official clients cost: ``.venv/bin/python -m bench.clients [--calls N] [--repeats R] [--out FILE]``.
+"""What the official clients cost, and Parley's requests beside them: ``.venv/bin/python -m bench.clients [--calls N]
+[--repeats R] [--out FILE]``.
 
 With the bench's fake OpenAI and fake Twilio in processes of their own, this process's CPU time per sequential
-call (``time.process_time``) for: ``service.agent.llm.LLM.complete`` (the ``openai`` client) and a plain aiohttp POST
-of the same JSON; ``TwilioGateway.send`` (the ``twilio`` client) and a plain aiohttp form POST of the same
-fields. Each measurement: 200 warm-up calls, then ``--calls``; interleaved for ``--repeats`` rounds; medians.
-See ``bench/README.md``.
+call (``time.process_time``) for: the ``openai`` client's ``chat.completions.create`` (on its aiohttp transport),
+``service.agent.llm.LLM.complete`` (Parley's request, ``agent/completions.py``) and a plain aiohttp POST of the
+same JSON; the ``twilio`` client's ``messages.create_async`` (as ``TwilioGateway.client`` builds it),
+``TwilioGateway.send`` (Parley's request) and a plain aiohttp form POST of the same fields. Each measurement:
+200 warm-up calls, then ``--calls``; interleaved for ``--repeats`` rounds; medians. See ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
+from openai import AsyncOpenAI, DefaultAioHttpClient
 from pydantic import SecretStr
 
 from service.agent.llm import LLM
@@ -44,7 +47,8 @@ AGENT_NUMBER, USER_NUMBER = "+15035550100", "+14155550123"
 STATUS_CALLBACK = "http://bench.local/twilio/status?chat_id=chat_0123456789abcdef"
 WARMUP = 200
 OUT = ROOT / "bench" / "clients.json"
-VARIANTS = ("openai client", "plain aiohttp (LLM)", "twilio client", "plain aiohttp (Twilio)")
+VARIANTS = ("openai client", "Parley LLM.complete", "plain aiohttp (LLM)",
+            "twilio client", "Parley TwilioGateway.send", "plain aiohttp (Twilio)")
 
 SYSTEM = ("You are the front desk of Harbor Dental. The user is +14155550123.\n\n## Role\nAnswer questions about "
           "opening hours (Monday to Friday, 8 am to 6 pm; Saturday, 9 am to 1 pm), the address (1200 Harbor Way, "
@@ -91,8 +95,15 @@ async def run(llm_base: str, twilio_base: str, calls: int, repeats: int) -> dict
     twilio_headers = {"Authorization": "Basic " + credentials}
     form = {"To": USER_NUMBER, "From": AGENT_NUMBER, "Body": REPLY, "StatusCallback": STATUS_CALLBACK}
 
+    official = AsyncOpenAI(api_key=OPENAI_KEY, base_url=llm_base, max_retries=0, http_client=DefaultAioHttpClient())
     async with aiohttp.ClientSession() as http:
         async def official_llm() -> str:
+            completion = await official.chat.completions.create(
+                model="gpt-test", temperature=0.0, messages=cast(Any, MESSAGES), tools=cast(Any, TOOLS),
+                tool_choice="auto")
+            return completion.choices[0].message.content or ""
+
+        async def parley_llm() -> str:
             completion = await llm.complete(model="gpt-test", temperature=0.0, messages=MESSAGES, tools=TOOLS)
             return completion.content
 
@@ -102,6 +113,11 @@ async def run(llm_base: str, twilio_base: str, calls: int, repeats: int) -> dict
                 return str(orjson.loads(await response.read())["choices"][0]["message"]["content"] or "")
 
         async def official_twilio() -> str:
+            message = await gateway.client(ACCOUNT_SID).messages.create_async(
+                to=USER_NUMBER, from_=AGENT_NUMBER, body=REPLY, status_callback=STATUS_CALLBACK)
+            return str(message.sid)
+
+        async def parley_twilio() -> str:
             sent = await gateway.send(account_sid=ACCOUNT_SID, from_=AGENT_NUMBER, to=USER_NUMBER, body=REPLY,
                                       status_callback=STATUS_CALLBACK)
             return sent.sid
@@ -111,7 +127,8 @@ async def run(llm_base: str, twilio_base: str, calls: int, repeats: int) -> dict
                 response.raise_for_status()
                 return str(orjson.loads(await response.read())["sid"])
 
-        variants = dict(zip(VARIANTS, (official_llm, plain_llm, official_twilio, plain_twilio), strict=True))
+        variants = dict(zip(VARIANTS, (official_llm, parley_llm, plain_llm, official_twilio, parley_twilio,
+                                       plain_twilio), strict=True))
         for name, call in variants.items():     # each must work before anything is timed
             if not await call():
                 raise RuntimeError(f"{name}: an empty answer")
@@ -123,6 +140,7 @@ async def run(llm_base: str, twilio_base: str, calls: int, repeats: int) -> dict
                     print(f"repeat {repeat + 1}/{repeats}, {name}: {runs[name][-1][0]:.0f} µs CPU per call",
                           file=sys.stderr, flush=True)
         finally:
+            await official.close()
             await llm.close()
             await gateway.close()
     return {name: {"cpu_us_per_call": round(statistics.median(c for c, _ in r), 1),
@@ -138,16 +156,24 @@ def fake_count(url: str) -> int:
 
 def report(results: dict[str, Any], calls: int, repeats: int, load: list[float]) -> tuple[str, dict[str, float]]:
     cpu = {name: results[name]["cpu_us_per_call"] for name in VARIANTS}
-    diffs = {"openai_minus_plain_us": round(cpu[VARIANTS[0]] - cpu[VARIANTS[1]], 1),
-             "twilio_minus_plain_us": round(cpu[VARIANTS[2]] - cpu[VARIANTS[3]], 1)}
-    diffs["per_turn_us"] = round(diffs["openai_minus_plain_us"] + diffs["twilio_minus_plain_us"], 1)
+    openai_client, parley_llm, plain_llm, twilio_client, parley_twilio, plain_twilio = (cpu[n] for n in VARIANTS)
+    diffs = {"openai_minus_plain_us": round(openai_client - plain_llm, 1),
+             "parley_llm_minus_plain_us": round(parley_llm - plain_llm, 1),
+             "twilio_minus_plain_us": round(twilio_client - plain_twilio, 1),
+             "parley_twilio_minus_plain_us": round(parley_twilio - plain_twilio, 1)}
+    diffs["per_turn_us"] = round(diffs["parley_llm_minus_plain_us"] + diffs["parley_twilio_minus_plain_us"], 1)
+    diffs["per_turn_clients_us"] = round(diffs["openai_minus_plain_us"] + diffs["twilio_minus_plain_us"], 1)
     rows = [(name, f"{cpu[name]:.0f}", f"{results[name]['wall_us_per_call']:.0f}",
              " / ".join(f"{c:.0f}" for c in results[name]["cpu_us_runs"])) for name in VARIANTS]
-    rows += [("openai client - plain", f"{diffs['openai_minus_plain_us']:+.0f}",
-              f"x{cpu[VARIANTS[0]] / cpu[VARIANTS[1]]:.2f}", ""),
+    rows += [("openai client - plain", f"{diffs['openai_minus_plain_us']:+.0f}", f"x{openai_client / plain_llm:.2f}",
+              ""),
+             ("Parley LLM - plain", f"{diffs['parley_llm_minus_plain_us']:+.0f}", f"x{parley_llm / plain_llm:.2f}", ""),
              ("twilio client - plain", f"{diffs['twilio_minus_plain_us']:+.0f}",
-              f"x{cpu[VARIANTS[2]] / cpu[VARIANTS[3]]:.2f}", ""),
-             ("per turn (one of each)", f"{diffs['per_turn_us']:+.0f}", "", "")]
+              f"x{twilio_client / plain_twilio:.2f}", ""),
+             ("Parley Twilio - plain", f"{diffs['parley_twilio_minus_plain_us']:+.0f}",
+              f"x{parley_twilio / plain_twilio:.2f}", ""),
+             ("per turn, Parley (one of each)", f"{diffs['per_turn_us']:+.0f}", "", ""),
+             ("per turn, the official clients", f"{diffs['per_turn_clients_us']:+.0f}", "", "")]
     head = ("variant", "CPU µs/call", "wall µs/call", "CPU µs per repeat")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = [f"Client overhead — {calls} sequential calls x {repeats} repeats (median), after {WARMUP} warm-up "
@@ -162,7 +188,7 @@ def report(results: dict[str, Any], calls: int, repeats: int, load: list[float])
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.clients", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per variant and repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the four variants, interleaved")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the six variants, interleaved")
     parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON results")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeats < 1:
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(procs, "fake-openai", llm_root + "/stats")
         results = asyncio.run(run(llm_root + "/v1", twilio_base, args.calls, args.repeats))
         counts = {"fake_openai": fake_count(llm_root), "fake_twilio": fake_count(twilio_base),
-                  "expected_each": 2 * (1 + args.repeats * (WARMUP + args.calls))}
+                  "expected_each": 3 * (1 + args.repeats * (WARMUP + args.calls))}
     except KeyboardInterrupt as exc:
         print(f"interrupted ({exc}); stopping the fakes", file=sys.stderr)
         return 130

@@ -177,6 +177,10 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("PARLEY_OUTBOUND_ALLOW", "outbound_allow")
     )
     workers: int = Field(default=512, ge=1, le=100_000, validation_alias=_env("PARLEY_WORKERS", "workers"))
+    # Redis connections a process opens as it starts (``storage/connection.py: open_redis``), so the first burst
+    # of webhooks does not wait on connection handshakes; the pool grows beyond them as needed.
+    redis_warm_connections: int = Field(default=32, ge=0, le=1024, validation_alias=_env(
+        "PARLEY_REDIS_WARM_CONNECTIONS", "redis_warm_connections"))
     # Processes `parley serve` runs (``service/cli/supervisor.py``): 0, as many as the cores this process may use;
     # 1, one process with the web tier, the workers and the scheduler; from 2, a supervisor, one web process and
     # the others workers. ``serve --processes N`` overrides it.

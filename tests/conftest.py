@@ -288,6 +288,7 @@ def build_settings(
         "openai_api_key": "sk-test", "openai_base_url": llm.url, "llm_max_retries": 0, "llm_timeout_s": 5,
         "reclaim_idle_ms": 1_000, "scheduler_interval_ms": 50, "drain_timeout_s": 2,
         "send_retry_base_ms": 100,   # a send Twilio refused for now is tried again soon
+        "redis_warm_connections": 0,   # hundreds of apps start in a run: open connections as needed
         "redis_cluster": is_cluster(redis_url),
         # The fake receivers and tool servers listen on 127.0.0.1, which the outbound policy refuses by default;
         # a test of the policy itself passes outbound_allow=[] (or its own list).

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import API_KEY, DEFAULT_NUMBERS, agent_file, redis_env, write_agents
+from service.settings import Settings
+from service.storage.connection import connect, open_redis
+
+from .conftest import API_KEY, DEFAULT_NUMBERS, agent_file, is_cluster, redis_env, write_agents
 from .test_processes import Process
 
 MAX_CONNECTIONS = 3
@@ -124,3 +127,15 @@ async def test_a_trickled_request_head_is_cut_off(serve: Process, client: Client
                 continue
             except ConnectionError:
                 break
+
+
+@pytest.mark.redis
+async def test_a_process_opens_its_warm_connections_as_it_starts(redis_url: str) -> None:
+    if is_cluster(redis_url):
+        pytest.skip("connections are warmed on a single server only (a cluster client's pools are per node)")
+    settings = Settings.model_validate({"redis_url": redis_url, "redis_warm_connections": 12})
+    async with connect(redis_url) as probe:
+        before = int((await probe.info("clients"))["connected_clients"])
+        async with open_redis(settings):
+            opened = int((await probe.info("clients"))["connected_clients"]) - before
+    assert opened >= 12   # the warm ones (and the first PING's, which one of them may reuse)

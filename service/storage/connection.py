@@ -52,9 +52,6 @@ async def embedded_valkey(settings: Settings) -> AsyncIterator[str]:
         log.info("embedded valkey stopped")
 
 
-WARM_CONNECTIONS = 32   # opened at start (open_redis); the pool grows beyond them as needed
-
-
 def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> aioredis.Redis:
     """A client with a bounded pool, a connect timeout and TCP keepalive (see ``SOCKET_TIMEOUT_S``).
 
@@ -80,7 +77,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             if not settings.redis_cluster:
                 # Connections opened now, not by the first burst of webhooks (each a connect and a handshake
                 # while Twilio waits): PINGs at once each take a connection of their own.
-                await asyncio.gather(*(client.ping() for _ in range(WARM_CONNECTIONS)))
+                await asyncio.gather(*(client.ping() for _ in range(settings.redis_warm_connections)))
             yield client
         finally:
             await client.aclose()
