@@ -40,7 +40,7 @@ def children(pid: int) -> dict[str, int]:
                 named["valkey"] = child
             elif name := environ(child).get("PARLEY_PROCESS_NAME"):
                 named[name] = child
-        except FileNotFoundError:   # it exited meanwhile
+        except (FileNotFoundError, ProcessLookupError):   # it exited meanwhile
             continue
     return named
 

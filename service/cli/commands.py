@@ -8,6 +8,7 @@ import asyncio
 import gc
 import getpass
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ def _processes(text: str) -> int:
     return int(text)
 
 
+log = logging.getLogger(__name__)
+
+
 def _settings() -> Settings:
     try:
         return Settings()
@@ -50,6 +54,7 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True, supervis
     if supervisor_pid is not None:
         supervisor.die_with_parent(supervisor_pid)
     logs.configure(settings.log_level, twilio_level=settings.twilio_log_level, process=settings.process_name)
+    log.info("process starting", extra={"web": web_routes, "workers": workers})
     try:
         app = create_app(settings, web_routes=web_routes, workers=workers)
     except ConfigError as exc:
