@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from service.cli.supervisor import default_processes
 from service.storage import keys
 
 from . import flow as flow_bench
@@ -133,11 +134,12 @@ def layout_commands(plan: Plan, supervised: bool) -> list[tuple[str, list[str]]]
 
 
 def expected_children(setup: Setup, plan: Plan, supervised: bool) -> int:
-    """How many children the default layout's ``serve`` starts: ``--processes`` or the cores it may use, when more
-    than one (one process is today's ``serve``, which starts none); none from a ``serve`` without a supervisor."""
+    """How many children the default layout's ``serve`` starts: ``--processes``, or what the supervisor makes of
+    the cores it may use (``default_processes``), when more than one (one process is today's ``serve``, which
+    starts none); none from a ``serve`` without a supervisor."""
     if plan.layout != "default" or not supervised:
         return 0
-    count = plan.processes or len(os.sched_getaffinity(setup.procs.pid("parley")))
+    count = plan.processes or default_processes(len(os.sched_getaffinity(setup.procs.pid("parley"))))
     return count if count > 1 else 0
 
 

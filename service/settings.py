@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     # of webhooks does not wait on connection handshakes; the pool grows beyond them as needed.
     redis_warm_connections: int = Field(default=32, ge=0, le=1024, validation_alias=_env(
         "PARLEY_REDIS_WARM_CONNECTIONS", "redis_warm_connections"))
-    # Processes `parley serve` runs (``service/cli/supervisor.py``): 0, as many as the cores this process may use;
+    # Processes `parley serve` runs (``service/cli/supervisor.py``): 0, one worker per core it may use and the web one;
     # 1, one process with the web tier, the workers and the scheduler; from 2, a supervisor, one web process and
     # the others workers. ``serve --processes N`` overrides it.
     processes: int = Field(default=0, ge=0, le=1_024, validation_alias=_env("PARLEY_PROCESSES", "processes"))

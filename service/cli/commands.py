@@ -31,8 +31,8 @@ MAX_PROCESSES = 1_024   # as PARLEY_PROCESSES allows
 
 def _processes(text: str) -> int:
     if not text.isdigit() or int(text) > MAX_PROCESSES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 0 (one per core) to "
-                                         f"{MAX_PROCESSES}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 0 (the web one and one per "
+                                         f"core) to {MAX_PROCESSES}")
     return int(text)
 
 
@@ -82,7 +82,7 @@ def serve(args: argparse.Namespace) -> None:
     if args.web_only:
         _run(settings, web_routes=True, workers=False, supervisor_pid=args.supervised)
         return
-    processes = (settings.processes if args.processes is None else args.processes) or supervisor.usable_cores()
+    processes = (settings.processes if args.processes is None else args.processes) or supervisor.default_processes()
     if processes == 1:
         _run(settings, web_routes=True)
     else:
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="web + workers + scheduler, on every core")
     layout = serve_parser.add_mutually_exclusive_group()
     layout.add_argument("--processes", type=_processes, metavar="N",
-                        help="processes to run: 0, one per core; 1, one process; from 2, one web process and N-1 "
-                             "worker processes under a supervisor (default: PARLEY_PROCESSES, else 0)")
+                        help="processes to run: 0, a worker per core and the web one; 1, one process; from 2, one web "
+                             "process and N-1 worker processes under a supervisor (default: PARLEY_PROCESSES, else 0)")
     layout.add_argument("--web-only", action="store_true",
                         help="the web tier alone: webhooks and API, no turns (run `parley worker` beside it)")
     worker_parser = commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)")
