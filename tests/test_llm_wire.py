@@ -98,23 +98,21 @@ async def test_failures_are_named_as_the_client_names_them(fake_llm: FakeOpenAI,
     assert len(fake_llm.wire) == tries
 
 
-async def test_a_slow_or_unreachable_server_is_a_timeout_or_a_connection_error(fake_llm: FakeOpenAI) -> None:
-    fake_llm.delay_s = 2.0
-    slow = Completions(api_key="sk-test", base_url=fake_llm.url, timeout_s=0.2, max_retries=0)
+async def failure(base_url: str, timeout_s: float) -> str:
+    """What a request to ``base_url`` fails with (the openai client's name for it)."""
+    completions = Completions(api_key="sk-test", base_url=base_url, timeout_s=timeout_s, max_retries=0)
     try:
         with pytest.raises(CompletionError) as caught:
-            await slow.create({"model": "m", "messages": MESSAGES})
+            await completions.create({"model": "m", "messages": MESSAGES})
     finally:
-        await slow.close()
-    assert caught.value.kind == "APITimeoutError"
-    gone = Completions(api_key="sk-test", base_url=f"http://127.0.0.1:{unused_port()}/v1", timeout_s=1,
-                       max_retries=0)
-    try:
-        with pytest.raises(CompletionError) as refused:
-            await gone.create({"model": "m", "messages": MESSAGES})
-    finally:
-        await gone.close()
-    assert refused.value.kind == "APIConnectionError"
+        await completions.close()
+    return caught.value.kind
+
+
+async def test_a_slow_or_unreachable_server_is_a_timeout_or_a_connection_error(fake_llm: FakeOpenAI) -> None:
+    fake_llm.delay_s = 2.0
+    assert await failure(fake_llm.url, timeout_s=0.2) == "APITimeoutError"
+    assert await failure(f"http://127.0.0.1:{unused_port()}/v1", timeout_s=1) == "APIConnectionError"
 
 
 def test_the_retry_policy_is_the_clients() -> None:
