@@ -19,8 +19,8 @@ VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PARLEY_PORT\"]}/healthz', timeout=2)"
 # SIGTERM drains turns in flight (PARLEY_DRAIN_TIMEOUT_S) before exiting. `parley serve` runs a worker process per
-# CPU the container may use, and a web process (its cpuset; PARLEY_PROCESSES or --processes to choose): as PID 1 it is the supervisor,
-# which passes SIGTERM to its children and exits once they drained. Give `docker stop` a --time above
+# CPU the container may use (its cpuset) and a web process (PARLEY_PROCESSES or --processes to choose): as PID 1 it
+# is the supervisor, which passes SIGTERM to its children and exits once they drained. Give `docker stop` a --time above
 # PARLEY_DRAIN_TIMEOUT_S (its default 10 s is shorter than the default 25 s drain).
 STOPSIGNAL SIGTERM
 CMD ["parley", "serve"]
