@@ -20,7 +20,6 @@ from service.console.overview import Day
 from service.metrics import Tally
 from service.settings import Settings
 from service.storage import keys
-from service.storage.watchers import REFRESH_S
 
 from .conftest import AGENT_NUMBER, API_KEY, USER, MakeParley, Parley, answered
 from .test_flows import BOOKING, BOOKS, started
@@ -199,7 +198,7 @@ async def test_commits_publish_only_while_a_live_view_is_open(make_parley: MakeP
         stream = await web.client.get("/console/live")
         await read_events(stream, "reload")
         assert await worker.redis.ttl(keys.LIVE_WATCHED) > 0
-        worker.client.app[RUNTIME].watchers._read_at -= REFRESH_S   # the worker's last look: a second old by now
+        worker.client.app[RUNTIME].watchers.read.clear()   # the worker's last look is a second old by now
         await answered(worker, "Again")
         published = await feed.get_message(ignore_subscribe_messages=True, timeout=5)
         assert published is not None and published["data"] == (await worker.chat_of())["chat_id"]

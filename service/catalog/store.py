@@ -30,13 +30,14 @@ from redis.asyncio.client import Pipeline
 
 from service.catalog import components
 from service.catalog.agent_files import Declared
-from service.catalog.cache import Parsed, Recent
+from service.catalog.cache import Parsed
 from service.clock import now_ms
 from service.errors import Conflict, NotFound
 from service.retell.flows import ConversationFlow, ConversationFlowComponent
 from service.retell.models import AgentVersion, AgentWeight, ChatAgent, PhoneNumber, ResponseEngine, RetellLLM
 from service.storage import keys
 from service.storage.locks import Locks
+from service.storage.recent import Recent
 
 M = TypeVar("M", ChatAgent, RetellLLM, ConversationFlow)
 Engine = RetellLLM | ConversationFlow

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.storage import keys
+from service.storage.recent import Recent
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +36,21 @@ class Watchers:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._watched = False
-        self._read_at = float("-inf")   # monotonic time of the last read (or of its start)
         self._here = 0                  # open views in this process
-        self._reading: asyncio.Task[None] | None = None
+        self.read = Recent[bool](int(REFRESH_S * 1000), size=1)   # the last read of the flag
         self._renewal: asyncio.Task[None] | None = None
 
     async def channel(self) -> str:
         """``keys.LIVE`` while some console views are open, else ``""`` (publish nothing); read again when the
         last read is older than ``REFRESH_S`` (callers meanwhile share that read)."""
-        if self._here:
-            return keys.LIVE
-        now = time.monotonic()
-        if now - self._read_at >= REFRESH_S and (self._reading is None or self._reading.done()):
-            self._read_at = now
-            self._reading = asyncio.ensure_future(self._read())
-        if self._reading is not None and not self._reading.done():
-            await asyncio.shield(self._reading)
-        return keys.LIVE if self._watched else ""
+        return keys.LIVE if self._here or await self.read.get(keys.LIVE_WATCHED, self._read) else ""
 
-    async def _read(self) -> None:
+    async def _read(self) -> bool:
         try:
-            self._watched = bool(await self._redis.exists(keys.LIVE_WATCHED))
+            return bool(await self._redis.exists(keys.LIVE_WATCHED))
         except RedisError as exc:   # publish meanwhile: a lost update matters more than a command
-            self._watched = True
             log.warning("could not read whether console views are open", extra={"error": str(exc)})
+            return True
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[None]:

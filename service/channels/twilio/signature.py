@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.request_validator import (
     HMAC_SHA1,
+    HMAC_SHA256,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
     add_port,
@@ -23,7 +24,7 @@ from twilio.request_validator import (
 )
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
-HASHES = ("HMAC_SHA1", "HMAC_SHA256")   # what the validator computes (``twilio.request_validator``)
+HASHES = (HMAC_SHA1, HMAC_SHA256)   # what the validator computes (``twilio.request_validator``)
 
 
 def signed_url(request: web.Request, public_url: str | None) -> str:
