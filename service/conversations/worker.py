@@ -4,8 +4,9 @@ A wake-up names a conversation. The worker that gets its lock waits out the agen
 turns until the mailbox is empty, and the commit that empties it also releases the lock and acknowledges
 the wake-up. A worker that finds the lock taken acknowledges at once: the holder will see the message. A
 wake-up whose worker died stays pending and is reclaimed after ``reclaim_idle_ms``; the holder keeps its
-own entry fresh while it works. A *reclaimed* wake-up whose lock is taken stays pending (the holder may be
-the worker that died) and comes back once that lock has expired. ``conversations.queue`` holds the Redis
+lock and its entry fresh while it works (one loop per pool renews every held lock). A *reclaimed* wake-up
+whose lock is taken stays pending (the holder may be the worker that died) and comes back once that lock has
+expired. ``conversations.queue`` holds the Redis
 side of all this and its invariants; this module decides what runs when.
 
 Reading: one ``XREADGROUP`` over every partition's stream on a single Redis; on Redis Cluster, where a
@@ -73,6 +74,10 @@ class WorkerPool:
         self._turning: set[str] = set()     # conversations inside a turn right now
         self._room = asyncio.Event()
         self._share = MAX_READ  # pragma: no mutate (run() sets it before any read)
+        # The conversations held, and when each lock was last taken or renewed (``time.monotonic``): one loop
+        # renews them all (``_renew_loop``), rather than a timer per turn. It runs until ``drain`` is done.
+        self._holds: dict[Hold, float] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Read and dispatch until cancelled."""
@@ -81,6 +86,8 @@ class WorkerPool:
         groups = [[s] for s in streams] if self._rt.settings.redis_cluster else [streams]
         # Each reader (and the reclaimer) asks for at most a fair share of the free slots.
         self._share = max(1, self._rt.settings.workers // (len(groups) + 1))
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="parley-lock-renewal")
         readers = [asyncio.create_task(self._read_loop(group)) for group in groups]
         readers.append(asyncio.create_task(self._reclaim_loop()))
         try:
@@ -160,18 +167,19 @@ class WorkerPool:
             await self._queue.ack(conv, wakeup.entry_id)
             return
         hold = Hold(conv, token, wakeup.entry_id)
-        renewer = asyncio.create_task(self._keep_alive(hold))
+        self._holds[hold] = time.monotonic()
         try:
             outcome = await self._drain(hold, first)
         except asyncio.CancelledError:
+            self._holds.pop(hold, None)
             await self._queue.abandon(hold)
             raise
         except (RedisConnectionError, RedisTimeoutError):
-            renewer.cancel()
+            self._holds.pop(hold, None)
             await self._give_back_after_outage(hold)
             raise
         finally:
-            renewer.cancel()
+            self._holds.pop(hold, None)
         if outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
             await self._queue.ack(conv, wakeup.entry_id)
 
@@ -239,15 +247,32 @@ class WorkerPool:
                 return items, ctx
             await asyncio.sleep(wait_ms / 1000)   # then read both again: the chat may have changed meanwhile
 
-    async def _keep_alive(self, hold: Hold) -> None:
-        conv = hold.conv
-        interval = self._queue.lock_ttl_ms / 3000
+    async def _renew_loop(self) -> None:
+        """Renew the held locks every third of their TTL: every sixth of it, those at least a quarter of it old, all
+        at once (a timer firing a little early or late changes nothing; a new hold waits at most 5/12 of the TTL)."""
+        ttl_s = self._queue.lock_ttl_ms / 1000
         while True:
-            await asyncio.sleep(interval)
-            if not await self._queue.keep(hold, self._name):
-                if conv.id in self._turning:   # not merely released a moment ago: a turn outlived its lock
-                    log.warning("lost the conversation lock mid-turn", extra={"conv": conv.id})
-                return
+            await asyncio.sleep(ttl_s / 6)
+            due = time.monotonic() - ttl_s / 4
+            stale = [hold for hold, renewed in self._holds.items() if renewed <= due]
+            if stale:
+                await asyncio.gather(*(self._renew(hold) for hold in stale))
+
+    async def _renew(self, hold: Hold) -> None:
+        renewed = time.monotonic()
+        try:
+            kept = await self._queue.keep(hold, self._name)
+        except (RedisConnectionError, RedisTimeoutError) as exc:   # tried again at the next round
+            log.warning("redis unavailable; retrying", extra={"conv": hold.conv.id, "error": str(exc)})
+            return
+        if hold not in self._holds:   # released meanwhile
+            return
+        if kept:
+            self._holds[hold] = renewed
+            return
+        del self._holds[hold]
+        if hold.conv.id in self._turning:   # not merely released a moment ago: a turn outlived its lock
+            log.warning("lost the conversation lock mid-turn", extra={"conv": hold.conv.id})
 
     async def drain(self, timeout_s: float) -> None:
         """Let running conversations finish for ``timeout_s``, then cancel what is left."""
@@ -259,5 +284,8 @@ class WorkerPool:
                 log.warning("cancelled turns at shutdown; their wake-ups will be reclaimed",
                             extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=5)
+        if self._renewer is not None:
+            await stop_task(self._renewer)
+            self._renewer = None
 
 
