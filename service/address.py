@@ -10,7 +10,7 @@ conversations, with their own mailbox, lock, chat and opt-out.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SMS = "sms"   # the channel a conversation is on unless it says otherwise (and the only one before channels)
 DEV = "dev"   # the console's dev phone (``service.channels.dev``): test chats, kept out of metrics and caps
@@ -35,21 +35,23 @@ def split_address(value: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
-    """One agent number talking with one user number over one channel."""
+    """One agent number talking with one user number over one channel. ``id`` and ``shard`` are worked out once:
+    every key of the conversation is built from them.
+
+    ``id`` is ``<agent>:<user>`` on SMS (as before channels existed, so stored data keeps its keys), else
+    ``<channel>:<agent>:<user>``. Numbers start with ``+``, so the two forms never collide. ``shard`` is its
+    partition."""
 
     agent_number: str
     user_number: str
     channel: str = SMS
+    id: str = field(init=False, repr=False, compare=False)
+    shard: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        """``<agent>:<user>`` on SMS (as before channels existed, so stored data keeps its keys), else
-        ``<channel>:<agent>:<user>``. Numbers start with ``+``, so the two forms never collide."""
-        return address(self.channel, self.agent_number + ":" + self.user_number)
-
-    @property
-    def shard(self) -> int:
-        return shard_of(self.id)
+    def __post_init__(self) -> None:
+        conv_id = address(self.channel, self.agent_number + ":" + self.user_number)
+        object.__setattr__(self, "id", conv_id)
+        object.__setattr__(self, "shard", shard_of(conv_id))
 
     @classmethod
     def parse(cls, conv_id: str) -> Conversation:

@@ -119,12 +119,17 @@ class Tally:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}   # (day, "<hour>:<name>") -> count since the last flush
+        self._hour: tuple[int, str, str] = (-1, "", "")   # the last hour counted in: (number, day, "<hour>:")
 
     def add(self, name: str, amount: int = 1, *, at_ms: int | None = None) -> None:
         if amount <= 0:
             return
-        when = time.gmtime((at_ms / 1000) if at_ms is not None else time.time())
-        key = (time.strftime("%Y-%m-%d", when), f"{when.tm_hour:02d}:{name}")
+        hour = (at_ms if at_ms is not None else int(time.time() * 1000)) // 3_600_000
+        if hour != self._hour[0]:   # a turn counts five things: the day and hour are written once an hour
+            when = time.gmtime(hour * 3600)
+            self._hour = (hour, time.strftime("%Y-%m-%d", when), f"{when.tm_hour:02d}:")
+        _, day, prefix = self._hour
+        key = (day, prefix + name)
         self._counts[key] = self._counts.get(key, 0) + amount
 
     def latency(self, ms: int, *, at_ms: int | None = None) -> None:

@@ -347,6 +347,15 @@ def test_reply_latency_percentiles_come_from_the_buckets() -> None:
     assert parsed.percentile(0.99) == 120.0 and Day().percentile(0.5) is None
 
 
+def test_counts_fall_in_the_utc_hour_and_day_they_happened_in() -> None:
+    tally = Tally()
+    midnight = 1_800_057_600_000                     # 2027-01-16 00:00:00 UTC
+    for at_ms in (midnight - 1, midnight, midnight + 3_599_999, midnight + 3_600_000, midnight - 1):
+        tally.add("in:+14155550100", at_ms=at_ms)
+    assert tally.pending() == {("2027-01-15", "23:in:+14155550100"): 2, ("2027-01-16", "00:in:+14155550100"): 2,
+                               ("2027-01-16", "01:in:+14155550100"): 1}
+
+
 async def test_a_chat_shows_the_knowledge_each_turn_used(make_parley: MakeParley) -> None:
     parley, kb_id = await answering(make_parley, {"knowledge_base_ids": [KB]})
     await answered(parley, "How much is a cleaning?")

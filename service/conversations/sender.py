@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 from service.address import Conversation
 from service.chats.delivery import RETRYING
@@ -80,7 +80,7 @@ class Sender:
         if not self._settings.public_url:
             return None
         url = self._settings.public_url.rstrip("/") + STATUS_PATH
-        return url + "?" + urlencode({"chat_id": chat_id}) if chat_id else url
+        return f"{url}?chat_id={quote_plus(chat_id)}" if chat_id else url
 
     def account_for(self, number: PhoneNumber) -> str | None:
         return number.twilio_account_sid or self._settings.twilio_account_sid

@@ -35,7 +35,8 @@ COUNTER_TTL_S = 2 * 86_400
 LEASE = 32   # segments a process takes from the day's counter at once, when the day has room (DailySegments)
 
 
-@functools.lru_cache(maxsize=4096)   # every turn prices its messages by the user's country (chats/cost.py)
+# Every turn prices its messages by the user's country (chats/cost.py): one entry per user (about 200 bytes).
+@functools.lru_cache(maxsize=32_768)
 def country_of(e164: str) -> str:
     """The ISO country of an E.164 number ("ZZ" when unknown)."""
     try:

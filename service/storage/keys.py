@@ -177,8 +177,11 @@ STATS_TTL_S = 35 * 86_400   # the overview's days
 DEFERRED_TTL_S = 300        # outlives a turn; a crashed turn's marker only makes the next messages queue
 
 
+_PARTITIONS = tuple(f"{PREFIX}{{{shard}}}:" for shard in range(SHARDS))
+
+
 def _in(shard: int) -> str:
-    return f"{PREFIX}{{{shard}}}:"
+    return _PARTITIONS[shard]
 
 
 # Every chat id, API and SMS alike, as ``new_chat_id`` draws it. An id from outside that does not match names no

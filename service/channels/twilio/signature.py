@@ -47,11 +47,12 @@ def is_valid(
     url = signed_url(request, public_url)
     if (algorithm or HMAC_SHA1).upper() not in HASHES:   # the validator says why (a warning) and refuses
         return bool(validator.validate(url, form, signature, algorithm=algorithm))
-    # ``validate``'s two checks (the URL without its default port, then with it), in turn: it computes both
-    # HMACs every time, and the first is the one that holds for a URL as Twilio is told it.
+    # ``validate``'s two checks (the URL without its port, and with it), in turn, the URL as it came first: it
+    # computes both HMACs every time, and the one that holds is almost always the URL as Twilio was told it.
     parsed = urlparse(url)
-    return any(compare(validator.compute_signature(candidate, form, algorithm), signature)
-               for candidate in (remove_port(parsed), add_port(parsed)))
+    candidates = (add_port, remove_port) if parsed.port else (remove_port, add_port)
+    return any(compare(validator.compute_signature(candidate(parsed), form, algorithm), signature)
+               for candidate in candidates)
 
 
 def sign(url: str, params: Mapping[str, str], token: str) -> str:
