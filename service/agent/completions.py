@@ -24,16 +24,16 @@ are not on a turn's path.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random
-import time
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+
+from service import clock
 
 INITIAL_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 8.0
@@ -57,21 +57,14 @@ def status_error(status: int) -> str:
 
 
 def retry_after_s(headers: Any) -> float | None:
-    """The server's wish, in seconds: ``retry-after-ms``, then ``retry-after`` (seconds, or an HTTP date)."""
-    for name, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            delay = float(value)
-        except ValueError:
-            continue
-        return MAX_RETRY_AFTER_S + 1 if math.isinf(delay) else delay / divisor
+    """The server's wish, in seconds: ``retry-after-ms``, then ``retry-after`` (seconds, or an HTTP date); an
+    infinite one is read as just over ``MAX_RETRY_AFTER_S`` (not waited for)."""
+    delay: float | None
     try:
-        parsed = email.utils.parsedate_tz(headers.get("retry-after"))
+        delay = float(headers.get("retry-after-ms")) / 1000
     except (TypeError, ValueError):
-        return None
-    return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
+        delay = clock.retry_after_s(headers.get("retry-after"))
+    return MAX_RETRY_AFTER_S + 1 if delay is not None and math.isinf(delay) else delay
 
 
 def should_retry(status: int, headers: Any) -> bool:

@@ -32,8 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -42,6 +41,7 @@ import orjson
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from service import clock
 from service.conversations.channel import Sent
 from service.errors import InvalidRequest, RecipientUnsubscribed, SendDeferred, SendError
 from service.metrics import Metrics
@@ -61,20 +61,10 @@ def _retryable(status: int | None) -> bool:
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date), between 0 and ``MAX_RETRY_AFTER_S``;
+    None when absent or unreadable."""
+    seconds = clock.retry_after_s(value, now.timestamp() if now is not None else None)
+    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 def message_form(*, to: str, from_: str, body: str, status_callback: str | None) -> bytes:
