@@ -7,9 +7,10 @@ rounds of first texts, each to K (``plan.cpu_conversations``) new conversations 
 rounds of follow-ups, one more text to each of those conversations, block by block; then ``PATCH /end-chat`` for
 each of their chats (``chat_ended``, the post-chat analysis's LLM call, ``chat_analyzed``). Each part is timed
 from its first request until its replies and events have all arrived and Parley has acknowledged every
-wake-up, and its CPU (``/proc``, every Parley process) is divided by its texts (or chats). The floor's CPU per
-turn is the turns phase's, from the same run, or, without that phase, the floor's closed-loop turns run here,
-alternating with Parley's runs.
+wake-up, and its CPU (``/proc``, every Parley process) is divided by its texts (or chats). Before each Parley run,
+the floor's closed-loop turns run (the turns phase's loop, on conversations of its own) gives the yardstick of that
+run: each ratio is the median over the runs of Parley's part / the floor's CPU per turn just before it. The
+machine's speed drifts by a third within minutes here, so a ratio is taken between neighbours, not across phases.
 """
 
 from __future__ import annotations
@@ -145,33 +146,42 @@ def ratio(part: float | None, floor: float | None) -> float | None:
     return round(part / floor, 3) if part is not None and floor else None
 
 
-async def phase_cpu(driver: Driver, plan: Plan, redis: aioredis.Redis, floor_cpu_ms: float | None) -> dict[str, Any]:
-    """``plan.repeats`` Parley runs (and, without ``floor_cpu_ms`` from the turns phase, as many floor runs,
-    alternating); the medians of CPU ms per text and their ratios to the floor's CPU ms per turn."""
+def paired_ratio(runs: list[dict[str, Any]], floor_runs: list[dict[str, Any]]) -> float | None:
+    """The median over the runs of each Parley run's CPU ms per text / its floor run's CPU ms per turn."""
+    ratios = [r for run, floor in zip(runs, floor_runs, strict=True)
+              if (r := ratio(run.get("parley_cpu_ms"), floor.get("cpu_ms_per_turn"))) is not None]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
+def floor_users(plan: Plan, run: int) -> list[str]:
+    """The floor's conversations before Parley's run ``run``: after the turns and profile runs' blocks."""
+    return turn_users(plan, plan.repeats + 1 + run)
+
+
+async def phase_cpu(driver: Driver, plan: Plan, redis: aioredis.Redis, turns_floor_ms: float | None) -> dict[str, Any]:
+    """``plan.repeats`` floor and Parley runs, alternating; the medians of CPU ms per text, and of their ratios to
+    the floor's CPU ms per turn of the run just before (``turns_floor_ms``, the turns phase's median, is shown
+    beside it)."""
     runs: dict[str, list[dict[str, Any]]] = {part: [] for part in PARTS}
     floor_runs: list[dict[str, Any]] = []
     for i in range(plan.repeats):
-        if floor_cpu_ms is None:
-            floor_runs.append(await turns_run(driver, driver.setup.floor_url, turn_users(plan, i), plan.turns_rounds,
-                                              f"cpufloor{i}"))
+        floor_runs.append(await turns_run(driver, driver.setup.floor_url, floor_users(plan, i), plan.turns_rounds,
+                                          f"cpufloor{i}"))
         found = await cpu_run(driver, plan, redis, i)
         for part in PARTS:
             runs[part].append(found.get(part, {"error": "not run"}))
         print(f"  cpu run {i + 1}/{plan.repeats}: " + ", ".join(
             f"{part} {found[part].get('parley_cpu_ms', found[part].get('error'))}" for part in found) + " CPU ms",
             file=sys.stderr, flush=True)
-    floor = floor_cpu_ms if floor_cpu_ms is not None else median_of(floor_runs, "cpu_ms_per_turn")
     out: dict[str, Any] = {"conversations": plan.cpu_conversations, "rounds": plan.cpu_rounds,
-                           "floor_source": "turns phase" if floor_cpu_ms is not None else "cpu phase",
-                           "floor_cpu_ms_per_turn": floor, "runs": runs,
-                           **({"floor_runs": floor_runs} if floor_runs else {})}
+                           "floor_cpu_ms_per_turn": median_of(floor_runs, "cpu_ms_per_turn"),
+                           "turns_phase_floor_cpu_ms_per_turn": turns_floor_ms, "runs": runs, "floor_runs": floor_runs}
     for part in PARTS:
         out[f"{part}_cpu_ms"] = median_of(runs[part], "parley_cpu_ms")
         done = [r["parley_cpu_ms_by_process"] for r in runs[part] if "parley_cpu_ms_by_process" in r]
         out[f"{part}_cpu_ms_by_process"] = {
             name: statistics.median(r[name] for r in done) for name in driver.setup.parley_pids} if done else None
-    out["first_ratio"] = ratio(out["first_cpu_ms"], floor)
-    out["followup_ratio"] = ratio(out["followup_cpu_ms"], floor)
-    out["end_ratio"] = ratio(out["end_cpu_ms"], floor)
+    for part in PARTS:
+        out[f"{part}_ratio"] = paired_ratio(runs[part], floor_runs)
     out["errors"] = [r["error"] for part in PARTS for r in runs[part] if "error" in r]
     return out
