@@ -139,3 +139,24 @@ async def test_a_process_opens_its_warm_connections_as_it_starts(redis_url: str)
         async with open_redis(settings):
             opened = int((await probe.info("clients"))["connected_clients"]) - before
     assert opened >= 12   # the warm ones (and the first PING's, which one of them may reuse)
+
+
+@pytest.mark.redis
+async def test_a_new_connection_does_not_read_the_package_metadata(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py left to itself looks its version up in the installed package's metadata for every connection it
+    # opens: a burst of turns that opens dozens pays for that many parses of a METADATA file.
+    import importlib.metadata
+
+    looked_up: list[str] = []
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:
+        looked_up.append(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    async with connect(redis_url) as client:
+        await asyncio.gather(*(client.ping() for _ in range(8)))
+    assert looked_up == []
