@@ -51,6 +51,18 @@ if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM',
 return 0
 """
 
+# KEYS: outbox list, due set.  ARGV: chat id, leased score.  The head was delivered: pop it and answer the next
+# event; when there is none, the run is over and the chat is dropped from the due set unless re-scheduled (what
+# ``_FINISH`` does for an empty outbox), in the same round trip.
+_DELIVERED = """
+redis.call('LPOP', KEYS[1])
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then return head end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return false
+"""
+
 
 def sign(body: bytes, key: str, timestamp_ms: int | None = None) -> str:
     """Retell's webhook signature over ``body``."""
@@ -100,6 +112,7 @@ class Outbox:
         self.retry_base_ms = retry_base_ms
         self._due = DueSet(redis, keys.outbox_due)
         self._finish = redis.register_script(_FINISH)
+        self._delivered = redis.register_script(_DELIVERED)
 
     async def tick(self) -> int:
         """Deliver what is due; how many chats were handled."""
@@ -108,18 +121,17 @@ class Outbox:
         return len(due)
 
     async def _deliver_chat(self, chat_id: str, leased: int) -> None:
-        box = keys.outbox(chat_id)
+        box, due = keys.outbox(chat_id), keys.outbox_due(keys.shard_of(chat_id))
         raw = await self._redis.lindex(box, 0)
         while raw is not None:
             event = Event.from_json(str(raw))
             error, retry = await self._post(event)
             if error is None:
                 self._metrics.events.labels(event.kind, "delivered").inc()
-                async with self._redis.pipeline(transaction=False) as pipe:  # the delivered one off, the next read
-                    pipe.lpop(box)
-                    pipe.lindex(box, 0)
-                    _, raw = await pipe.execute()
                 log.info("event delivered", extra={"chat_id": chat_id, "event": event.kind, "event_id": event.event_id})
+                raw = await self._delivered(keys=[box, due], args=[chat_id, leased])   # the next one, if any
+                if raw is None:
+                    return   # the outbox is empty and the chat done with
                 continue
             event.attempts += 1
             event.last_error = error
@@ -128,7 +140,7 @@ class Outbox:
                 delay = min(self.retry_base_ms * 2 ** (event.attempts - 1), MAX_BACKOFF_MS)
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.lset(box, 0, event.to_json())
-                    pipe.zadd(keys.outbox_due(keys.shard_of(chat_id)), {chat_id: now_ms() + delay})
+                    pipe.zadd(due, {chat_id: now_ms() + delay})
                     await pipe.execute()
                 log.warning("event delivery failed; will retry", extra={
                     "chat_id": chat_id, "event": event.kind, "attempt": event.attempts, "retry_in_ms": delay,
@@ -144,7 +156,7 @@ class Outbox:
                 *_, raw = await pipe.execute()
             log.error("event delivery failed for good", extra={
                 "chat_id": chat_id, "event": event.kind, "attempts": event.attempts, "error": error})
-        await self._finish(keys=[box, keys.outbox_due(keys.shard_of(chat_id))], args=[chat_id, leased, now_ms()])
+        await self._finish(keys=[box, due], args=[chat_id, leased, now_ms()])
 
     async def _post(self, event: Event) -> tuple[str | None, bool]:
         """Send once: (None, _) on success, else (what went wrong, whether to retry)."""
