@@ -51,6 +51,7 @@ from service.errors import OutboundRefused
 from service.settings import Settings
 
 ALLOW_SETTING = "PARLEY_OUTBOUND_ALLOW"
+PASSED_CAP = 1_024   # URLs an OutboundPolicy remembers as allowed (webhook, tool and event URLs)
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # What a redirect to another origin carries on; the caller's other headers (credentials, signatures) were meant
@@ -156,6 +157,9 @@ class OutboundPolicy:
     def __init__(self, allow: Iterable[str] = ()) -> None:
         self._networks: list[Network] = []
         self._hosts: set[str] = set()
+        # URLs ``check_url`` let through (it reads nothing but the URL and the allowlist, which never changes):
+        # an event's URL, checked before each request and again as it leaves, is parsed once.
+        self._passed: dict[str | URL, URL] = {}
         for entry in allow:
             try:
                 self._networks.append(ipaddress.ip_network(entry, strict=False))  # pragma: no mutate (None: as falsy)
@@ -179,6 +183,15 @@ class OutboundPolicy:
 
     def check_url(self, url: str | URL) -> URL:
         """``url`` parsed, if a request may go there as far as can be told without DNS; else ``OutboundRefused``."""
+        passed = self._passed.get(url)
+        if passed is None:
+            passed = self._check_url(url)
+            if len(self._passed) >= PASSED_CAP:
+                self._passed.clear()
+            self._passed[url] = passed
+        return passed
+
+    def _check_url(self, url: str | URL) -> URL:
         try:
             parsed = URL(url)   # a URL is returned as it is
         except (ValueError, TypeError):
