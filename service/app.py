@@ -19,7 +19,6 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from service.agent.llm import LLM
-from service.api.auth import key_roles
 from service.api.encoding import encoding_middleware
 from service.api.http import api_middleware
 from service.api.routes import routes
@@ -81,7 +80,7 @@ def create_app(
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app[READY] = {}
-    app[API_KEYS], app[SIGNING_KEY] = key_roles(settings, split=not (web_routes and workers))
+    app[API_KEYS], app[SIGNING_KEY] = settings.key_roles(split=not (web_routes and workers))
     app[FILES] = files
     app[KNOWLEDGE_FILES] = knowledge_files
 

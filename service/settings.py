@@ -10,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.errors import ConfigError
 
 TWILIO_SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"   # a Twilio account SID
 TWILIO_API_BASE_URL = "https://api.twilio.com"
@@ -411,6 +414,26 @@ class Settings(BaseSettings):
         if scoped is not None:
             return scoped
         return self.api_keys[0] if self.api_keys else None
+
+    def key_roles(self, *, split: bool) -> tuple[dict[str, Role], str]:
+        """Each API key's role, and the key that signs what Parley sends (``Settings.webhook_key``).
+
+        With no key configured, a whole ``parley serve`` makes up one admin key for this run, which also signs
+        (``create_app`` prints it). A ``split`` process (``parley worker``, ``parley serve --web-only``) refuses:
+        its made-up key would be one that the other processes neither accept nor sign with, and receivers could
+        verify nothing it signs.
+        """
+        keys = {scoped.key.get_secret_value(): scoped.role for scoped in self.api_key_roles()}
+        signing = self.webhook_key()
+        if signing is not None:
+            return keys, signing.get_secret_value()
+        if split:
+            raise ConfigError(
+                "parley worker and parley serve --web-only need API keys: set PARLEY_API_KEY (or PARLEY_API_KEYS, "
+                "with a key whose role is webhook) to the same value in every process. A key made up by one process "
+                "would sign events and chat_inbound requests that no receiver can verify")
+        made_up = "key_" + secrets.token_hex(24)
+        return {made_up: "admin"}, made_up
 
     @field_validator("sms_segment_prices", "llm_token_prices")
     @classmethod

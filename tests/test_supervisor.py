@@ -245,3 +245,15 @@ def test_a_bad_agent_file_fails_in_the_supervisor_before_anything_starts(tmp_pat
     assert "broken.yaml" in done.stderr, done.stderr
     assert "child started" not in done.stderr
     assert not (tmp_path / "var" / "valkey").exists(), "it started Valkey before refusing"
+
+
+def test_the_supervisor_loads_none_of_the_app() -> None:
+    # `parley serve` runs no turn and serves no request itself: what it imports it holds for nothing (about 55 MB of
+    # the app's modules). Its check of the agent files runs in a forked process for the same reason.
+    probe = ("import sys; from service.cli import commands, supervisor; "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('service'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            check=True).stdout.split()
+    assert "service.cli.supervisor" in loaded
+    assert not {"service.app", "service.conversations.runtime", "service.catalog.agent_files",
+                "service.api.auth"} & set(loaded), loaded

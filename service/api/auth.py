@@ -10,13 +10,11 @@ handing it to every receiver gives none of them the API. ``api_middleware`` (``s
 from __future__ import annotations
 
 import hmac
-import secrets
 
 from aiohttp import web
 
 from service.app_state import API_KEYS, ROUTE_SCOPES
-from service.errors import ConfigError
-from service.settings import Role, Scope, Settings
+from service.settings import Role, Scope
 
 # The scopes each role reaches.
 REACHES: dict[Role, frozenset[Scope]] = {
@@ -69,24 +67,3 @@ def refusal(request: web.Request) -> tuple[int, str] | None:
 def roles_for(scope: Scope) -> list[Role]:
     """The roles that reach ``scope``, least first."""
     return [role for role in LEAST_FIRST if scope in REACHES[role]]
-
-
-def key_roles(settings: Settings, *, split: bool) -> tuple[dict[str, Role], str]:
-    """Each API key's role, and the key that signs what Parley sends (``Settings.webhook_key``).
-
-    With no key configured, a whole ``parley serve`` makes up one admin key for this run, which also signs
-    (``create_app`` prints it). A ``split`` process (``parley worker``, ``parley serve --web-only``) refuses:
-    its made-up key would be one that the other processes neither accept nor sign with, and receivers could
-    verify nothing it signs.
-    """
-    keys = {scoped.key.get_secret_value(): scoped.role for scoped in settings.api_key_roles()}
-    signing = settings.webhook_key()
-    if signing is not None:
-        return keys, signing.get_secret_value()
-    if split:
-        raise ConfigError(
-            "parley worker and parley serve --web-only need API keys: set PARLEY_API_KEY (or PARLEY_API_KEYS, with "
-            "a key whose role is webhook) to the same value in every process. A key made up by one process would "
-            "sign events and chat_inbound requests that no receiver can verify")
-    made_up = "key_" + secrets.token_hex(24)
-    return {made_up: "admin"}, made_up

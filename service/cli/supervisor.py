@@ -38,10 +38,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from service import logs
-from service.api.auth import key_roles
-from service.catalog import agent_files
 from service.errors import ConfigError
-from service.knowledge import folders
 from service.settings import Settings
 from service.storage.connection import server_url
 
@@ -96,12 +93,32 @@ def run(settings: Settings, processes: int) -> int:
     """Supervise ``processes`` children (at least 2) until SIGTERM or SIGINT, or until they keep dying; return
     the exit status."""
     logs.configure(settings.log_level, twilio_level=settings.twilio_log_level, process="supervisor")
-    try:
-        agent_files.load(settings)   # what each child checks first: a mistake is reported once, here
-        folders.load(settings)
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
+    _check_files(settings)
     return asyncio.run(_supervise(settings, processes))
+
+
+def _check_files(settings: Settings) -> None:
+    """Load the agent files and knowledge-base folders as each child will first, so that a mistake is reported
+    once, here; in a forked process, so the supervisor does not keep what loading them imports (most of Parley:
+    about 70 MB it would hold for nothing)."""
+    pid = os.fork()
+    if pid == 0:   # the child: report, and leave without running the parent's exit handlers
+        status = 1
+        try:
+            from service.catalog import agent_files
+            from service.knowledge import folders
+            agent_files.load(settings)
+            folders.load(settings)
+            status = 0
+        except ConfigError as exc:
+            print(exc, file=sys.stderr, flush=True)
+        except BaseException:
+            log.exception("checking the agent files failed")
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(wait_status) != 0:
+        raise SystemExit(1)
 
 
 async def _supervise(settings: Settings, processes: int) -> int:
@@ -118,7 +135,7 @@ def _run_key(settings: Settings) -> dict[str, str]:
     """With no API key set, the one ``parley serve`` makes up, for every child (``PARLEY_API_KEY``), printed."""
     if settings.webhook_key() is not None:
         return {}
-    _, key = key_roles(settings, split=False)
+    _, key = settings.key_roles(split=False)
     print(f"PARLEY_API_KEY is not set (nor PARLEY_API_KEYS): an admin key that also signs events was made up for "
           f"this run; this run's API key is: {key}", file=sys.stderr, flush=True)
     return {"PARLEY_API_KEY": key}
