@@ -6,8 +6,8 @@ the wake-up. A worker that finds the lock taken acknowledges at once: the holder
 wake-up whose worker died stays pending and is reclaimed after ``reclaim_idle_ms``; the holder keeps its
 lock and its entry fresh while it works (one loop per pool renews every held lock). A *reclaimed* wake-up
 whose lock is taken stays pending (the holder may be the worker that died) and comes back once that lock has
-expired. ``conversations.queue`` holds the Redis
-side of all this and its invariants; this module decides what runs when.
+expired. ``conversations.queue`` holds the Redis side of all this and its invariants; this module decides what
+runs when.
 
 Reading: one ``XREADGROUP`` over every partition's stream on a single Redis; on Redis Cluster, where a
 command may only touch one hash slot, one reader per partition. At most ``PARLEY_WORKERS`` conversations
@@ -169,17 +169,16 @@ class WorkerPool:
         hold = Hold(conv, token, wakeup.entry_id)
         self._holds[hold] = time.monotonic()
         try:
-            outcome = await self._drain(hold, first)
+            try:
+                outcome = await self._drain(hold, first)
+            finally:
+                self._holds.pop(hold, None)   # renewed no more, however the turns ended (a lost lock is gone already)
         except asyncio.CancelledError:
-            self._holds.pop(hold, None)
             await self._queue.abandon(hold)
             raise
         except (RedisConnectionError, RedisTimeoutError):
-            self._holds.pop(hold, None)
             await self._give_back_after_outage(hold)
             raise
-        finally:
-            self._holds.pop(hold, None)
         if outcome is Release.LOST:   # the lock expired under us: this wake-up is answered anyway
             await self._queue.ack(conv, wakeup.entry_id)
 
