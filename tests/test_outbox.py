@@ -421,6 +421,26 @@ async def test_finishing_a_run(redis: aioredis.Redis, http: aiohttp.ClientSessio
     assert await due_at(redis) is None
 
 
+async def test_a_delivered_event_is_popped_and_the_next_one_read_and_the_last_ends_the_run(
+    redis: aioredis.Redis, http: aiohttp.ClientSession, metrics: Metrics,
+) -> None:
+    box = outbox(redis, http, metrics)
+    due = keys.outbox_due(keys.shard_of(CHAT))
+    run_keys = [keys.outbox(CHAT), due]
+    first, second = event("https://example.com/h", 1).to_json(), event("https://example.com/h", 2).to_json()
+    await redis.rpush(keys.outbox(CHAT), first, second)
+    await redis.zadd(due, {CHAT: 5_000})
+    assert await box._delivered(keys=run_keys, args=[CHAT, 5_000]) == second    # the next one; still due
+    assert await due_at(redis) == 5_000
+    assert await box._delivered(keys=run_keys, args=[CHAT, 5_000]) is None      # the last: the run is over
+    assert await due_at(redis) is None and not await redis.exists(keys.outbox(CHAT))
+    # Re-scheduled meanwhile (another score): it stays as scheduled.
+    await redis.rpush(keys.outbox(CHAT), first)
+    await redis.zadd(due, {CHAT: 7_000})
+    assert await box._delivered(keys=run_keys, args=[CHAT, 5_000]) is None
+    assert await due_at(redis) == 7_000
+
+
 # --- redirects and atomic writes ------------------------------------------------------------------------------
 
 

@@ -24,12 +24,21 @@ for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(A
 return due
 """
 
-# KEYS: set.  ARGV: member, leased score.  Remove the member only if its score is still the lease.
-_DONE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 0
+
+def done_lua(key: str, member: str, leased: str) -> str:
+    """Lua that removes ``member`` from the due set ``key`` only if its score is still ``leased`` (nobody
+    re-scheduled it meanwhile), and sets ``forgotten`` to 1 when it did (the arguments are Lua expressions:
+    ``KEYS[1]``, ``ARGV[2]``...). ``done`` runs it alone; a script that ends a leased run beside its own writes
+    runs it in the same round trip."""
+    return f"""
+local forgotten = 0
+local score = redis.call('ZSCORE', {key}, {member})
+if score and tonumber(score) == tonumber({leased}) then forgotten = redis.call('ZREM', {key}, {member}) end
 """
+
+
+# KEYS: set.  ARGV: member, leased score.
+_DONE = done_lua("KEYS[1]", "ARGV[1]", "ARGV[2]") + "return forgotten\n"
 
 
 class DueSet:

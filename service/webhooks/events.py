@@ -32,7 +32,7 @@ from service.errors import OutboundRefused
 from service.metrics import Metrics
 from service.outbound import fetch
 from service.storage import keys
-from service.storage.dueset import DueSet
+from service.storage.dueset import DueSet, done_lua
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,25 @@ SIGNATURE_HEADER = "X-Retell-Signature"
 EVENT_ID_HEADER = "X-Parley-Event-Id"
 ERROR_BODY_BYTES = 300   # of a failed delivery's answer, kept with its error for whoever reads outbox:failed
 
+# The end of a delivery run over an empty outbox: the chat leaves the due set (KEYS[2]) unless a retry
+# re-scheduled it, as ``DueSet.done`` would, in the script's own round trip.
+_FORGET = done_lua("KEYS[2]", "ARGV[1]", "ARGV[2]")
+
 # KEYS: outbox list, due set.  ARGV: chat id, leased score, now.  After a delivery run: if events remain
-# (one may have been queued meanwhile), make the chat due now; else drop it unless re-scheduled.
+# (one may have been queued meanwhile), make the chat due now; else ``_FORGET``.
 _FINISH = """
 if redis.call('LLEN', KEYS[1]) > 0 then return redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[2], ARGV[1]) end
-return 0
+""" + _FORGET + """
+return forgotten
 """
 
 # KEYS: outbox list, due set.  ARGV: chat id, leased score.  The head was delivered: pop it and answer the next
-# event; when there is none, the run is over and the chat is dropped from the due set unless re-scheduled (what
-# ``_FINISH`` does for an empty outbox), in the same round trip.
+# event; when there is none, the run is over (``_FORGET``), in the same round trip.
 _DELIVERED = """
 redis.call('LPOP', KEYS[1])
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head then return head end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[2], ARGV[1]) end
+""" + _FORGET + """
 return false
 """
 
