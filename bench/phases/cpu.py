@@ -178,10 +178,9 @@ async def phase_cpu(driver: Driver, plan: Plan, redis: aioredis.Redis, turns_flo
                            "turns_phase_floor_cpu_ms_per_turn": turns_floor_ms, "runs": runs, "floor_runs": floor_runs}
     for part in PARTS:
         out[f"{part}_cpu_ms"] = median_of(runs[part], "parley_cpu_ms")
+        out[f"{part}_ratio"] = paired_ratio(runs[part], floor_runs)
         done = [r["parley_cpu_ms_by_process"] for r in runs[part] if "parley_cpu_ms_by_process" in r]
         out[f"{part}_cpu_ms_by_process"] = {
             name: statistics.median(r[name] for r in done) for name in driver.setup.parley_pids} if done else None
-    for part in PARTS:
-        out[f"{part}_ratio"] = paired_ratio(runs[part], floor_runs)
     out["errors"] = [r["error"] for part in PARTS for r in runs[part] if "error" in r]
     return out
