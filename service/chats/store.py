@@ -27,6 +27,7 @@ from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult
 from service.clock import now_ms
 from service.storage import keys
 from service.storage.locks import Hold, Locks, Release
+from service.storage.pipelining import pipelined
 from service.storage.watchers import Watchers
 from service.webhooks.events import Event, queue
 
@@ -111,17 +112,14 @@ class Chats:
 
     async def ongoing_with_history(self, chat_id: str, last: int) -> tuple[Chat | None, list[Message]]:
         """Chat ``chat_id`` if it is ongoing, with its last ``last`` messages, in one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self.read_with_history(pipe, chat_id, last)
-            row, raws = await pipe.execute()
+        row, raws = await pipelined(self._redis, self.history_reads(chat_id, last))
         return self.ongoing_from(row, raws)
 
     @staticmethod
-    def read_with_history(pipe: Any, chat_id: str, last: int) -> None:
-        """Add the reads of ``ongoing_with_history`` to ``pipe`` (a caller's round trip); ``ongoing_from``
-        reads their two replies."""
-        pipe.hgetall(keys.chat(chat_id))
-        pipe.lrange(keys.chat_messages(chat_id), -last, -1)
+    def history_reads(chat_id: str, last: int) -> list[tuple[Any, ...]]:
+        """The reads of ``ongoing_with_history``, for a caller's round trip (``storage.pipelining.pipelined``);
+        ``ongoing_from`` reads their two replies."""
+        return [("HGETALL", keys.chat(chat_id)), ("LRANGE", keys.chat_messages(chat_id), -last, -1)]
 
     @staticmethod
     def ongoing_from(row: dict[str, str], raws: list[str]) -> tuple[Chat | None, list[Message]]:

@@ -31,7 +31,7 @@ release of its conversation must be one atomic write. It takes the holder's ``Ho
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -46,6 +46,7 @@ from service.conversations.items import Item
 from service.errors import Conflict
 from service.storage import keys
 from service.storage.locks import WAIT_S, Hold, Locks, Release, new_token
+from service.storage.pipelining import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class Wakeup:
     reclaimed: bool = False
 
 
-# Adds reads of the caller's to ``take``'s and ``peek``'s pipeline (keys of the conversation's partition).
-Reads = Callable[[Any], None]
+# Reads of the caller's that ``take`` and ``peek`` add to their round trip: commands (and their arguments) on keys of
+# the conversation's partition.
+Reads = Sequence[Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,30 +192,27 @@ class ConversationQueue:
 
     # The workers' side: the lock and the mailbox.
 
-    async def take(self, conv: Conversation, token: str, *, with_keys: Sequence[str] = (), also: Reads | None = None,
+    async def take(self, conv: Conversation, token: str, *, with_keys: Sequence[str] = (), also: Reads = (),
                    ) -> Taken:
         """Take the conversation's lock with ``token``, and read its mailbox, ``with_keys`` (strings in the
         conversation's partition) and what ``also`` adds, in one round trip."""
         return await self._read(conv, token, with_keys, also)
 
-    async def peek(self, conv: Conversation, *, with_keys: Sequence[str] = (), also: Reads | None = None) -> Taken:
+    async def peek(self, conv: Conversation, *, with_keys: Sequence[str] = (), also: Reads = ()) -> Taken:
         """Read the mailbox, ``with_keys`` and ``also`` (the holder, between turns)."""
         return await self._read(conv, None, with_keys, also)
 
-    async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str], also: Reads | None,
+    async def _read(self, conv: Conversation, token: str | None, with_keys: Sequence[str], also: Reads,
                     ) -> Taken:
-        # A transaction would only wrap these reads of one slot in MULTI/EXEC: nothing a caller can see.
-        async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (MULTI changes nothing)
-            if token is not None:
-                pipe.set(keys.lock(conv), token, nx=True, px=self._locks.ttl_ms)
-            pipe.lrange(keys.mailbox(conv), 0, -1)
-            if with_keys:
-                # MGET by name: redis-py refuses ``mget`` in a cluster pipeline, as its keys could span slots;
-                # these share the conversation's.
-                pipe.execute_command("MGET", *with_keys)  # pragma: no mutate (commands are case-insensitive)
-            if also is not None:
-                also(pipe)
-            replies = await pipe.execute()
+        commands: list[Sequence[Any]] = [] if token is None else [
+            ("SET", keys.lock(conv), token, "NX", "PX", self._locks.ttl_ms)]
+        commands.append(("LRANGE", keys.mailbox(conv), 0, -1))
+        if with_keys:
+            # By name, as every command here: redis-py's cluster pipeline refuses its ``mget`` method (keys could span
+            # slots); these share the conversation's.
+            commands.append(("MGET", *with_keys))
+        commands += also
+        replies = await pipelined(self._redis, commands)
         taken = bool(replies.pop(0)) if token is not None else True
         values = list(replies[1]) if with_keys else []
         return Taken(taken, [Item.from_json(raw) for raw in replies[0]], values, replies[2 if with_keys else 1:])

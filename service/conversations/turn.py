@@ -79,11 +79,8 @@ class Turns:
     def _context_keys(conv: Conversation) -> list[str]:
         return [keys.current_chat(conv), keys.optout(conv)]
 
-    def _reads(self, chat_id: str | None) -> Reads | None:
-        if chat_id is None:
-            return None
-        window = self._rt.settings.history_window
-        return lambda pipe: self._rt.chats.read_with_history(pipe, chat_id, window)
+    def _reads(self, chat_id: str | None) -> Reads:
+        return () if chat_id is None else self._rt.chats.history_reads(chat_id, self._rt.settings.history_window)
 
     async def _context(self, conv: Conversation, values: list[str | None], guess: str | None, read: list[Any],
                        ) -> Context:
