@@ -110,6 +110,10 @@ def test_the_internal_url_is_refused_when_a_public_url_is_set() -> None:
 def test_the_default_port_may_or_may_not_be_signed() -> None:
     with_port = reference_signature("https://parley.example.com:443/twilio/sms", FORM, TOKEN)
     assert check({SIGNATURE_HEADER: with_port}) is True
+    # and the other way round: PARLEY_PUBLIC_URL names the port, Twilio signed the URL without it
+    without_port = reference_signature(PUBLIC + "/twilio/sms", FORM, TOKEN)
+    assert check({SIGNATURE_HEADER: without_port}, public_url="https://parley.example.com:443") is True
+    assert check({SIGNATURE_HEADER: with_port}, public_url="https://parley.example.com:443") is True
 
 
 @pytest.mark.parametrize("signature", [None, "", "é" * 28, "\xff" * 28])

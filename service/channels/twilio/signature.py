@@ -7,6 +7,7 @@ and without the default port, and handles HMAC-SHA256 when the signature-setting
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from urllib.parse import urlparse
 
@@ -47,12 +48,13 @@ def is_valid(
     url = signed_url(request, public_url)
     if (algorithm or HMAC_SHA1).upper() not in HASHES:   # the validator says why (a warning) and refuses
         return bool(validator.validate(url, form, signature, algorithm=algorithm))
-    # ``validate``'s two checks (the URL without its port, and with it), in turn, the URL as it came first: it
-    # computes both HMACs every time, and the one that holds is almost always the URL as Twilio was told it.
+    # The URL as it came first, as it is: the one Twilio was told, and almost always the one it signed. Then
+    # ``validate``'s two checks (the URL without its port, and with it), which it always makes both of.
+    if hmac.compare_digest(validator.compute_signature(url, form, algorithm), signature):
+        return True
     parsed = urlparse(url)
-    candidates = (add_port, remove_port) if parsed.port else (remove_port, add_port)
     return any(compare(validator.compute_signature(candidate(parsed), form, algorithm), signature)
-               for candidate in candidates)
+               for candidate in (add_port, remove_port))
 
 
 def sign(url: str, params: Mapping[str, str], token: str) -> str:
