@@ -45,7 +45,7 @@ class Plan:
     slow_seconds: float = 60.0
     slow_high_rate: float = 400.0     # slow400: the same at this rate, reported with no target
     count_messages: int = 300         # phase 4: plain turns counted in Redis
-    workers: int = 512                # PARLEY_WORKERS, per process that runs workers (and the floor's)
+    workers: int = 1024               # PARLEY_WORKERS, per process that runs workers (and the floor's)
     burst_window_ms: int = 0
     layout: str = "default"           # "default": `serve`; "single": `serve --processes 1`; "split" (bench/stack.py)
     processes: int = 0                # `serve --processes N` in the default layout (0: serve's own default)

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     outbound_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("PARLEY_OUTBOUND_ALLOW", "outbound_allow")
     )
-    workers: int = Field(default=512, ge=1, le=100_000, validation_alias=_env("PARLEY_WORKERS", "workers"))
+    workers: int = Field(default=1024, ge=1, le=100_000, validation_alias=_env("PARLEY_WORKERS", "workers"))
     # Redis connections a process opens as it starts (``storage/connection.py: open_redis``), so the first burst
     # of webhooks does not wait on connection handshakes; the pool grows beyond them as needed.
     redis_warm_connections: int = Field(default=32, ge=0, le=1024, validation_alias=_env(

@@ -38,7 +38,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert s.redis_url is None and s.api_keys == [] and s.port == 8080 and s.host == "127.0.0.1"
-    assert s.twilio_api_base_url == "https://api.twilio.com" and s.workers == 512
+    assert s.twilio_api_base_url == "https://api.twilio.com" and s.workers == 1024
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), [

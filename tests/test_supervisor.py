@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
 
+from service.cli import supervisor
 from service.storage import keys
 
 from .conftest import API_KEY, redis_env
@@ -257,3 +258,9 @@ def test_the_supervisor_loads_none_of_the_app() -> None:
     assert "service.cli.supervisor" in loaded
     assert not {"service.app", "service.conversations.runtime", "service.catalog.agent_files",
                 "service.api.auth"} & set(loaded), loaded
+
+
+def test_serve_runs_as_many_processes_as_cores_by_default() -> None:
+    # the web child and a worker child per other core; one core, one process (no supervisor)
+    assert [supervisor.default_processes(cores) for cores in (1, 2, 4, 16)] == [1, 2, 4, 16]
+    assert supervisor.default_processes() == supervisor.usable_cores()

@@ -1,9 +1,10 @@
 """``parley serve`` on several cores: a supervisor process and its children.
 
 With ``PARLEY_PROCESSES`` (or ``serve --processes N``) at 2 or more, and by default on a machine with several
-cores, ``parley serve`` runs no app itself. It starts one *web* child (``serve --web-only``: the webhooks, the
-API and the console on ``PARLEY_HOST:PARLEY_PORT``) and N-1 *worker* children (``worker``: the workers and the
-scheduler, with no listener), so that a webhook never waits behind turns on a busy event loop. Each child is a
+cores (as many processes as cores: ``default_processes``), ``parley serve`` runs no app itself. It starts one
+*web* child (``serve --web-only``: the webhooks, the API and the console on ``PARLEY_HOST:PARLEY_PORT``) and N-1
+*worker* children (``worker``: the workers and the scheduler, with no listener), so that a webhook never waits
+behind turns on a busy event loop. Each child is a
 fresh ``python -m service`` process (not a fork: an app holds sockets and threads), with ``PARLEY_PROCESS_NAME``
 (``web``, ``worker-1``...) naming it in its log lines, and ``--supervised PID``, which makes it die with the
 supervisor (``die_with_parent``) and keeps a worker child off the port.
@@ -57,12 +58,16 @@ STOPPED = frozenset({0, -signal.SIGTERM})
 
 
 def default_processes(cores: int | None = None) -> int:
-    """``PARLEY_PROCESSES=0``: the web child and one worker child per core (``cores``, else ``usable_cores``). The
-    web child needs a fraction of a core (about 0.9 ms of CPU a text against a worker's 3-5 ms), so a worker per
-    core keeps every core busy with turns; with one worker fewer (as many processes as cores), the 2-core
-    development machine's single worker queued: ``bench.run`` at 200 texts/s with a 1.5 s LLM answered at a
-    reply p99 of 6.0 s and a webhook p99 of 20-33 ms, against 3.6 s and 14-15 ms with the worker per core."""
-    return (cores or usable_cores()) + 1
+    """``PARLEY_PROCESSES=0``: as many processes as cores (``cores``, else ``usable_cores``): the web child and a
+    worker child per other core; one core, one process. ``bench.run`` chose it on the 2-core development machine,
+    with every process of the machine busy (load generator, fakes and Redis beside Parley): a worker child per core
+    plus the web child, one process more than cores, spent about a sixth more CPU per text (follow-up texts 1.82-1.92
+    x the floor's CPU per turn, against 1.60-1.61 with one worker: more wake-ups for smaller batches, and a turn whose
+    previous turn ran in the other worker reads its chat in a second round trip), and bought nothing the targets ask
+    for: at 200 texts/s with a 1.5 s LLM the web + one worker answered with a reply p99 of 1.56 s and a webhook p99 of
+    4 ms, and at 400 texts/s all 400 a second (p99 2.2 s), a worker running up to ``PARLEY_WORKERS`` (1,024) turns at
+    once."""
+    return cores or usable_cores()
 
 
 def usable_cores() -> int:
