@@ -55,11 +55,18 @@ def measure(text: str) -> Measure:
     """Return the encoding, length in units and number of SMS segments Twilio will bill for ``text``."""
     if _GSM.issuperset(text):
         encoding, single, multi = Encoding.GSM7, _GSM_SINGLE, _GSM_MULTI
-        costs = [2 if char in _GSM_EXTENSION else 1 for char in text]
+        units = len(text) + sum(text.count(char) for char in _GSM_EXTENSION)
     else:
         encoding, single, multi = Encoding.UCS2, _UCS2_SINGLE, _UCS2_MULTI
+        units = len(text.encode("utf-16-le", "surrogatepass")) // 2
+    if units <= single:
+        return Measure(encoding, units, 1 if units else 0)
+    if units == len(text):   # no two-unit character: nothing moves to the next segment
+        return Measure(encoding, units, -(-units // multi))
+    if encoding is Encoding.GSM7:
+        costs = [2 if char in _GSM_EXTENSION else 1 for char in text]
+    else:
         costs = [2 if ord(char) > 0xFFFF else 1 for char in text]
-    units = sum(costs)
     return Measure(encoding, units, _count_segments(costs, units, single, multi))
 
 
