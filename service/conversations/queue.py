@@ -53,18 +53,19 @@ log = logging.getLogger(__name__)
 BUSY = "the conversation is busy with a turn; try again"
 
 # KEYS: seen, mailbox, wakeups, session (left alone when the channel has no session window).
-# ARGV: item, seen ttl s, cap, mailbox ttl s, conversation id, maxlen, session ttl s ('' none), now ms.
+# ARGV: item, conversation id, session ttl s ('' none), now ms. The bounds are written in (``storage.keys``): a
+# webhook's one Redis call sends what changes only.
 # Returns an Enqueued value.  A full mailbox forgets the SID again, so a retry can land.
-_ENQUEUE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
-if redis.call('RPUSH', KEYS[2], ARGV[1]) > tonumber(ARGV[3]) then
+_ENQUEUE = f"""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', {keys.SEEN_TTL_S}) then return 0 end
+if redis.call('RPUSH', KEYS[2], ARGV[1]) > {keys.MAILBOX_CAP} then
   redis.call('RPOP', KEYS[2])
   redis.call('DEL', KEYS[1])
   return 2
 end
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'conv', ARGV[5])
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'EX', ARGV[7]) end
+redis.call('EXPIRE', KEYS[2], {keys.MAILBOX_TTL_S})
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', {keys.WAKEUPS_MAXLEN}, '*', 'conv', ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3]) end
 return 1
 """
 
@@ -145,8 +146,7 @@ class ConversationQueue:
         on a channel with a session window of that length (``in_session``)."""
         result = await self._enqueue(
             keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard), keys.session(conv)],
-            args=[item.to_json(), keys.SEEN_TTL_S, keys.MAILBOX_CAP, keys.MAILBOX_TTL_S, conv.id,
-                  keys.WAKEUPS_MAXLEN, session_ttl_s or "", now_ms()],
+            args=[item.to_json(), conv.id, session_ttl_s or "", now_ms()],
         )
         return Enqueued(int(result))
 
