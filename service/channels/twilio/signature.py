@@ -55,15 +55,15 @@ def is_valid(
     # The URL as it came first, as it is: the one Twilio was told, and almost always the one it signed. Then
     # ``validate``'s two checks (the URL without its port, and with it), which it always makes both of.
     signed = "".join(name + value for name in sorted(set(form)) for value in sorted(set(form.getall(name))))
-    key = token.encode()
-    parsed = None
-    for candidate in (None, add_port, remove_port):
-        if candidate is not None:
-            parsed = parsed or urlparse(url)
-        mac = hmac.new(key, ((url if candidate is None else candidate(parsed)) + signed).encode(), digest)
-        if hmac.compare_digest(base64.b64encode(mac.digest()).decode(), signature):
-            return True
-    return False
+
+    def signs(candidate: str) -> bool:
+        mac = hmac.new(token.encode(), (candidate + signed).encode(), digest)
+        return hmac.compare_digest(base64.b64encode(mac.digest()).decode(), signature)
+
+    if signs(url):
+        return True
+    parsed = urlparse(url)
+    return signs(add_port(parsed)) or signs(remove_port(parsed))
 
 
 def sign(url: str, params: Mapping[str, str], token: str) -> str:
