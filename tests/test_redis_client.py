@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import DataError, MaxConnectionsError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
 
 from service.settings import Settings
 from service.storage.connection import (
@@ -19,7 +20,7 @@ from service.storage.connection import (
     connect,
     open_redis,
 )
-from service.storage.pipelining import pipelined
+from service.storage.pipelining import evalsha, pipelined
 
 from .conftest import is_cluster
 
@@ -89,9 +90,8 @@ async def test_the_pool_lends_each_connection_to_one_command_at_a_time_and_takes
         assert not pool._in_use_connections
         assert len(pool._available_connections) == 4
         # A fifth at once is beyond the bound, as with redis-py's own pool.
-        with pytest.raises(MaxConnectionsError):
-            await asyncio.gather(*(blpop(client, f"{{c}}none{i}") for i in range(5)))
-        await asyncio.sleep(0.3)
+        five = await asyncio.gather(*(blpop(client, f"{{c}}none{i}") for i in range(5)), return_exceptions=True)
+        assert [type(r).__name__ for r in five].count("MaxConnectionsError") == 1 and five.count(None) == 4
         # A connection marked for reconnection is closed as it comes back, and opened again when next lent.
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         connection.mark_for_reconnect()
@@ -170,3 +170,87 @@ async def test_a_pipelined_call_cancelled_mid_exchange_leaves_no_reply_for_the_n
     await asyncio.sleep(0.6)   # BLPOP's nil reply has been sent by now, to whatever holds that socket
     for i in range(1, 21):
         assert await pipelined(redis, [("INCR", "{p}n"), ("LRANGE", "{p}q", 0, -1)]) == [i, ["x"]]
+
+
+async def together(client: Any, calls: list[list[tuple[Any, ...]]]) -> list[Any]:
+    """``calls`` made at once (in one turn of the event loop); each one's replies, or what it raised."""
+    return list(await asyncio.gather(*(pipelined(client, commands) for commands in calls), return_exceptions=True))
+
+
+def connections(client: Any) -> int:
+    pool = client.connection_pool
+    return len(pool._available_connections) + len(pool._in_use_connections)
+
+
+@pytest.mark.redis
+async def test_calls_made_at_once_share_one_round_trip_and_each_gets_its_own_replies(redis_url: str) -> None:
+    if is_cluster(redis_url):
+        pytest.skip("on a cluster each call is a redis-py pipeline of its own")
+    client = connect(redis_url)
+    try:
+        await client.delete("{p}n")
+        calls = [[("INCR", "{p}n"), ("ECHO", f"caller {i}")] for i in range(40)]
+        replies = await together(client, calls)
+        assert connections(client) == 1   # one round trip: separate ones at once would have opened 40 connections
+        assert [r[1] for r in replies] == [f"caller {i}" for i in range(40)]
+        assert [r[0] for r in replies] == list(range(1, 41))   # in the order they were made, in one write
+        # A lone call goes on its own, as soon as the loop turns.
+        assert await pipelined(client, [("GET", "{p}n")]) == ["40"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_an_error_in_a_shared_round_trip_is_raised_to_its_own_caller_only(redis: Any) -> None:
+    await redis.set("{p}s", "v")
+    replies = await together(redis, [
+        [("SET", "{p}a", "1")],
+        [("LPUSH", "{p}s", "x"), ("SET", "{p}after", "1")],   # a Redis error reply
+        [("SET", "{p}b", None)],                              # an argument Redis cannot take: never sent
+        [("GET", "{p}s")],
+    ])
+    assert replies[0] == ["OK"]
+    assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert isinstance(replies[2], DataError)
+    assert replies[3] == ["v"]
+    assert await redis.mget("{p}a", "{p}after", "{p}b") == ["1", "1", None]
+
+
+@pytest.mark.redis
+async def test_a_caller_cancelled_before_its_round_trip_leaves_the_others_theirs(redis: Any, redis_url: str) -> None:
+    if is_cluster(redis_url):
+        pytest.skip("on a cluster each call is a redis-py pipeline of its own")
+    loop = asyncio.get_running_loop()
+    calls = [asyncio.create_task(pipelined(redis, [("INCR", "{p}n"), ("ECHO", f"caller {i}")])) for i in range(3)]
+    loop.call_soon(calls[1].cancel)   # after the three queued their commands, before they went out
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert done[0] == [1, "caller 0"] and done[2] == [3, "caller 2"]   # the cancelled one's INCR ran, unread
+    for i in range(4, 24):
+        assert await pipelined(redis, [("INCR", "{p}n"), ("ECHO", "next")]) == [i, "next"]
+
+
+@pytest.mark.redis
+async def test_a_connection_lost_mid_round_trip_fails_the_calls_still_unanswered(redis_url: str) -> None:
+    if is_cluster(redis_url):
+        pytest.skip("on a cluster each call is a redis-py pipeline of its own")
+    client = connect(redis_url)
+    try:
+        replies = await together(client, [[("ECHO", "before")], [("QUIT",)], [("ECHO", "after")]])
+        assert replies[0] == ["before"]
+        assert replies[1] == ["OK"]   # QUIT's OK: the server then closed the connection
+        assert isinstance(replies[2], RedisConnectionError)
+        assert await pipelined(client, [("ECHO", "again")]) == ["again"]   # a new connection
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_evalsha_gives_a_server_that_lost_its_scripts_the_script_again(redis: Any) -> None:
+    script = redis.register_script("return {KEYS[1], ARGV[1]}")
+    await redis.script_flush()
+    assert await evalsha(redis, script, ["{p}k"], ["v"]) == ["{p}k", "v"]
+    assert await evalsha(redis, script, ["{p}k"], ["w"]) == ["{p}k", "w"]
+    await redis.set("{p}k2", "a string")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await evalsha(redis, redis.register_script("return redis.call('LPUSH', KEYS[1], 'x')"), ["{p}k2"], [])

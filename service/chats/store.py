@@ -27,7 +27,7 @@ from service.chats.model import Chat, ChatStatus, EndReason, Message, TurnResult
 from service.clock import now_ms
 from service.storage import keys
 from service.storage.locks import Hold, Locks, Release
-from service.storage.pipelining import pipelined
+from service.storage.pipelining import evalsha, pipelined
 from service.storage.watchers import Watchers
 from service.webhooks.events import Event, queue
 
@@ -269,7 +269,8 @@ class Chats:
                                # The reason's and the end day's listing indexes, trimmed like the others.
                                "start": chat.start_timestamp, "trim": f"({chat.start_timestamp - self.ttl_s * 1000}"}
         chat_id = chat.chat_id if chat is not None else ""
-        outcome = await self._commit(
+        outcome = await evalsha(
+            self._redis, self._commit,
             keys=[
                 keys.lock(conv) if conv is not None else anchor,
                 keys.mailbox(conv) if conv is not None else anchor,

@@ -53,6 +53,7 @@ from service.chats.model import Message, Role
 from service.storage import keys
 from service.storage.dueset import DueSet
 from service.storage.locks import Hold
+from service.storage.pipelining import pipelined
 
 MAX_DELAY_MS = 60_000        # the longest backoff between two tries (a longer Retry-After is still honoured)
 READ_CAP = 2 * keys.OUTGOING_CAP
@@ -201,7 +202,9 @@ class Outgoing:
     async def gate(self, conv: Conversation) -> Gate:
         """Whether a message of ``conv`` may go now. One command when the answer is CLEAR (the usual case: it
         replaces the opt-out check every send makes), two otherwise."""
-        if not await self._redis.exists(keys.optout(conv), keys.outgoing(conv), keys.deferred(conv)):
+        waits = ("EXISTS", keys.optout(conv), keys.outgoing(conv), keys.deferred(conv))
+        [found] = await pipelined(self._redis, [waits])
+        if not found:
             return Gate.CLEAR
         async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (3 reads: MULTI or not, alike)
             pipe.exists(keys.optout(conv))

@@ -46,7 +46,7 @@ from service.conversations.items import Item
 from service.errors import Conflict
 from service.storage import keys
 from service.storage.locks import WAIT_S, Hold, Locks, Release, new_token
-from service.storage.pipelining import pipelined
+from service.storage.pipelining import evalsha, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class ConversationQueue:
                   ) -> Enqueued:
         """Append ``item`` and wake a worker, unless ``dedupe_id`` was seen. ``session_ttl_s``: the user wrote,
         on a channel with a session window of that length (``in_session``)."""
-        result = await self._enqueue(
+        result = await evalsha(
+            self._redis, self._enqueue,
             keys=[keys.seen(conv, dedupe_id), keys.mailbox(conv), keys.wakeups(conv.shard), keys.session(conv)],
             args=[item.to_json(), conv.id, session_ttl_s or "", now_ms()],
         )
