@@ -21,7 +21,8 @@ class _Call:
     replies: asyncio.Future[list[Any]]
 
 
-# Per client, the calls made in this turn of the event loop: they go to Redis together at its end (``_send``).
+# Per client, the calls made in this turn of the event loop: they go to Redis together, from one ``_exchange`` task,
+# whose first step runs once this turn's callbacks have all run.
 _queued: WeakKeyDictionary[aioredis.Redis, list[_Call]] = WeakKeyDictionary()
 _exchanges: set[asyncio.Task[None]] = set()    # running exchanges (the loop keeps only weak references to tasks)
 
@@ -49,7 +50,9 @@ async def pipelined(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -
     queued = _queued.get(client)
     if queued is None:
         queued = _queued[client] = []
-        loop.call_soon(_send, client)
+        exchange = loop.create_task(_exchange(client))
+        _exchanges.add(exchange)
+        exchange.add_done_callback(_exchanges.discard)
     queued.append(call)
     replies = await call.replies
     error = next((reply for reply in replies if isinstance(reply, ResponseError)), None)
@@ -72,16 +75,10 @@ async def evalsha(client: aioredis.Redis, script: AsyncScript, keys: Sequence[An
         return (await pipelined(client, [command]))[0]
 
 
-def _send(client: aioredis.Redis) -> None:
-    calls = _queued.pop(client, [])
-    if calls:
-        task = asyncio.create_task(_exchange(client, calls))
-        _exchanges.add(task)
-        task.add_done_callback(_exchanges.discard)
-
-
-async def _exchange(client: aioredis.Redis, calls: list[_Call]) -> None:
-    """One round trip for ``calls``: their commands in one write, then every reply, each handed to its caller."""
+async def _exchange(client: aioredis.Redis) -> None:
+    """One round trip for the calls queued on ``client``: their commands in one write, then every reply, each handed
+    to its caller."""
+    calls = _queued.pop(client)
     pool = client.connection_pool
     try:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
