@@ -320,6 +320,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=25.0, ge=0, validation_alias=_env("PARLEY_DRAIN_TIMEOUT_S", "drain_timeout_s")
     )
+    # `parley serve`'s supervisor kills (then restarts) a child whose event loop has not run for this long: a call
+    # that never returns, a loop that never yields (``service/cli/supervisor.py``). 0: never. At least 2 s otherwise
+    # (a child says it is alive every half second).
+    hang_timeout_s: float = Field(
+        default=60.0, ge=0, le=86_400, validation_alias=_env("PARLEY_HANG_TIMEOUT_S", "hang_timeout_s")
+    )
     event_max_attempts: int = Field(
         default=8, ge=1, le=50, validation_alias=_env("PARLEY_EVENT_MAX_ATTEMPTS", "event_max_attempts")
     )
@@ -346,6 +352,13 @@ class Settings(BaseSettings):
             raise ValueError("PARLEY_REDIS_CLUSTER=true needs REDIS_URL (a node of the cluster); the embedded "
                              "server is a single node")
         return self
+
+    @field_validator("hang_timeout_s")
+    @classmethod
+    def _hang_timeout(cls, value: float) -> float:
+        if 0 < value < 2:
+            raise ValueError("must be 0 (never) or at least 2 seconds: a child says it is alive every half second")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -39,12 +39,15 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.redis_url is None and s.api_keys == [] and s.port == 8080 and s.host == "127.0.0.1"
     assert s.twilio_api_base_url == "https://api.twilio.com" and s.workers == 1024
+    assert s.hang_timeout_s == 60.0
 
 
 @pytest.mark.parametrize(("name", "value", "expected"), [
     ("PARLEY_PORT", "eighty", "PARLEY_PORT"),
     ("TWILIO_ACCOUNT_SID", "not-a-sid", "TWILIO_ACCOUNT_SID"),
     ("PARLEY_TWILIO_ACCOUNTS", '{"XX1": "t"}', "not a Twilio account SID"),
+    ("PARLEY_HANG_TIMEOUT_S", "0.5", "must be 0 \\(never\\) or at least 2 seconds"),
+    ("PARLEY_HANG_TIMEOUT_S", "-1", "PARLEY_HANG_TIMEOUT_S"),
 ])
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
     monkeypatch.setenv(name, value)

@@ -1,6 +1,6 @@
 """``parley serve`` with several processes, as real processes: a supervisor, one web child and worker children
-answer every text once, name themselves in their log lines, are restarted when killed, drain on SIGTERM, give up
-on a crash loop, and share one embedded Valkey."""
+answer every text once, name themselves in their log lines, are restarted when killed or when their event loop
+stops, drain on SIGTERM, give up on a crash loop, and share one embedded Valkey."""
 
 from __future__ import annotations
 
@@ -153,6 +153,33 @@ async def test_a_killed_worker_child_is_restarted_and_its_texts_answered(
                 await asyncio.sleep(0.1)
         assert await text(http, serve, "+14155550099", "again", "SMkill" + "9" * 28) == 200
         await fake_twilio.wait_for(7, within_s=30)
+    assert await serve.stop() == 0
+
+
+async def test_a_child_whose_event_loop_stops_is_killed_and_restarted(
+    supervise: Callable[..., Any], fake_twilio: FakeTwilio,
+) -> None:
+    serve = await supervise(2, PARLEY_HANG_TIMEOUT_S="2")
+    assert serve.proc is not None
+    named = children(serve.proc.pid)
+    stuck = named["worker-1"]
+    async with aiohttp.ClientSession() as http:   # a reply: the worker's event loop runs (and beats)
+        assert await text(http, serve, "+14155550041", "hello", "SMhang" + "1" * 28) == 200
+        await fake_twilio.wait_for(1, within_s=30)
+    os.kill(stuck, signal.SIGSTOP)   # its event loop runs no more, as if a call had never returned
+    line = await logged(serve.log, "child unresponsive: killed", child="worker-1")
+    assert line["pid"] == stuck and line["silent_s"] >= 2 and line["process"] == "supervisor"
+    line = await logged(serve.log, "child exited: restarting it", child="worker-1")
+    assert line["pid"] == stuck and line["signal"] == "SIGKILL"
+    async with asyncio.timeout(30):
+        while children(serve.proc.pid).get("worker-1") in (None, stuck):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as http:   # the new worker answers
+        assert await text(http, serve, "+14155550042", "still there?", "SMhang" + "0" * 28) == 200
+        await fake_twilio.wait_for(2, within_s=30)
+    # The web child, whose loop kept running, was left alone all along.
+    assert children(serve.proc.pid)["web"] == named["web"]
+    assert not [e for e in log_lines(serve.log) if e["event"] == "child unresponsive: killed" and e["child"] == "web"]
     assert await serve.stop() == 0
 
 

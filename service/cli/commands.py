@@ -44,9 +44,11 @@ def _settings() -> Settings:
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
 
 
-def _run(settings: Settings, *, web_routes: bool, workers: bool = True, supervisor_pid: int | None = None) -> None:
-    """One process: the app, served until a signal. A child of ``parley serve``'s supervisor dies with it, and a
-    worker child leaves the port to the web child."""
+def _run(settings: Settings, *, web_routes: bool, workers: bool = True, supervisor_pid: int | None = None,
+         heartbeat: int | None = None) -> None:
+    """One process: the app, served until a signal. A child of ``parley serve``'s supervisor dies with it, tells
+    it that its event loop runs (``heartbeat``: the pipe to write to), and a worker child leaves the port to the
+    web child."""
     from service.app import create_app
     from service.cli import serving
 
@@ -63,7 +65,10 @@ def _run(settings: Settings, *, web_routes: bool, workers: bool = True, supervis
     gc.collect()
     gc.freeze()
     listen = web_routes or supervisor_pid is None
-    serving.run(app, settings, new_event_loop(), listen=listen)   # web.run_app, with the bounds of Settings
+    loop = new_event_loop()
+    if heartbeat is not None:
+        loop.create_task(supervisor.beat(heartbeat), name="parley-heartbeat")
+    serving.run(app, settings, loop, listen=listen)   # web.run_app, with the bounds of Settings
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -79,7 +84,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def serve(args: argparse.Namespace) -> None:
     settings = _settings()
     if args.web_only:
-        _run(settings, web_routes=True, workers=False, supervisor_pid=args.supervised)
+        _run(settings, web_routes=True, workers=False, supervisor_pid=args.supervised, heartbeat=args.heartbeat)
         return
     processes = (settings.processes if args.processes is None else args.processes) or supervisor.default_processes()
     if processes == 1:
@@ -91,7 +96,7 @@ def serve(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     if args.supervised is not None:
         supervisor.yield_to_web()
-    _run(_settings(), web_routes=False, supervisor_pid=args.supervised)
+    _run(_settings(), web_routes=False, supervisor_pid=args.supervised, heartbeat=args.heartbeat)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     worker_parser = commands.add_parser("worker", help="workers + scheduler only (health checks on PARLEY_PORT)")
     for process_parser in (serve_parser, worker_parser):   # a child of serve's supervisor: the supervisor's pid
         process_parser.add_argument("--supervised", type=int, metavar="PID", help=argparse.SUPPRESS)
+        process_parser.add_argument("--heartbeat", type=int, metavar="FD", help=argparse.SUPPRESS)
     serve_parser.set_defaults(func=serve)
     worker_parser.set_defaults(func=worker)
     check_parser = commands.add_parser("check", help="validate settings and agent files; non-zero exit on a problem")

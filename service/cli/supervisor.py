@@ -18,6 +18,11 @@ The supervisor:
 - restarts a child that exits while it is not stopping, after ``BACKOFF_FIRST_S``, doubling per recent death of
   that child up to ``BACKOFF_MAX_S``; after more than ``RESTARTS_MAX`` deaths within ``RESTARTS_WINDOW_S`` (a
   crash loop: a port taken, Redis refusing) it stops the others and exits 1;
+- kills a child whose event loop has not run for ``PARLEY_HANG_TIMEOUT_S`` (a call that never returns, a loop that
+  never yields: it would answer nothing, and never exit on its own), which then counts as an exit and is restarted
+  as one: each child writes a byte down a pipe of its own every ``HEARTBEAT_S`` from its event loop (``beat``), and
+  the supervisor notes when it last heard (``Heartbeat``); a child that has not started beating gets
+  ``STARTUP_S`` more (it may be loading agent files);
 - on SIGTERM or SIGINT sends SIGTERM to every child, gives them ``PARLEY_DRAIN_TIMEOUT_S`` + ``STOP_MARGIN_S`` to
   drain, kills what is left, stops the embedded Valkey, and exits 0 when every child drained (1 otherwise).
 
@@ -52,6 +57,8 @@ BACKOFF_FIRST_S = 0.5        # before a child is started again, doubling per dea
 BACKOFF_MAX_S = 2.0
 STOP_MARGIN_S = 5.0          # past PARLEY_DRAIN_TIMEOUT_S, before a child still draining is killed
 PR_SET_PDEATHSIG = 1         # prctl(2)
+HEARTBEAT_S = 0.5            # how often a child tells the supervisor its event loop runs
+STARTUP_S = 60.0             # more silence allowed to a child before its first beat
 # How a child that stopped cleanly exits: 0 once drained, or killed by the SIGTERM itself while it was still
 # starting (before its handlers were installed: nothing in flight).
 STOPPED = frozenset({0, -signal.SIGTERM})
@@ -129,7 +136,8 @@ def _check_files(settings: Settings) -> None:
 async def _supervise(settings: Settings, processes: int) -> int:
     async with server_url(settings) as url:
         env = {**os.environ, "REDIS_URL": url, **_run_key(settings)}   # the children read the same settings
-        supervisor = Supervisor(children(processes), env, stop_within_s=settings.drain_timeout_s + STOP_MARGIN_S)
+        supervisor = Supervisor(children(processes), env, stop_within_s=settings.drain_timeout_s + STOP_MARGIN_S,
+                                hang_timeout_s=settings.hang_timeout_s)
         log.info("supervisor started", extra={"processes": processes, "pid": os.getpid()})
         status = await supervisor.run()
     log.info("supervisor stopped", extra={"exit_code": status})
@@ -149,12 +157,14 @@ def _run_key(settings: Settings) -> dict[str, str]:
 class Supervisor:
     """Keeps its children running until told to stop (``stopping``), then drains them."""
 
-    def __init__(self, children: list[Child], env: Mapping[str, str], *, stop_within_s: float) -> None:
+    def __init__(self, children: list[Child], env: Mapping[str, str], *, stop_within_s: float,
+                 hang_timeout_s: float = 0.0) -> None:
         self.children = children
         self.stopping = asyncio.Event()
         self.failed = False
         self._env = env
         self._stop_within_s = stop_within_s
+        self._hang_timeout_s = hang_timeout_s   # 0: children are not watched for hangs
         self._deaths: deque[float] = deque()   # every child's, within RESTARTS_WINDOW_S
 
     async def run(self) -> int:
@@ -173,20 +183,33 @@ class Supervisor:
     async def _keep(self, child: Child) -> bool:
         """Run ``child``, again each time it exits, until the stop; whether it drained then."""
         while not self.stopping.is_set():
+            heartbeat = Heartbeat() if self._hang_timeout_s else None
             try:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "service", *child.args, stdin=asyncio.subprocess.DEVNULL,
-                    env={**self._env, "PARLEY_PROCESS_NAME": child.name})
+                    sys.executable, "-m", "service", *child.args, *(heartbeat.args if heartbeat else ()),
+                    stdin=asyncio.subprocess.DEVNULL, env={**self._env, "PARLEY_PROCESS_NAME": child.name},
+                    pass_fds=heartbeat.pass_fds if heartbeat else ())
             except OSError as exc:
+                if heartbeat is not None:
+                    heartbeat.close()
                 log.error("a child could not be started: stopping", extra={"child": child.name, "error": str(exc)})
                 self.failed = True
                 self.stopping.set()
                 return True
             log.info("child started", extra={"child": child.name, "pid": process.pid})
+            if heartbeat is not None:
+                heartbeat.handed_over()
             exited = asyncio.ensure_future(process.wait())
             stopped = asyncio.ensure_future(self.stopping.wait())
-            await asyncio.wait((exited, stopped), return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+            watch = asyncio.ensure_future(self._watch(child, process, heartbeat)) if heartbeat else None
+            try:
+                await asyncio.wait((exited, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                if watch is not None:
+                    watch.cancel()
+                if heartbeat is not None:
+                    heartbeat.close()
             if not exited.done():
                 return await self._drain(child, process, exited)
             if self.stopping.is_set():   # it was told to stop (a terminal's Ctrl-C reaches the whole group)
@@ -196,6 +219,20 @@ class Supervisor:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self._backoff_s(child))
         return True
+
+    async def _watch(self, child: Child, process: asyncio.subprocess.Process, heartbeat: Heartbeat) -> None:
+        """Kill ``process`` once its heartbeat has been silent past the hang timeout (its exit then restarts it)."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            heard = heartbeat.heard
+            silent = time.monotonic() - (heard if heard is not None else started)
+            if silent > self._hang_timeout_s + (0.0 if heard is not None else STARTUP_S):
+                log.error("child unresponsive: killed", extra={"child": child.name, "pid": process.pid,
+                                                               "silent_s": round(silent, 1), "beat": heard is not None})
+                with suppress(ProcessLookupError):
+                    process.kill()
+                return
 
     def _restartable(self, child: Child, process: asyncio.subprocess.Process) -> bool:
         """Count a child's death; whether it may be started again (not a crash loop)."""
@@ -236,6 +273,67 @@ class Supervisor:
             log.warning("child exited badly while stopping", extra={"child": child.name, "pid": process.pid,
                                                                      **_exit(code)})
         return code in STOPPED
+
+
+class Heartbeat:
+    """A pipe from one child to the supervisor: the child writes a byte down it every ``HEARTBEAT_S`` (``beat``),
+    and ``heard`` is when the supervisor last read one (``time.monotonic``; None before the first)."""
+
+    def __init__(self) -> None:
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._read_end, False)
+        self.heard: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._read_end, self._read)
+        self._open = [self._read_end, self._write_end]
+
+    @property
+    def args(self) -> list[str]:
+        """What tells the child where to write."""
+        return ["--heartbeat", str(self._write_end)]
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._write_end,)
+
+    def handed_over(self) -> None:
+        """The child has the write end: the supervisor's copy is closed (the pipe ends when the child does)."""
+        self._close(self._write_end)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._read_end, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            self.heard = time.monotonic()
+        else:   # every writer is gone: the child exited
+            self._loop.remove_reader(self._read_end)
+
+    def close(self) -> None:
+        if self._read_end in self._open:
+            self._loop.remove_reader(self._read_end)
+        for fd in list(self._open):
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        if fd in self._open:
+            self._open.remove(fd)
+            os.close(fd)
+
+
+async def beat(fd: int) -> None:
+    """In a child: tell the supervisor, every ``HEARTBEAT_S``, that this process's event loop runs, until the
+    supervisor is gone (the child then dies with it: ``die_with_parent``)."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:   # the supervisor is behind on reading: it has heard enough
+            pass
+        except BrokenPipeError:
+            return
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def _exit(returncode: int | None) -> dict[str, object]:
