@@ -231,6 +231,23 @@ async def test_a_caller_cancelled_before_its_round_trip_leaves_the_others_theirs
 
 
 @pytest.mark.redis
+async def test_a_round_trip_cancelled_before_it_went_out_cancels_its_calls_and_the_next_call_goes(
+    redis: Any, redis_url: str,
+) -> None:
+    if is_cluster(redis_url):
+        pytest.skip("on a cluster each call is a redis-py pipeline of its own")
+    # As when a process shuts down and cancels every task it has, the round trip's among them.
+    calls = [asyncio.create_task(pipelined(redis, [("INCR", "{p}n")])) for _ in range(2)]
+    await asyncio.sleep(0)   # the two calls are queued, their round trip not yet started
+    [exchange] = [t for t in asyncio.all_tasks() if t.get_name() == "parley-redis-exchange"]
+    exchange.cancel()
+    async with asyncio.timeout(5):   # not left waiting for a round trip that will never come
+        done = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in done)
+    assert await pipelined(redis, [("INCR", "{p}n")]) == [1]   # nothing of theirs was sent
+
+
+@pytest.mark.redis
 async def test_a_connection_lost_mid_round_trip_fails_the_calls_still_unanswered(redis_url: str) -> None:
     if is_cluster(redis_url):
         pytest.skip("on a cluster each call is a redis-py pipeline of its own")

@@ -4,6 +4,7 @@ gate and its commit; see ``pipelined``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,8 @@ async def pipelined(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -
     a round trip costs the client several times what packing and parsing a command does (the write and read
     system calls, a connection taken from the pool and given back, a task woken up). Each caller gets its own
     replies and errors; one cancelled gives up its replies, not the others' (they are read all the same), and a
-    connection lost fails every call of its round trip, as it would have failed each. A lone call costs about what
+    connection lost fails every call of its round trip, as it would have failed each; an exchange cancelled before
+    it sent anything (a process shutting down) cancels its calls. A lone call costs a few microseconds more than
     it did on its own. On Redis Cluster, redis-py's pipeline (it routes by slot), one per call."""
     if isinstance(client, RedisCluster):
         async with client.pipeline(transaction=False) as pipe:
@@ -50,9 +52,9 @@ async def pipelined(client: aioredis.Redis, commands: Sequence[Sequence[Any]]) -
     queued = _queued.get(client)
     if queued is None:
         queued = _queued[client] = []
-        exchange = loop.create_task(_exchange(client))
+        exchange = loop.create_task(_exchange(client, queued), name="parley-redis-exchange")
         _exchanges.add(exchange)
-        exchange.add_done_callback(_exchanges.discard)
+        exchange.add_done_callback(functools.partial(_ended, client, queued))
     queued.append(call)
     replies = await call.replies
     error = next((reply for reply in replies if isinstance(reply, ResponseError)), None)
@@ -75,10 +77,10 @@ async def evalsha(client: aioredis.Redis, script: AsyncScript, keys: Sequence[An
         return (await pipelined(client, [command]))[0]
 
 
-async def _exchange(client: aioredis.Redis) -> None:
-    """One round trip for the calls queued on ``client``: their commands in one write, then every reply, each handed
-    to its caller."""
-    calls = _queued.pop(client)
+async def _exchange(client: aioredis.Redis, calls: list[_Call]) -> None:
+    """One round trip for ``calls``, the calls queued on ``client`` in this turn of the event loop: their commands in
+    one write, then every reply, each handed to its caller."""
+    del _queued[client]   # calls made from now on go in the next round trip
     pool = client.connection_pool
     try:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -110,6 +112,16 @@ async def _exchange(client: aioredis.Redis) -> None:
             _fail(call, exc)
         if not isinstance(exc, Exception):
             raise
+
+
+def _ended(client: aioredis.Redis, calls: list[_Call], exchange: asyncio.Task[None]) -> None:
+    """An exchange is over. One cancelled before its first step never took its calls: they are cancelled, and the
+    next call starts a new exchange."""
+    _exchanges.discard(exchange)
+    if _queued.get(client) is calls:
+        del _queued[client]
+        for call in calls:
+            _fail(call, asyncio.CancelledError())
 
 
 def _fail(call: _Call, exc: BaseException) -> None:
