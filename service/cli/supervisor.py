@@ -204,14 +204,14 @@ class Supervisor:
             watch = asyncio.ensure_future(self._watch(child, process, heartbeat)) if heartbeat else None
             try:
                 await asyncio.wait((exited, stopped), return_when=asyncio.FIRST_COMPLETED)
-            finally:
+                if not exited.done():
+                    return await self._drain(child, process, exited)
+            finally:   # the child has exited
                 stopped.cancel()
                 if watch is not None:
                     watch.cancel()
                 if heartbeat is not None:
                     heartbeat.close()
-            if not exited.done():
-                return await self._drain(child, process, exited)
             if self.stopping.is_set():   # it was told to stop (a terminal's Ctrl-C reaches the whole group)
                 return process.returncode in STOPPED
             if not self._restartable(child, process):
@@ -221,9 +221,10 @@ class Supervisor:
         return True
 
     async def _watch(self, child: Child, process: asyncio.subprocess.Process, heartbeat: Heartbeat) -> None:
-        """Kill ``process`` once its heartbeat has been silent past the hang timeout (its exit then restarts it)."""
+        """Kill ``process`` once its heartbeat has been silent past the hang timeout (its exit then restarts it), until
+        the stop."""
         started = time.monotonic()
-        while True:
+        while not self.stopping.is_set():   # a child told to stop has the drain's timeout instead
             await asyncio.sleep(HEARTBEAT_S)
             heard = heartbeat.heard
             silent = time.monotonic() - (heard if heard is not None else started)
