@@ -76,9 +76,11 @@ async def test_a_turn_that_fails_once_is_run_again(make_parley: MakeParley, capl
 async def test_a_slow_opening_message_keeps_the_conversation_lock(make_parley: MakeParley) -> None:
     # The LLM writes the opening message for longer than the lock's TTL: without renewal, the user's text
     # would be answered first, by a worker that took the expired lock.
+    # A TTL of 2 s (renewed every 0.67 s) and an LLM twice as slow: a loaded machine's stall of under a second
+    # must not pass for a renewal that failed.
     parley = await make_parley(numbers=OUTBOUND, agent=agent_file(retell_llm={"begin_message": None}),
-                               lock_ttl_ms=1_000)
-    parley.llm.delay_s = 2.5
+                               lock_ttl_ms=2_000)
+    parley.llm.delay_s = 4.5
     opening = asyncio.create_task(parley.api("POST", "/create-sms-chat",
                                              json={"from_number": AGENT_NUMBER, "to_number": USER}))
     await parley.llm.called.wait()
@@ -90,11 +92,11 @@ async def test_a_slow_opening_message_keeps_the_conversation_lock(make_parley: M
 
 
 async def test_two_completions_on_one_chat_never_run_together(make_parley: MakeParley) -> None:
-    parley = await make_parley(lock_ttl_ms=1_000)
+    parley = await make_parley(lock_ttl_ms=2_000)   # the LLM outlasts the TTL twice, as above
     created = await parley.api("POST", "/create-chat", json={"agent_id": "frontdesk"})
     chat: dict[str, Any] = await created.json()
     parley.llm.max_in_flight = 0
-    parley.llm.delay_s = 2.0
+    parley.llm.delay_s = 4.0
     parley.llm.respond = lambda body: Completion(content="ok")
     answers = await asyncio.gather(*(
         parley.api("POST", "/create-chat-completion", json={"chat_id": chat["chat_id"], "content": text})
