@@ -206,11 +206,8 @@ class Outgoing:
         [found] = await pipelined(self._redis, [waits])
         if not found:
             return Gate.CLEAR
-        async with self._redis.pipeline(transaction=False) as pipe:  # pragma: no mutate (3 reads: MULTI or not, alike)
-            pipe.exists(keys.optout(conv))
-            pipe.llen(keys.outgoing(conv))
-            pipe.exists(keys.deferred(conv))
-            opted_out, waiting, deferred = await pipe.execute()
+        opted_out, waiting, deferred = await pipelined(self._redis, [
+            ("EXISTS", keys.optout(conv)), ("LLEN", keys.outgoing(conv)), ("EXISTS", keys.deferred(conv))])
         if opted_out:
             return Gate.OPTED_OUT
         if waiting >= keys.OUTGOING_CAP:
