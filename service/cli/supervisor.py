@@ -286,7 +286,7 @@ class Heartbeat:
         self.heard: float | None = None
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._read_end, self._read)
-        self._open = [self._read_end, self._write_end]
+        self._handed_over = False
 
     @property
     def args(self) -> list[str]:
@@ -299,7 +299,8 @@ class Heartbeat:
 
     def handed_over(self) -> None:
         """The child has the write end: the supervisor's copy is closed (the pipe ends when the child does)."""
-        self._close(self._write_end)
+        os.close(self._write_end)
+        self._handed_over = True
 
     def _read(self) -> None:
         try:
@@ -312,15 +313,11 @@ class Heartbeat:
             self._loop.remove_reader(self._read_end)
 
     def close(self) -> None:
-        if self._read_end in self._open:
-            self._loop.remove_reader(self._read_end)
-        for fd in list(self._open):
-            self._close(fd)
-
-    def _close(self, fd: int) -> None:
-        if fd in self._open:
-            self._open.remove(fd)
-            os.close(fd)
+        """Once, when the child has exited (or could not be started)."""
+        self._loop.remove_reader(self._read_end)
+        os.close(self._read_end)
+        if not self._handed_over:
+            os.close(self._write_end)
 
 
 async def beat(fd: int) -> None:
