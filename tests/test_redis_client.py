@@ -80,9 +80,8 @@ async def blpop(client: Any, key: str) -> Any:
 async def test_the_pool_lends_each_connection_to_one_command_at_a_time_and_takes_it_back(redis_url: str) -> None:
     if is_cluster(redis_url):
         pytest.skip("a cluster client has redis-py's pools, one per node")
-    client = connect(redis_url, max_connections=4)
-    pool = client.connection_pool
-    try:
+    async with connect(redis_url, max_connections=4) as client:
+        pool = client.connection_pool
         # Four commands blocked in Redis at once hold the four connections; each reply reaches its own caller.
         await client.rpush("{c}full2", "two")
         replies = await asyncio.gather(*(blpop(client, f"{{c}}full{i}") for i in range(4)))
@@ -98,8 +97,6 @@ async def test_the_pool_lends_each_connection_to_one_command_at_a_time_and_takes
         await pool.release(connection)
         assert not connection.is_connected
         assert await client.echo("again") == "again"
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.redis
@@ -186,8 +183,7 @@ def connections(client: Any) -> int:
 async def test_calls_made_at_once_share_one_round_trip_and_each_gets_its_own_replies(redis_url: str) -> None:
     if is_cluster(redis_url):
         pytest.skip("on a cluster each call is a redis-py pipeline of its own")
-    client = connect(redis_url)
-    try:
+    async with connect(redis_url) as client:
         await client.delete("{p}n")
         calls = [[("INCR", "{p}n"), ("ECHO", f"caller {i}")] for i in range(40)]
         replies = await together(client, calls)
@@ -196,8 +192,6 @@ async def test_calls_made_at_once_share_one_round_trip_and_each_gets_its_own_rep
         assert [r[0] for r in replies] == list(range(1, 41))   # in the order they were made, in one write
         # A lone call goes on its own, as soon as the loop turns.
         assert await pipelined(client, [("GET", "{p}n")]) == ["40"]
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.redis
@@ -251,15 +245,12 @@ async def test_a_round_trip_cancelled_before_it_went_out_cancels_its_calls_and_t
 async def test_a_connection_lost_mid_round_trip_fails_the_calls_still_unanswered(redis_url: str) -> None:
     if is_cluster(redis_url):
         pytest.skip("on a cluster each call is a redis-py pipeline of its own")
-    client = connect(redis_url)
-    try:
+    async with connect(redis_url) as client:
         replies = await together(client, [[("ECHO", "before")], [("QUIT",)], [("ECHO", "after")]])
         assert replies[0] == ["before"]
         assert replies[1] == ["OK"]   # QUIT's OK: the server then closed the connection
         assert isinstance(replies[2], RedisConnectionError)
         assert await pipelined(client, [("ECHO", "again")]) == ["again"]   # a new connection
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.redis

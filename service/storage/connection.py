@@ -49,7 +49,7 @@ UTF8 = ("utf-8", "utf8", "UTF-8")   # the encodings hiredis packs text in (redis
 
 class _CPacking:
     """Commands packed by hiredis, in C, as redis-py's synchronous client packs them: its asyncio connections pack in
-    Python (about a tenth of a command's CPU). The same bytes (``tests/test_connections.py``); what hiredis does not
+    Python (about a tenth of a command's CPU). The same bytes (``tests/test_redis_client.py``); what hiredis does not
     take (a command name with a space in it, an argument of another type, a text encoding other than UTF-8) is
     left to redis-py's packer, which sends it or says what is wrong."""
 
