@@ -10,6 +10,7 @@ test that needs Redis is skipped, saying why.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ from urllib.parse import urlencode
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import ClientResponse, web
+from aiohttp import ClientResponse, web, web_app
 from aiohttp.test_utils import TestClient, TestServer
 from retell import AsyncRetell
 
@@ -366,8 +367,26 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield rec
 
 
+@pytest.fixture(autouse=True)
+def _forget_apps() -> Iterator[None]:
+    """Let each test's aiohttp applications go when it ends. aiohttp caches every application's middleware
+    chain, keyed by the application, in one module-level LRU of 1,024 entries: a process that serves one
+    application never notices, but a suite that builds a few every test kept them all (Parley, its Redis
+    clients, the fakes), and the heap grew past a gigabyte. Collecting that heap then stalled the event loop for
+    over a second, longer than the short lock TTLs some tests use."""
+    yield
+    web_app._cached_build_middleware.cache_clear()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses Redis (``-m redis`` selects them for the embedded-Valkey pass)."""
     for item in items:
         if "redis" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Leave what the imports and the collection made (about half a million objects, alive to the end) out of
+    the garbage collector's full passes, each of which stops the event loop for as long as it takes."""
+    gc.collect()
+    gc.freeze()
