@@ -37,6 +37,7 @@ from service.tasks import stop_task
 
 from .conftest import AGENT_NUMBER, USER, MakeParley, Parley, agent_file, is_cluster
 from .fakes.openai import FakeOpenAI
+from .redis_proxy import Proxy
 
 CONV = Conversation(AGENT_NUMBER, USER)
 FALLBACK = "Sorry, we are having trouble; a person will text you back."
@@ -601,64 +602,6 @@ async def test_shutdown_with_nothing_running_returns_at_once(make_parley: MakePa
     started = time.monotonic()
     await pool.drain(30)
     assert time.monotonic() - started < 1
-
-
-class Proxy:
-    """A TCP proxy in front of Redis that the test can cut (connections dropped, new ones closed at once)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self.down = False
-        self.refused = 0
-        self.port = 0
-        self.flowing = asyncio.Event()   # clear: connections stay open but nothing goes through (a stuck Redis)
-        self.flowing.set()
-
-    async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        link = (writer, up_writer)
-        self._links.add(link)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._links.discard(link)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65_536):
-                await self.flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.transport.abort()
-
-    def cut(self) -> None:
-        self.flowing.set()
-        self.down = True
-        for client, server in self._links:
-            client.transport.abort()
-            server.transport.abort()
-
-    def restore(self) -> None:
-        self.down = False
 
 
 async def test_a_turn_cut_off_by_an_outage_gives_its_lock_back_as_soon_as_redis_returns(

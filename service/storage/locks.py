@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.address import Conversation
 from service.errors import Conflict
@@ -100,11 +102,18 @@ class Locks:
     @asynccontextmanager
     async def kept(self, key: str, token: str) -> AsyncIterator[None]:
         """Renew the lock every third of its TTL while the block runs: a request that waits on a slow LLM keeps
-        what it holds. (A lock lost anyway, to a stalled process, is logged; fenced writes then write nothing.)"""
+        what it holds. A renewal cut off by an unreachable Redis is logged and tried again a third of the TTL
+        later (the lock outlives one missed renewal). A lock lost anyway, to a stalled process or a longer outage,
+        is logged; fenced writes then write nothing."""
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.ttl_ms / 3000)
-                if not await self.renew(key, token):
+                try:
+                    kept = await self.renew(key, token)
+                except (RedisConnectionError, RedisTimeoutError) as exc:   # tried again at the next round
+                    log.warning("could not renew a held lock; trying again", extra={"lock": key, "error": str(exc)})
+                    continue
+                if not kept:
                     log.warning("a held lock was lost before its holder let go", extra={"lock": key})
                     return
 
