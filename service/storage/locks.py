@@ -111,7 +111,7 @@ class Locks:
                 try:
                     kept = await self.renew(key, token)
                 except (RedisConnectionError, RedisTimeoutError) as exc:   # tried again at the next round
-                    log.warning("could not renew a held lock; trying again", extra={"lock": key, "error": str(exc)})
+                    log.warning("redis unavailable; retrying", extra={"lock": key, "error": str(exc)})
                     continue
                 if not kept:
                     log.warning("a held lock was lost before its holder let go", extra={"lock": key})
